@@ -1,0 +1,151 @@
+"""The ``sipgw`` command.
+
+    sipgw run [--config FILE]            run the gateway until SIGTERM/SIGINT
+    sipgw check-config [--config FILE]   load and check the settings, print a summary
+
+With no --config, ``$SIPGW_CONFIG`` or the embedded demo (gateway/default.toml) is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+from gateway import __version__
+from gateway.app import DEFAULT_STATE_DIR, Gateway, install_uvloop
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.logs import setup_logging
+
+
+def _load(path: str | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as err:
+        print(f"sipgw: configuration error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as err:
+        print(f"sipgw: cannot read configuration: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _demo_passwords(settings: Settings) -> dict[str, str]:
+    """The public demo passwords, read from the embedded demo file for the banner only.
+
+    Settings keep HA1 hashes, never passwords; the demo's passwords are documented in
+    gateway/default.toml, so showing them to the person who ran `make run` leaks nothing.
+    """
+    if not settings.source.startswith("<embedded"):
+        return {}
+    raw = tomllib.loads(resources.files("gateway").joinpath("default.toml").read_text())
+    return {
+        user["username"]: user["password"]
+        for tenant in raw.get("tenants", [])
+        for user in tenant.get("users", [])
+        if "password" in user
+    }
+
+
+def banner(settings: Settings, gateway: Gateway) -> str:
+    assert gateway.sip is not None
+    listening = gateway.sip.transport.listening
+    lines = [f"sipgw {__version__} running as node {settings.node.name!r}", ""]
+    lines.append("SIP listening on:")
+    for spec in listening:
+        lines.append(f"  {spec.transport.upper():4} {spec.host}:{spec.port}")
+    lines.append("")
+    lines.append(f"HTTP on http://{settings.http.host}:{gateway.http_port}  "
+                 "(/healthz /readyz /metrics /docs)")
+    passwords = _demo_passwords(settings)
+    udp = next((s for s in listening if s.transport == "udp"), None)
+    for tenant in settings.tenants:
+        lines.append("")
+        lines.append(f"Tenant {tenant.id!r}: domains {', '.join(tenant.domains)}")
+        for user in tenant.users:
+            secret = f"  password {passwords[user.username]}" if user.username in passwords else ""
+            lines.append(f"  user {user.username} (extension {user.extension}){secret}")
+        for did in tenant.dids:
+            lines.append(f"  DID {did.number} -> extension {did.extension}")
+        for trunk in tenant.trunks:
+            lines.append(f"  trunk {trunk.name}: {trunk.transport} {trunk.host}:{trunk.port}")
+    if udp is not None and settings.tenants and settings.tenants[0].users:
+        tenant = settings.tenants[0]
+        user = tenant.users[0]
+        other = tenant.users[1] if len(tenant.users) > 1 else user
+        lines += [
+            "",
+            "Point a softphone at it:",
+            f"  SIP server / registrar: {udp.host}:{udp.port} (UDP; TCP on the same port)",
+            f"  username: {user.username}   domain: {tenant.domains[0]}   "
+            f"auth realm: {tenant.realm}",
+            f"  then call extension {other.extension} from a second phone registered as "
+            f"{other.username}.",
+            "  e.g. linphonec:  register sip:"
+            f"{user.username}@{tenant.domains[0]} sip:{udp.host}:{udp.port} <password>",
+            "",
+            f"Metrics: curl http://{settings.http.host}:{gateway.http_port}/metrics",
+        ]
+    return "\n".join(lines)
+
+
+async def _run(settings: Settings, state_dir: Path, quiet: bool) -> None:
+    gateway = Gateway(settings, state_dir=state_dir)
+    await gateway.start()
+    if not quiet:
+        print(banner(settings, gateway), flush=True)
+    await gateway.run_until_signalled()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    setup_logging(settings.log.level, settings.log.format)
+    install_uvloop()
+    try:
+        asyncio.run(_run(settings, Path(args.state_dir), args.quiet))
+    except OSError as err:
+        print(f"sipgw: cannot start: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    print(f"configuration OK ({settings.source})")
+    for spec in settings.sip.listen:
+        print(f"  sip listen {spec.transport}:{spec.host}:{spec.port}")
+    print(f"  http listen {settings.http.listen}")
+    for tenant in settings.tenants:
+        print(f"  tenant {tenant.id}: {len(tenant.users)} users, {len(tenant.dids)} DIDs, "
+              f"{len(tenant.trunks)} trunks")
+    print(f"  profiles: {', '.join(sorted(settings.profiles))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sipgw", description="SIP/telephony event gateway for CTI")
+    parser.add_argument("--version", action="version", version=f"sipgw {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway")
+    run.add_argument("--config", help="TOML settings file (default: $SIPGW_CONFIG or the demo)")
+    run.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
+                     help="where generated files (self-signed TLS certificate) go")
+    run.add_argument("--quiet", action="store_true", help="do not print the start banner")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="load and check the settings")
+    check.add_argument("--config", help="TOML settings file")
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""Per-request state of the proxy: the server side and its branches (§16.7 "response context")."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from gateway.proxy.timers import TimerHandle
+from gateway.sip.message import Request, Response
+from gateway.sip.transaction import ClientTransaction, ServerTransaction
+from gateway.transport.addresses import Source, Target
+
+
+@dataclass(eq=False)
+class ServerContext:
+    request: Request
+    source: Source
+    txn: ServerTransaction
+    key: tuple[str, ...]
+    response_target: Target
+    branches: list[Branch] = field(default_factory=list)
+    final_sent: bool = False
+    final_status: int = 0
+    cancelled: bool = False
+    # One To tag for every response we generate ourselves, so the caller sees one UAS.
+    to_tag: str = field(default_factory=lambda: secrets.token_hex(6))
+    tenant: str | None = None
+
+
+@dataclass(eq=False)
+class Branch:
+    ctx: ServerContext
+    branch_id: str
+    target: Target
+    request: bytes  # exactly what was sent: ACK and CANCEL are built from it
+    invite: bool
+    method: str = ""
+    txn: ClientTransaction | None = None
+    provisional: bool = False
+    final: int = 0
+    response: Response | None = None
+    local_reason: str | None = None
+    cancel_pending: bool = False
+    cancel_sent: bool = False
+    is_cancel: bool = False
+    timer_c: TimerHandle | None = None
+
+    def __post_init__(self) -> None:
+        if not self.method:
+            self.method = self.ctx.request.method

@@ -1,0 +1,809 @@
+"""The transaction-stateful proxy (RFC 3261 §16) and the entry point for every message.
+
+``Proxy.receive(data, source)`` is the only way in. Everything it does is synchronous:
+it parses, consults the tables, and hands bytes to ``transport.send``; time reaches
+it only through ``fire_timers(now)`` at the deadline ``next_deadline()`` reports. So the
+whole proxy is driven in unit tests without sockets or an event loop.
+
+Reading order: receive → _on_request (validation, transactions, CANCEL/ACK) →
+_process (§16.3 checks, §16.4 route preprocessing, routing decision) → _fork (§16.6
+forwarding through client transactions) → _on_response / _branch_response (§16.7
+response context, best-response choice) → timers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from gateway.config import Settings, Tenant, User
+from gateway.proxy.auth import Authenticator
+from gateway.proxy.context import Branch, ServerContext
+from gateway.proxy.directory import Directory
+from gateway.proxy.location import Location
+from gateway.proxy.messages import build_ack, build_cancel, last_resort_response
+from gateway.proxy.options import ALLOW, options_headers
+from gateway.proxy.registrar import Registrar
+from gateway.proxy.routing import Forward, Handled, Reply, Router
+from gateway.proxy.timers import TimerQueue
+from gateway.sip.errors import SIPParseError
+from gateway.sip.headers import Via
+from gateway.sip.message import Limits, Request, Response, make_response, parse_message
+from gateway.sip.transaction import (
+    Action,
+    ClientTransaction,
+    Deliver,
+    ServerTransaction,
+    Terminated,
+    TimedOut,
+    Timers,
+    TransactionError,
+    Transmit,
+    TransportFailed,
+    is_rfc3261_branch,
+)
+from gateway.sip.uri import SipURI
+from gateway.stats import Counters, parse_error_label
+from gateway.transport.addresses import (
+    DEFAULT_PORTS,
+    Source,
+    Target,
+    host_for_uri,
+    ip_family,
+    same_host,
+)
+
+log = logging.getLogger("sipgw.proxy")
+
+BRANCH_PREFIX = "z9hG4bKsg"
+SUPPORTED_PROXY_REQUIRE: frozenset[str] = frozenset()
+RECORD_ROUTE_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+DRAIN_RETRY_AFTER = 30
+
+ServerKey = tuple[str, ...]
+
+
+class TransportPort(Protocol):
+    """What the proxy needs of the transport layer."""
+
+    def send(self, data: bytes, target: Target, on_error: Callable[[], None] | None = None) -> None: ...
+    def local_port(self, transport: str, family: int = ...) -> int: ...
+    def supports(self, transport: str) -> bool: ...
+    def add_alias(self, conn_id: int, host: str, port: int) -> None: ...
+
+
+def _server_key(req: Request, method: str) -> ServerKey:
+    """RFC 3261 §17.2.3 matching; RFC 2543 fallback for branches without the cookie."""
+    via = req.top_via
+    branch = via.branch or ""
+    if is_rfc3261_branch(branch):
+        return ("3261", branch, via.sent_by.lower(), method)
+    return ("2543", req.call_id, req.from_.tag or "", str(req.cseq.number), via.sent_by.lower(),
+            req.uri_raw, method)
+
+
+def _format_via(via: Via, params: dict[str, str | None]) -> str:
+    host = via.host if via.port is None else f"{via.host}:{via.port}"
+    text = f"{via.protocol}/{via.transport} {host}"
+    for name, value in params.items():
+        text += f";{name}" if value is None else f";{name}={value}"
+    return text
+
+
+class Proxy:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport: TransportPort,
+        counters: Counters,
+        clock: Callable[[], float],
+        location: Location | None = None,
+        auth_secret: bytes | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sip = settings.sip
+        self.transport = transport
+        self.counters = counters
+        self.clock = clock
+        self.limits = Limits(
+            max_message=self.sip.max_message_size,
+            max_headers=self.sip.max_headers,
+            max_header_line=self.sip.max_header_line,
+        )
+        self.timers = Timers(t1=self.sip.t1, t2=self.sip.t2, t4=self.sip.t4)
+        self.directory = Directory(settings)
+        self.location = location or Location()
+        self.registrar = Registrar(self.location, self.sip)
+        self.auth = Authenticator(
+            self.directory,
+            secret=auth_secret or secrets.token_bytes(32),
+            nonce_ttl=self.sip.nonce_ttl,
+        )
+        self.router = Router(self.directory, self.location, self.auth, self)
+        self.queue = TimerQueue()
+        self.server_txns: dict[ServerKey, ServerContext] = {}
+        self.client_txns: dict[tuple[str, str], Branch] = {}
+        self.draining = False
+        self.advertise = self.sip.advertise or "127.0.0.1"
+        self._our_hosts = {self.advertise.lower()} | {
+            spec.host.strip("[]").lower() for spec in self.sip.listen
+        }
+
+    # ================================================================== entry point ===
+    def receive(self, data: bytes, source: Source) -> None:
+        try:
+            msg = parse_message(data, self.limits, stream=source.reliable)
+        except SIPParseError as err:
+            self._parse_error(data, source, err)
+            return
+        if isinstance(msg, Request):
+            self.counters.request_in(source.transport, msg.method)
+            self._on_request(msg, source)
+        else:
+            self.counters.response_in(source.transport, msg.status)
+            self._on_response(msg, source)
+
+    def _parse_error(self, data: bytes, source: Source, err: SIPParseError) -> None:
+        self.counters.parse_errors[parse_error_label(err.status, err.header)] += 1
+        if err.status == 0:
+            return
+        reply = last_resort_response(data, err.status, str(err))
+        if reply is not None:
+            self._send_raw(reply, Target(source.transport, *source.remote, source.conn_id))
+
+    # ===================================================================== requests ===
+    def _on_request(self, req: Request, source: Source) -> None:
+        try:
+            req.validate()
+        except SIPParseError as err:
+            self.counters.parse_errors[parse_error_label(err.status, err.header)] += 1
+            if req.method != "ACK" and err.status:
+                self._reply_stateless(req, source, err.status, str(err))
+            return
+        self._stamp_received(req, source)
+        if req.method == "ACK":
+            self._on_ack(req, source)
+            return
+        if req.method == "CANCEL":
+            self._on_cancel(req, source)
+            return
+        key = _server_key(req, req.method)
+        ctx = self.server_txns.get(key)
+        if ctx is not None:
+            # A retransmission: the transaction re-sends its last response, if any.
+            self._run_server(ctx, ctx.txn.on_request(self.clock()))
+            return
+        ctx = self._new_server_context(req, source, key)
+        if req.method == "INVITE":
+            # §16.2: a stateful proxy answers INVITE with 100 Trying at once, so the
+            # caller stops retransmitting while we route.
+            self._respond(ctx, 100)
+        try:
+            self._process(ctx)
+        except SIPParseError as err:
+            # A header the routing step needed turned out malformed.
+            self.counters.parse_errors[parse_error_label(err.status, err.header)] += 1
+            if not ctx.final_sent:
+                self._respond(ctx, err.status or 400, str(err))
+
+    def _new_server_context(self, req: Request, source: Source, key: ServerKey) -> ServerContext:
+        now = self.clock()
+        txn = ServerTransaction(
+            invite=req.method == "INVITE", reliable=source.reliable, timers=self.timers, now=now
+        )
+        ctx = ServerContext(req, source, txn, key, self._response_target(req, source))
+        self.server_txns[key] = ctx
+        self.counters.transactions_created["server"] += 1
+        if source.reliable and source.conn_id is not None:
+            self._alias_connection(req, source)
+        return ctx
+
+    def _stamp_received(self, req: Request, source: Source) -> None:
+        """RFC 3261 §18.2.1 `received` and RFC 3581 `rport` on the top Via."""
+        via = req.top_via
+        needs_received = not same_host(via.host, source.remote[0])
+        if via.rport is None and not needs_received:
+            return
+        params = dict(via.params)
+        params["received"] = source.remote[0]
+        if via.rport is not None:
+            params["rport"] = str(source.remote[1])
+        req.pop_first_value("Via")
+        req.prepend("Via", _format_via(via, params))
+
+    def _response_target(self, req: Request, source: Source) -> Target:
+        """Where responses to this request go (RFC 3261 §18.2.2, RFC 3581 §4)."""
+        if source.reliable:
+            return Target(source.transport, *source.remote, source.conn_id)
+        via = req.top_via
+        if via.params.get("rport"):
+            return Target("udp", *source.remote)
+        host = via.params.get("received") or via.host
+        return Target("udp", host, via.port or 5060)
+
+    def _alias_connection(self, req: Request, source: Source) -> None:
+        # Requests to the phone's advertised Contact must reuse its connection.
+        assert source.conn_id is not None
+        contacts = req.contacts if req.get("Contact") else []
+        if contacts == "*":
+            return
+        for contact in contacts:
+            uri = contact.uri
+            if isinstance(uri, SipURI) and same_host(uri.host, source.remote[0]):
+                port = uri.port or DEFAULT_PORTS.get(source.transport, 5060)
+                self.transport.add_alias(source.conn_id, uri.host, port)
+
+    # ---------------------------------------------------------------- ACK and CANCEL ---
+    def _on_ack(self, req: Request, source: Source) -> None:
+        ctx = self.server_txns.get(_server_key(req, "INVITE"))
+        if ctx is not None and ctx.final_status >= 300:
+            # The ACK of a non-2xx final answer is hop by hop: ours to absorb (§17.2.1).
+            self._run_server(ctx, ctx.txn.on_request(self.clock(), is_ack=True))
+            return
+        # The ACK of a 2xx is a request of its own that goes end to end (§13.2.2.4).
+        if req.max_forwards == 0:
+            return
+        popped = self._preprocess_route(req)
+        if not popped and not req.routes:
+            return  # not record-routed through us: nothing we may forward it to
+        target = self._next_hop(req)
+        if target is None:
+            return
+        self._forward_stateless(req, target, source)
+
+    def _on_cancel(self, req: Request, source: Source) -> None:
+        own_key = _server_key(req, "CANCEL")
+        cancel_ctx = self.server_txns.get(own_key)
+        if cancel_ctx is not None:
+            self._run_server(cancel_ctx, cancel_ctx.txn.on_request(self.clock()))
+            return
+        cancel_ctx = self._new_server_context(req, source, own_key)
+        invite_ctx = self.server_txns.get(_server_key(req, "INVITE"))
+        if invite_ctx is None:
+            self._respond(cancel_ctx, 481, "Call/Transaction Does Not Exist")
+            return
+        self._respond(cancel_ctx, 200)
+        invite_ctx.cancelled = True
+        for branch in invite_ctx.branches:
+            self._cancel_branch(branch)
+        if not invite_ctx.branches and not invite_ctx.final_sent:
+            self._respond(invite_ctx, 487, "Request Terminated")
+
+    # ================================================================ §16.3–§16.5 ===
+    def _process(self, ctx: ServerContext) -> None:
+        req = ctx.request
+        uri = req.uri
+        if uri.scheme not in ("sip", "sips", "tel"):
+            self._respond(ctx, 416, "Unsupported URI Scheme")
+            return
+        if req.max_forwards == 0 and not (req.method == "OPTIONS" and self.is_for_us(req)):
+            self._respond(ctx, 483, "Too Many Hops")
+            return
+        if self._looped(req):
+            self._respond(ctx, 482, "Loop Detected")
+            return
+        unsupported = [t for t in req.proxy_require if t not in SUPPORTED_PROXY_REQUIRE]
+        if unsupported:
+            self._respond(ctx, 420, "Bad Extension", headers=(("Unsupported", ", ".join(unsupported)),))
+            return
+
+        popped = self._preprocess_route(req)
+        if popped or req.routes:
+            # Pre-routed (in-dialog through our Record-Route, or an outbound-proxy hop):
+            # follow the Route set or the Request-URI, no location look-up (§16.5).
+            target = self._next_hop(req)
+            if target is None:
+                self._respond(ctx, 404, "Next hop unknown")
+                return
+            self._fork(ctx, [(None, target)], record_route=False)
+            return
+        if req.to.tag:
+            # In-dialog but not routed through us: we never record-routed this dialog.
+            self._respond(ctx, 404, "Not Here (dialog unknown)")
+            return
+        if self.draining and req.method != "OPTIONS":
+            self._respond(ctx, 503, "Draining", headers=(("Retry-After", str(DRAIN_RETRY_AFTER)),))
+            return
+
+        decision = self.router.route(ctx)
+        if isinstance(decision, Handled):
+            return
+        if isinstance(decision, Reply):
+            self._respond(ctx, decision.status, decision.reason, headers=decision.headers)
+            return
+        assert isinstance(decision, Forward)
+        if not decision.targets:
+            self._respond(ctx, 480, "Temporarily Unavailable")
+            return
+        self._fork(ctx, decision.targets, record_route=req.method in RECORD_ROUTE_METHODS)
+
+    # -- what the router calls back for --------------------------------------------------
+    def is_for_us(self, req: Request) -> bool:
+        """The Request-URI names this gateway itself (not a user behind it)."""
+        uri = req.uri
+        return isinstance(uri, SipURI) and uri.user is None and self.is_our_host(uri)
+
+    def is_our_host(self, uri: SipURI) -> bool:
+        host = uri.host.strip("[]").lower()
+        if self.directory.tenant_for_domain(host) is not None and uri.port is None:
+            return True
+        if not any(same_host(host, ours) for ours in self._our_hosts):
+            return False
+        port = uri.port or DEFAULT_PORTS.get(uri.transport, 5060)
+        return any(spec.port == port for spec in self._listening())
+
+    def answer_options(self, ctx: ServerContext) -> None:
+        unsupported = [t for t in ctx.request.require if t]
+        if unsupported:
+            self._respond(ctx, 420, "Bad Extension", headers=(("Unsupported", ", ".join(unsupported)),))
+        elif self.draining:
+            self._respond(ctx, 503, "Draining", headers=(("Retry-After", str(DRAIN_RETRY_AFTER)),))
+        else:
+            self._respond(ctx, 200, headers=options_headers())
+
+    def register(self, ctx: ServerContext, tenant: Tenant, user: User) -> None:
+        if self.draining:
+            self._respond(ctx, 503, "Draining", headers=(("Retry-After", str(DRAIN_RETRY_AFTER)),))
+            return
+        reply = self.registrar.register(ctx.request, tenant, user, ctx.source, self.clock())
+        self.counters.registrations[reply.outcome] += 1
+        self._respond(ctx, reply.status, reply.reason, headers=reply.headers)
+
+    def respond(self, ctx: ServerContext, status: int, reason: str | None = None,
+                headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self._respond(ctx, status, reason, headers=headers)
+
+    # -- §16.3 step 4 --------------------------------------------------------------------
+    def _loop_hash(self, req: Request) -> str:
+        # §16.6 item 8 without the topmost Via: a request that comes back to us with the
+        # same target and identity is a loop; a changed Request-URI is a spiral.
+        parts = (
+            req.uri_raw, req.from_.tag or "", req.to.tag or "", req.call_id,
+            str(req.cseq.number), ",".join(req.proxy_require),
+            ",".join(req.get_all("Proxy-Authorization")),
+        )
+        return hashlib.blake2s("\x00".join(parts).encode(), digest_size=6).hexdigest()
+
+    def _looped(self, req: Request) -> bool:
+        vias = req.vias
+        if len(vias) < 2:
+            return False
+        marker = BRANCH_PREFIX + self._loop_hash(req)
+        for via in vias[1:]:
+            branch = via.branch or ""
+            if branch.startswith(marker) and self._is_our_sent_by(via):
+                return True
+        return False
+
+    def _is_our_sent_by(self, via: Via) -> bool:
+        if not any(same_host(via.host, ours) for ours in self._our_hosts):
+            return False
+        port = via.port or DEFAULT_PORTS.get(via.transport.lower(), 5060)
+        return any(spec.port == port for spec in self._listening())
+
+    # -- §16.4 ---------------------------------------------------------------------------
+    def _route_is_ours(self, value: str | SipURI) -> bool:
+        uri = value if isinstance(value, SipURI) else None
+        return uri is not None and uri.user is None and self.is_our_host_strict(uri)
+
+    def is_our_host_strict(self, uri: SipURI) -> bool:
+        host = uri.host.strip("[]").lower()
+        if not any(same_host(host, ours) for ours in self._our_hosts):
+            return False
+        port = uri.port or DEFAULT_PORTS.get(uri.transport, 5060)
+        return any(spec.port == port for spec in self._listening())
+
+    def _preprocess_route(self, req: Request) -> bool:
+        """Strict-router repair and removal of our own Route entries. True if any."""
+        popped = False
+        uri = req.uri
+        if isinstance(uri, SipURI) and "lr" in uri.params and self._route_is_ours(uri):
+            # §16.4: a strict router put our Record-Route URI in the Request-URI; the
+            # real target is the last Route entry.
+            routes = req.get_all("Route")
+            if routes:
+                last = req.routes[-1]
+                self._remove_last_route(req)
+                req.set_uri(str(last.uri))
+                popped = True
+            del routes
+        while req.routes and self._route_is_ours(req.routes[0].uri):  # type: ignore[arg-type]
+            req.pop_first_value("Route")
+            popped = True
+        return popped
+
+    @staticmethod
+    def _remove_last_route(req: Request) -> None:
+        values = req.values("Route")
+        req.remove("Route")
+        for value in values[:-1]:
+            req.append("Route", value)
+
+    def _next_hop(self, req: Request) -> Target | None:
+        routes = req.routes
+        uri = routes[0].uri if routes else req.uri
+        if not isinstance(uri, SipURI):
+            return None
+        if routes and "lr" not in uri.params:
+            # §16.12: the next hop is a strict router: it wants itself in the R-URI.
+            req.append("Route", f"<{req.uri_raw}>")
+            req.pop_first_value("Route")
+            req.set_uri(str(uri))
+        return self.target_for_uri(uri)
+
+    def target_for_uri(self, uri: SipURI, source: Source | None = None) -> Target:
+        transport = uri.transport if uri.transport in ("udp", "tcp", "tls") else "udp"
+        if uri.scheme == "sips":
+            transport = "tls"
+        port = uri.port or DEFAULT_PORTS[transport]
+        conn_id = source.conn_id if source is not None and source.transport == transport else None
+        return Target(transport, uri.host, port, conn_id)
+
+    # ========================================================== §16.6 forwarding ===
+    def _fork(
+        self, ctx: ServerContext, targets: list[tuple[str | None, Target]], *, record_route: bool
+    ) -> None:
+        for request_uri, target in targets:
+            if ctx.cancelled:
+                break
+            self._start_branch(ctx, request_uri, target, record_route=record_route)
+        if not ctx.branches and not ctx.final_sent:
+            self._respond(ctx, 503, "No route available")
+
+    def _start_branch(
+        self, ctx: ServerContext, request_uri: str | None, target: Target, *, record_route: bool
+    ) -> None:
+        req = ctx.request.copy()
+        if request_uri is not None:
+            req.set_uri(request_uri)
+        mf = req.max_forwards
+        req.set("Max-Forwards", str(self.sip.max_forwards if mf is None else mf - 1))
+        family = ip_family(target.host) or 2
+        try:
+            out_port = self.transport.local_port(target.transport, family)
+        except LookupError:
+            self.counters.transport["no_listener_for_branch"] += 1
+            return
+        if record_route:
+            for value in self._record_route(ctx.source, target, out_port, req):
+                req.prepend("Record-Route", value)
+        branch_id = f"{BRANCH_PREFIX}{self._loop_hash(ctx.request)}.{secrets.token_hex(5)}"
+        sent_by = f"{host_for_uri(self._advertise_for(family))}:{out_port}"
+        req.prepend("Via", f"SIP/2.0/{target.transport.upper()} {sent_by};branch={branch_id};rport")
+        for name in self.auth.consumed_headers(req):
+            req.remove(name)
+        data = req.to_bytes()
+        invite = req.method == "INVITE"
+        branch = Branch(ctx, branch_id, target, data, invite=invite)
+        txn = ClientTransaction(
+            data,
+            invite=invite,
+            reliable=target.reliable,
+            timers=self.timers,
+            now=self.clock(),
+            make_ack=(lambda response, data=data: build_ack(data, response)) if invite else None,
+        )
+        branch.txn = txn
+        ctx.branches.append(branch)
+        self.client_txns[branch_id, req.method] = branch
+        self.counters.transactions_created["client"] += 1
+        self.counters.request_out(target.transport, req.method)
+        self._run_client(branch, txn.start())
+        if invite:
+            branch.timer_c = self.queue.schedule(
+                self.clock() + self.sip.fork_timeout, lambda b=branch: self._timer_c(b)
+            )
+
+    def _record_route(
+        self, source: Source, target: Target, out_port: int, req: Request
+    ) -> list[str]:
+        """Our Record-Route values, in prepend order (RFC 5658 double record-route)."""
+        scheme = "sips" if req.uri.scheme == "sips" else "sip"
+
+        def rr(transport: str, port: int, family: int) -> str:
+            host = host_for_uri(self._advertise_for(family))
+            param = "" if transport == "udp" or scheme == "sips" else f";transport={transport}"
+            return f"<{scheme}:{host}:{port}{param};lr>"
+
+        in_family = ip_family(source.local[0]) or 2
+        out_family = ip_family(target.host) or 2
+        inbound = rr(source.transport, source.local[1], in_family)
+        outbound = rr(target.transport, out_port, out_family)
+        if inbound == outbound:
+            return [outbound]
+        # The entry facing the caller goes in first, the one facing the callee on top:
+        # each side's route set then starts with the address it can reach.
+        return [inbound, outbound]
+
+    def _advertise_for(self, family: int) -> str:
+        if (ip_family(self.advertise) or 2) == family:
+            return self.advertise
+        for spec in self.sip.listen:
+            if (ip_family(spec.host) or 2) == family:
+                return spec.host.strip("[]")
+        return self.advertise
+
+    def _forward_stateless(self, req: Request, target: Target, source: Source) -> None:
+        mf = req.max_forwards
+        req.set("Max-Forwards", str(self.sip.max_forwards if mf is None else mf - 1))
+        family = ip_family(target.host) or 2
+        try:
+            port = self.transport.local_port(target.transport, family)
+        except LookupError:
+            return
+        sent_by = f"{host_for_uri(self._advertise_for(family))}:{port}"
+        branch = f"{BRANCH_PREFIX}{self._loop_hash(req)}.{secrets.token_hex(5)}"
+        req.prepend("Via", f"SIP/2.0/{target.transport.upper()} {sent_by};branch={branch};rport")
+        self.counters.request_out(target.transport, req.method)
+        self._send_raw(req.to_bytes(), target)
+
+    # ================================================================== responses ===
+    def _on_response(self, resp: Response, source: Source) -> None:
+        try:
+            resp.validate()
+            top = resp.top_via
+            method = resp.cseq.method
+        except SIPParseError as err:
+            self.counters.parse_errors[parse_error_label(0, err.header)] += 1
+            return
+        branch = self.client_txns.get((top.branch or "", method))
+        if branch is None or branch.txn is None:
+            if method == "INVITE" and 200 <= resp.status < 300 and self._is_our_sent_by(top):
+                # A 2xx retransmission after the transaction ended: forward it on the
+                # remaining Via like any stateless proxy would (RFC 6026 §8.4).
+                self._forward_response_stateless(resp)
+            return
+        self._run_client(branch, branch.txn.on_response(resp.status, resp.to_bytes(), self.clock()))
+
+    def _forward_response_stateless(self, resp: Response) -> None:
+        resp.pop_first_value("Via")
+        if not resp.get("Via"):
+            return
+        via = resp.top_via
+        transport = via.transport.lower()
+        if transport not in ("udp", "tcp", "tls"):
+            return
+        if via.params.get("rport"):
+            host, port = via.params.get("received") or via.host, int(via.params["rport"] or 0)
+        else:
+            host, port = via.params.get("received") or via.host, via.port or DEFAULT_PORTS[transport]
+        if host == "255.255.255.255":
+            return
+        self.counters.response_out(transport, resp.status)
+        self._send_raw(resp.to_bytes(), Target(transport, host, port))
+
+    def _branch_response(self, branch: Branch, data: bytes, status: int) -> None:
+        ctx = branch.ctx
+        resp = parse_message(data, self.limits)
+        assert isinstance(resp, Response)
+        if status < 200:
+            branch.provisional = True
+            if branch.cancel_pending:
+                self._cancel_branch(branch)
+            if status == 100 or ctx.final_sent:
+                return
+            self._respond_with(ctx, resp)
+            return
+        branch.final = status
+        self.queue.cancel(branch.timer_c)
+        if status < 300:
+            # Every 2xx goes upstream at once, and the other branches are cancelled.
+            self._respond_with(ctx, resp)
+            if ctx.request.method == "INVITE":
+                for other in ctx.branches:
+                    if other is not branch:
+                        self._cancel_branch(other)
+            return
+        branch.response = resp
+        if status >= 600 and ctx.request.method == "INVITE":
+            for other in ctx.branches:
+                if other is not branch:
+                    self._cancel_branch(other)
+        self._maybe_send_best(ctx)
+
+    def _branch_failed(self, branch: Branch, status: int, reason: str) -> None:
+        if branch.final:
+            return
+        branch.final = status
+        branch.local_reason = reason
+        self.queue.cancel(branch.timer_c)
+        self._maybe_send_best(branch.ctx)
+
+    def _maybe_send_best(self, ctx: ServerContext) -> None:
+        if ctx.final_sent or any(not b.final for b in ctx.branches):
+            return
+        best = self._best_branch(ctx)
+        if best.response is None:
+            self._respond(ctx, best.final, best.local_reason)
+            return
+        resp = best.response
+        if resp.status in (401, 407):
+            self._merge_challenges(ctx, resp)
+        if resp.status == 503:
+            # §16.7 step 6: a 503 upstream would make the caller think *we* are down.
+            self._respond(ctx, 500, "Server Internal Error (downstream unavailable)")
+            return
+        self._respond_with(ctx, resp)
+
+    @staticmethod
+    def _best_branch(ctx: ServerContext) -> Branch:
+        finals = [b for b in ctx.branches if b.final]
+        six = [b for b in finals if b.final >= 600]
+        if six:
+            return six[0]
+
+        def rank(b: Branch) -> tuple[int, int]:
+            # Lowest class wins; within 4xx prefer what the caller can act on.
+            preferred = {401: 0, 407: 0, 415: 1, 420: 1, 484: 1, 487: 2}
+            return (b.final // 100, preferred.get(b.final, 5))
+
+        return min(finals, key=rank)
+
+    @staticmethod
+    def _merge_challenges(ctx: ServerContext, resp: Response) -> None:
+        for other in ctx.branches:
+            if other.response is None or other.response is resp:
+                continue
+            for name in ("WWW-Authenticate", "Proxy-Authenticate"):
+                for value in other.response.get_all(name):
+                    resp.append(name, value)
+
+    # =========================================================== sending responses ===
+    def _respond(
+        self, ctx: ServerContext, status: int, reason: str | None = None, *,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        to_tag = ctx.to_tag if status > 100 and not ctx.request.to.tag else None
+        resp = make_response(ctx.request, status, reason, to_tag=to_tag, headers=headers)
+        if status >= 200:
+            resp.set("Server", self.sip.user_agent)
+        self._send_response(ctx, resp.to_bytes(), status, local=True)
+
+    def _respond_with(self, ctx: ServerContext, resp: Response) -> None:
+        resp.pop_first_value("Via")
+        self._send_response(ctx, resp.to_bytes(), resp.status, local=False)
+
+    def _send_response(self, ctx: ServerContext, data: bytes, status: int, *, local: bool) -> None:
+        if local:
+            self.counters.local_replies[f"{status // 100}xx"] += 1
+        if status >= 200:
+            if ctx.final_sent and not (200 <= status < 300 and ctx.request.method == "INVITE"):
+                return
+            ctx.final_sent = True
+            ctx.final_status = ctx.final_status or status
+        try:
+            actions = ctx.txn.send_response(status, data, self.clock())
+        except TransactionError:
+            # A further 2xx to an INVITE (another fork answered, or a retransmission):
+            # RFC 6026 has the proxy pass it on outside the transaction.
+            if 200 <= status < 300:
+                self.counters.response_out(ctx.response_target.transport, status)
+                self._send_raw(data, ctx.response_target)
+            return
+        self._run_server(ctx, actions, status)
+
+    # ===================================================== transaction action loops ===
+    def _run_server(self, ctx: ServerContext, actions: list[Action], status: int = 0) -> None:
+        for action in actions:
+            if isinstance(action, Transmit):
+                if status:
+                    self.counters.response_out(ctx.response_target.transport, status)
+                self._send_raw(action.data, ctx.response_target)
+            elif isinstance(action, Terminated):
+                self.server_txns.pop(ctx.key, None)
+            elif isinstance(action, TimedOut | TransportFailed):
+                # Our final response was never acknowledged: nothing more to do.
+                self.counters.transport["server_txn_timeout"] += 1
+        self._reschedule(ctx.txn, lambda: self._expire_server(ctx))
+
+    def _run_client(self, branch: Branch, actions: list[Action]) -> None:
+        for action in actions:
+            if branch.is_cancel and isinstance(action, Deliver | TimedOut | TransportFailed):
+                # A CANCEL's own outcome changes nothing upstream: the INVITE branch
+                # still ends with its 487 (or its own timeout).
+                continue
+            if isinstance(action, Transmit):
+                self._send_raw(action.data, branch.target, on_error=lambda b=branch: self._transport_error(b))
+            elif isinstance(action, Deliver):
+                self._branch_response(branch, action.data, action.status)
+            elif isinstance(action, TimedOut):
+                self._branch_failed(branch, 408, "Request Timeout")
+            elif isinstance(action, TransportFailed):
+                self._branch_failed(branch, 503, "Service Unavailable")
+            elif isinstance(action, Terminated):
+                self.client_txns.pop((branch.branch_id, branch.method), None)
+        if branch.txn is not None:
+            self._reschedule(branch.txn, lambda: self._expire_client(branch))
+
+    def _transport_error(self, branch: Branch) -> None:
+        if branch.txn is not None:
+            self._run_client(branch, branch.txn.on_transport_error(self.clock()))
+
+    def _send_raw(self, data: bytes, target: Target, on_error: Callable[[], None] | None = None) -> None:
+        self.transport.send(data, target, on_error)
+
+    def _reply_stateless(self, req: Request, source: Source, status: int, reason: str) -> None:
+        try:
+            resp = make_response(req, status, reason, to_tag=secrets.token_hex(6))
+            data = resp.to_bytes()
+        except SIPParseError:
+            built = last_resort_response(req.to_bytes(), status, reason)
+            if built is None:
+                return
+            data = built
+        self.counters.local_replies[f"{status // 100}xx"] += 1
+        self.counters.response_out(source.transport, status)
+        self._send_raw(data, Target(source.transport, *source.remote, source.conn_id))
+
+    # ===================================================================== CANCEL ===
+    def _cancel_branch(self, branch: Branch) -> None:
+        if branch.final or branch.cancel_sent or not branch.invite:
+            return
+        if not branch.provisional:
+            # §9.1: a CANCEL may only follow a provisional response; send it then.
+            branch.cancel_pending = True
+            return
+        branch.cancel_sent = True
+        data = build_cancel(branch.request)
+        txn = ClientTransaction(
+            data, invite=False, reliable=branch.target.reliable, timers=self.timers, now=self.clock()
+        )
+        cancel = Branch(branch.ctx, branch.branch_id, branch.target, data, invite=False, method="CANCEL")
+        cancel.txn = txn
+        cancel.is_cancel = True
+        self.client_txns[branch.branch_id, "CANCEL"] = cancel
+        self.counters.request_out(branch.target.transport, "CANCEL")
+        self._run_client(cancel, txn.start())
+
+    def _timer_c(self, branch: Branch) -> None:
+        # Timer C (§16.6 item 11): the branch rang too long.
+        if branch.final:
+            return
+        if branch.provisional:
+            self._cancel_branch(branch)
+        else:
+            self._branch_failed(branch, 408, "Request Timeout")
+
+    # ====================================================================== timers ===
+    def _reschedule(self, txn: ClientTransaction | ServerTransaction, fire: Callable[[], None]) -> None:
+        deadline = txn.deadline
+        if deadline is not None and deadline != getattr(txn, "_scheduled", None):
+            txn._scheduled = deadline  # type: ignore[union-attr]
+            self.queue.schedule(deadline, fire)
+
+    def _expire_server(self, ctx: ServerContext) -> None:
+        ctx.txn._scheduled = None  # type: ignore[attr-defined]
+        self._run_server(ctx, ctx.txn.expire(self.clock()))
+
+    def _expire_client(self, branch: Branch) -> None:
+        if branch.txn is None:
+            return
+        branch.txn._scheduled = None  # type: ignore[attr-defined]
+        self._run_client(branch, branch.txn.expire(self.clock()))
+
+    def next_deadline(self) -> float | None:
+        return self.queue.next_deadline()
+
+    def fire_timers(self, now: float) -> None:
+        self.queue.fire(now)
+
+    # ====================================================================== misc ===
+    def _listening(self) -> list[Any]:
+        listening = getattr(self.transport, "listening", None)
+        if listening:
+            return list(listening)
+        return list(self.sip.listen)
+
+    @property
+    def active_transactions(self) -> tuple[int, int]:
+        return len(self.server_txns), len(self.client_txns)
+
+    def start_draining(self) -> None:
+        self.draining = True
+
+
+__all__ = ["ALLOW", "Proxy"]

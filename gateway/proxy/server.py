@@ -1,0 +1,102 @@
+"""The thin asyncio layer over the sans-I/O proxy: sockets in, one timer armed.
+
+Like uvicorn's protocol classes, this holds no SIP logic: the transport layer delivers
+complete messages to ``Proxy.receive``, and a single ``loop.call_at`` is kept armed at
+the proxy's earliest deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from gateway.config import Settings
+from gateway.proxy.core import Proxy
+from gateway.proxy.location import Location
+from gateway.sip.message import Limits
+from gateway.stats import Counters
+from gateway.transport.addresses import Source
+from gateway.transport.layer import Listen, TransportLayer
+
+log = logging.getLogger("sipgw.proxy")
+
+
+class ProxyServer:
+    def __init__(
+        self,
+        settings: Settings,
+        counters: Counters,
+        *,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        location: Location | None = None,
+    ) -> None:
+        sip = settings.sip
+        self.settings = settings
+        self.counters = counters
+        self.loop = asyncio.get_running_loop()
+        self.transport = TransportLayer(
+            self._on_message,
+            limits=Limits(
+                max_message=sip.max_message_size,
+                max_headers=sip.max_headers,
+                max_header_line=sip.max_header_line,
+            ),
+            counters=counters,
+            server_ssl=server_ssl,
+            client_ssl=client_ssl,
+            max_connections=sip.max_connections,
+            idle_timeout=sip.idle_timeout,
+        )
+        secret = sip.auth_secret.encode() if sip.auth_secret else None
+        self.proxy = Proxy(
+            settings,
+            transport=self.transport,
+            counters=counters,
+            clock=self.loop.time,
+            location=location,
+            auth_secret=secret,
+        )
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    async def start(self) -> None:
+        await self.transport.start(
+            [Listen(spec.transport, spec.host, spec.port) for spec in self.settings.sip.listen]
+        )
+        for spec in self.transport.listening:
+            log.info("sip listening", extra={"transport": spec.transport, "host": spec.host,
+                                             "port": spec.port})
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.transport.close()
+
+    def _on_message(self, data: bytes, source: Source) -> None:
+        try:
+            self.proxy.receive(data, source)
+        finally:
+            self._arm()
+
+    def _arm(self) -> None:
+        deadline = self.proxy.next_deadline()
+        if deadline is None:
+            return
+        if self._timer_at is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.proxy.fire_timers(self.loop.time())
+        except Exception:
+            log.exception("timer callback failed")
+        finally:
+            self._arm()

@@ -1,0 +1,3 @@
+"""Sans-I/O SIP: messages, URIs, headers, transactions, dialogs, digest.
+
+Imports nothing of the project. Bytes in, objects and bytes out."""

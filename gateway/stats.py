@@ -1,0 +1,81 @@
+"""Hot-path counters.
+
+The SIP path counts every datagram; a Prometheus client call per message costs a lock
+and several dict look-ups. Here a counter is a plain ``dict[key, int]`` increment, and
+``api/metrics.py`` folds the totals into Prometheus families when it is scraped
+(DESIGN.md: "batch hot-path metrics").
+
+Label values must come from small closed sets (methods, status classes, reasons);
+never a number, a URI or a call id.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Methods we name in metrics; anything else is folded into "other" so a peer sending
+# invented methods cannot grow the label set.
+KNOWN_METHODS = frozenset(
+    {
+        "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
+        "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+    }
+)
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+@dataclass
+class Counters:
+    """Every counter the SIP path bumps. One instance per process."""
+
+    # (direction "in"/"out", transport, method label) for requests
+    requests: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # (direction, transport, status class) for responses
+    responses: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # reason of a parse error, already a short fixed phrase
+    parse_errors: Counter[str] = field(default_factory=Counter)
+    # transactions created by kind ("client"/"server")
+    transactions_created: Counter[str] = field(default_factory=Counter)
+    # registrations by outcome ("ok", "auth_challenge", "auth_failed", "rejected", "removed")
+    registrations: Counter[str] = field(default_factory=Counter)
+    # requests we answered ourselves, by status code class and reason key
+    local_replies: Counter[str] = field(default_factory=Counter)
+    # transport-level events ("tcp_accepted", "tcp_refused_limit", "idle_closed", …)
+    transport: Counter[str] = field(default_factory=Counter)
+
+    def request_in(self, transport: str, method: str) -> None:
+        self.requests["in", transport, method_label(method)] += 1
+
+    def request_out(self, transport: str, method: str) -> None:
+        self.requests["out", transport, method_label(method)] += 1
+
+    def response_in(self, transport: str, status: int) -> None:
+        self.responses["in", transport, status_class(status)] += 1
+
+    def response_out(self, transport: str, status: int) -> None:
+        self.responses["out", transport, status_class(status)] += 1
+
+
+
+# Headers whose parse errors get their own label; any other name is "other" so a peer
+# cannot grow the label set by inventing header names.
+_LABELLED_HEADERS = frozenset(
+    {
+        "Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards", "Contact", "Content-Length",
+        "Route", "Record-Route", "Expires", "Authorization", "Proxy-Authorization",
+    }
+)
+
+
+def parse_error_label(status: int, header: str | None) -> str:
+    """A bounded label for a parse error: the answer code and the header at fault."""
+    where = header if header in _LABELLED_HEADERS else ("start-line" if header is None else "other")
+    return f"{status}:{where}"

@@ -1,0 +1,76 @@
+"""Where a message came from and where one goes: plain values, no SIP semantics."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+STREAM_TRANSPORTS = frozenset({"tcp", "tls"})
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """The origin of one received message.
+
+    ``conn_id`` names the stream connection it arrived on (``None`` for UDP), so a
+    response can go back over that very connection (RFC 3261 §18.2.2).
+    """
+
+    transport: str
+    remote: tuple[str, int]
+    local: tuple[str, int]
+    conn_id: int | None = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport in STREAM_TRANSPORTS
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A destination: a transport, a host (IP literal or name) and a port.
+
+    With ``conn_id`` set the transport layer prefers that connection and falls back to
+    the address when it has gone away.
+    """
+
+    transport: str
+    host: str
+    port: int
+    conn_id: int | None = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport in STREAM_TRANSPORTS
+
+
+def strip_brackets(host: str) -> str:
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def ip_family(host: str) -> socket.AddressFamily | None:
+    """The address family of an IP literal (brackets allowed), ``None`` for a name."""
+    try:
+        addr = ipaddress.ip_address(strip_brackets(host))
+    except ValueError:
+        return None
+    return socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+
+
+def host_for_uri(host: str) -> str:
+    """An IP or name as it is written in a SIP URI or Via: IPv6 in brackets."""
+    bare = strip_brackets(host)
+    return f"[{bare}]" if ":" in bare else bare
+
+
+def same_host(a: str, b: str) -> bool:
+    """Compare two hosts, IPv6 spelled in any valid way."""
+    a, b = strip_brackets(a).lower(), strip_brackets(b).lower()
+    if a == b:
+        return True
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False

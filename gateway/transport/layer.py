@@ -1,0 +1,335 @@
+"""The transport layer: UDP, TCP and TLS endpoints behind one ``send`` and one handler.
+
+It knows bytes and addresses, not SIP semantics: whoever owns it hands over complete
+messages and a ``Target``; it reuses a live connection (the one a request came on, or
+one aliased to the target's address) before opening a new one (RFC 3261 §18).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from gateway.sip.message import Limits
+from gateway.stats import Counters
+from gateway.transport.addresses import Source, Target, ip_family, strip_brackets
+from gateway.transport.stream import StreamConnection
+
+log = logging.getLogger("sipgw.transport")
+
+Handler = Callable[[bytes, Source], None]
+ErrorCallback = Callable[[], None]
+
+CONNECT_TIMEOUT = 5.0
+IDLE_SWEEP_INTERVAL = 5.0
+MAX_PENDING_PER_CONNECT = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    transport: str  # "udp" | "tcp" | "tls"
+    host: str
+    port: int
+
+
+def _addr_key(transport: str, host: str, port: int) -> tuple[str, str, int]:
+    bare = strip_brackets(host).lower()
+    try:
+        bare = ipaddress.ip_address(bare).compressed
+    except ValueError:
+        pass
+    return transport, bare, port
+
+
+class UdpEndpoint(asyncio.DatagramProtocol):
+    def __init__(self, layer: TransportLayer, local: tuple[str, int]) -> None:
+        self.layer = layer
+        self.local = local
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+        sock = transport.get_extra_info("sockname")
+        self.local = (str(sock[0]), int(sock[1]))
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.layer.deliver(data, Source("udp", (str(addr[0]), int(addr[1])), self.local, None))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like: nothing to do per datagram; the
+        # transaction timers take care of the lost message.
+        self.layer.counters.transport["udp_error"] += 1
+
+
+class TransportLayer:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        limits: Limits,
+        counters: Counters,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        max_connections: int = 4096,
+        idle_timeout: float = 300.0,
+    ) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.counters = counters
+        self.server_ssl = server_ssl
+        self.client_ssl = client_ssl
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.listening: list[Listen] = []
+        self._udp: dict[socket.AddressFamily, UdpEndpoint] = {}
+        self._servers: list[asyncio.base_events.Server] = []
+        self._conns: dict[int, StreamConnection] = {}
+        self._by_addr: dict[tuple[str, str, int], int] = {}
+        self._connecting: dict[tuple[str, str, int], list[tuple[bytes, ErrorCallback | None]]] = {}
+        self._next_id = 0
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self, listens: Sequence[Listen]) -> None:
+        loop = asyncio.get_running_loop()
+        for spec in listens:
+            host = strip_brackets(spec.host)
+            family = ip_family(host) or socket.AF_INET
+            if spec.transport == "udp":
+                _, proto = await loop.create_datagram_endpoint(
+                    lambda: UdpEndpoint(self, (host, spec.port)),
+                    local_addr=(host, spec.port),
+                    family=family,
+                )
+                endpoint = proto
+                self._udp.setdefault(family, endpoint)
+                self._tune_udp_socket(endpoint)
+                self.listening.append(Listen("udp", spec.host, endpoint.local[1]))
+                continue
+            if spec.transport == "tls" and self.server_ssl is None:
+                raise ValueError("a TLS listener needs a certificate (sip.tls_cert/sip.tls_key)")
+            name = spec.transport
+            server = await loop.create_server(
+                lambda name=name: StreamConnection(self, name, self.limits),  # type: ignore[misc]
+                host,
+                spec.port,
+                family=family,
+                ssl=self.server_ssl if name == "tls" else None,
+                reuse_address=True,
+                backlog=1024,
+            )
+            self._servers.append(server)
+            port = server.sockets[0].getsockname()[1]
+            self.listening.append(Listen(name, spec.host, port))
+        self._sweeper = asyncio.create_task(self._sweep_idle())
+
+    @staticmethod
+    def _tune_udp_socket(endpoint: UdpEndpoint) -> None:
+        # A burst of INVITEs must not be dropped by a default-sized kernel buffer.
+        assert endpoint.transport is not None
+        sock = endpoint.transport.get_extra_info("socket")
+        if sock is None:
+            return
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+            except OSError:
+                pass
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for server in self._servers:
+            server.close()
+        for conn in list(self._conns.values()):
+            conn.close()
+        for endpoint in self._udp.values():
+            if endpoint.transport is not None:
+                endpoint.transport.close()
+        for server in self._servers:
+            await server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- what the layer offers ----------------------------------------------------------
+    def local_port(self, transport: str, family: socket.AddressFamily = socket.AF_INET) -> int:
+        """The port we listen on for ``transport`` (for Via sent-by and Record-Route)."""
+        candidates = [spec for spec in self.listening if spec.transport == transport]
+        for spec in candidates:
+            if (ip_family(spec.host) or socket.AF_INET) == family:
+                return spec.port
+        if candidates:
+            return candidates[0].port
+        raise LookupError(f"no {transport} listener")
+
+    def supports(self, transport: str) -> bool:
+        return any(spec.transport == transport for spec in self.listening)
+
+    def connection_alive(self, conn_id: int | None) -> bool:
+        conn = self._conns.get(conn_id) if conn_id is not None else None
+        return conn is not None and not conn.closed
+
+    def add_alias(self, conn_id: int, host: str, port: int) -> None:
+        """Reach connection ``conn_id`` also when sending to ``host:port``.
+
+        A phone registered over TCP advertises its listening port in Contact, but
+        expects requests on the connection it opened (it may not accept new ones).
+        """
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self._by_addr[_addr_key(conn.name, host, port)] = conn_id
+
+    def send(self, data: bytes, target: Target, on_error: ErrorCallback | None = None) -> None:
+        """Send without waiting: errors are reported through ``on_error``."""
+        if target.transport == "udp":
+            self._send_udp(data, target, on_error)
+        else:
+            self._send_stream(data, target, on_error)
+
+    # -- UDP -----------------------------------------------------------------------------
+    def _send_udp(self, data: bytes, target: Target, on_error: ErrorCallback | None) -> None:
+        family = ip_family(target.host)
+        if family is None:
+            self._spawn(self._resolve_then_send(data, target, on_error))
+            return
+        endpoint = self._udp.get(family)
+        if endpoint is None or endpoint.transport is None:
+            self.counters.transport["udp_no_endpoint"] += 1
+            if on_error is not None:
+                on_error()
+            return
+        endpoint.transport.sendto(data, (strip_brackets(target.host), target.port))
+
+    async def _resolve_then_send(
+        self, data: bytes, target: Target, on_error: ErrorCallback | None
+    ) -> None:
+        # Plain A/AAAA resolution; RFC 3263 NAPTR/SRV selection is not implemented.
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_DGRAM)
+        except OSError:
+            infos = []
+        for family, *_rest, sockaddr in infos:
+            if family in self._udp:
+                self.send(data, Target(target.transport, str(sockaddr[0]), target.port), on_error)
+                return
+        self.counters.transport["resolve_failed"] += 1
+        if on_error is not None:
+            on_error()
+
+    # -- streams -------------------------------------------------------------------------
+    def _send_stream(self, data: bytes, target: Target, on_error: ErrorCallback | None) -> None:
+        conn = self._conns.get(target.conn_id) if target.conn_id is not None else None
+        if conn is None or conn.closed:
+            key = _addr_key(target.transport, target.host, target.port)
+            conn_id = self._by_addr.get(key)
+            conn = self._conns.get(conn_id) if conn_id is not None else None
+        if conn is not None and not conn.closed:
+            if not conn.write(data) and on_error is not None:
+                on_error()
+            return
+        self._connect_and_send(data, target, on_error)
+
+    def _connect_and_send(self, data: bytes, target: Target, on_error: ErrorCallback | None) -> None:
+        key = _addr_key(target.transport, target.host, target.port)
+        queue = self._connecting.get(key)
+        if queue is not None:
+            if len(queue) >= MAX_PENDING_PER_CONNECT:
+                if on_error is not None:
+                    on_error()
+                return
+            queue.append((data, on_error))
+            return
+        self._connecting[key] = [(data, on_error)]
+        self._spawn(self._connect(target, key))
+
+    async def _connect(self, target: Target, key: tuple[str, str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        use_tls = target.transport == "tls"
+        if use_tls and self.client_ssl is None:
+            self._fail_pending(key)
+            return
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: StreamConnection(self, target.transport, self.limits),
+                    strip_brackets(target.host),
+                    target.port,
+                    ssl=self.client_ssl if use_tls else None,
+                    server_hostname=(strip_brackets(target.host) if use_tls else None),
+                ),
+                CONNECT_TIMEOUT,
+            )
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            self.counters.transport["connect_failed"] += 1
+            log.info("connect failed", extra={"target": f"{target.host}:{target.port}",
+                                               "transport": target.transport,
+                                               "error": type(exc).__name__})
+            self._fail_pending(key)
+            return
+        assert isinstance(conn, StreamConnection)
+        self._by_addr[key] = conn.conn_id
+        for data, on_error in self._connecting.pop(key, []):
+            if not conn.write(data) and on_error is not None:
+                on_error()
+
+    def _fail_pending(self, key: tuple[str, str, int]) -> None:
+        for _data, on_error in self._connecting.pop(key, []):
+            if on_error is not None:
+                on_error()
+
+    # -- connection bookkeeping (called by StreamConnection) ------------------------------
+    def next_conn_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def register_connection(self, conn: StreamConnection) -> bool:
+        if len(self._conns) >= self.max_connections:
+            self.counters.transport["connection_refused_limit"] += 1
+            log.warning("connection limit reached", extra={"limit": self.max_connections})
+            return False
+        self._conns[conn.conn_id] = conn
+        self._by_addr[_addr_key(conn.name, *conn.remote)] = conn.conn_id
+        self.counters.transport[f"{conn.name}_opened"] += 1
+        return True
+
+    def unregister_connection(self, conn: StreamConnection) -> None:
+        if self._conns.pop(conn.conn_id, None) is None:
+            return
+        for key in [k for k, v in self._by_addr.items() if v == conn.conn_id]:
+            del self._by_addr[key]
+        self.counters.transport[f"{conn.name}_closed"] += 1
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._conns)
+
+    def deliver(self, data: bytes, source: Source) -> None:
+        try:
+            self.handler(data, source)
+        except Exception:
+            # One bad message must never take the listener down with it.
+            self.counters.transport["handler_error"] += 1
+            log.exception("message handler failed", extra={"transport": source.transport})
+
+    async def _sweep_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(IDLE_SWEEP_INTERVAL, self.idle_timeout / 2))
+            cutoff = time.monotonic() - self.idle_timeout
+            for conn in list(self._conns.values()):
+                if conn.last_activity < cutoff:
+                    self.counters.transport["idle_closed"] += 1
+                    conn.close()
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

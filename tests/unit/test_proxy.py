@@ -1,0 +1,419 @@
+"""The proxy core driven without sockets: RFC 3261 §10, §16, §17 behaviour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.sip.digest import DigestClient
+from gateway.sip.message import Request, Response
+
+from .proxy_harness import CONFIG, PASSWORDS, TRUNK, Harness, Sent, request, response_to, settings_from
+
+PHONE_201 = ("127.0.0.1", 5201)
+PHONE_202 = ("127.0.0.1", 5202)
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(settings_from(CONFIG, tmp_path))
+
+
+def only(sent: list[Sent], *, status: int | None = None, method: str | None = None) -> Sent:
+    picked = [
+        s for s in sent
+        if (status is not None and isinstance(s.msg, Response) and s.msg.status == status)
+        or (method is not None and isinstance(s.msg, Request) and s.msg.method == method)
+    ]
+    assert len(picked) == 1, f"expected one {status or method}, got {[s.data[:40] for s in sent]}"
+    return picked[0]
+
+
+def statuses(sent: list[Sent]) -> list[int]:
+    return [s.msg.status for s in sent if isinstance(s.msg, Response)]
+
+
+def register(h: Harness, user: str, src: tuple[str, int], *, expires: int = 600,
+             contact: str | None = None, call_id: str | None = None) -> Response:
+    contact = contact or f"<sip:{user}@{src[0]}:{src[1]}>"
+    call_id = call_id or f"reg-{user}-{src[1]}"
+    extra = f"Contact: {contact}\nExpires: {expires}"
+    first = request("REGISTER", "sip:acme.test", src=src, from_=f"<sip:{user}@acme.test>;tag=r1",
+                    to=f"<sip:{user}@acme.test>", call_id=call_id, cseq=1, extra=extra)
+    first = first.replace(f"Contact: <sip:peer@{src[0]}:{src[1]}>\r\n", "")
+    challenge = only(h.feed(first, src), status=401).msg
+    assert isinstance(challenge, Response)
+    client = DigestClient(user, PASSWORDS[user])
+    auth = client.authorization(challenge.get_all("WWW-Authenticate")[0], "REGISTER", "sip:acme.test")
+    second = request("REGISTER", "sip:acme.test", src=src, from_=f"<sip:{user}@acme.test>;tag=r1",
+                     to=f"<sip:{user}@acme.test>", call_id=call_id, cseq=2,
+                     extra=f"{extra}\nAuthorization: {auth}")
+    second = second.replace(f"Contact: <sip:peer@{src[0]}:{src[1]}>\r\n", "")
+    answer = h.feed(second, src)
+    resp = answer[-1].msg
+    assert isinstance(resp, Response)
+    return resp
+
+
+# ---------------------------------------------------------------------------- OPTIONS ---
+def test_options_to_the_gateway_is_answered_with_capabilities(h: Harness) -> None:
+    sent = h.feed(request("OPTIONS", "sip:127.0.0.1:5060", src=("127.0.0.1", 7000)),
+                  src=("127.0.0.1", 7000))
+    resp = only(sent, status=200)
+    msg = resp.msg
+    assert "INVITE" in (msg.get("Allow") or "") and "REGISTER" in (msg.get("Allow") or "")
+    assert msg.get("Accept") == "application/sdp"
+    assert msg.get("Supported") is not None
+    assert resp.target.host == "127.0.0.1" and resp.target.port == 7000
+
+
+def test_options_while_draining_is_503_with_retry_after(h: Harness) -> None:
+    h.proxy.start_draining()
+    sent = h.feed(request("OPTIONS", "sip:127.0.0.1", src=("127.0.0.1", 7000)), src=("127.0.0.1", 7000))
+    msg = only(sent, status=503).msg
+    assert msg.get("Retry-After") == "30"
+
+
+def test_options_with_max_forwards_zero_to_us_is_still_answered(h: Harness) -> None:
+    sent = h.feed(request("OPTIONS", "sip:127.0.0.1", src=("127.0.0.1", 7000), max_forwards=0),
+                  src=("127.0.0.1", 7000))
+    assert statuses(sent) == [200]
+
+
+# ---------------------------------------------------------------------------- REGISTER ---
+def test_register_challenges_then_binds(h: Harness) -> None:
+    resp = register(h, "201", PHONE_201)
+    assert resp.status == 200
+    contacts = resp.get_all("Contact")
+    assert len(contacts) == 1 and "sip:201@127.0.0.1:5201" in contacts[0]
+    assert "expires=600" in contacts[0]
+    assert [b.contact_uri for b in h.proxy.location.bindings("acme", "201", h.clock.now)] == [
+        "sip:201@127.0.0.1:5201"
+    ]
+
+
+def test_register_challenge_offers_sha256_before_md5(h: Harness) -> None:
+    req = request("REGISTER", "sip:acme.test", src=PHONE_201, from_="<sip:201@acme.test>;tag=a",
+                  to="<sip:201@acme.test>")
+    challenges = only(h.feed(req, PHONE_201), status=401).msg.get_all("WWW-Authenticate")
+    assert "algorithm=SHA-256" in challenges[0]
+    assert any("algorithm=MD5" in c for c in challenges[1:])
+    assert all('realm="acme.test"' in c for c in challenges)
+
+
+def test_register_with_wrong_password_is_challenged_again(h: Harness) -> None:
+    req = request("REGISTER", "sip:acme.test", src=PHONE_201, from_="<sip:201@acme.test>;tag=a",
+                  to="<sip:201@acme.test>", call_id="bad-pw")
+    challenge = only(h.feed(req, PHONE_201), status=401).msg.get_all("WWW-Authenticate")[0]
+    auth = DigestClient("201", "wrong-password").authorization(challenge, "REGISTER", "sip:acme.test")
+    retry = request("REGISTER", "sip:acme.test", src=PHONE_201, from_="<sip:201@acme.test>;tag=a",
+                    to="<sip:201@acme.test>", call_id="bad-pw", cseq=2, extra=f"Authorization: {auth}")
+    assert statuses(h.feed(retry, PHONE_201)) == [401]
+    assert h.proxy.location.bindings("acme", "201", h.clock.now) == []
+
+
+def test_register_interval_too_brief_is_423_with_min_expires(h: Harness) -> None:
+    resp = register(h, "201", PHONE_201, expires=10)
+    assert resp.status == 423
+    assert resp.get("Min-Expires") == "60"
+
+
+def test_register_wildcard_removes_every_binding(h: Harness) -> None:
+    register(h, "201", PHONE_201, call_id="same")
+    resp = register(h, "201", PHONE_201, expires=0, contact="*", call_id="other")
+    assert resp.status == 200
+    assert h.proxy.location.bindings("acme", "201", h.clock.now) == []
+
+
+def test_bindings_expire(h: Harness) -> None:
+    register(h, "201", PHONE_201, expires=120)
+    h.advance(121)
+    assert h.proxy.location.bindings("acme", "201", h.clock.now) == []
+
+
+def test_register_another_users_aor_is_forbidden(h: Harness) -> None:
+    req = request("REGISTER", "sip:acme.test", src=PHONE_201, from_="<sip:202@acme.test>;tag=a",
+                  to="<sip:202@acme.test>", call_id="steal")
+    challenge = only(h.feed(req, PHONE_201), status=401).msg.get_all("WWW-Authenticate")[0]
+    auth = DigestClient("201", PASSWORDS["201"]).authorization(challenge, "REGISTER", "sip:acme.test")
+    retry = request("REGISTER", "sip:acme.test", src=PHONE_201, from_="<sip:202@acme.test>;tag=a",
+                    to="<sip:202@acme.test>", call_id="steal", cseq=2, extra=f"Authorization: {auth}")
+    assert statuses(h.feed(retry, PHONE_201)) == [403]
+
+
+# ------------------------------------------------------------------ INVITE from trunk ---
+def invite_from_trunk(h: Harness, call_id: str = "in-1", ruri: str = "sip:+31201234567@127.0.0.1") -> list[Sent]:
+    return h.feed(request("INVITE", ruri, call_id=call_id, body="v=0\r\n",
+                          extra="Content-Type: application/sdp"))
+
+
+def test_trunk_call_to_did_rings_the_registered_phone(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    sent = invite_from_trunk(h)
+    assert statuses(sent) == [100]
+    fwd = only(sent, method="INVITE")
+    msg = fwd.msg
+    assert isinstance(msg, Request)
+    assert msg.uri_raw == "sip:201@127.0.0.1:5201"
+    assert (fwd.target.host, fwd.target.port, fwd.target.transport) == ("127.0.0.1", 5201, "udp")
+    vias = msg.get_all("Via")
+    assert vias[0].startswith("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK")
+    assert "received=127.0.0.1" in vias[1] and "rport=5082" in vias[1]
+    assert msg.get("Max-Forwards") == "69"
+    assert msg.get("Record-Route") == "<sip:127.0.0.1:5060;lr>"
+    assert msg.body == b"v=0\r\n"
+
+
+def test_responses_are_relayed_with_our_via_removed(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    fwd = only(invite_from_trunk(h), method="INVITE").msg
+    assert isinstance(fwd, Request)
+    ringing = h.feed(response_to(fwd, 180, "Ringing"), PHONE_201)
+    relayed = only(ringing, status=180)
+    assert (relayed.target.host, relayed.target.port) == TRUNK
+    assert len(relayed.msg.get_all("Via")) == 1
+    ok = only(h.feed(response_to(fwd, 200, "OK"), PHONE_201), status=200)
+    assert ok.msg.get("Record-Route") == "<sip:127.0.0.1:5060;lr>"
+
+
+def test_invite_retransmission_is_absorbed(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    text = request("INVITE", "sip:+31201234567@127.0.0.1", call_id="rtx", branch="z9hG4bK-rtx")
+    first = h.feed(text)
+    assert len([s for s in first if isinstance(s.msg, Request)]) == 1
+    again = h.feed(text)
+    assert statuses(again) == [100]
+    assert not [s for s in again if isinstance(s.msg, Request)]
+
+
+def test_unregistered_extension_is_480(h: Harness) -> None:
+    assert statuses(invite_from_trunk(h)) == [100, 480]
+
+
+def test_unknown_did_is_404(h: Harness) -> None:
+    assert statuses(invite_from_trunk(h, ruri="sip:+31209999999@127.0.0.1")) == [100, 404]
+
+
+def test_busy_is_relayed_and_acked_hop_by_hop(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    fwd = only(invite_from_trunk(h), method="INVITE").msg
+    assert isinstance(fwd, Request)
+    sent = h.feed(response_to(fwd, 486, "Busy Here"), PHONE_201)
+    ack = only(sent, method="ACK")
+    assert (ack.target.host, ack.target.port) == PHONE_201
+    ack_msg = ack.msg
+    assert isinstance(ack_msg, Request)
+    assert ack_msg.get_all("Via")[0] == fwd.get_all("Via")[0]
+    assert ack_msg.to.tag == "callee"
+    upstream = only(sent, status=486)
+    assert (upstream.target.host, upstream.target.port) == TRUNK
+
+
+def test_no_answer_times_out_with_408(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    sent = invite_from_trunk(h)
+    only(sent, method="INVITE")
+    later = h.advance(40)
+    # Timer A retransmitted the INVITE, Timer B then ended the branch: 408 upstream.
+    assert len([s for s in later if isinstance(s.msg, Request) and s.msg.method == "INVITE"]) >= 5
+    assert statuses(later) == [408]
+
+
+# --------------------------------------------------------------------------- CANCEL ---
+def test_cancel_before_answer(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    text = request("INVITE", "sip:+31201234567@127.0.0.1", call_id="c1", branch="z9hG4bK-c1")
+    fwd = only(h.feed(text), method="INVITE").msg
+    assert isinstance(fwd, Request)
+    h.feed(response_to(fwd, 180, "Ringing"), PHONE_201)
+    cancel = text.replace("INVITE sip:", "CANCEL sip:").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+    sent = h.feed(cancel)
+    assert statuses(sent) == [200]
+    down = only(sent, method="CANCEL").msg
+    assert isinstance(down, Request)
+    assert down.get_all("Via")[0] == fwd.get_all("Via")[0]
+    h.feed(response_to(down, 200, "OK", to_tag=None), PHONE_201)
+    terminated = h.feed(response_to(fwd, 487, "Request Terminated"), PHONE_201)
+    assert statuses(terminated) == [487]
+
+
+def test_cancel_without_transaction_is_481(h: Harness) -> None:
+    text = request("CANCEL", "sip:+31201234567@127.0.0.1", call_id="nothing")
+    assert statuses(h.feed(text)) == [481]
+
+
+# -------------------------------------------------------------------------- forking ---
+def test_parallel_fork_cancels_the_other_branch_on_2xx(h: Harness) -> None:
+    register(h, "201", PHONE_201, call_id="a")
+    register(h, "201", ("127.0.0.1", 5211), call_id="b")
+    sent = invite_from_trunk(h, call_id="fork")
+    branches = [s for s in sent if isinstance(s.msg, Request) and s.msg.method == "INVITE"]
+    assert sorted(b.target.port for b in branches) == [5201, 5211]
+    first, second = (b.msg for b in branches)
+    assert isinstance(first, Request) and isinstance(second, Request)
+    h.feed(response_to(first, 180, "Ringing", to_tag="t1"), PHONE_201)
+    h.feed(response_to(second, 180, "Ringing", to_tag="t2"), ("127.0.0.1", 5211))
+    sent = h.feed(response_to(first, 200, "OK", to_tag="t1"), PHONE_201)
+    assert statuses(sent) == [200]
+    cancel = only(sent, method="CANCEL")
+    assert cancel.target.port == branches[1].target.port
+    # The cancelled branch's 487 is not forwarded: the caller already has its 200.
+    h.feed(response_to(cancel.msg, 200, "OK", to_tag=None), ("127.0.0.1", 5211))  # type: ignore[arg-type]
+    assert statuses(h.feed(response_to(second, 487, "Request Terminated", to_tag="t2"),
+                           ("127.0.0.1", 5211))) == []
+
+
+def test_fork_best_response_prefers_busy_over_timeout(h: Harness) -> None:
+    register(h, "201", PHONE_201, call_id="a")
+    register(h, "201", ("127.0.0.1", 5211), call_id="b")
+    branches = [s for s in invite_from_trunk(h, call_id="best") if isinstance(s.msg, Request)]
+    busy_branch = branches[0].msg
+    assert isinstance(busy_branch, Request)
+    assert statuses(h.feed(response_to(busy_branch, 486, "Busy Here"), PHONE_201)) == []
+    later = h.advance(40)
+    assert statuses(later) == [486]
+
+
+# ------------------------------------------------------------------ phone → trunk ---
+def invite_from_phone(h: Harness, user: str, src: tuple[str, int], ruri: str, call_id: str) -> list[Sent]:
+    from_ = f"<sip:{user}@acme.test>;tag=p1"
+    first = request("INVITE", ruri, src=src, from_=from_, call_id=call_id, branch=f"z9hG4bK-{call_id}-1")
+    challenge = only(h.feed(first, src), status=407).msg.get_all("Proxy-Authenticate")[0]
+    h.feed(first.replace("INVITE sip", "ACK sip").replace("CSeq: 1 INVITE", "CSeq: 1 ACK"), src)
+    auth = DigestClient(user, PASSWORDS[user]).authorization(challenge, "INVITE", ruri)
+    second = request("INVITE", ruri, src=src, from_=from_, call_id=call_id, cseq=2,
+                     branch=f"z9hG4bK-{call_id}-2", extra=f"Proxy-Authorization: {auth}")
+    return h.feed(second, src)
+
+
+def test_phone_calls_a_number_through_the_trunk(h: Harness) -> None:
+    sent = invite_from_phone(h, "202", PHONE_202, "sip:0612345678@acme.test", "out-1")
+    fwd = only(sent, method="INVITE")
+    msg = fwd.msg
+    assert isinstance(msg, Request)
+    assert msg.uri_raw == "sip:0612345678@127.0.0.1:5080"
+    assert (fwd.target.host, fwd.target.port) == ("127.0.0.1", 5080)
+    assert msg.get("Proxy-Authorization") is None, "our realm's credentials must not leak"
+
+
+def test_phone_calls_another_extension(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    sent = invite_from_phone(h, "202", PHONE_202, "sip:201@acme.test", "int-1")
+    fwd = only(sent, method="INVITE")
+    assert (fwd.target.host, fwd.target.port) == PHONE_201
+
+
+def test_phone_cannot_spoof_another_users_from(h: Harness) -> None:
+    ruri = "sip:0612345678@acme.test"
+    from_ = "<sip:201@acme.test>;tag=p1"
+    first = request("INVITE", ruri, src=PHONE_202, from_=from_, call_id="spoof")
+    challenge = only(h.feed(first, PHONE_202), status=407).msg.get_all("Proxy-Authenticate")[0]
+    auth = DigestClient("202", PASSWORDS["202"]).authorization(challenge, "INVITE", ruri)
+    second = request("INVITE", ruri, src=PHONE_202, from_=from_, call_id="spoof", cseq=2,
+                     extra=f"Proxy-Authorization: {auth}")
+    assert statuses(h.feed(second, PHONE_202)) == [100, 403]
+
+
+# --------------------------------------------------------------------- in-dialog ---
+def test_bye_follows_the_route_set_back_to_the_caller(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    fwd = only(invite_from_trunk(h, call_id="dlg"), method="INVITE").msg
+    assert isinstance(fwd, Request)
+    h.feed(response_to(fwd, 200, "OK"), PHONE_201)
+    bye = request("BYE", f"sip:peer@{TRUNK[0]}:{TRUNK[1]}", src=PHONE_201, call_id="dlg", cseq=1,
+                  from_="<sip:201@acme.test>;tag=callee", to="<sip:+31612345678@carrier.test>;tag=f1",
+                  extra="Route: <sip:127.0.0.1:5060;lr>")
+    sent = h.feed(bye, PHONE_201)
+    down = only(sent, method="BYE")
+    assert (down.target.host, down.target.port) == TRUNK
+    assert down.msg.get("Route") is None
+
+
+def test_ack_for_2xx_is_forwarded_end_to_end(h: Harness) -> None:
+    ack = request("ACK", "sip:201@127.0.0.1:5201", src=TRUNK, call_id="dlg", cseq=1,
+                  to="<sip:201@acme.test>;tag=callee", extra="Route: <sip:127.0.0.1:5060;lr>")
+    sent = h.feed(ack)
+    fwd = only(sent, method="ACK")
+    assert (fwd.target.host, fwd.target.port) == PHONE_201
+
+
+def test_in_dialog_request_not_routed_through_us_is_404(h: Harness) -> None:
+    bye = request("BYE", "sip:201@127.0.0.1:5201", call_id="stray", to="<sip:201@acme.test>;tag=x")
+    assert statuses(h.feed(bye)) == [404]
+
+
+# ------------------------------------------------------------------ §16.3 checks ---
+def test_max_forwards_zero_is_483(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    text = request("INVITE", "sip:+31201234567@127.0.0.1", max_forwards=0)
+    assert statuses(h.feed(text)) == [100, 483]
+
+
+def test_missing_max_forwards_gets_the_default_downstream(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    text = request("INVITE", "sip:+31201234567@127.0.0.1", max_forwards=None)
+    assert only(h.feed(text), method="INVITE").msg.get("Max-Forwards") == "70"
+
+
+def test_unknown_proxy_require_is_420_listing_it(h: Harness) -> None:
+    text = request("INVITE", "sip:+31201234567@127.0.0.1", extra="Proxy-Require: foo, bar")
+    resp = only(h.feed(text), status=420).msg
+    assert resp.get("Unsupported") == "foo, bar"
+
+
+def test_unknown_uri_scheme_is_416(h: Harness) -> None:
+    text = request("INVITE", "mailto:someone@example.com", to="<sip:x@example.com>")
+    assert 416 in statuses(h.feed(text))
+
+
+def test_loop_is_detected(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    fwd = only(invite_from_trunk(h, call_id="loop"), method="INVITE").msg
+    assert isinstance(fwd, Request)
+    # The same request comes back to us unchanged (a loop, not a spiral).
+    fwd.set_uri("sip:+31201234567@127.0.0.1")
+    data = fwd.to_bytes()
+    sent = h.feed(data, TRUNK)
+    assert 482 in statuses(sent)
+
+
+def test_garbage_gets_a_400_when_it_can_be_answered(h: Harness) -> None:
+    text = request("INVITE", "sip:+31201234567@127.0.0.1", call_id="bad")
+    broken = text.replace("SIP/2.0\r\n", "SIP/2.0 \r\n", 1)  # trailing SP after the version
+    sent = h.feed(broken)
+    assert statuses(sent) == [400]
+    assert h.counters.parse_errors
+
+
+def test_pure_garbage_is_dropped_silently(h: Harness) -> None:
+    assert h.feed(b"\x00\x01garbage\r\n\r\n") == []
+    assert sum(h.counters.parse_errors.values()) == 1
+
+
+def test_responses_not_for_us_are_dropped(h: Harness) -> None:
+    text = (
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bKnothing\r\n"
+        "From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    assert h.feed(text) == []
+
+
+def test_draining_refuses_new_calls_but_keeps_dialogs(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    h.proxy.start_draining()
+    assert statuses(invite_from_trunk(h, call_id="late")) == [100, 503]
+    bye = request("BYE", "sip:201@127.0.0.1:5201", call_id="dlg", to="<sip:201@acme.test>;tag=x",
+                  extra="Route: <sip:127.0.0.1:5060;lr>")
+    assert only(h.feed(bye), method="BYE").target.port == 5201
+
+
+def test_double_record_route_when_transport_changes(h: Harness) -> None:
+    # The phone registered over TCP, the trunk sends over UDP.
+    register(h, "201", PHONE_201, contact="<sip:201@127.0.0.1:5201;transport=tcp>")
+    fwd = only(invite_from_trunk(h, call_id="dbl"), method="INVITE")
+    assert fwd.target.transport == "tcp"
+    rr = fwd.msg.get_all("Record-Route")
+    assert rr == ["<sip:127.0.0.1:5060;transport=tcp;lr>", "<sip:127.0.0.1:5060;lr>"]
+    assert fwd.msg.get_all("Via")[0].startswith("SIP/2.0/TCP ")
