@@ -90,14 +90,18 @@ class Gateway:
         return int(sock.getsockname()[1])
 
     async def drain(self, timeout: float = 30.0) -> None:
-        """Refuse new calls (503 + Retry-After), let transactions in flight finish."""
+        """Refuse new calls (503 + Retry-After), let requests in flight get their answer.
+
+        Established calls need no gateway state (the proxy is transaction-stateful), so
+        once every pending request is answered the process may stop.
+        """
         assert self.sip is not None
         proxy = self.sip.proxy
         proxy.start_draining()
         log.info("draining", extra={"timeout": timeout})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while any(proxy.active_transactions) and loop.time() < deadline:
+        while proxy.pending_requests and loop.time() < deadline:
             await asyncio.sleep(0.2)
 
     async def stop(self) -> None:

@@ -247,8 +247,7 @@ class Proxy:
         # The ACK of a 2xx is a request of its own that goes end to end (§13.2.2.4).
         if req.max_forwards == 0:
             return
-        popped = self._preprocess_route(req)
-        if not popped and not req.routes:
+        if not self._preprocess_route(req):
             return  # not record-routed through us: nothing we may forward it to
         target = self._next_hop(req)
         if target is None:
@@ -292,19 +291,27 @@ class Proxy:
             return
 
         popped = self._preprocess_route(req)
-        if popped or req.routes:
-            # Pre-routed (in-dialog through our Record-Route, or an outbound-proxy hop):
-            # follow the Route set or the Request-URI, no location look-up (§16.5).
+        if req.to.tag:
+            if not popped:
+                # In-dialog but not routed through us: we never record-routed this
+                # dialog, and relaying it would make us an open relay.
+                self._respond(ctx, 404, "Not Here (dialog unknown)")
+                return
+            # In-dialog through our Record-Route: follow the remaining Route set or the
+            # Request-URI, no location look-up (§16.5).
             target = self._next_hop(req)
             if target is None:
                 self._respond(ctx, 404, "Next hop unknown")
                 return
             self._fork(ctx, [(None, target)], record_route=False)
             return
-        if req.to.tag:
-            # In-dialog but not routed through us: we never record-routed this dialog.
-            self._respond(ctx, 404, "Not Here (dialog unknown)")
+        if req.routes:
+            # An initial request pre-routed to some other host: relaying it would let
+            # anyone use us to reach anyone (Kamailio's default config refuses it too).
+            self._respond(ctx, 403, "Preloaded Route denied")
             return
+        # An initial request, maybe with our own Route popped (we are the phone's
+        # outbound proxy): it is routed by the dial plan like any other.
         if self.draining and req.method != "OPTIONS":
             self._respond(ctx, 503, "Draining", headers=(("Retry-After", str(DRAIN_RETRY_AFTER)),))
             return
@@ -369,11 +376,8 @@ class Proxy:
         return hashlib.blake2s("\x00".join(parts).encode(), digest_size=6).hexdigest()
 
     def _looped(self, req: Request) -> bool:
-        vias = req.vias
-        if len(vias) < 2:
-            return False
         marker = BRANCH_PREFIX + self._loop_hash(req)
-        for via in vias[1:]:
+        for via in req.vias:
             branch = via.branch or ""
             if branch.startswith(marker) and self._is_our_sent_by(via):
                 return True
@@ -801,6 +805,11 @@ class Proxy:
     @property
     def active_transactions(self) -> tuple[int, int]:
         return len(self.server_txns), len(self.client_txns)
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests still waiting for their final answer (what draining waits for)."""
+        return sum(1 for ctx in self.server_txns.values() if not ctx.final_sent)
 
     def start_draining(self) -> None:
         self.draining = True

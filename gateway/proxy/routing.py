@@ -93,6 +93,9 @@ class Router:
         if tenant is None or not (self.directory.tenant_for_domain(uri.host) or self.proxy.is_our_host(uri)):
             return Reply(404, "Domain not served here")
         ctx.tenant = tenant.id
+        if not isinstance(ctx.request.to.uri, SipURI):
+            # RFC 3261 §10.3 step 3, before any challenge: the AOR itself is unusable.
+            return Reply(400, "Address of record is not a SIP URI")
         outcome = self.auth.check(ctx.request, tenant, registrar=True)
         if outcome.user is None:
             self.proxy.counters.registrations["auth_challenge"] += 1

@@ -11,6 +11,15 @@ DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 
 
 @dataclass(frozen=True, slots=True)
+class Listen:
+    """One listening endpoint."""
+
+    transport: str  # "udp" | "tcp" | "tls"
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class Source:
     """The origin of one received message.
 

@@ -14,11 +14,11 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import cast
 
 from gateway.sip.message import Limits
 from gateway.stats import Counters
-from gateway.transport.addresses import Source, Target, ip_family, strip_brackets
+from gateway.transport.addresses import Listen, Source, Target, ip_family, strip_brackets
 from gateway.transport.stream import StreamConnection
 
 log = logging.getLogger("sipgw.transport")
@@ -29,13 +29,6 @@ ErrorCallback = Callable[[], None]
 CONNECT_TIMEOUT = 5.0
 IDLE_SWEEP_INTERVAL = 5.0
 MAX_PENDING_PER_CONNECT = 64
-
-
-@dataclass(frozen=True, slots=True)
-class Listen:
-    transport: str  # "udp" | "tcp" | "tls"
-    host: str
-    port: int
 
 
 def _addr_key(transport: str, host: str, port: int) -> tuple[str, str, int]:
@@ -54,9 +47,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
-        sock = transport.get_extra_info("sockname")
+        # uvloop's transports implement the asyncio interfaces without subclassing them.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        sock = self.transport.get_extra_info("sockname")
         self.local = (str(sock[0]), int(sock[1]))
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
@@ -275,7 +268,7 @@ class TransportLayer:
                                                "error": type(exc).__name__})
             self._fail_pending(key)
             return
-        assert isinstance(conn, StreamConnection)
+        conn = cast(StreamConnection, conn)
         self._by_addr[key] = conn.conn_id
         for data, on_error in self._connecting.pop(key, []):
             if not conn.write(data) and on_error is not None:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from gateway.sip.errors import SIPParseError
 from gateway.sip.framing import StreamFramer
@@ -51,15 +51,15 @@ class StreamConnection(asyncio.Protocol):
 
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername") or ("", 0)
-        sock = transport.get_extra_info("sockname") or ("", 0)
+        # uvloop's transports implement the asyncio interfaces without subclassing them.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = self.transport.get_extra_info("peername") or ("", 0)
+        sock = self.transport.get_extra_info("sockname") or ("", 0)
         self.remote = (str(peer[0]), int(peer[1]))
         self.local = (str(sock[0]), int(sock[1]))
-        transport.set_write_buffer_limits(high=MAX_WRITE_BUFFER // 2)
+        self.transport.set_write_buffer_limits(high=MAX_WRITE_BUFFER // 2)
         if not self.layer.register_connection(self):
-            transport.abort()
+            self.transport.abort()
             return
         if self._on_ready is not None:
             self._on_ready(self)

@@ -212,12 +212,17 @@ def test_busy_is_relayed_and_acked_hop_by_hop(h: Harness) -> None:
 
 def test_no_answer_times_out_with_408(h: Harness) -> None:
     register(h, "201", PHONE_201)
-    sent = invite_from_trunk(h)
-    only(sent, method="INVITE")
-    later = h.advance(40)
-    # Timer A retransmitted the INVITE, Timer B then ended the branch: 408 upstream.
-    assert len([s for s in later if isinstance(s.msg, Request) and s.msg.method == "INVITE"]) >= 5
+    text = request("INVITE", "sip:+31201234567@127.0.0.1", call_id="noans", branch="z9hG4bK-noans")
+    only(h.feed(text), method="INVITE")
+    later = h.advance(32.2)
+    # Timer A retransmitted the INVITE (0.5, 1, 2, 4, 8, 16 s), Timer B ended the branch
+    # at 64*T1: 408 upstream.
+    assert len([s for s in later if isinstance(s.msg, Request) and s.msg.method == "INVITE"]) == 6
     assert statuses(later) == [408]
+    # Unacknowledged, the 408 is retransmitted (Timer G) until the caller's ACK stops it.
+    assert statuses(h.advance(1.0)) == [408]
+    h.feed(text.replace("INVITE sip", "ACK sip").replace("CSeq: 1 INVITE", "CSeq: 1 ACK"))
+    assert statuses(h.advance(60)) == []
 
 
 # --------------------------------------------------------------------------- CANCEL ---
@@ -271,8 +276,10 @@ def test_fork_best_response_prefers_busy_over_timeout(h: Harness) -> None:
     busy_branch = branches[0].msg
     assert isinstance(busy_branch, Request)
     assert statuses(h.feed(response_to(busy_branch, 486, "Busy Here"), PHONE_201)) == []
-    later = h.advance(40)
-    assert statuses(later) == [486]
+    later = statuses(h.advance(33))
+    # The other branch timed out (408); the caller gets the busy (then its Timer G
+    # retransmissions), never the 408.
+    assert later[0] == 486 and set(later) == {486}
 
 
 # ------------------------------------------------------------------ phone → trunk ---
