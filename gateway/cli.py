@@ -57,8 +57,10 @@ def banner(settings: Settings, gateway: Gateway) -> str:
     for spec in listening:
         lines.append(f"  {spec.transport.upper():4} {spec.host}:{spec.port}")
     lines.append("")
-    lines.append(f"HTTP on http://{settings.http.host}:{gateway.http_port}  "
-                 "(/healthz /readyz /metrics /docs)")
+    lines.append(
+        f"HTTP on http://{settings.http.host}:{gateway.http_port}  "
+        "(/healthz /readyz /metrics /docs)"
+    )
     passwords = _demo_passwords(settings)
     udp = next((s for s in listening if s.transport == "udp"), None)
     for tenant in settings.tenants:
@@ -118,21 +120,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  sip listen {spec.transport}:{spec.host}:{spec.port}")
     print(f"  http listen {settings.http.listen}")
     for tenant in settings.tenants:
-        print(f"  tenant {tenant.id}: {len(tenant.users)} users, {len(tenant.dids)} DIDs, "
-              f"{len(tenant.trunks)} trunks")
+        print(
+            f"  tenant {tenant.id}: {len(tenant.users)} users, {len(tenant.dids)} DIDs, "
+            f"{len(tenant.trunks)} trunks"
+        )
     print(f"  profiles: {', '.join(sorted(settings.profiles))}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sipgw", description="SIP/telephony event gateway for CTI")
+    parser = argparse.ArgumentParser(
+        prog="sipgw", description="SIP/telephony event gateway for CTI"
+    )
     parser.add_argument("--version", action="version", version=f"sipgw {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the gateway")
     run.add_argument("--config", help="TOML settings file (default: $SIPGW_CONFIG or the demo)")
-    run.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
-                     help="where generated files (self-signed TLS certificate) go")
+    run.add_argument(
+        "--state-dir",
+        default=str(DEFAULT_STATE_DIR),
+        help="where generated files (self-signed TLS certificate) go",
+    )
     run.add_argument("--quiet", action="store_true", help="do not print the start banner")
     run.set_defaults(func=cmd_run)
 

@@ -44,7 +44,8 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        line = f"{time.strftime('%H:%M:%S')} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        stamp = time.strftime("%H:%M:%S")
+        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
         if extra:
             line += f"  {extra}"
         if record.exc_info:

@@ -18,8 +18,20 @@ from dataclasses import dataclass, field
 # invented methods cannot grow the label set.
 KNOWN_METHODS = frozenset(
     {
-        "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
-        "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "REGISTER",
+        "PRACK",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "PUBLISH",
+        "INFO",
+        "REFER",
+        "MESSAGE",
+        "UPDATE",
     }
 )
 
@@ -64,13 +76,23 @@ class Counters:
         self.responses["out", transport, status_class(status)] += 1
 
 
-
 # Headers whose parse errors get their own label; any other name is "other" so a peer
 # cannot grow the label set by inventing header names.
 _LABELLED_HEADERS = frozenset(
     {
-        "Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards", "Contact", "Content-Length",
-        "Route", "Record-Route", "Expires", "Authorization", "Proxy-Authorization",
+        "Via",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Max-Forwards",
+        "Contact",
+        "Content-Length",
+        "Route",
+        "Record-Route",
+        "Expires",
+        "Authorization",
+        "Proxy-Authorization",
     }
 )
 

@@ -37,45 +37,69 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         c = self.counters
-        info = GaugeMetricFamily("sipgw_build_info", "Version and node of this gateway",
-                                 labels=["version", "node"])
+        info = GaugeMetricFamily(
+            "sipgw_build_info", "Version and node of this gateway", labels=["version", "node"]
+        )
         info.add_metric([__version__, self.node], 1)
         yield info
 
         requests = CounterMetricFamily(
-            "sipgw_sip_requests", "SIP requests by direction, transport and method",
-            labels=["direction", "transport", "method"])
+            "sipgw_sip_requests",
+            "SIP requests by direction, transport and method",
+            labels=["direction", "transport", "method"],
+        )
         for (direction, transport, method), value in sorted(c.requests.items()):
             requests.add_metric([direction, transport, method], value)
         yield requests
 
         responses = CounterMetricFamily(
-            "sipgw_sip_responses", "SIP responses by direction, transport and status class",
-            labels=["direction", "transport", "status_class"])
+            "sipgw_sip_responses",
+            "SIP responses by direction, transport and status class",
+            labels=["direction", "transport", "status_class"],
+        )
         for (direction, transport, klass), value in sorted(c.responses.items()):
             responses.add_metric([direction, transport, klass], value)
         yield responses
 
-        yield self._simple("sipgw_sip_parse_errors", "Messages refused by the parser, by answer code and header",
-                           "reason", c.parse_errors)
-        yield self._simple("sipgw_sip_transactions_created", "Transactions created", "kind",
-                           c.transactions_created)
+        yield self._simple(
+            "sipgw_sip_parse_errors",
+            "Messages refused by the parser, by answer code and header",
+            "reason",
+            c.parse_errors,
+        )
+        yield self._simple(
+            "sipgw_sip_transactions_created", "Transactions created", "kind", c.transactions_created
+        )
         yield self._simple("sipgw_registrations", "REGISTER outcomes", "outcome", c.registrations)
-        yield self._simple("sipgw_sip_local_replies", "Responses the gateway generated itself",
-                           "status_class", c.local_replies)
+        yield self._simple(
+            "sipgw_sip_local_replies",
+            "Responses the gateway generated itself",
+            "status_class",
+            c.local_replies,
+        )
         yield self._simple("sipgw_transport_events", "Transport-level events", "event", c.transport)
 
-        active = GaugeMetricFamily("sipgw_sip_transactions_active", "Transactions in progress",
-                                   labels=["kind"])
+        active = GaugeMetricFamily(
+            "sipgw_sip_transactions_active", "Transactions in progress", labels=["kind"]
+        )
         active.add_metric(["server"], self.gauges.server_transactions())
         active.add_metric(["client"], self.gauges.client_transactions())
         yield active
-        yield GaugeMetricFamily("sipgw_registered_contacts", "Live registered contacts",
-                                value=self.gauges.registered_contacts())
-        yield GaugeMetricFamily("sipgw_stream_connections", "Open TCP/TLS connections",
-                                value=self.gauges.stream_connections())
-        yield GaugeMetricFamily("sipgw_draining", "1 while the gateway refuses new calls",
-                                value=1 if self.gauges.draining() else 0)
+        yield GaugeMetricFamily(
+            "sipgw_registered_contacts",
+            "Live registered contacts",
+            value=self.gauges.registered_contacts(),
+        )
+        yield GaugeMetricFamily(
+            "sipgw_stream_connections",
+            "Open TCP/TLS connections",
+            value=self.gauges.stream_connections(),
+        )
+        yield GaugeMetricFamily(
+            "sipgw_draining",
+            "1 while the gateway refuses new calls",
+            value=1 if self.gauges.draining() else 0,
+        )
 
     @staticmethod
     def _simple(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

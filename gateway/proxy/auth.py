@@ -51,7 +51,13 @@ class Authenticator:
             user = self.directory.user(tenant, username)
             if user is None or user.username != username:
                 return None
-            return user.ha1_sha256 if algorithm == "SHA-256" else user.ha1_md5 if algorithm == "MD5" else None
+            return (
+                user.ha1_sha256
+                if algorithm == "SHA-256"
+                else user.ha1_md5
+                if algorithm == "MD5"
+                else None
+            )
 
         for value in req.get_all(credentials_header):
             if self._realm_of(value) != tenant.realm:

@@ -13,6 +13,7 @@ response context, best-response choice) → timers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import secrets
@@ -45,7 +46,7 @@ from gateway.sip.transaction import (
     TransportFailed,
     is_rfc3261_branch,
 )
-from gateway.sip.uri import SipURI
+from gateway.sip.uri import SipURI, TelURI
 from gateway.stats import Counters, parse_error_label
 from gateway.transport.addresses import (
     DEFAULT_PORTS,
@@ -69,7 +70,9 @@ ServerKey = tuple[str, ...]
 class TransportPort(Protocol):
     """What the proxy needs of the transport layer."""
 
-    def send(self, data: bytes, target: Target, on_error: Callable[[], None] | None = None) -> None: ...
+    def send(
+        self, data: bytes, target: Target, on_error: Callable[[], None] | None = None
+    ) -> None: ...
     def local_port(self, transport: str, family: int = ...) -> int: ...
     def supports(self, transport: str) -> bool: ...
     def add_alias(self, conn_id: int, host: str, port: int) -> None: ...
@@ -81,8 +84,15 @@ def _server_key(req: Request, method: str) -> ServerKey:
     branch = via.branch or ""
     if is_rfc3261_branch(branch):
         return ("3261", branch, via.sent_by.lower(), method)
-    return ("2543", req.call_id, req.from_.tag or "", str(req.cseq.number), via.sent_by.lower(),
-            req.uri_raw, method)
+    return (
+        "2543",
+        req.call_id,
+        req.from_.tag or "",
+        str(req.cseq.number),
+        via.sent_by.lower(),
+        req.uri_raw,
+        method,
+    )
 
 
 def _format_via(via: Via, params: dict[str, str | None]) -> str:
@@ -272,11 +282,10 @@ class Proxy:
         if not invite_ctx.branches and not invite_ctx.final_sent:
             self._respond(invite_ctx, 487, "Request Terminated")
 
-    # ================================================================ §16.3–§16.5 ===
+    # ================================================================ §16.3-§16.5 ===
     def _process(self, ctx: ServerContext) -> None:
         req = ctx.request
-        uri = req.uri
-        if uri.scheme not in ("sip", "sips", "tel"):
+        if not isinstance(req.uri, SipURI | TelURI):
             self._respond(ctx, 416, "Unsupported URI Scheme")
             return
         if req.max_forwards == 0 and not (req.method == "OPTIONS" and self.is_for_us(req)):
@@ -287,7 +296,9 @@ class Proxy:
             return
         unsupported = [t for t in req.proxy_require if t not in SUPPORTED_PROXY_REQUIRE]
         if unsupported:
-            self._respond(ctx, 420, "Bad Extension", headers=(("Unsupported", ", ".join(unsupported)),))
+            self._respond(
+                ctx, 420, "Bad Extension", headers=(("Unsupported", ", ".join(unsupported)),)
+            )
             return
 
         popped = self._preprocess_route(req)
@@ -346,7 +357,9 @@ class Proxy:
     def answer_options(self, ctx: ServerContext) -> None:
         unsupported = [t for t in ctx.request.require if t]
         if unsupported:
-            self._respond(ctx, 420, "Bad Extension", headers=(("Unsupported", ", ".join(unsupported)),))
+            self._respond(
+                ctx, 420, "Bad Extension", headers=(("Unsupported", ", ".join(unsupported)),)
+            )
         elif self.draining:
             self._respond(ctx, 503, "Draining", headers=(("Retry-After", str(DRAIN_RETRY_AFTER)),))
         else:
@@ -360,8 +373,13 @@ class Proxy:
         self.counters.registrations[reply.outcome] += 1
         self._respond(ctx, reply.status, reply.reason, headers=reply.headers)
 
-    def respond(self, ctx: ServerContext, status: int, reason: str | None = None,
-                headers: tuple[tuple[str, str], ...] = ()) -> None:
+    def respond(
+        self,
+        ctx: ServerContext,
+        status: int,
+        reason: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self._respond(ctx, status, reason, headers=headers)
 
     # -- §16.3 step 4 --------------------------------------------------------------------
@@ -369,8 +387,12 @@ class Proxy:
         # §16.6 item 8 without the topmost Via: a request that comes back to us with the
         # same target and identity is a loop; a changed Request-URI is a spiral.
         parts = (
-            req.uri_raw, req.from_.tag or "", req.to.tag or "", req.call_id,
-            str(req.cseq.number), ",".join(req.proxy_require),
+            req.uri_raw,
+            req.from_.tag or "",
+            req.to.tag or "",
+            req.call_id,
+            str(req.cseq.number),
+            ",".join(req.proxy_require),
             ",".join(req.get_all("Proxy-Authorization")),
         )
         return hashlib.blake2s("\x00".join(parts).encode(), digest_size=6).hexdigest()
@@ -489,7 +511,7 @@ class Proxy:
             reliable=target.reliable,
             timers=self.timers,
             now=self.clock(),
-            make_ack=(lambda response, data=data: build_ack(data, response)) if invite else None,
+            make_ack=functools.partial(build_ack, data) if invite else None,
         )
         branch.txn = txn
         ctx.branches.append(branch)
@@ -499,14 +521,14 @@ class Proxy:
         self._run_client(branch, txn.start())
         if invite:
             branch.timer_c = self.queue.schedule(
-                self.clock() + self.sip.fork_timeout, lambda b=branch: self._timer_c(b)
+                self.clock() + self.sip.fork_timeout, functools.partial(self._timer_c, branch)
             )
 
     def _record_route(
         self, source: Source, target: Target, out_port: int, req: Request
     ) -> list[str]:
         """Our Record-Route values, in prepend order (RFC 5658 double record-route)."""
-        scheme = "sips" if req.uri.scheme == "sips" else "sip"
+        scheme = "sips" if isinstance(req.uri, SipURI) and req.uri.scheme == "sips" else "sip"
 
         def rr(transport: str, port: int, family: int) -> str:
             host = host_for_uri(self._advertise_for(family))
@@ -574,7 +596,10 @@ class Proxy:
         if via.params.get("rport"):
             host, port = via.params.get("received") or via.host, int(via.params["rport"] or 0)
         else:
-            host, port = via.params.get("received") or via.host, via.port or DEFAULT_PORTS[transport]
+            host, port = (
+                via.params.get("received") or via.host,
+                via.port or DEFAULT_PORTS[transport],
+            )
         if host == "255.255.255.255":
             return
         self.counters.response_out(transport, resp.status)
@@ -658,7 +683,11 @@ class Proxy:
 
     # =========================================================== sending responses ===
     def _respond(
-        self, ctx: ServerContext, status: int, reason: str | None = None, *,
+        self,
+        ctx: ServerContext,
+        status: int,
+        reason: str | None = None,
+        *,
         headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         to_tag = ctx.to_tag if status > 100 and not ctx.request.to.tag else None
@@ -711,7 +740,9 @@ class Proxy:
                 # still ends with its 487 (or its own timeout).
                 continue
             if isinstance(action, Transmit):
-                self._send_raw(action.data, branch.target, on_error=lambda b=branch: self._transport_error(b))
+                self._send_raw(
+                    action.data, branch.target, functools.partial(self._transport_error, branch)
+                )
             elif isinstance(action, Deliver):
                 self._branch_response(branch, action.data, action.status)
             elif isinstance(action, TimedOut):
@@ -727,7 +758,9 @@ class Proxy:
         if branch.txn is not None:
             self._run_client(branch, branch.txn.on_transport_error(self.clock()))
 
-    def _send_raw(self, data: bytes, target: Target, on_error: Callable[[], None] | None = None) -> None:
+    def _send_raw(
+        self, data: bytes, target: Target, on_error: Callable[[], None] | None = None
+    ) -> None:
         self.transport.send(data, target, on_error)
 
     def _reply_stateless(self, req: Request, source: Source, status: int, reason: str) -> None:
@@ -754,9 +787,15 @@ class Proxy:
         branch.cancel_sent = True
         data = build_cancel(branch.request)
         txn = ClientTransaction(
-            data, invite=False, reliable=branch.target.reliable, timers=self.timers, now=self.clock()
+            data,
+            invite=False,
+            reliable=branch.target.reliable,
+            timers=self.timers,
+            now=self.clock(),
         )
-        cancel = Branch(branch.ctx, branch.branch_id, branch.target, data, invite=False, method="CANCEL")
+        cancel = Branch(
+            branch.ctx, branch.branch_id, branch.target, data, invite=False, method="CANCEL"
+        )
         cancel.txn = txn
         cancel.is_cancel = True
         self.client_txns[branch.branch_id, "CANCEL"] = cancel
@@ -773,7 +812,9 @@ class Proxy:
             self._branch_failed(branch, 408, "Request Timeout")
 
     # ====================================================================== timers ===
-    def _reschedule(self, txn: ClientTransaction | ServerTransaction, fire: Callable[[], None]) -> None:
+    def _reschedule(
+        self, txn: ClientTransaction | ServerTransaction, fire: Callable[[], None]
+    ) -> None:
         deadline = txn.deadline
         if deadline is not None and deadline != getattr(txn, "_scheduled", None):
             txn._scheduled = deadline  # type: ignore[union-attr]

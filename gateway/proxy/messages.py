@@ -15,8 +15,15 @@ _CRLF = b"\r\n"
 
 # Header names (long and compact) whose lines a last-resort error response copies.
 _ECHO_HEADERS = {
-    b"via": b"Via", b"v": b"Via", b"from": b"From", b"f": b"From", b"to": b"To",
-    b"t": b"To", b"call-id": b"Call-ID", b"i": b"Call-ID", b"cseq": b"CSeq",
+    b"via": b"Via",
+    b"v": b"Via",
+    b"from": b"From",
+    b"f": b"From",
+    b"to": b"To",
+    b"t": b"To",
+    b"call-id": b"Call-ID",
+    b"i": b"Call-ID",
+    b"cseq": b"CSeq",
 }
 _SAFE_REASON = re.compile(rb"[^\x20-\x7e]")
 

@@ -7,7 +7,10 @@ balancer moves new calls elsewhere (handled by the caller of ``options_headers``
 
 from __future__ import annotations
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, REFER, NOTIFY, SUBSCRIBE, MESSAGE"
+ALLOW = (
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, REFER, NOTIFY, "
+    "SUBSCRIBE, MESSAGE"
+)
 ACCEPT = "application/sdp"
 # Option tags we implement as the UAS answering OPTIONS: none yet. An empty Supported
 # header is valid (RFC 3261 §20.37) and tells the prober so explicitly.

@@ -59,7 +59,9 @@ class Registrar:
 
         if contacts == "*":
             if header_expires != 0:
-                return RegistrarReply(400, "Wildcard Contact requires Expires: 0", outcome="rejected")
+                return RegistrarReply(
+                    400, "Wildcard Contact requires Expires: 0", outcome="rejected"
+                )
             if any(b.call_id == call_id and b.cseq >= cseq for b in current):
                 return RegistrarReply(400, "CSeq out of order", outcome="rejected")
             self.location.replace(tenant.id, user.extension, [])
@@ -73,7 +75,9 @@ class Registrar:
             expires = self._expires_for(contact, header_expires)
             if 0 < expires < self.min_expires:
                 return RegistrarReply(
-                    423, "Interval Too Brief", (("Min-Expires", str(self.min_expires)),),
+                    423,
+                    "Interval Too Brief",
+                    (("Min-Expires", str(self.min_expires)),),
                     outcome="rejected",
                 )
             existing = self._find(updated, contact)

@@ -90,7 +90,9 @@ class Router:
         if not isinstance(uri, SipURI) or uri.user is not None:
             return Reply(400, "REGISTER Request-URI must name a domain only")
         tenant = self.directory.tenant_for_domain_or_default(uri.host)
-        if tenant is None or not (self.directory.tenant_for_domain(uri.host) or self.proxy.is_our_host(uri)):
+        if tenant is None or not (
+            self.directory.tenant_for_domain(uri.host) or self.proxy.is_our_host(uri)
+        ):
             return Reply(404, "Domain not served here")
         ctx.tenant = tenant.id
         if not isinstance(ctx.request.to.uri, SipURI):

@@ -16,8 +16,8 @@ from gateway.proxy.core import Proxy
 from gateway.proxy.location import Location
 from gateway.sip.message import Limits
 from gateway.stats import Counters
-from gateway.transport.addresses import Source
-from gateway.transport.layer import Listen, TransportLayer
+from gateway.transport.addresses import Listen, Source
+from gateway.transport.layer import TransportLayer
 
 log = logging.getLogger("sipgw.proxy")
 
@@ -66,8 +66,10 @@ class ProxyServer:
             [Listen(spec.transport, spec.host, spec.port) for spec in self.settings.sip.listen]
         )
         for spec in self.transport.listening:
-            log.info("sip listening", extra={"transport": spec.transport, "host": spec.host,
-                                             "port": spec.port})
+            log.info(
+                "sip listening",
+                extra={"transport": spec.transport, "host": spec.host, "port": spec.port},
+            )
 
     async def stop(self) -> None:
         if self._timer is not None:

@@ -8,13 +8,15 @@ one aliased to the target's address) before opening a new one (RFC 3261 §18).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import ipaddress
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
-from typing import cast
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, cast
 
 from gateway.sip.message import Limits
 from gateway.stats import Counters
@@ -33,10 +35,8 @@ MAX_PENDING_PER_CONNECT = 64
 
 def _addr_key(transport: str, host: str, port: int) -> tuple[str, str, int]:
     bare = strip_brackets(host).lower()
-    try:
+    with contextlib.suppress(ValueError):
         bare = ipaddress.ip_address(bare).compressed
-    except ValueError:
-        pass
     return transport, bare, port
 
 
@@ -97,8 +97,9 @@ class TransportLayer:
             host = strip_brackets(spec.host)
             family = ip_family(host) or socket.AF_INET
             if spec.transport == "udp":
+                local = (host, spec.port)
                 _, proto = await loop.create_datagram_endpoint(
-                    lambda: UdpEndpoint(self, (host, spec.port)),
+                    functools.partial(UdpEndpoint, self, local),
                     local_addr=(host, spec.port),
                     family=family,
                 )
@@ -111,7 +112,7 @@ class TransportLayer:
                 raise ValueError("a TLS listener needs a certificate (sip.tls_cert/sip.tls_key)")
             name = spec.transport
             server = await loop.create_server(
-                lambda name=name: StreamConnection(self, name, self.limits),  # type: ignore[misc]
+                functools.partial(StreamConnection, self, name, self.limits),
                 host,
                 spec.port,
                 family=family,
@@ -132,10 +133,8 @@ class TransportLayer:
         if sock is None:
             return
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
+            with contextlib.suppress(OSError):  # capped by net.core.*mem_max: best effort
                 sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
-            except OSError:
-                pass
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -153,7 +152,7 @@ class TransportLayer:
             task.cancel()
 
     # -- what the layer offers ----------------------------------------------------------
-    def local_port(self, transport: str, family: socket.AddressFamily = socket.AF_INET) -> int:
+    def local_port(self, transport: str, family: int = socket.AF_INET) -> int:
         """The port we listen on for ``transport`` (for Via sent-by and Record-Route)."""
         candidates = [spec for spec in self.listening if spec.transport == transport]
         for spec in candidates:
@@ -231,7 +230,9 @@ class TransportLayer:
             return
         self._connect_and_send(data, target, on_error)
 
-    def _connect_and_send(self, data: bytes, target: Target, on_error: ErrorCallback | None) -> None:
+    def _connect_and_send(
+        self, data: bytes, target: Target, on_error: ErrorCallback | None
+    ) -> None:
         key = _addr_key(target.transport, target.host, target.port)
         queue = self._connecting.get(key)
         if queue is not None:
@@ -261,14 +262,18 @@ class TransportLayer:
                 ),
                 CONNECT_TIMEOUT,
             )
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
             self.counters.transport["connect_failed"] += 1
-            log.info("connect failed", extra={"target": f"{target.host}:{target.port}",
-                                               "transport": target.transport,
-                                               "error": type(exc).__name__})
+            log.info(
+                "connect failed",
+                extra={
+                    "target": f"{target.host}:{target.port}",
+                    "transport": target.transport,
+                    "error": type(exc).__name__,
+                },
+            )
             self._fail_pending(key)
             return
-        conn = cast(StreamConnection, conn)
         self._by_addr[key] = conn.conn_id
         for data, on_error in self._connecting.pop(key, []):
             if not conn.write(data) and on_error is not None:
@@ -322,7 +327,7 @@ class TransportLayer:
                     self.counters.transport["idle_closed"] += 1
                     conn.close()
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -29,7 +29,10 @@ def server_context(
 
 
 def client_context(
-    *, verify: bool = True, cafile: Path | None = None, min_version: str = "1.2",
+    *,
+    verify: bool = True,
+    cafile: Path | None = None,
+    min_version: str = "1.2",
     ciphers: str = STRONG_CIPHERS,
 ) -> ssl.SSLContext:
     """Context for connections the gateway opens (to phones and trunks over TLS).

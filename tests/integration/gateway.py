@@ -40,8 +40,16 @@ class GatewayPorts:
     trunk_src: int = field(default_factory=free_port)
 
 
-def render_config(ports: GatewayPorts, workdir: Path, extra_sip: str = "") -> str:
-    cert, key = make_self_signed(workdir, "127.0.0.1")
+def render_config(
+    ports: GatewayPorts,
+    workdir: Path,
+    extra_sip: str = "",
+    *,
+    trunk_transport: str = "udp",
+    trunk_match: list[str] | None = None,
+) -> str:
+    pair = make_self_signed(workdir, name="sipgw")
+    cert, key = pair.cert, pair.key
     users = "\n".join(
         f"""
 [[tenants.users]]
@@ -52,8 +60,9 @@ password = "{password}"
 """
         for user, password in PASSWORDS.items()
     )
-    return textwrap.dedent(
-        f"""
+    return (
+        textwrap.dedent(
+            f"""
 default_tenant = "acme"
 
 [node]
@@ -79,8 +88,10 @@ name = "Acme"
 domains = ["{DOMAIN}", "127.0.0.1"]
 region = "NL"
 """
-    ) + users + textwrap.dedent(
-        f"""
+        )
+        + users
+        + textwrap.dedent(
+            f"""
 [[tenants.dids]]
 number = "{DID}"
 extension = "201"
@@ -89,18 +100,25 @@ extension = "201"
 name = "carrier"
 host = "127.0.0.1"
 port = {ports.trunk}
-transport = "udp"
-match = ["127.0.0.1:{ports.trunk}", "127.0.0.1:{ports.trunk_src}"]
+transport = "{trunk_transport}"
+match = {json.dumps(trunk_match or [f"127.0.0.1:{ports.trunk}", f"127.0.0.1:{ports.trunk_src}"])}
 """
+        )
     )
 
 
 class GatewayProcess:
-    def __init__(self, workdir: Path, ports: GatewayPorts | None = None, extra_sip: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        ports: GatewayPorts | None = None,
+        extra_sip: str = "",
+        **options: object,
+    ) -> None:
         self.workdir = workdir
         self.ports = ports or GatewayPorts()
         self.config = workdir / "sipgw.toml"
-        self.config.write_text(render_config(self.ports, workdir, extra_sip))
+        self.config.write_text(render_config(self.ports, workdir, extra_sip, **options))  # type: ignore[arg-type]
         self.log_path = workdir / "sipgw.log"
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -112,9 +130,19 @@ class GatewayProcess:
         log = self.log_path.open("wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config),
-            "--state-dir", str(self.workdir / "state"), "--quiet",
-            stdout=log, stderr=log, env=env, cwd=str(REPO),
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "run",
+            "--config",
+            str(self.config),
+            "--state-dir",
+            str(self.workdir / "state"),
+            "--quiet",
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=str(REPO),
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -164,6 +192,10 @@ class GatewayProcess:
             except ValueError:
                 continue
         return records
+
+    def errors(self) -> list[dict[str, object]]:
+        """Log records at error level or above: a healthy run has none."""
+        return [r for r in self.log_records() if r.get("level") in ("error", "critical")]
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.returncode is None:

@@ -12,8 +12,7 @@ from gateway.config import Settings, load_settings
 from gateway.proxy.core import Proxy
 from gateway.sip.message import Request, Response, parse_message
 from gateway.stats import Counters
-from gateway.transport.addresses import Source, Target
-from gateway.transport.layer import Listen
+from gateway.transport.addresses import Listen, Source, Target
 
 CONFIG = """
 default_tenant = "acme"
@@ -113,11 +112,21 @@ class Harness:
         self.transport = FakeTransport()
         self.clock = Clock()
         self.counters = Counters()
-        self.proxy = Proxy(settings, transport=self.transport, counters=self.counters,
-                           clock=self.clock, auth_secret=b"unit-test-secret-0123456789")
+        self.proxy = Proxy(
+            settings,
+            transport=self.transport,
+            counters=self.counters,
+            clock=self.clock,
+            auth_secret=b"unit-test-secret-0123456789",
+        )
 
-    def feed(self, data: bytes | str, src: tuple[str, int] = TRUNK, transport: str = "udp",
-             conn_id: int | None = None) -> list[Sent]:
+    def feed(
+        self,
+        data: bytes | str,
+        src: tuple[str, int] = TRUNK,
+        transport: str = "udp",
+        conn_id: int | None = None,
+    ) -> list[Sent]:
         if isinstance(data, str):
             data = data.replace("\r\n", "\n").replace("\n", "\r\n").encode()
         before = len(self.transport.sent)
@@ -173,8 +182,15 @@ def request(
     return "\r\n".join(lines) + "\r\n\r\n" + body
 
 
-def response_to(req: Request, status: int, reason: str = "", *, to_tag: str | None = "callee",
-                extra: str = "", body: str = "") -> str:
+def response_to(
+    req: Request,
+    status: int,
+    reason: str = "",
+    *,
+    to_tag: str | None = "callee",
+    extra: str = "",
+    body: str = "",
+) -> str:
     """The response a UAS sends to ``req`` (which the proxy forwarded)."""
     lines = [f"SIP/2.0 {status} {reason or 'Reason'}"]
     lines += [f"Via: {v}" for v in req.get_all("Via")]

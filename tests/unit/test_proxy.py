@@ -9,7 +9,16 @@ import pytest
 from gateway.sip.digest import DigestClient
 from gateway.sip.message import Request, Response
 
-from .proxy_harness import CONFIG, PASSWORDS, TRUNK, Harness, Sent, request, response_to, settings_from
+from .proxy_harness import (
+    CONFIG,
+    PASSWORDS,
+    TRUNK,
+    Harness,
+    Sent,
+    request,
+    response_to,
+    settings_from,
+)
 
 PHONE_201 = ("127.0.0.1", 5201)
 PHONE_202 = ("127.0.0.1", 5202)
@@ -22,7 +31,8 @@ def h(tmp_path: Path) -> Harness:
 
 def only(sent: list[Sent], *, status: int | None = None, method: str | None = None) -> Sent:
     picked = [
-        s for s in sent
+        s
+        for s in sent
         if (status is not None and isinstance(s.msg, Response) and s.msg.status == status)
         or (method is not None and isinstance(s.msg, Request) and s.msg.method == method)
     ]
@@ -34,21 +44,45 @@ def statuses(sent: list[Sent]) -> list[int]:
     return [s.msg.status for s in sent if isinstance(s.msg, Response)]
 
 
-def register(h: Harness, user: str, src: tuple[str, int], *, expires: int = 600,
-             contact: str | None = None, call_id: str | None = None) -> Response:
+def register(
+    h: Harness,
+    user: str,
+    src: tuple[str, int],
+    *,
+    expires: int = 600,
+    contact: str | None = None,
+    call_id: str | None = None,
+) -> Response:
     contact = contact or f"<sip:{user}@{src[0]}:{src[1]}>"
     call_id = call_id or f"reg-{user}-{src[1]}"
     extra = f"Contact: {contact}\nExpires: {expires}"
-    first = request("REGISTER", "sip:acme.test", src=src, from_=f"<sip:{user}@acme.test>;tag=r1",
-                    to=f"<sip:{user}@acme.test>", call_id=call_id, cseq=1, extra=extra)
+    first = request(
+        "REGISTER",
+        "sip:acme.test",
+        src=src,
+        from_=f"<sip:{user}@acme.test>;tag=r1",
+        to=f"<sip:{user}@acme.test>",
+        call_id=call_id,
+        cseq=1,
+        extra=extra,
+    )
     first = first.replace(f"Contact: <sip:peer@{src[0]}:{src[1]}>\r\n", "")
     challenge = only(h.feed(first, src), status=401).msg
     assert isinstance(challenge, Response)
     client = DigestClient(user, PASSWORDS[user])
-    auth = client.authorization(challenge.get_all("WWW-Authenticate")[0], "REGISTER", "sip:acme.test")
-    second = request("REGISTER", "sip:acme.test", src=src, from_=f"<sip:{user}@acme.test>;tag=r1",
-                     to=f"<sip:{user}@acme.test>", call_id=call_id, cseq=2,
-                     extra=f"{extra}\nAuthorization: {auth}")
+    auth = client.authorization(
+        challenge.get_all("WWW-Authenticate")[0], "REGISTER", "sip:acme.test"
+    )
+    second = request(
+        "REGISTER",
+        "sip:acme.test",
+        src=src,
+        from_=f"<sip:{user}@acme.test>;tag=r1",
+        to=f"<sip:{user}@acme.test>",
+        call_id=call_id,
+        cseq=2,
+        extra=f"{extra}\nAuthorization: {auth}",
+    )
     second = second.replace(f"Contact: <sip:peer@{src[0]}:{src[1]}>\r\n", "")
     answer = h.feed(second, src)
     resp = answer[-1].msg
@@ -58,8 +92,9 @@ def register(h: Harness, user: str, src: tuple[str, int], *, expires: int = 600,
 
 # ---------------------------------------------------------------------------- OPTIONS ---
 def test_options_to_the_gateway_is_answered_with_capabilities(h: Harness) -> None:
-    sent = h.feed(request("OPTIONS", "sip:127.0.0.1:5060", src=("127.0.0.1", 7000)),
-                  src=("127.0.0.1", 7000))
+    sent = h.feed(
+        request("OPTIONS", "sip:127.0.0.1:5060", src=("127.0.0.1", 7000)), src=("127.0.0.1", 7000)
+    )
     resp = only(sent, status=200)
     msg = resp.msg
     assert "INVITE" in (msg.get("Allow") or "") and "REGISTER" in (msg.get("Allow") or "")
@@ -70,14 +105,18 @@ def test_options_to_the_gateway_is_answered_with_capabilities(h: Harness) -> Non
 
 def test_options_while_draining_is_503_with_retry_after(h: Harness) -> None:
     h.proxy.start_draining()
-    sent = h.feed(request("OPTIONS", "sip:127.0.0.1", src=("127.0.0.1", 7000)), src=("127.0.0.1", 7000))
+    sent = h.feed(
+        request("OPTIONS", "sip:127.0.0.1", src=("127.0.0.1", 7000)), src=("127.0.0.1", 7000)
+    )
     msg = only(sent, status=503).msg
     assert msg.get("Retry-After") == "30"
 
 
 def test_options_with_max_forwards_zero_to_us_is_still_answered(h: Harness) -> None:
-    sent = h.feed(request("OPTIONS", "sip:127.0.0.1", src=("127.0.0.1", 7000), max_forwards=0),
-                  src=("127.0.0.1", 7000))
+    sent = h.feed(
+        request("OPTIONS", "sip:127.0.0.1", src=("127.0.0.1", 7000), max_forwards=0),
+        src=("127.0.0.1", 7000),
+    )
     assert statuses(sent) == [200]
 
 
@@ -94,8 +133,13 @@ def test_register_challenges_then_binds(h: Harness) -> None:
 
 
 def test_register_challenge_offers_sha256_before_md5(h: Harness) -> None:
-    req = request("REGISTER", "sip:acme.test", src=PHONE_201, from_="<sip:201@acme.test>;tag=a",
-                  to="<sip:201@acme.test>")
+    req = request(
+        "REGISTER",
+        "sip:acme.test",
+        src=PHONE_201,
+        from_="<sip:201@acme.test>;tag=a",
+        to="<sip:201@acme.test>",
+    )
     challenges = only(h.feed(req, PHONE_201), status=401).msg.get_all("WWW-Authenticate")
     assert "algorithm=SHA-256" in challenges[0]
     assert any("algorithm=MD5" in c for c in challenges[1:])
@@ -103,12 +147,28 @@ def test_register_challenge_offers_sha256_before_md5(h: Harness) -> None:
 
 
 def test_register_with_wrong_password_is_challenged_again(h: Harness) -> None:
-    req = request("REGISTER", "sip:acme.test", src=PHONE_201, from_="<sip:201@acme.test>;tag=a",
-                  to="<sip:201@acme.test>", call_id="bad-pw")
+    req = request(
+        "REGISTER",
+        "sip:acme.test",
+        src=PHONE_201,
+        from_="<sip:201@acme.test>;tag=a",
+        to="<sip:201@acme.test>",
+        call_id="bad-pw",
+    )
     challenge = only(h.feed(req, PHONE_201), status=401).msg.get_all("WWW-Authenticate")[0]
-    auth = DigestClient("201", "wrong-password").authorization(challenge, "REGISTER", "sip:acme.test")
-    retry = request("REGISTER", "sip:acme.test", src=PHONE_201, from_="<sip:201@acme.test>;tag=a",
-                    to="<sip:201@acme.test>", call_id="bad-pw", cseq=2, extra=f"Authorization: {auth}")
+    auth = DigestClient("201", "wrong-password").authorization(
+        challenge, "REGISTER", "sip:acme.test"
+    )
+    retry = request(
+        "REGISTER",
+        "sip:acme.test",
+        src=PHONE_201,
+        from_="<sip:201@acme.test>;tag=a",
+        to="<sip:201@acme.test>",
+        call_id="bad-pw",
+        cseq=2,
+        extra=f"Authorization: {auth}",
+    )
     assert statuses(h.feed(retry, PHONE_201)) == [401]
     assert h.proxy.location.bindings("acme", "201", h.clock.now) == []
 
@@ -133,19 +193,40 @@ def test_bindings_expire(h: Harness) -> None:
 
 
 def test_register_another_users_aor_is_forbidden(h: Harness) -> None:
-    req = request("REGISTER", "sip:acme.test", src=PHONE_201, from_="<sip:202@acme.test>;tag=a",
-                  to="<sip:202@acme.test>", call_id="steal")
+    req = request(
+        "REGISTER",
+        "sip:acme.test",
+        src=PHONE_201,
+        from_="<sip:202@acme.test>;tag=a",
+        to="<sip:202@acme.test>",
+        call_id="steal",
+    )
     challenge = only(h.feed(req, PHONE_201), status=401).msg.get_all("WWW-Authenticate")[0]
-    auth = DigestClient("201", PASSWORDS["201"]).authorization(challenge, "REGISTER", "sip:acme.test")
-    retry = request("REGISTER", "sip:acme.test", src=PHONE_201, from_="<sip:202@acme.test>;tag=a",
-                    to="<sip:202@acme.test>", call_id="steal", cseq=2, extra=f"Authorization: {auth}")
+    auth = DigestClient("201", PASSWORDS["201"]).authorization(
+        challenge, "REGISTER", "sip:acme.test"
+    )
+    retry = request(
+        "REGISTER",
+        "sip:acme.test",
+        src=PHONE_201,
+        from_="<sip:202@acme.test>;tag=a",
+        to="<sip:202@acme.test>",
+        call_id="steal",
+        cseq=2,
+        extra=f"Authorization: {auth}",
+    )
     assert statuses(h.feed(retry, PHONE_201)) == [403]
 
 
 # ------------------------------------------------------------------ INVITE from trunk ---
-def invite_from_trunk(h: Harness, call_id: str = "in-1", ruri: str = "sip:+31201234567@127.0.0.1") -> list[Sent]:
-    return h.feed(request("INVITE", ruri, call_id=call_id, body="v=0\r\n",
-                          extra="Content-Type: application/sdp"))
+def invite_from_trunk(
+    h: Harness, call_id: str = "in-1", ruri: str = "sip:+31201234567@127.0.0.1"
+) -> list[Sent]:
+    return h.feed(
+        request(
+            "INVITE", ruri, call_id=call_id, body="v=0\r\n", extra="Content-Type: application/sdp"
+        )
+    )
 
 
 def test_trunk_call_to_did_rings_the_registered_phone(h: Harness) -> None:
@@ -265,8 +346,12 @@ def test_parallel_fork_cancels_the_other_branch_on_2xx(h: Harness) -> None:
     assert cancel.target.port == branches[1].target.port
     # The cancelled branch's 487 is not forwarded: the caller already has its 200.
     h.feed(response_to(cancel.msg, 200, "OK", to_tag=None), ("127.0.0.1", 5211))  # type: ignore[arg-type]
-    assert statuses(h.feed(response_to(second, 487, "Request Terminated", to_tag="t2"),
-                           ("127.0.0.1", 5211))) == []
+    assert (
+        statuses(
+            h.feed(response_to(second, 487, "Request Terminated", to_tag="t2"), ("127.0.0.1", 5211))
+        )
+        == []
+    )
 
 
 def test_fork_best_response_prefers_busy_over_timeout(h: Harness) -> None:
@@ -283,14 +368,26 @@ def test_fork_best_response_prefers_busy_over_timeout(h: Harness) -> None:
 
 
 # ------------------------------------------------------------------ phone → trunk ---
-def invite_from_phone(h: Harness, user: str, src: tuple[str, int], ruri: str, call_id: str) -> list[Sent]:
+def invite_from_phone(
+    h: Harness, user: str, src: tuple[str, int], ruri: str, call_id: str
+) -> list[Sent]:
     from_ = f"<sip:{user}@acme.test>;tag=p1"
-    first = request("INVITE", ruri, src=src, from_=from_, call_id=call_id, branch=f"z9hG4bK-{call_id}-1")
+    first = request(
+        "INVITE", ruri, src=src, from_=from_, call_id=call_id, branch=f"z9hG4bK-{call_id}-1"
+    )
     challenge = only(h.feed(first, src), status=407).msg.get_all("Proxy-Authenticate")[0]
     h.feed(first.replace("INVITE sip", "ACK sip").replace("CSeq: 1 INVITE", "CSeq: 1 ACK"), src)
     auth = DigestClient(user, PASSWORDS[user]).authorization(challenge, "INVITE", ruri)
-    second = request("INVITE", ruri, src=src, from_=from_, call_id=call_id, cseq=2,
-                     branch=f"z9hG4bK-{call_id}-2", extra=f"Proxy-Authorization: {auth}")
+    second = request(
+        "INVITE",
+        ruri,
+        src=src,
+        from_=from_,
+        call_id=call_id,
+        cseq=2,
+        branch=f"z9hG4bK-{call_id}-2",
+        extra=f"Proxy-Authorization: {auth}",
+    )
     return h.feed(second, src)
 
 
@@ -317,8 +414,15 @@ def test_phone_cannot_spoof_another_users_from(h: Harness) -> None:
     first = request("INVITE", ruri, src=PHONE_202, from_=from_, call_id="spoof")
     challenge = only(h.feed(first, PHONE_202), status=407).msg.get_all("Proxy-Authenticate")[0]
     auth = DigestClient("202", PASSWORDS["202"]).authorization(challenge, "INVITE", ruri)
-    second = request("INVITE", ruri, src=PHONE_202, from_=from_, call_id="spoof", cseq=2,
-                     extra=f"Proxy-Authorization: {auth}")
+    second = request(
+        "INVITE",
+        ruri,
+        src=PHONE_202,
+        from_=from_,
+        call_id="spoof",
+        cseq=2,
+        extra=f"Proxy-Authorization: {auth}",
+    )
     assert statuses(h.feed(second, PHONE_202)) == [100, 403]
 
 
@@ -328,9 +432,16 @@ def test_bye_follows_the_route_set_back_to_the_caller(h: Harness) -> None:
     fwd = only(invite_from_trunk(h, call_id="dlg"), method="INVITE").msg
     assert isinstance(fwd, Request)
     h.feed(response_to(fwd, 200, "OK"), PHONE_201)
-    bye = request("BYE", f"sip:peer@{TRUNK[0]}:{TRUNK[1]}", src=PHONE_201, call_id="dlg", cseq=1,
-                  from_="<sip:201@acme.test>;tag=callee", to="<sip:+31612345678@carrier.test>;tag=f1",
-                  extra="Route: <sip:127.0.0.1:5060;lr>")
+    bye = request(
+        "BYE",
+        f"sip:peer@{TRUNK[0]}:{TRUNK[1]}",
+        src=PHONE_201,
+        call_id="dlg",
+        cseq=1,
+        from_="<sip:201@acme.test>;tag=callee",
+        to="<sip:+31612345678@carrier.test>;tag=f1",
+        extra="Route: <sip:127.0.0.1:5060;lr>",
+    )
     sent = h.feed(bye, PHONE_201)
     down = only(sent, method="BYE")
     assert (down.target.host, down.target.port) == TRUNK
@@ -338,8 +449,15 @@ def test_bye_follows_the_route_set_back_to_the_caller(h: Harness) -> None:
 
 
 def test_ack_for_2xx_is_forwarded_end_to_end(h: Harness) -> None:
-    ack = request("ACK", "sip:201@127.0.0.1:5201", src=TRUNK, call_id="dlg", cseq=1,
-                  to="<sip:201@acme.test>;tag=callee", extra="Route: <sip:127.0.0.1:5060;lr>")
+    ack = request(
+        "ACK",
+        "sip:201@127.0.0.1:5201",
+        src=TRUNK,
+        call_id="dlg",
+        cseq=1,
+        to="<sip:201@acme.test>;tag=callee",
+        extra="Route: <sip:127.0.0.1:5060;lr>",
+    )
     sent = h.feed(ack)
     fwd = only(sent, method="ACK")
     assert (fwd.target.host, fwd.target.port) == PHONE_201
@@ -411,8 +529,13 @@ def test_draining_refuses_new_calls_but_keeps_dialogs(h: Harness) -> None:
     register(h, "201", PHONE_201)
     h.proxy.start_draining()
     assert statuses(invite_from_trunk(h, call_id="late")) == [100, 503]
-    bye = request("BYE", "sip:201@127.0.0.1:5201", call_id="dlg", to="<sip:201@acme.test>;tag=x",
-                  extra="Route: <sip:127.0.0.1:5060;lr>")
+    bye = request(
+        "BYE",
+        "sip:201@127.0.0.1:5201",
+        call_id="dlg",
+        to="<sip:201@acme.test>;tag=x",
+        extra="Route: <sip:127.0.0.1:5060;lr>",
+    )
     assert only(h.feed(bye), method="BYE").target.port == 5201
 
 

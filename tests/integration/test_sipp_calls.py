@@ -1,0 +1,159 @@
+"""sipp UAC → sipgw → sipp UAS: real SIP peers through the real gateway process.
+
+Two directions of the dial plan are exercised:
+- trunk → DID → registered extension (sipp UAC sends from the trunk's trusted address;
+  the sipp UAS registered as extension 201 with digest auth beforehand);
+- phone → number → trunk (sipp UAC authenticates as user 202; the sipp UAS is the
+  trunk's far end).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import GatewayFactory
+from tests.integration.gateway import DID, DOMAIN, PASSWORDS, GatewayProcess
+from tests.peers.ports import free_port
+from tests.peers.sipp import run_sipp, scenario, start_sipp
+
+pytestmark = [pytest.mark.peers, pytest.mark.asyncio]
+
+
+async def register_sipp(gw: GatewayProcess, user: str, port: int, transport: str = "u1") -> None:
+    """Register a Contact at 127.0.0.1:port for ``user`` (the UAS then binds that port)."""
+    result = await run_sipp(
+        [
+            "-sf",
+            scenario("register_uac"),
+            f"127.0.0.1:{gw.ports.sip}",
+            "-s",
+            user,
+            "-au",
+            user,
+            "-ap",
+            PASSWORDS[user],
+            "-m",
+            "1",
+            "-t",
+            transport,
+        ],
+        local_port=port,
+        timeout=15,
+        keys={"domain": DOMAIN, "expires": "600"},
+    )
+    result.check(calls=1)
+
+
+async def trunk_to_did(
+    gw: GatewayProcess,
+    uas_scenario: str,
+    uac_scenario: str,
+    calls: int,
+    *,
+    rate: int = 50,
+    transport: str = "u1",
+    timeout: float = 60,
+) -> None:
+    uas_port = free_port()
+    await register_sipp(gw, "201", uas_port, transport)
+    async with await start_sipp(
+        ["-sf", scenario(uas_scenario), "-m", str(calls), "-t", transport],
+        local_port=uas_port,
+        timeout=timeout,
+        name="uas",
+    ) as uas:
+        result = await run_sipp(
+            [
+                "-sf",
+                scenario(uac_scenario),
+                f"127.0.0.1:{gw.ports.sip}",
+                "-s",
+                DID,
+                "-m",
+                str(calls),
+                "-r",
+                str(rate),
+                "-l",
+                str(max(rate * 2, 10)),
+                "-t",
+                transport,
+            ],
+            local_port=gw.ports.trunk_src,
+            timeout=timeout,
+            keys={"domain": "127.0.0.1", "caller": "+31612345678"},
+        )
+        result.check(calls=calls)
+        uas_result = await uas.wait(timeout=timeout)
+        uas_result.check(calls=calls)
+
+
+async def test_1000_calls_over_udp_trunk_to_registered_phone(gateway: GatewayProcess) -> None:
+    await trunk_to_did(gateway, "uas", "uac", 1000, rate=200, timeout=90)
+    metrics = await gateway.metrics()
+    assert (
+        'sipgw_sip_requests_total{direction="in",method="INVITE",transport="udp"} 1000.0' in metrics
+    )
+
+
+async def test_1000_calls_over_tcp_phone_to_trunk(gateway_factory: GatewayFactory) -> None:
+    trunk_port = free_port()
+    from tests.integration.gateway import GatewayPorts
+
+    gw = await gateway_factory(ports=GatewayPorts(trunk=trunk_port), trunk_transport="tcp")
+    calls = 1000
+    async with await start_sipp(
+        ["-sf", scenario("uas"), "-m", str(calls), "-t", "t1"],
+        local_port=trunk_port,
+        timeout=90,
+        name="trunk-uas",
+    ) as uas:
+        result = await run_sipp(
+            [
+                "-sf",
+                scenario("uac"),
+                f"127.0.0.1:{gw.ports.sip}",
+                "-s",
+                "0612345678",
+                "-au",
+                "202",
+                "-ap",
+                PASSWORDS["202"],
+                "-m",
+                str(calls),
+                "-r",
+                "200",
+                "-l",
+                "400",
+                "-t",
+                "t1",
+            ],
+            timeout=90,
+            keys={"domain": DOMAIN, "caller": "202"},
+        )
+        result.check(calls=calls)
+        (await uas.wait(timeout=30)).check(calls=calls)
+
+
+async def test_cancel_before_answer(gateway: GatewayProcess) -> None:
+    await trunk_to_did(gateway, "uas_ring_no_answer", "uac_cancel", 20)
+
+
+async def test_busy_486_is_relayed(gateway: GatewayProcess) -> None:
+    await trunk_to_did(gateway, "uas_busy", "uac_busy", 20)
+
+
+async def test_bye_from_the_caller(gateway: GatewayProcess) -> None:
+    await trunk_to_did(gateway, "uas", "uac", 20, transport="t1")
+
+
+async def test_bye_from_the_callee(gateway: GatewayProcess) -> None:
+    await trunk_to_did(gateway, "uas_bye", "uac_expect_bye", 20)
+
+
+async def test_options_to_the_gateway(gateway: GatewayProcess) -> None:
+    result = await run_sipp(
+        ["-sf", scenario("options_uac"), f"127.0.0.1:{gateway.ports.sip}", "-m", "10"],
+        timeout=15,
+        keys={"domain": "127.0.0.1"},
+    )
+    result.check(calls=10)
