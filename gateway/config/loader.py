@@ -1,0 +1,308 @@
+"""``load_settings``: TOML file + SIPGW_* environment -> checked, frozen ``Settings``.
+
+Reading order is the order of the checks, so the first problem found is reported:
+top-level keys, node, sip, http, redis, log, profiles, tenants, default_tenant.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import ssl
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.config.errors import ConfigError
+from gateway.config.model import (
+    HttpSettings,
+    ListenSpec,
+    LogSettings,
+    NodeSettings,
+    RedisSettings,
+    Settings,
+    SipSettings,
+)
+from gateway.config.profiles import load_profiles
+from gateway.config.reader import Context, Table, Value, apply_env, plain_text
+from gateway.config.syntax import (
+    mask_url_password,
+    normalize_host,
+    show,
+    split_host_port,
+    uri_host,
+)
+from gateway.config.tenants import default_tenant, tenants
+
+CONFIG_ENV = "SIPGW_CONFIG"
+# sip_profiles/ sits next to the gateway package in the source tree (and the image).
+DEFAULT_PROFILES_DIR = Path(__file__).resolve().parent.parent.parent / "sip_profiles"
+EMBEDDED_DEFAULT = "<embedded gateway/default.toml>"
+
+TOP_LEVEL_KEYS = (
+    "node", "sip", "http", "redis", "log", "profiles_dir", "default_tenant", "tenants",
+)  # fmt: skip
+
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_MIN_SECRET = 16  # characters of auth_secret: it is the HMAC key of every nonce
+
+
+def load_settings(
+    path: str | Path | None = None, *, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Load settings from a TOML file and ``SIPGW_*`` environment overrides.
+
+    ``path`` None means ``$SIPGW_CONFIG`` if set, else the embedded gateway/default.toml
+    (a demo tenant). ``env`` defaults to ``os.environ``. Raises ``ConfigError`` on the
+    first problem, naming the key (and the variable, for an override).
+    """
+    env = os.environ if env is None else env
+    source = _locate(path, env)
+    ctx = Context(base_dir=source.base_dir)
+    raw = _parse_toml(source)
+    try:
+        apply_env(raw, env, ctx)
+        return _settings(Table(raw, "", ctx), source.name)
+    except ConfigError as exc:
+        raise ctx.attribute(exc) from None
+
+
+@dataclass(frozen=True)
+class _Source:
+    name: str  # for messages and Settings.source
+    text: str
+    base_dir: Path  # relative paths in the file start here
+    error_key: str  # the key a read or syntax error is reported under
+
+
+def _locate(path: str | Path | None, env: Mapping[str, str]) -> _Source:
+    """The file to read: ``path``, else ``$SIPGW_CONFIG``, else the embedded default."""
+    if path is None and not env.get(CONFIG_ENV):
+        text = resources.files("gateway").joinpath("default.toml").read_text("utf-8")
+        return _Source(EMBEDDED_DEFAULT, text, Path.cwd(), EMBEDDED_DEFAULT)
+    if path is None:
+        file = Path(env[CONFIG_ENV]).expanduser()
+        error_key = f"{CONFIG_ENV} ({file})"
+    else:
+        file = Path(path).expanduser()
+        error_key = str(file)
+    try:
+        text = file.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(error_key, f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(error_key, f"not UTF-8 text: {exc.reason}") from None
+    return _Source(str(file), text, file.resolve().parent, error_key)
+
+
+def _parse_toml(source: _Source) -> dict[str, Any]:
+    try:
+        return tomllib.loads(source.text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source.error_key, f"invalid TOML: {exc}") from None
+
+
+def _settings(root: Table, source: str) -> Settings:
+    root.check_keys(TOP_LEVEL_KEYS)
+    node = NodeSettings(**root.table("node").read({"name": _node_name}))
+    sip = _sip(root.table("sip"))
+    http = HttpSettings(**root.table("http").read({"listen": _http_listen}))
+    redis = RedisSettings(**root.table("redis").read({"url": _redis_url}))
+    log = LogSettings(**root.table("log").read(_LOG_READERS))
+    dir_value = root.get("profiles_dir")
+    profiles_dir = DEFAULT_PROFILES_DIR if dir_value is None else dir_value.path()
+    profiles = load_profiles(profiles_dir, "profiles_dir")
+    all_tenants = tenants(root.get("tenants"), profiles)
+    fallback = default_tenant(root.get("default_tenant"), all_tenants)
+    return Settings(
+        node=node, sip=sip, http=http, redis=redis, log=log, tenants=all_tenants,
+        profiles=profiles, default_tenant=fallback, profiles_dir=profiles_dir,
+        source=source,
+    )  # fmt: skip
+
+
+def _node_name(v: Value) -> str:
+    name = v.text()
+    if not _NODE_NAME.fullmatch(name):
+        raise v.error(f"must be 1-64 letters, digits, '.', '_' or '-', got {show(name)}")
+    return name
+
+
+# --- [sip] -------------------------------------------------------------------------
+
+
+def _sip(table: Table) -> SipSettings:
+    readers: dict[str, Callable[[Value], Any]] = {
+        "listen": _listen,
+        "advertise": lambda v: uri_host(v.parse(normalize_host)),
+        "t1": lambda v: v.number(),
+        "t2": lambda v: v.number(),
+        "t4": lambda v: v.number(),
+        "max_message_size": lambda v: v.integer(1024, 16 * 1024 * 1024),
+        "max_headers": lambda v: v.integer(1),
+        "max_header_line": lambda v: v.integer(1),
+        "max_connections": lambda v: v.integer(1),
+        "idle_timeout": lambda v: v.number(),
+        "tls_cert": _existing_file,
+        "tls_key": _existing_file,
+        "tls_min_version": lambda v: v.choice(("1.2", "1.3")),
+        "tls_ciphers": _tls_ciphers,
+        "max_forwards": lambda v: v.integer(1, 255),
+        "registrar_min_expires": lambda v: v.integer(1),
+        "registrar_max_expires": lambda v: v.integer(1),
+        "registrar_default_expires": lambda v: v.integer(1),
+        "max_contacts_per_aor": lambda v: v.integer(1),
+        "nonce_ttl": lambda v: v.number(),
+        "auth_secret": _auth_secret,
+        "fork_timeout": lambda v: v.number(),
+        "user_agent": plain_text,
+    }
+    sip = SipSettings(**table.read(readers))
+    _check_order(table, ("t1", sip.t1), ("t2", sip.t2))
+    _check_order(
+        table,
+        ("registrar_min_expires", sip.registrar_min_expires),
+        ("registrar_default_expires", sip.registrar_default_expires),
+        ("registrar_max_expires", sip.registrar_max_expires),
+    )
+    _check_tls_files(table, sip)
+    _check_advertise(table, sip)
+    return sip
+
+
+def _listen(v: Value) -> tuple[ListenSpec, ...]:
+    items = v.items(allow_single=True)
+    if not items:
+        raise v.error("must list at least one address")
+    specs: list[ListenSpec] = []
+    for item in items:
+        spec = item.parse(ListenSpec.parse)
+        if spec in specs:
+            first = f"{v.key}[{specs.index(spec)}]"
+            raise item.error(f'duplicate of {first} ("{spec}")')
+        specs.append(spec)
+    return tuple(specs)
+
+
+def _existing_file(v: Value) -> Path:
+    path = v.path()
+    if not path.is_file():
+        raise v.error(f"file not found: {path}")
+    return path
+
+
+def _tls_ciphers(v: Value) -> str:
+    ciphers = v.text()
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(ciphers)
+    except ssl.SSLError:
+        raise v.error(f"OpenSSL selects no cipher from {show(ciphers)}") from None
+    return ciphers
+
+
+def _auth_secret(v: Value) -> str:
+    secret = v.text(secret=True)
+    if len(secret) < _MIN_SECRET:
+        # Never echo the secret itself.
+        raise v.error(f"must be at least {_MIN_SECRET} characters (it signs every nonce)")
+    return secret
+
+
+def _check_order(table: Table, *named: tuple[str, float]) -> None:
+    """Require named[0] <= named[1] <= ...; blame a key the operator actually set."""
+    for (low_name, low), (high_name, high) in itertools.pairwise(named):
+        if low <= high:
+            continue
+        if high_name in table.data or low_name not in table.data:
+            raise ConfigError(
+                table.key_of(high_name),
+                f"must be at least {table.key_of(low_name)} ({show(low)}), got {show(high)}",
+            )
+        raise ConfigError(
+            table.key_of(low_name),
+            f"must not exceed {table.key_of(high_name)} ({show(high)}), got {show(low)}",
+        )
+
+
+def _check_tls_files(table: Table, sip: SipSettings) -> None:
+    if sip.tls_cert is not None and sip.tls_key is None:
+        raise ConfigError(
+            table.key_of("tls_key"), f"required when {table.key_of('tls_cert')} is set"
+        )
+    if sip.tls_key is not None and sip.tls_cert is None:
+        raise ConfigError(
+            table.key_of("tls_cert"), f"required when {table.key_of('tls_key')} is set"
+        )
+    if sip.tls_cert is None or sip.tls_key is None:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # A password callback that gives nothing: an encrypted key fails here instead of
+        # prompting on a terminal that a service does not have.
+        context.load_cert_chain(sip.tls_cert, sip.tls_key, password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            table.key_of("tls_cert"),
+            f"cannot load the certificate with {table.key_of('tls_key')} "
+            f"(PEM certificate chain + unencrypted matching key expected): {exc}",
+        ) from None
+
+
+def _check_advertise(table: Table, sip: SipSettings) -> None:
+    if sip.advertise is not None:
+        return
+    for i, spec in enumerate(sip.listen):
+        if spec.is_wildcard:
+            raise ConfigError(
+                table.key_of("advertise"),
+                f'required when {table.key_of("listen")}[{i}] ("{spec}") binds every '
+                "interface: give the address peers should send to",
+            )
+
+
+# --- [http], [redis], [log] --------------------------------------------------------
+
+
+def _http_listen(v: Value) -> str:
+    text = v.text()
+    try:
+        host, port = split_host_port(text)
+    except ValueError:
+        port = None
+    if port is None:
+        raise v.error(f'expected "host:port" (IPv6 in brackets), got {show(text)}')
+    return f"{uri_host(host)}:{port}"
+
+
+def _redis_url(v: Value) -> str:
+    url = v.text()
+    if not _is_redis_url(url):
+        # The URL may hold a password: it is masked in the message.
+        raise v.error(
+            "must be a redis://host[:port][/db], rediss://… or unix://path URL, "
+            f"got {show(mask_url_password(url))}"
+        )
+    return url
+
+
+def _is_redis_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    if parts.scheme == "unix":
+        return bool(parts.path)
+    return parts.scheme in ("redis", "rediss") and bool(parts.hostname)
+
+
+_LOG_READERS: dict[str, Callable[[Value], Any]] = {
+    "level": lambda v: v.choice(_LOG_LEVELS, fold=str.upper),
+    "format": lambda v: v.choice(("json", "text")),
+}

@@ -1,0 +1,356 @@
+"""The settings model: frozen, fully typed dataclasses with their defaults.
+
+Building these by hand (tests, tools) skips the loader's validation; ``load_settings``
+is the way to get a checked ``Settings``. Secrets never show in a repr: HA1 hashes and
+``auth_secret`` print as ``'***'`` and a Redis URL's password is masked; plain SIP
+passwords are not kept at all (the loader turns them into HA1 hashes).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from gateway.config.syntax import (
+    is_wildcard,
+    mask_url_password,
+    normalize_host,
+    parse_match,
+    parse_port,
+    show,
+    uri_host,
+)
+from gateway.sip.digest import compute_ha1
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Transport = Literal["udp", "tcp", "tls"]
+TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp", "tls")
+_TRANSPORT_BY_NAME: dict[str, Transport] = {t: t for t in TRANSPORTS}
+AutoAnswer = Literal["call-info", "answer-mode", "alert-info", "none"]
+ProfileKind = Literal["phone", "trunk"]
+
+# A strong TLS 1.2 suite list: forward secrecy (ECDHE) and AEAD ciphers only, so no CBC
+# and no RSA key exchange. TLS 1.3 suites are all AEAD and are not governed by this.
+DEFAULT_TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+
+_LISTEN = re.compile(r"(?P<transport>[A-Za-z]+):(?P<host>\[[^\]]*\]|[^:\[\]]+):(?P<port>[^:]+)")
+
+
+def _masked_repr(self: DataclassInstance) -> str:
+    """A dataclass repr in which fields marked ``metadata={"mask": fn}`` are masked."""
+    parts = []
+    for f in fields(self):
+        if not f.repr:
+            continue
+        value = getattr(self, f.name)
+        mask: Callable[[Any], str] | None = f.metadata.get("mask")
+        shown = repr(value) if mask is None or value is None else mask(value)
+        parts.append(f"{f.name}={shown}")
+    return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _stars(_: object) -> str:
+    return "'***'"
+
+
+def _url_without_password(url: str) -> str:
+    return repr(mask_url_password(url))
+
+
+_SECRET = types.MappingProxyType({"mask": _stars})
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    """One SIP listening socket, written "transport:host:port" (IPv6 in brackets)."""
+
+    transport: Transport
+    host: str  # as sockets take it: IPv6 without brackets
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> ListenSpec:
+        """Parse "udp:127.0.0.1:5060", "tcp:[::1]:5060"; raises ValueError(problem)."""
+        m = _LISTEN.fullmatch(text)
+        if m is None and text.count(":") > 3 and "[" not in text:
+            example = "tcp:[::1]:5060"
+            raise ValueError(f"IPv6 address must be in brackets (like {example}): {show(text)}")
+        if m is None:
+            raise ValueError(f'expected "transport:host:port", got {show(text)}')
+        transport = _TRANSPORT_BY_NAME.get(m["transport"].lower())
+        if transport is None:
+            raise ValueError(
+                f"transport must be one of {', '.join(TRANSPORTS)}, got {show(m['transport'])}"
+            )
+        return cls(transport, normalize_host(m["host"]), parse_port(m["port"]))
+
+    @property
+    def uri_host(self) -> str:
+        """The host as written in a URI or Via (IPv6 in brackets)."""
+        return uri_host(self.host)
+
+    @property
+    def is_wildcard(self) -> bool:
+        """Binds every interface (0.0.0.0 or ::): needs ``sip.advertise``."""
+        return is_wildcard(self.host)
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{self.uri_host}:{self.port}"
+
+
+def _default_listen() -> tuple[ListenSpec, ...]:
+    return (
+        ListenSpec("udp", "127.0.0.1", 5060),
+        ListenSpec("tcp", "127.0.0.1", 5060),
+        ListenSpec("tls", "127.0.0.1", 5061),
+    )
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """This gateway instance; ``name`` goes into every event's ``node``."""
+
+    name: str = field(default_factory=socket.gethostname)
+
+
+@dataclass(frozen=True, repr=False)
+class SipSettings:
+    """SIP transport, transaction, registrar and authentication settings."""
+
+    listen: tuple[ListenSpec, ...] = field(default_factory=_default_listen)
+    advertise: str | None = None  # host put in Via/Record-Route (IPv6 in brackets)
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    max_message_size: int = 65535
+    max_headers: int = 128
+    max_header_line: int = 8192
+    max_connections: int = 4096
+    idle_timeout: float = 300.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"
+    tls_ciphers: str = DEFAULT_TLS_CIPHERS
+    max_forwards: int = 70
+    registrar_min_expires: int = 60
+    registrar_max_expires: int = 3600
+    registrar_default_expires: int = 3600
+    max_contacts_per_aor: int = 10
+    nonce_ttl: float = 300.0
+    auth_secret: str | None = field(default=None, metadata=_SECRET)
+    fork_timeout: float = 180.0
+    user_agent: str = "sipgw/0.1"
+
+    __repr__ = _masked_repr
+
+    def advertised_host(self, listen: ListenSpec) -> str:
+        """The host to put in Via and Record-Route for messages sent from ``listen``."""
+        return self.advertise if self.advertise is not None else listen.uri_host
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The HTTP API (REST, WebSocket/SSE events, metrics, health)."""
+
+    listen: str = "127.0.0.1:8080"  # "host:port", IPv6 in brackets
+
+    @property
+    def host(self) -> str:
+        """The host to bind (IPv6 without brackets)."""
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+@dataclass(frozen=True, repr=False)
+class RedisSettings:
+    """Where the event streams and the contact index live."""
+
+    url: str = field(default="redis://127.0.0.1:6379/0", metadata={"mask": _url_without_password})
+
+    __repr__ = _masked_repr
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How to deal with one kind of peer; loaded from ``sip_profiles/<name>.toml``."""
+
+    name: str
+    kind: ProfileKind
+    caller_id: tuple[str, ...] = ("P-Asserted-Identity", "From")
+    region: str | None = None  # overrides the tenant's region for number normalization
+    auto_answer: AutoAnswer = "none"
+    # Header lines to add to an INVITE that the peer should answer by itself;
+    # "{host}" is replaced by the gateway's advertised host.
+    auto_answer_headers: tuple[str, ...] = ()
+    supports_refer: bool = False
+    user_agent_patterns: tuple[str, ...] = ()  # regexes, searched case-insensitively
+    notes: str = ""
+
+    def matches_user_agent(self, user_agent: str) -> bool:
+        """True when a User-Agent/Server header value looks like this kind of peer."""
+        return any(re.search(p, user_agent, re.IGNORECASE) for p in self.user_agent_patterns)
+
+    def render_auto_answer_headers(self, host: str) -> tuple[str, ...]:
+        return tuple(line.replace("{host}", host) for line in self.auto_answer_headers)
+
+
+@dataclass(frozen=True, repr=False)
+class User:
+    """A SIP user (a phone line) of a tenant. Only HA1 hashes are kept, never a password."""
+
+    username: str
+    extension: str
+    ha1_md5: str = field(metadata=_SECRET)
+    ha1_sha256: str = field(metadata=_SECRET)
+    display_name: str = ""
+    profile: str = "generic-phone"
+
+    __repr__ = _masked_repr
+
+    @classmethod
+    def from_password(
+        cls, username: str, extension: str, realm: str, password: str, **fields: str
+    ) -> User:
+        """A user with HA1 hashes computed from ``password`` (for tests and tools; the
+        loader does the same). The password itself is not kept."""
+        return cls(
+            username=username,
+            extension=extension,
+            ha1_md5=compute_ha1(username, realm, password, "MD5"),
+            ha1_sha256=compute_ha1(username, realm, password, "SHA-256"),
+            **fields,
+        )
+
+    def ha1(self, algorithm: str) -> str | None:
+        """The HA1 for a digest algorithm name ("MD5", "SHA-256"), None if unsupported."""
+        return {"MD5": self.ha1_md5, "SHA-256": self.ha1_sha256}.get(algorithm.upper())
+
+
+@dataclass(frozen=True)
+class Did:
+    """A public number (E.164) routed to an extension of the tenant."""
+
+    number: str
+    extension: str
+
+
+@dataclass(frozen=True)
+class Trunk:
+    """A SIP trunk: where outbound calls go and whose source addresses are trusted."""
+
+    name: str
+    host: str
+    port: int = 5060
+    transport: Transport = "udp"
+    profile: str = "generic-trunk"
+    match: tuple[str, ...] = ()  # "ip", "ip:port", "[v6]:port" or CIDR; normalized
+    outbound: bool = True
+    options_interval: float = 30.0  # seconds between OPTIONS probes; 0 = no probing
+
+    def matches(self, address: str, port: int) -> bool:
+        """True when a message from ``address``:``port`` comes from this trunk."""
+        ip = ipaddress.ip_address(address.strip("[]"))
+        for entry in self.match:
+            network, want_port = parse_match(entry)
+            if ip in network and (want_port is None or want_port == port):
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A customer organization: its SIP domains, users, numbers and trunks."""
+
+    id: str
+    name: str
+    domains: tuple[str, ...]
+    region: str = "NL"
+    realm: str = ""  # "" means the first domain (the loader always fills it in)
+    users: tuple[User, ...] = ()
+    dids: tuple[Did, ...] = ()
+    trunks: tuple[Trunk, ...] = ()
+    _by_username: Mapping[str, User] = field(init=False, repr=False, compare=False)
+    _by_extension: Mapping[str, User] = field(init=False, repr=False, compare=False)
+    _by_did: Mapping[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The object stays frozen: derived values are set once, here. The indexes serve
+        # the lookups the proxy does per request.
+        if not self.realm and self.domains:
+            object.__setattr__(self, "realm", self.domains[0])
+        object.__setattr__(self, "_by_username", {u.username: u for u in self.users})
+        object.__setattr__(self, "_by_extension", {u.extension: u for u in self.users})
+        object.__setattr__(self, "_by_did", {d.number: d.extension for d in self.dids})
+
+    def user_by_username(self, username: str) -> User | None:
+        return self._by_username.get(username)
+
+    def user_by_extension(self, extension: str) -> User | None:
+        return self._by_extension.get(extension)
+
+    def extension_for_did(self, number: str) -> str | None:
+        """The extension an E.164 number is routed to, None if it is not ours."""
+        return self._by_did.get(number)
+
+    def trunk_by_name(self, name: str) -> Trunk | None:
+        return next((t for t in self.trunks if t.name == name), None)
+
+
+def domain_key(host: str) -> str:
+    """How a request's host is compared with tenant domains: lower case, IPv6 bracketed."""
+    host = host.strip().lower().rstrip(".")
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway is configured with. Obtain it from ``load_settings``."""
+
+    node: NodeSettings = field(default_factory=NodeSettings)
+    sip: SipSettings = field(default_factory=SipSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    tenants: tuple[Tenant, ...] = ()
+    profiles: Mapping[str, Profile] = field(default_factory=lambda: types.MappingProxyType({}))
+    default_tenant: str | None = None  # used when a request's domain matches no tenant
+    profiles_dir: Path | None = None
+    source: str = ""  # the file the settings came from, for logs
+    _by_domain: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
+    _by_id: Mapping[str, Tenant] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_domain = {domain_key(d): t for t in self.tenants for d in t.domains}
+        object.__setattr__(self, "_by_domain", by_domain)
+        object.__setattr__(self, "_by_id", {t.id: t for t in self.tenants})
+
+    def tenant_by_domain(self, host: str) -> Tenant | None:
+        """The tenant owning a SIP domain (the host part of an AOR), exact match only."""
+        return self._by_domain.get(domain_key(host))
+
+    def tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        return self._by_id.get(tenant_id)
+
+    def tenant_for_domain(self, host: str) -> Tenant | None:
+        """The tenant owning ``host``, else the ``default_tenant``, else None."""
+        tenant = self.tenant_by_domain(host)
+        if tenant is None and self.default_tenant is not None:
+            tenant = self.tenant_by_id(self.default_tenant)
+        return tenant

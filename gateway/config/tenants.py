@@ -1,0 +1,376 @@
+"""The ``[[tenants]]`` array: tenants with their users, DIDs and trunks.
+
+Uniqueness rules: a tenant id, a SIP domain, a DID and a trunk source address each
+identify one tenant (and one trunk); usernames and extensions are unique per tenant.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import cast
+
+from gateway.config.errors import ConfigError
+from gateway.config.model import TRANSPORTS, Did, Profile, Tenant, Transport, Trunk, User
+from gateway.config.profiles import region
+from gateway.config.reader import Table, Value, plain_text
+from gateway.config.syntax import (
+    IPNetwork,
+    is_ip,
+    normalize_host,
+    normalize_match,
+    overlaps,
+    parse_match,
+    show,
+    uri_host,
+)
+from gateway.sip.digest import compute_ha1
+
+_SLUG = re.compile(r"[a-z0-9-]{1,32}")
+_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_EXTENSION = re.compile(r"[0-9]{2,8}")
+_E164 = re.compile(r"\+[1-9][0-9]{5,14}")
+_TRUNK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+def tenants(v: Value | None, profiles: Mapping[str, Profile]) -> tuple[Tenant, ...]:
+    """Every tenant, checked one by one and then against each other."""
+    tables = [] if v is None else v.tables()
+    result = tuple(_tenant(t, profiles) for t in tables)
+    _check_across_tenants(result, tables)
+    return result
+
+
+class _Seen:
+    """Values already used, each with the key where it first appeared."""
+
+    def __init__(self) -> None:
+        self._first: dict[Hashable, str] = {}
+
+    def add(self, value: Hashable, key: str) -> None:
+        first = self._first.setdefault(value, key)
+        if first != key:
+            raise ConfigError(key, f"duplicate of {first} ({show(value)})")
+
+
+_TENANT_KEYS = ("id", "name", "domains", "region", "realm", "users", "dids", "trunks")
+
+
+def _tenant(t: Table, profiles: Mapping[str, Profile]) -> Tenant:
+    t.check_keys(_TENANT_KEYS)
+    tenant_id = t.require("id").parse(_slug)
+    name = plain_text(t.require("name"))
+    domains = _domains(t.require("domains"))
+    region_value = t.get("region")
+    tenant_region = "NL" if region_value is None else region(region_value)
+    realm_value = t.get("realm")
+    realm = domains[0] if realm_value is None else _realm(realm_value)
+    users = _users(t.get("users"), realm, profiles)
+    dids = _dids(t.get("dids"), tenant_id, users)
+    trunks = _trunks(t.get("trunks"), profiles)
+    return Tenant(
+        id=tenant_id, name=name, domains=domains, region=tenant_region, realm=realm,
+        users=users, dids=dids, trunks=trunks,
+    )  # fmt: skip
+
+
+def _slug(text: str) -> str:
+    if not _SLUG.fullmatch(text):
+        raise ValueError(f"must be 1-32 of a-z, 0-9 and '-', got {show(text)}")
+    return text
+
+
+def _domains(v: Value) -> tuple[str, ...]:
+    """SIP domains in URI form (lower case, IPv6 in brackets); uniqueness is checked
+    across all tenants at once."""
+    items = v.items()
+    if not items:
+        raise v.error("must list at least one SIP domain")
+    return tuple(uri_host(item.parse(normalize_host)) for item in items)
+
+
+def _realm(v: Value) -> str:
+    realm = plain_text(v)
+    if '"' in realm or "\\" in realm:
+        raise v.error("must not contain quotes or backslashes (it is quoted in challenges)")
+    return realm
+
+
+# --- users ---------------------------------------------------------------------------
+
+_USER_KEYS = (
+    "username", "extension", "display_name", "password", "ha1_md5", "ha1_sha256", "profile",
+)  # fmt: skip
+
+
+def _users(v: Value | None, realm: str, profiles: Mapping[str, Profile]) -> tuple[User, ...]:
+    if v is None:
+        return ()
+    users: list[User] = []
+    usernames, extensions = _Seen(), _Seen()
+    for t in v.tables():
+        user = _user(t, realm, profiles)
+        usernames.add(user.username, t.key_of("username"))
+        extensions.add(user.extension, t.key_of("extension"))
+        users.append(user)
+    return tuple(users)
+
+
+def _user(t: Table, realm: str, profiles: Mapping[str, Profile]) -> User:
+    t.check_keys(_USER_KEYS)
+    username = t.require("username").parse(_username)
+    extension = _extension(t.require("extension"))
+    display_value = t.get("display_name")
+    display_name = "" if display_value is None else _display_name(display_value)
+    ha1_md5, ha1_sha256 = _ha1s(t, username, realm)
+    profile = _profile_ref(t, "generic-phone", "phone", profiles)
+    return User(
+        username=username, extension=extension, ha1_md5=ha1_md5, ha1_sha256=ha1_sha256,
+        display_name=display_name, profile=profile,
+    )  # fmt: skip
+
+
+def _username(text: str) -> str:
+    if not _USERNAME.fullmatch(text):
+        raise ValueError(f"must be 1-64 letters, digits, '.', '_' or '-', got {show(text)}")
+    return text
+
+
+def _extension(v: Value) -> str:
+    if isinstance(v.data, int) and not v.from_env:
+        # TOML would drop leading zeros and the value is a dial string, not a number.
+        raise v.error(f'must be a string of 2-8 digits (quote it: "{v.data}"), got {v.data}')
+    text = v.text()
+    if not _EXTENSION.fullmatch(text):
+        raise v.error(f"must be 2-8 digits, got {show(text)}")
+    return text
+
+
+def _display_name(v: Value) -> str:
+    text = v.text()
+    if _CONTROL.search(text):
+        raise v.error(f"must not contain control characters, got {show(text)}")
+    return text
+
+
+def _ha1s(t: Table, username: str, realm: str) -> tuple[str, str]:
+    """HA1 hashes from ``password`` (then dropped) or from ``ha1_md5`` + ``ha1_sha256``."""
+    password, md5, sha256 = t.get("password"), t.get("ha1_md5"), t.get("ha1_sha256")
+    if password is not None:
+        if md5 is not None or sha256 is not None:
+            raise password.error("give either password or ha1_md5 and ha1_sha256, not both")
+        secret = _password(password)
+        return compute_ha1(username, realm, secret, "MD5"), compute_ha1(
+            username, realm, secret, "SHA-256"
+        )
+    if md5 is None and sha256 is None:
+        raise ConfigError(t.key_of("password"), "required (or ha1_md5 and ha1_sha256)")
+    if md5 is None:
+        raise ConfigError(t.key_of("ha1_md5"), "required with ha1_sha256 (both are offered)")
+    if sha256 is None:
+        raise ConfigError(t.key_of("ha1_sha256"), "required with ha1_md5 (both are offered)")
+    return _hex_digest(md5, 32, "MD5"), _hex_digest(sha256, 64, "SHA-256")
+
+
+def _password(v: Value) -> str:
+    """The DESIGN password policy: >= 8 characters, upper, lower, digit and special."""
+    secret = v.text(secret=True)
+    strong = (
+        len(secret) >= 8
+        and any(c.isupper() for c in secret)
+        and any(c.islower() for c in secret)
+        and any(c.isdigit() for c in secret)
+        and any(not c.isalnum() for c in secret)
+    )
+    if not strong:
+        # Never echo the password.
+        raise v.error(
+            "too weak: use at least 8 characters with upper case, lower case, digit "
+            "and special character"
+        )
+    return secret
+
+
+def _hex_digest(v: Value, length: int, algorithm: str) -> str:
+    text = v.text(secret=True)  # a HA1 is as good as the password for its realm
+    if len(text) != length or not _HEX.fullmatch(text):
+        raise v.error(f'must be {length} hex digits ({algorithm} of "username:realm:password")')
+    return text.lower()
+
+
+def _profile_ref(t: Table, default: str, kind: str, profiles: Mapping[str, Profile]) -> str:
+    """The name of an existing profile of the right kind (phone for users, trunk for trunks)."""
+    value = t.get("profile")
+    name = default if value is None else value.text()
+    known = f"known {kind} profiles: " + ", ".join(n for n, p in profiles.items() if p.kind == kind)
+    profile = profiles.get(name)
+    if profile is None and value is None:
+        raise ConfigError(t.key_of("profile"), f"the default {show(name)} is missing ({known})")
+    if profile is None:
+        raise ConfigError(t.key_of("profile"), f"unknown profile {show(name)} ({known})")
+    if profile.kind != kind:
+        raise ConfigError(
+            t.key_of("profile"),
+            f"{show(name)} is a {profile.kind} profile, a {kind} profile is needed ({known})",
+        )
+    return name
+
+
+# --- dids -------------------------------------------------------------------------------
+
+
+def _dids(v: Value | None, tenant_id: str, users: tuple[User, ...]) -> tuple[Did, ...]:
+    if v is None:
+        return ()
+    extensions = [u.extension for u in users]
+    dids: list[Did] = []
+    for t in v.tables():
+        t.check_keys(("number", "extension"))
+        number_value = t.require("number")
+        if isinstance(number_value.data, int) and not number_value.from_env:
+            raise number_value.error(
+                f'must be a string in E.164 form like "+31201234567", got {number_value.data}'
+            )
+        number = number_value.parse(_e164)
+        extension_value = t.require("extension")
+        extension = _extension(extension_value)
+        if extension not in extensions:
+            known = ", ".join(extensions) or "none"
+            raise extension_value.error(
+                f"no user of tenant {show(tenant_id)} has extension {show(extension)} "
+                f"(extensions: {known})"
+            )
+        dids.append(Did(number=number, extension=extension))
+    return tuple(dids)
+
+
+def _e164(text: str) -> str:
+    if not _E164.fullmatch(text):
+        raise ValueError(f'must be E.164: "+" and 6-15 digits, got {show(text)}')
+    return text
+
+
+# --- trunks ----------------------------------------------------------------------------
+
+_TRUNK_KEYS = (
+    "name", "host", "port", "transport", "profile", "match", "outbound", "options_interval",
+)  # fmt: skip
+
+
+def _trunks(v: Value | None, profiles: Mapping[str, Profile]) -> tuple[Trunk, ...]:
+    if v is None:
+        return ()
+    trunks: list[Trunk] = []
+    names = _Seen()
+    for t in v.tables():
+        trunk = _trunk(t, profiles)
+        names.add(trunk.name, t.key_of("name"))
+        trunks.append(trunk)
+    return tuple(trunks)
+
+
+def _trunk(t: Table, profiles: Mapping[str, Profile]) -> Trunk:
+    t.check_keys(_TRUNK_KEYS)
+    name_value = t.require("name")
+    name = name_value.text()
+    if not _TRUNK_NAME.fullmatch(name):
+        raise name_value.error(f"must be 1-64 letters, digits, '.', '_' or '-', got {show(name)}")
+    host = t.require("host").parse(normalize_host)
+    transport_value = t.get("transport")
+    transport = cast(
+        Transport, "udp" if transport_value is None else transport_value.choice(TRANSPORTS)
+    )
+    port_value = t.get("port")
+    # TLS has its own well-known port (RFC 3261 §26.2).
+    port = (
+        (5061 if transport == "tls" else 5060)
+        if port_value is None
+        else port_value.integer(1, 65535)
+    )
+    profile = _profile_ref(t, "generic-trunk", "trunk", profiles)
+    match = _trunk_match(t, host, port, transport)
+    outbound_value = t.get("outbound")
+    interval_value = t.get("options_interval")
+    return Trunk(
+        name=name, host=host, port=port, transport=transport,
+        profile=profile, match=match,
+        outbound=True if outbound_value is None else outbound_value.boolean(),
+        options_interval=30.0 if interval_value is None else interval_value.number(allow_zero=True),
+    )  # fmt: skip
+
+
+def _trunk_match(t: Table, host: str, port: int, transport: str) -> tuple[str, ...]:
+    value = t.get("match")
+    if value is None:
+        if not is_ip(host):
+            raise ConfigError(
+                t.key_of("match"),
+                f"required when host is a name ({show(host)}): list the addresses the "
+                "trunk sends from (trust is given to addresses, not names)",
+            )
+        # Over UDP a trunk sends from its SIP port; TCP/TLS connections it opens come
+        # from ephemeral ports, so only the address can be matched.
+        return (f"{uri_host(host)}:{port}",) if transport == "udp" else (host,)
+    items = value.items(allow_single=True)
+    if not items:
+        raise value.error("must list at least one address (or leave it out for host:port)")
+    return tuple(item.parse(normalize_match) for item in items)
+
+
+# --- across tenants ---------------------------------------------------------------
+
+
+def _check_across_tenants(tenants: tuple[Tenant, ...], tables: list[Table]) -> None:
+    """Ids, domains, DIDs and trunk source addresses must each identify one tenant."""
+    ids, domains, dids = _Seen(), _Seen(), _Seen()
+    matches: list[_Match] = []
+    for tenant, table in zip(tenants, tables, strict=True):
+        ids.add(tenant.id, table.key_of("id"))
+        for j, domain in enumerate(tenant.domains):
+            domains.add(domain, table.key_of(f"domains[{j}]"))
+        for j, did in enumerate(tenant.dids):
+            dids.add(did.number, table.key_of(f"dids[{j}].number"))
+        trunk_tables = table.require("trunks").tables() if tenant.trunks else []
+        for trunk, trunk_table in zip(tenant.trunks, trunk_tables, strict=True):
+            _add_matches(matches, trunk, trunk_table)
+
+
+@dataclass(frozen=True)
+class _Match:
+    network: tuple[IPNetwork, int | None]
+    entry: str
+    key: str
+    trunk_key: str
+
+
+def _add_matches(matches: list[_Match], trunk: Trunk, table: Table) -> None:
+    """Add a trunk's match entries, refusing one that overlaps another trunk's."""
+    explicit = "match" in table.data  # else the entry was derived from host and port
+    for k, entry in enumerate(trunk.match):
+        mine = _Match(
+            parse_match(entry),
+            entry,
+            table.key_of(f"match[{k}]" if explicit else "match"),
+            table.key,
+        )
+        for other in matches:
+            if other.trunk_key != mine.trunk_key and overlaps(mine.network, other.network):
+                raise ConfigError(
+                    mine.key,
+                    f"{show(entry)} overlaps {other.key} ({show(other.entry)}): "
+                    "a source address must identify one trunk",
+                )
+        matches.append(mine)
+
+
+def default_tenant(v: Value | None, tenants: tuple[Tenant, ...]) -> str | None:
+    if v is None:
+        return None
+    name = v.text()
+    ids = [t.id for t in tenants]
+    if name not in ids:
+        raise v.error(f"unknown tenant {show(name)} (tenants: {', '.join(ids) or 'none'})")
+    return name
