@@ -201,6 +201,10 @@ class Profile:
     auto_answer_headers: tuple[str, ...] = ()
     supports_refer: bool = False
     user_agent_patterns: tuple[str, ...] = ()  # regexes, searched case-insensitively
+    # Digest algorithms offered to this kind of peer, one challenge each, in this order.
+    # RFC 8760 wants the strongest first; a peer that reads only the first challenge and
+    # knows only MD5 (sipp 3.6, older firmware) needs MD5 alone.
+    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
     notes: str = ""
 
     def matches_user_agent(self, user_agent: str) -> bool:

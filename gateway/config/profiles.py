@@ -19,6 +19,7 @@ from gateway.config.errors import ConfigError
 from gateway.config.model import Profile
 from gateway.config.reader import Context, Table, Value
 from gateway.config.syntax import show
+from gateway.sip.digest import SUPPORTED_ALGORITHMS
 
 try:  # phonenumbers is a dependency, but the config layer must not need it to load
     import phonenumbers
@@ -73,6 +74,7 @@ def _profile(t: Table, name: str) -> Profile:
         "auto_answer_headers": lambda v: tuple(item.parse(_header_line) for item in v.items()),
         "supports_refer": lambda v: v.boolean(),
         "user_agent_patterns": lambda v: tuple(item.parse(_pattern) for item in v.items()),
+        "digest_algorithms": _digest_algorithms,
         "notes": lambda v: v.text(),
     }
     fields = t.read(readers)
@@ -82,6 +84,23 @@ def _profile(t: Table, name: str) -> Profile:
     profile = Profile(name=name, **fields)
     _check_auto_answer(t, profile)
     return profile
+
+
+def _digest_algorithms(v: Value) -> tuple[str, ...]:
+    items = v.items()
+    if not items:
+        raise v.error("must list at least one algorithm")
+    names: list[str] = []
+    for item in items:
+        name = item.text().upper()
+        if name not in SUPPORTED_ALGORITHMS:
+            raise item.error(
+                f"unknown algorithm {show(item.text())}; known: {', '.join(SUPPORTED_ALGORITHMS)}"
+            )
+        if name in names:
+            raise item.error(f"listed twice: {show(item.text())}")
+        names.append(name)
+    return tuple(names)
 
 
 def _same_name(v: Value, name: str) -> str:

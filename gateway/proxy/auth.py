@@ -26,11 +26,39 @@ class AuthOutcome:
 class Authenticator:
     def __init__(self, directory: Directory, *, secret: bytes, nonce_ttl: float) -> None:
         self.directory = directory
-        self._servers = {
-            tenant.id: DigestServer(tenant.realm, secret, nonce_ttl=nonce_ttl)
+        self._secret = secret
+        self._nonce_ttl = nonce_ttl
+        # One verifier per tenant accepts every algorithm we implement; challenges are
+        # issued per peer profile (see _challenger), all with the same secret and realm.
+        self._verifiers = {
+            tenant.id: DigestServer(
+                tenant.realm, secret, nonce_ttl=nonce_ttl, algorithms=("SHA-256", "MD5")
+            )
             for tenant in directory.tenants
         }
+        self._challengers: dict[tuple[str, tuple[str, ...]], DigestServer] = {}
         self._realms = {tenant.realm for tenant in directory.tenants}
+
+    def _challenger(self, tenant: Tenant, claimed: str | None) -> DigestServer:
+        """The challenge a peer gets depends on its profile: which algorithms, in which order.
+
+        The claimed user (To of a REGISTER, From otherwise) names the profile; before the
+        peer has proved anything this only chooses among algorithms we accept anyway.
+        """
+        algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+        user = self.directory.user(tenant, claimed) if claimed else None
+        if user is not None:
+            profile = self.directory.settings.profiles.get(user.profile)
+            if profile is not None:
+                algorithms = profile.digest_algorithms
+        key = (tenant.id, algorithms)
+        server = self._challengers.get(key)
+        if server is None:
+            server = DigestServer(
+                tenant.realm, self._secret, nonce_ttl=self._nonce_ttl, algorithms=algorithms
+            )
+            self._challengers[key] = server
+        return server
 
     def check(self, req: Request, tenant: Tenant, *, registrar: bool) -> AuthOutcome:
         """Authenticate ``req`` against ``tenant``: the user, or the response to send.
@@ -38,13 +66,17 @@ class Authenticator:
         ``registrar`` selects Authorization/401 (a registrar is a UAS) over
         Proxy-Authorization/407.
         """
-        server = self._servers[tenant.id]
+        server = self._verifiers[tenant.id]
+        claimed_uri = req.to.uri if registrar else req.from_.uri
+        challenger = self._challenger(tenant, getattr(claimed_uri, "user", None))
         credentials_header = "Authorization" if registrar else "Proxy-Authorization"
         challenge_header = "WWW-Authenticate" if registrar else "Proxy-Authenticate"
         challenge_status = 401 if registrar else 407
 
         def challenge(stale: bool = False) -> AuthOutcome:
-            headers = tuple((challenge_header, value) for value in server.challenge(stale=stale))
+            headers = tuple(
+                (challenge_header, value) for value in challenger.challenge(stale=stale)
+            )
             return AuthOutcome(status=challenge_status, headers=headers)
 
         def ha1(username: str, algorithm: str) -> str | None:

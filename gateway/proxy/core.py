@@ -288,7 +288,7 @@ class Proxy:
         if not isinstance(req.uri, SipURI | TelURI):
             self._respond(ctx, 416, "Unsupported URI Scheme")
             return
-        if req.max_forwards == 0 and not (req.method == "OPTIONS" and self.is_for_us(req)):
+        if req.max_forwards == 0 and not self.options_for_us(req):
             self._respond(ctx, 483, "Too Many Hops")
             return
         if self._looped(req):
@@ -344,6 +344,22 @@ class Proxy:
         """The Request-URI names this gateway itself (not a user behind it)."""
         uri = req.uri
         return isinstance(uri, SipURI) and uri.user is None and self.is_our_host(uri)
+
+    def options_for_us(self, req: Request) -> bool:
+        """An OPTIONS the gateway answers itself: to our host, naming no user of ours.
+
+        Probes address us as ``sip:gw`` or ``sip:ping@gw``; an OPTIONS for a real
+        extension or DID goes on to that user's phones.
+        """
+        uri = req.uri
+        if req.method != "OPTIONS" or not isinstance(uri, SipURI) or not self.is_our_host(uri):
+            return False
+        if uri.user is None:
+            return True
+        tenant = self.directory.tenant_for_domain_or_default(uri.host)
+        if tenant is not None and self.directory.user(tenant, uri.user) is not None:
+            return False
+        return self.directory.did(uri.user) is None
 
     def is_our_host(self, uri: SipURI) -> bool:
         host = uri.host.strip("[]").lower()

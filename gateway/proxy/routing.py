@@ -72,7 +72,7 @@ class Router:
 
         if req.method == "REGISTER":
             return self._register(ctx)
-        if req.method == "OPTIONS" and self.proxy.is_for_us(req):
+        if self.proxy.options_for_us(req):
             self.proxy.answer_options(ctx)
             return HANDLED
         if self.proxy.is_for_us(req):

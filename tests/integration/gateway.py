@@ -25,6 +25,15 @@ PASSWORDS = {
     "205": "Pass-205-word!",
     "206": "Pass-206-word!",
 }
+# sipp (201, 202) reads only the first digest challenge and knows only MD5.
+PROFILES = {
+    "201": "legacy-md5",
+    "202": "legacy-md5",
+    "203": "pjsua",
+    "204": "pjsua",
+    "205": "linphone",
+    "206": "baresip",
+}
 DOMAIN = "acme.test"
 DID = "+31201234567"
 
@@ -57,6 +66,7 @@ username = "{user}"
 extension = "{user}"
 display_name = "Phone {user}"
 password = "{password}"
+profile = "{PROFILES[user]}"
 """
         for user, password in PASSWORDS.items()
     )

@@ -40,6 +40,12 @@ username = "202"
 extension = "202"
 password = "Secret-202-pw!"
 
+[[tenants.users]]
+username = "203"
+extension = "203"
+password = "Secret-203-pw!"
+profile = "legacy-md5"
+
 [[tenants.dids]]
 number = "+31201234567"
 extension = "201"

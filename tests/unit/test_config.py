@@ -510,13 +510,13 @@ ERRORS = [
         TENANT + 'profile = "nokia"\n',
         {},
         'tenants[0].users[0].profile: unknown profile "nokia" '
-        "(known phone profiles: baresip, generic-phone, linphone, pjsua)",
+        "(known phone profiles: baresip, generic-phone, legacy-md5, linphone, pjsua)",
     ),
     (
         TENANT + 'profile = "generic-trunk"\n',
         {},
         'tenants[0].users[0].profile: "generic-trunk" is a trunk profile, a phone profile is '
-        "needed (known phone profiles: baresip, generic-phone, linphone, pjsua)",
+        "needed (known phone profiles: baresip, generic-phone, legacy-md5, linphone, pjsua)",
     ),
     (
         '[[tenants]]\nid = "a"\nname = "A"\ndomains = ["a.example"]\n'
@@ -791,7 +791,16 @@ def test_wildcard_listen_with_advertise(tmp_path: Path) -> None:
 
 def test_profiles_are_loaded() -> None:
     profiles = load_settings(env={}).profiles
-    assert set(profiles) == {"linphone", "baresip", "pjsua", "generic-phone", "generic-trunk"}
+    assert set(profiles) == {
+        "linphone",
+        "baresip",
+        "pjsua",
+        "generic-phone",
+        "generic-trunk",
+        "legacy-md5",
+    }
+    assert profiles["legacy-md5"].digest_algorithms == ("MD5",)
+    assert profiles["generic-phone"].digest_algorithms == ("SHA-256", "MD5")
 
     linphone = profiles["linphone"]
     assert (linphone.kind, linphone.caller_id, linphone.auto_answer) == ("phone", ("From",), "none")

@@ -103,6 +103,19 @@ def test_options_to_the_gateway_is_answered_with_capabilities(h: Harness) -> Non
     assert resp.target.host == "127.0.0.1" and resp.target.port == 7000
 
 
+def test_options_to_a_made_up_user_of_ours_is_answered_by_the_gateway(h: Harness) -> None:
+    src = ("127.0.0.1", 7000)
+    sent = h.feed(request("OPTIONS", "sip:ping@127.0.0.1:5060", src=src), src)
+    assert statuses(sent) == [200]
+
+
+def test_options_for_a_registered_user_is_proxied_to_the_phone(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    sent = h.feed(request("OPTIONS", "sip:+31201234567@127.0.0.1"))
+    fwd = only(sent, method="OPTIONS")
+    assert (fwd.target.host, fwd.target.port) == PHONE_201
+
+
 def test_options_while_draining_is_503_with_retry_after(h: Harness) -> None:
     h.proxy.start_draining()
     sent = h.feed(
@@ -144,6 +157,19 @@ def test_register_challenge_offers_sha256_before_md5(h: Harness) -> None:
     assert "algorithm=SHA-256" in challenges[0]
     assert any("algorithm=MD5" in c for c in challenges[1:])
     assert all('realm="acme.test"' in c for c in challenges)
+
+
+def test_a_legacy_md5_phone_is_challenged_with_md5_only(h: Harness) -> None:
+    # sipp 3.6 and old firmware read only the first challenge and know only MD5.
+    req = request(
+        "REGISTER",
+        "sip:acme.test",
+        src=PHONE_201,
+        from_="<sip:203@acme.test>;tag=a",
+        to="<sip:203@acme.test>",
+    )
+    challenges = only(h.feed(req, PHONE_201), status=401).msg.get_all("WWW-Authenticate")
+    assert len(challenges) == 1 and "algorithm=MD5" in challenges[0]
 
 
 def test_register_with_wrong_password_is_challenged_again(h: Harness) -> None:

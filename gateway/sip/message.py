@@ -1,0 +1,788 @@
+"""SIP messages: lazy parsing, line-level editing, byte-exact forwarding.
+
+`parse_message()` does the least a proxy always needs (RFC 3261 §7): it finds the
+start line, the header lines (unfolding continuation lines) and frames the body by
+Content-Length (§18.3). Nothing else is parsed until asked for: each structured header
+(`vias`, `from_`, `cseq`, …) is parsed on first access and cached on the instance.
+
+Editing works on header *lines* (`prepend`, `append`, `set`, `remove`,
+`pop_first_value`), never by re-serializing parsed structures, so a proxy forwards
+every header it did not touch exactly as received (RFC 3261 §16.6; RFC 4475 wsinv).
+`to_bytes()` returns the original octets while nothing was edited.
+
+Header values are text: the header section is decoded as UTF-8 with
+`surrogateescape`, so UTF-8 display names read naturally and any other octet
+survives a parse/serialize round trip unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Literal, Self, TypeVar, overload
+
+from .errors import SIPParseError, bad_header
+from .headers import (
+    HEADER_KEYS,
+    CSeq,
+    NameAddr,
+    Via,
+    canonical_name,
+    header_key,
+    is_token,
+    parse_contact,
+    parse_cseq,
+    parse_name_addr,
+    parse_route,
+    parse_uint,
+    parse_via,
+    split_first_value,
+    split_values,
+)
+from .uri import URI, SipURI, parse_uri
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "KNOWN_METHODS",
+    "REASON_PHRASES",
+    "Limits",
+    "Message",
+    "Request",
+    "Response",
+    "default_reason",
+    "make_response",
+    "parse_message",
+]
+
+SIP_VERSION = "SIP/2.0"
+
+# Methods of RFC 3261 and its extensions (3262, 3265/6665, 3311, 3428, 3515, 3903, 6086).
+KNOWN_METHODS = frozenset(
+    {
+        "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
+        "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+    }
+)  # fmt: skip
+
+# RFC 3261 §21 and later registrations (IANA "SIP Response Codes").
+REASON_PHRASES: dict[int, str] = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 199: "Early Dialog Terminated",
+    200: "OK", 202: "Accepted", 204: "No Notification",
+    300: "Multiple Choices", 301: "Moved Permanently", 302: "Moved Temporarily",
+    305: "Use Proxy", 380: "Alternative Service",
+    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+    407: "Proxy Authentication Required", 408: "Request Timeout", 410: "Gone",
+    412: "Conditional Request Failed", 413: "Request Entity Too Large",
+    414: "Request-URI Too Long", 415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme", 417: "Unknown Resource-Priority", 420: "Bad Extension",
+    421: "Extension Required", 422: "Session Interval Too Small", 423: "Interval Too Brief",
+    424: "Bad Location Information", 428: "Use Identity Header",
+    429: "Provide Referrer Identity", 430: "Flow Failed", 433: "Anonymity Disallowed",
+    436: "Bad Identity-Info", 437: "Unsupported Certificate",
+    438: "Invalid Identity Header", 439: "First Hop Lacks Outbound Support",
+    440: "Max-Breadth Exceeded", 469: "Bad Info Package", 470: "Consent Needed",
+    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected", 483: "Too Many Hops", 484: "Address Incomplete",
+    485: "Ambiguous", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending",
+    493: "Undecipherable", 494: "Security Agreement Required",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Server Time-out", 505: "Version Not Supported",
+    513: "Message Too Large", 555: "Push Notification Service Not Supported",
+    580: "Precondition Failure",
+    600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere",
+    606: "Not Acceptable", 607: "Unwanted", 608: "Rejected",
+}  # fmt: skip
+
+_CLASS_PHRASES = {1: "Provisional", 2: "Success", 3: "Redirection", 4: "Client Error",
+                  5: "Server Error", 6: "Global Failure"}  # fmt: skip
+
+
+def default_reason(status: int) -> str:
+    """The standard reason phrase of `status`, or a generic one for its class."""
+    return REASON_PHRASES.get(status) or _CLASS_PHRASES.get(status // 100, "Unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one message may cost us (DESIGN.md: bounded everything)."""
+
+    max_message: int = 65535  # octets, start line to end of body; beyond: 513
+    max_headers: int = 128  # header lines (after unfolding); beyond: 400
+    max_header_line: int = 8192  # characters in one unfolded line; beyond: 400 (414 start)
+
+
+DEFAULT_LIMITS = Limits()
+
+# Header fields a request or response must carry (RFC 3261 §8.1.1) and those that must
+# appear once (§7.3.1: only comma-list fields may repeat; RFC 4475 multi01).
+_MANDATORY = (("To", "to"), ("From", "from"), ("Call-ID", "call-id"), ("CSeq", "cseq"),
+              ("Via", "via"))  # fmt: skip
+_SINGLE = (("Call-ID", "call-id"), ("To", "to"), ("From", "from"), ("CSeq", "cseq"),
+           ("Max-Forwards", "max-forwards"))  # fmt: skip
+
+_FOLD_RE = re.compile(r"\r\n[ \t]+")
+_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
+_CALL_ID_RE = re.compile(r"[!-~]+")  # callid = word ["@" word]: visible ASCII, no LWS
+_TAG_PARAM_RE = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
+
+T = TypeVar("T")
+
+
+class _cached(Generic[T]):  # lower case: it is used as a decorator, like `property`
+    """A lazily computed attribute, stored in the instance `__dict__` after first use.
+
+    Like `functools.cached_property`, minus its per-access lock (Python 3.11), which
+    costs more than most of our parsers. A raised error is not cached.
+    """
+
+    def __init__(self, func: Callable[[Any], T]) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _cached[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> T | _cached[T]:
+        if obj is None:
+            return self
+        value = self.func(obj)
+        obj.__dict__[self.name] = value
+        return value
+
+
+_CACHED_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _cached_names(cls: type) -> tuple[str, ...]:
+    names = _CACHED_NAMES.get(cls)
+    if names is None:
+        names = tuple(
+            {name for klass in cls.__mro__ for name, attr in vars(klass).items()
+             if isinstance(attr, _cached)}
+        )  # fmt: skip
+        _CACHED_NAMES[cls] = names
+    return names
+
+
+def _check_line(name: str, value: str) -> None:
+    """Refuse edits that would corrupt the framing (header injection)."""
+    if not is_token(name):
+        raise ValueError(f"invalid header name {name!r}")
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"{name} header value must not contain CR or LF")
+
+
+def _build_index(headers: list[tuple[str, str]]) -> dict[str, list[int]]:
+    index: dict[str, list[int]] = {}
+    for position, (name, _) in enumerate(headers):
+        key = HEADER_KEYS.get(name) or header_key(name)
+        positions = index.get(key)
+        if positions is None:
+            index[key] = [position]
+        else:
+            positions.append(position)
+    return index
+
+
+def _content_length(values: list[str]) -> int:
+    """One non-negative Content-Length; repeated identical values are tolerated."""
+    lengths = {parse_uint(value, header="Content-Length", maximum=2**32 - 1) for value in values}
+    if len(lengths) > 1:
+        raise bad_header("Content-Length", "conflicting values")  # RFC 4475 mcl01
+    return lengths.pop()
+
+
+class Message:
+    """What requests and responses share: header lines, body, lazy structured views."""
+
+    is_request: ClassVar[bool]
+    _CORE: ClassVar[tuple[str, ...]] = ("headers", "_body", "_raw", "_index")
+
+    headers: list[tuple[str, str]]  # (name as received, value after unfolding)
+    _body: bytes
+    _raw: bytes | None  # the serialized form, while it is current
+    _index: dict[str, list[int]] | None  # header key → positions in `headers`
+
+    def __init__(self, headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> None:
+        self.headers = []
+        for name, value in headers:
+            _check_line(name, value)
+            self.headers.append((name, value))
+        self._body = bytes(body)
+        self._raw = None
+        self._index = None
+
+    # --- start line (subclasses) ---------------------------------------------------
+    @property
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    # --- header access ---------------------------------------------------------------
+    def _keys(self) -> dict[str, list[int]]:
+        index = self._index
+        if index is None:
+            index = self._index = _build_index(self.headers)
+        return index
+
+    def _positions(self, name: str) -> list[int]:
+        return self._keys().get(HEADER_KEYS.get(name) or header_key(name), [])
+
+    def get(self, name: str) -> str | None:
+        """The first line's value of a header (any spelling, compact forms included)."""
+        positions = self._positions(name)
+        return self.headers[positions[0]][1] if positions else None
+
+    def get_all(self, name: str) -> list[str]:
+        """The value of every line of a header, in order."""
+        headers = self.headers
+        return [headers[position][1] for position in self._positions(name)]
+
+    def values(self, name: str) -> list[str]:
+        """Every comma-separated value of every line (empty list elements skipped)."""
+        header = canonical_name(name)
+        return [
+            item
+            for value in self.get_all(name)
+            for item in split_values(value, header=header)
+            if item
+        ]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(self._positions(name))
+
+    def _first(self, name: str) -> str:
+        positions = self._positions(name)
+        if not positions:
+            raise SIPParseError(f"Missing {name} header", header=name)
+        return self.headers[positions[0]][1]
+
+    # --- structured headers (parsed on first access) ---------------------------------
+    @_cached
+    def call_id(self) -> str:
+        value = self._first("Call-ID")
+        if not _CALL_ID_RE.fullmatch(value):
+            raise bad_header("Call-ID", "empty or malformed")
+        return value
+
+    @_cached
+    def cseq(self) -> CSeq:
+        return parse_cseq(self._first("CSeq"))
+
+    @_cached
+    def vias(self) -> list[Via]:
+        return [via for value in self.get_all("Via") for via in parse_via(value)]
+
+    @_cached
+    def top_via(self) -> Via:
+        cached = self.__dict__.get("vias")
+        if cached:
+            return cached[0]  # type: ignore[no-any-return]
+        return parse_via(self._first("Via"))[0]
+
+    @_cached
+    def from_(self) -> NameAddr:
+        return parse_name_addr(self._first("From"), header="From")
+
+    @_cached
+    def to(self) -> NameAddr:
+        return parse_name_addr(self._first("To"), header="To")
+
+    @_cached
+    def max_forwards(self) -> int | None:
+        value = self.get("Max-Forwards")
+        if value is None:
+            return None
+        return parse_uint(value, header="Max-Forwards", maximum=255)
+
+    @_cached
+    def contacts(self) -> list[NameAddr] | Literal["*"]:
+        """All Contact addresses, or "*" (RFC 3261 §10.2.2), [] when absent."""
+        lines = self.get_all("Contact")
+        addresses: list[NameAddr] = []
+        for value in lines:
+            parsed = parse_contact(value)
+            if parsed == "*":
+                if len(lines) > 1:
+                    raise bad_header("Contact", "'*' mixed with addresses")
+                return "*"
+            addresses.extend(parsed)
+        return addresses
+
+    @_cached
+    def routes(self) -> list[NameAddr]:
+        return [route for value in self.get_all("Route") for route in parse_route(value)]
+
+    @_cached
+    def record_routes(self) -> list[NameAddr]:
+        return [
+            route
+            for value in self.get_all("Record-Route")
+            for route in parse_route(value, header="Record-Route")
+        ]
+
+    @_cached
+    def content_length(self) -> int | None:
+        values = self.get_all("Content-Length")
+        return _content_length(values) if values else None
+
+    @_cached
+    def content_type(self) -> str | None:
+        return self.get("Content-Type")
+
+    @_cached
+    def require(self) -> list[str]:
+        return self.values("Require")
+
+    @_cached
+    def proxy_require(self) -> list[str]:
+        return self.values("Proxy-Require")
+
+    @_cached
+    def supported(self) -> list[str]:
+        return self.values("Supported")
+
+    # --- body --------------------------------------------------------------------------
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    @body.setter
+    def body(self, body: bytes) -> None:
+        self.set_body(body)
+
+    def set_body(self, body: bytes, content_type: str | None = None) -> None:
+        """Replace the body and set Content-Length (and Content-Type, if given)."""
+        self._body = bytes(body)
+        self.set("Content-Length", str(len(self._body)))
+        positions = self._positions("Content-Length")
+        for position in reversed(positions[1:]):
+            del self.headers[position]
+        if content_type is not None:
+            self.set("Content-Type", content_type)
+        self._edited()
+
+    # --- validation ------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check what a proxy relies on (RFC 3261 §8.1.1, §16.3); raise SIPParseError."""
+        keys = self._keys()
+        missing = [name for name, key in _MANDATORY if key not in keys]
+        if missing:
+            noun = "header" if len(missing) == 1 else "headers"
+            raise SIPParseError(f"Missing {', '.join(missing)} {noun}")
+        for name, key in _SINGLE:
+            if len(keys.get(key, ())) > 1:
+                raise SIPParseError(f"Multiple {name} headers", header=name)
+        # Parse everything a proxy reads; each raises a named 400 on malformed input.
+        self.call_id  # noqa: B018
+        self.cseq  # noqa: B018
+        self.from_  # noqa: B018
+        self.to  # noqa: B018
+        self.vias  # noqa: B018
+        self.max_forwards  # noqa: B018
+        self.contacts  # noqa: B018
+        self.routes  # noqa: B018
+        self.record_routes  # noqa: B018
+        self.content_length  # noqa: B018
+
+    # --- editing (by header line) --------------------------------------------------------
+    def _edited(self) -> None:
+        self._raw = None
+        self._index = None
+        state = self.__dict__
+        for name in _cached_names(type(self)):
+            state.pop(name, None)
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert a line before the first line of this header (or first of all headers)."""
+        _check_line(name, value)
+        positions = self._positions(name)
+        self.headers.insert(positions[0] if positions else 0, (name, value))
+        self._edited()
+
+    def append(self, name: str, value: str) -> None:
+        """Insert a line after the last line of this header (or after all headers)."""
+        _check_line(name, value)
+        positions = self._positions(name)
+        self.headers.insert(positions[-1] + 1 if positions else len(self.headers), (name, value))
+        self._edited()
+
+    def set(self, name: str, value: str) -> None:
+        """Replace the first line of this header, or append one if there is none."""
+        _check_line(name, value)
+        positions = self._positions(name)
+        if positions:
+            self.headers[positions[0]] = (name, value)
+        else:
+            self.headers.append((name, value))
+        self._edited()
+
+    def remove(self, name: str) -> int:
+        """Remove every line of this header; returns how many there were."""
+        positions = self._positions(name)
+        for position in reversed(positions):
+            del self.headers[position]
+        if positions:
+            self._edited()
+        return len(positions)
+
+    def pop_first_value(self, name: str) -> str | None:
+        """Drop the first comma value of the first line (the line, if it was the only one).
+
+        This is how a proxy consumes a Route entry (RFC 3261 §16.4) or a UA strips its
+        own Via from a response (§18.1.2) without re-writing the other values.
+        """
+        positions = self._positions(name)
+        if not positions:
+            return None
+        position = positions[0]
+        line_name, value = self.headers[position]
+        first, rest = split_first_value(value, header=canonical_name(name))
+        if rest:
+            self.headers[position] = (line_name, rest)
+        else:
+            del self.headers[position]
+        self._edited()
+        return first
+
+    def copy(self) -> Self:
+        """An independent copy (header list copied; parsed views are re-parsed lazily)."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        state, new_state = self.__dict__, new.__dict__
+        for attr in cls._CORE:
+            new_state[attr] = state[attr]
+        new.headers = list(self.headers)
+        return new
+
+    def to_bytes(self) -> bytes:
+        """The message on the wire: the original octets if nothing was edited."""
+        raw = self._raw
+        if raw is None:
+            lines = [self.start_line]
+            lines.extend(f"{name}: {value}" for name, value in self.headers)
+            lines.extend(("", ""))
+            raw = "\r\n".join(lines).encode("utf-8", "surrogateescape") + self._body
+            self._raw = raw
+        return raw
+
+
+class Request(Message):
+    is_request = True
+    _CORE = (*Message._CORE, "_method", "_uri_raw")
+
+    _method: str
+    _uri_raw: str
+
+    def __init__(
+        self,
+        method: str,
+        uri_raw: str,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        if not is_token(method):
+            raise ValueError(f"invalid method {method!r}")
+        _check_uri_text(uri_raw)
+        self._method = method
+        self._uri_raw = uri_raw
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @property
+    def uri_raw(self) -> str:
+        """The Request-URI exactly as received."""
+        return self._uri_raw
+
+    @property
+    def start_line(self) -> str:
+        return f"{self._method} {self._uri_raw} {SIP_VERSION}"
+
+    @_cached
+    def uri(self) -> URI:
+        try:
+            return parse_uri(self._uri_raw)
+        except SIPParseError as err:
+            raise SIPParseError(f"Bad Request-URI: {err.detail}", detail=err.detail) from None
+
+    def set_uri(self, uri: str | URI) -> None:
+        """Rewrite the Request-URI (RFC 3261 §16.6 step 2 / §16.12 strict routing)."""
+        text = str(uri)
+        _check_uri_text(text)
+        self._uri_raw = text
+        self._edited()
+
+    def validate(self) -> None:
+        super().validate()
+        uri = self.uri
+        # RFC 3261 §19.1.1 table: headers are not allowed in a Request-URI (RFC 4475
+        # escruri); a proxy must never forward them nor turn them into header fields.
+        if isinstance(uri, SipURI) and uri.headers:
+            raise SIPParseError("Bad Request-URI: headers not allowed")
+        if self.cseq.method != self._method:
+            # RFC 4475 §3.1.2.18: an unknown method with a mismatch is better a 501.
+            status = 400 if self._method in KNOWN_METHODS else 501
+            raise SIPParseError("CSeq method does not match the request method", status,
+                                header="CSeq")  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"<Request {self._method} {self._uri_raw}>"
+
+
+class Response(Message):
+    is_request = False
+    _CORE = (*Message._CORE, "_status", "_reason")
+
+    _status: int
+    _reason: str
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self._status, self._reason = _checked_status(status, reason)
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    def set_status(self, status: int, reason: str | None = None) -> None:
+        self._status, self._reason = _checked_status(status, reason)
+        self._edited()
+
+    @property
+    def start_line(self) -> str:
+        return f"{SIP_VERSION} {self._status} {self._reason}"
+
+    def validate(self) -> None:
+        """As for requests, but a bad response can only be dropped: status is 0."""
+        try:
+            super().validate()
+        except SIPParseError as err:
+            raise err.with_status(0) from None
+
+    def __repr__(self) -> str:
+        return f"<Response {self._status} {self._reason}>"
+
+
+def _check_uri_text(text: str) -> None:
+    if not text or any(ch in text for ch in " \t\r\n"):
+        raise ValueError(f"invalid Request-URI {text!r}")
+
+
+def _checked_status(status: int, reason: str | None) -> tuple[int, str]:
+    if not 100 <= status <= 699:
+        raise ValueError(f"status code must be 100-699, not {status}")
+    if reason is None:
+        reason = default_reason(status)
+    elif "\r" in reason or "\n" in reason:
+        raise ValueError("reason phrase must not contain CR or LF")
+    return status, reason
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+
+def parse_message(
+    data: bytes, limits: Limits = DEFAULT_LIMITS, *, stream: bool = False
+) -> Request | Response:
+    """Parse one SIP message; raise `SIPParseError` (status 0 for any bad response).
+
+    Datagram (`stream=False`, RFC 3261 §18.3): octets after Content-Length are ignored
+    (RFC 4475 dblreq), a missing Content-Length means the body runs to the end
+    (inv2543), a Content-Length beyond the end is a 400 (clerr). Stream: `data` is one
+    message cut by `StreamFramer`; Content-Length is mandatory.
+    """
+    try:
+        return _parse(data, limits, stream)
+    except SIPParseError as err:
+        if data.lstrip(b"\r\n")[:4].upper() == b"SIP/":
+            raise err.with_status(0) from None  # a bad response is never answered
+        raise
+
+
+def _parse(data: bytes, limits: Limits, stream: bool) -> Request | Response:
+    if len(data) > limits.max_message:
+        raise SIPParseError(f"Message too large (limit {limits.max_message} octets)", 513)
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")  # RFC 3261 §7.5: ignore CRLFs before the start-line
+        if not data:
+            raise SIPParseError("Empty message", 0)
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        body_start = end + 4
+    elif not stream and data.endswith(b"\r\n"):
+        # A datagram whose header section lacks its closing empty line (RFC 4475
+        # baddn as archived): the datagram boundary ends it, and the body is empty.
+        end = len(data) - 2
+        body_start = len(data)
+    else:
+        raise SIPParseError("Incomplete header section")
+
+    head = data[:end].decode("utf-8", "surrogateescape")
+    if "\r\n " in head or "\r\n\t" in head:
+        head = _FOLD_RE.sub(" ", head)  # RFC 3261 §7.3.1: unfold LWS continuation lines
+    line_breaks = head.count("\r\n")
+    if head.count("\r") != line_breaks or head.count("\n") != line_breaks:
+        raise SIPParseError("Bare CR or LF in header section")
+    lines = head.split("\r\n")
+    if len(lines) - 1 > limits.max_headers:
+        raise SIPParseError(f"Too many header lines (limit {limits.max_headers})")
+    check_length = len(head) > limits.max_header_line
+
+    start = lines[0]
+    if check_length and len(start) > limits.max_header_line:
+        raise SIPParseError(f"Start line too long (limit {limits.max_header_line})", 414)
+    headers: list[tuple[str, str]] = []
+    index: dict[str, list[int]] = {}
+    keys = HEADER_KEYS
+    for position, line in enumerate(lines[1:]):
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SIPParseError("Malformed header line (no colon)")
+        key = keys.get(name)
+        if key is None:
+            name = name.rstrip(" \t")  # HCOLON = *( SP / HTAB ) ":" SWS
+            key = keys.get(name)
+            if key is None:
+                if not is_token(name):
+                    raise SIPParseError("Malformed header name")
+                key = header_key(name)
+        if check_length and len(line) > limits.max_header_line:
+            raise SIPParseError(f"Header line too long (limit {limits.max_header_line})")
+        headers.append((name, value.strip(" \t")))
+        positions = index.get(key)
+        if positions is None:
+            index[key] = [position]
+        else:
+            positions.append(position)
+
+    is_response = start[:4].upper() == "SIP/"
+    message: Request | Response = _new_response(start) if is_response else _new_request(start)
+    message.headers = headers
+    message._index = index
+
+    # Body framing (RFC 3261 §18.3, §20.14).
+    available = len(data) - body_start
+    cl_positions = index.get("content-length")
+    if cl_positions is None:
+        if stream:
+            raise bad_header("Content-Length", "missing (mandatory on stream transports)")
+        length = available
+    else:
+        length = _content_length([headers[p][1] for p in cl_positions])
+        if length > available:
+            raise bad_header("Content-Length", "larger than the message body")
+    message_end = body_start + length
+    message._body = data[body_start:message_end]
+    message._raw = data if message_end == len(data) else data[:message_end]
+    return message
+
+
+def _check_version(version: str, where: str) -> None:
+    if version == SIP_VERSION or version.upper() == SIP_VERSION:
+        return
+    if _VERSION_RE.fullmatch(version):
+        raise SIPParseError("SIP version not supported", 505)
+    raise SIPParseError(f"Bad {where}: malformed SIP-Version")
+
+
+def _new_request(line: str) -> Request:
+    # Request-Line = Method SP Request-URI SP SIP-Version: exactly one SP between the
+    # elements (RFC 4475 lwsstart, trws), no LWS inside the URI (lwsruri).
+    parts = line.split(" ")
+    if len(parts) != 3 or "" in parts:
+        if "" in parts:
+            raise SIPParseError("Bad Request-Line: extra whitespace")
+        if len(parts) > 3:
+            raise SIPParseError("Bad Request-Line: whitespace in Request-URI")
+        raise SIPParseError("Bad Request-Line")
+    if "\t" in line:
+        raise SIPParseError("Bad Request-Line: HTAB not allowed")
+    method, uri_raw, version = parts
+    if not is_token(method):
+        raise SIPParseError("Bad Request-Line: invalid method")
+    _check_version(version, "Request-Line")
+    if uri_raw[0] == "<":
+        raise SIPParseError("Bad Request-Line: Request-URI enclosed in <>")  # ltgtruri
+    request = Request.__new__(Request)
+    request._method = method
+    request._uri_raw = uri_raw
+    return request
+
+
+def _new_response(line: str) -> Response:
+    # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase; the phrase may be
+    # empty (RFC 4475 noreason) or UTF-8 (unreason).
+    version, _, rest = line.partition(" ")
+    code, _, reason = rest.partition(" ")
+    _check_version(version, "Status-Line")
+    if not (len(code) == 3 and code.isascii() and code.isdigit() and "1" <= code[0] <= "6"):
+        raise SIPParseError("Bad Status-Line: invalid status code", 0)  # bigcode
+    response = Response.__new__(Response)
+    response._status = int(code)
+    response._reason = reason
+    return response
+
+
+# --- building responses ----------------------------------------------------------------
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+) -> Response:
+    """A response to `request` per RFC 3261 §8.2.6: Via lines (all, in order), From, To
+    (with `to_tag` added unless it has a tag), Call-ID and CSeq copied as text, then
+    `headers`, then `Content-Length: 0` (unless `headers` sets one).
+
+    Works on requests that failed `validate()` too (to answer them with a 4xx): what
+    is missing is not copied, what is malformed is copied as is.
+    """
+    lines: list[tuple[str, str]] = [("Via", value) for value in request.get_all("Via")]
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        value = request.get(name)
+        if value is None:
+            continue
+        if name == "To" and to_tag is not None and not _has_tag(request, value):
+            value = f"{value};tag={to_tag}"
+        lines.append((name, value))
+    if status == 100:
+        timestamp = request.get("Timestamp")  # §8.2.6.1: copied into 100 (Trying)
+        if timestamp is not None:
+            lines.append(("Timestamp", timestamp))
+    extra = list(headers)
+    lines.extend(extra)
+    if not any(header_key(name) == "content-length" for name, _ in extra):
+        lines.append(("Content-Length", "0"))
+    return Response(status, reason, lines)
+
+
+def _has_tag(request: Request, to_value: str) -> bool:
+    try:
+        return request.to.tag is not None
+    except SIPParseError:
+        return _TAG_PARAM_RE.search(to_value) is not None
