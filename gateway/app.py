@@ -126,10 +126,17 @@ class Gateway:
         log.info("gateway stopped")
 
     async def run_until_signalled(self, drain_timeout: float = 10.0) -> None:
+        """SIGTERM/SIGINT: drain, then stop. SIGUSR1: drain and keep running.
+
+        SIGUSR1 is for a balancer's pre-stop hook: /readyz turns 503 and new calls get
+        503 + Retry-After while calls in progress carry on, until SIGTERM arrives.
+        """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        assert self.sip is not None
+        loop.add_signal_handler(signal.SIGUSR1, self.sip.proxy.start_draining)
         await stop.wait()
         await self.drain(drain_timeout)
         await self.stop()

@@ -869,6 +869,8 @@ class Proxy:
         return sum(1 for ctx in self.server_txns.values() if not ctx.final_sent)
 
     def start_draining(self) -> None:
+        if not self.draining:
+            log.info("draining: new calls are refused with 503")
         self.draining = True
 
 

@@ -9,12 +9,18 @@ Two directions of the dial plan are exercised:
 
 from __future__ import annotations
 
+import asyncio
+import signal
+from pathlib import Path
+
 import pytest
 
 from tests.integration.conftest import GatewayFactory
 from tests.integration.gateway import DID, DOMAIN, PASSWORDS, GatewayProcess
 from tests.peers.ports import free_port
 from tests.peers.sipp import run_sipp, scenario, start_sipp
+
+SCENARIOS = Path(__file__).with_name("scenarios")
 
 pytestmark = [pytest.mark.peers, pytest.mark.asyncio]
 
@@ -157,3 +163,36 @@ async def test_options_to_the_gateway(gateway: GatewayProcess) -> None:
         keys={"domain": "127.0.0.1"},
     )
     result.check(calls=10)
+
+
+async def test_options_while_draining_is_503(gateway: GatewayProcess) -> None:
+    gateway.signal(signal.SIGUSR1)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while await gateway.ready():
+        assert loop.time() < deadline, "/readyz still 200 after SIGUSR1"
+        await asyncio.sleep(0.05)
+    status, body = await gateway.http_get("/readyz")
+    assert status == 503 and b'"accepting_calls":false' in body
+    result = await run_sipp(
+        ["-sf", scenario("options_uac_503"), f"127.0.0.1:{gateway.ports.sip}", "-m", "5"],
+        timeout=15,
+        keys={"domain": "127.0.0.1"},
+    )
+    result.check(calls=5)
+    # New calls are refused too (503 with Retry-After), so a trunk fails over to another node.
+    refused = await run_sipp(
+        [
+            "-sf",
+            str(SCENARIOS / "uac_expect_503.xml"),
+            f"127.0.0.1:{gateway.ports.sip}",
+            "-s",
+            DID,
+            "-m",
+            "3",
+        ],
+        local_port=gateway.ports.trunk_src,
+        timeout=15,
+        keys={"domain": "127.0.0.1"},
+    )
+    refused.check(calls=3)
