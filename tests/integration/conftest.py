@@ -24,6 +24,8 @@ async def gateway_factory(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
 
     yield start
     for gw in started:
+        # Shown by pytest only when the test failed.
+        print(f"--- sipgw log ({gw.workdir}):\n{gw.log_tail(80)}")
         code = await gw.stop()
         assert code == 0, f"sipgw exited with {code}\n{gw.log_tail()}"
         assert gw.errors() == [], f"sipgw logged errors:\n{gw.log_tail()}"
