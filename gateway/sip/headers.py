@@ -398,7 +398,7 @@ def parse_name_addr(value: str, *, header: str | None = None) -> NameAddr:
         return _parse_angle(display_text or None, text[lt:], header)
     uri_text, semi, param_text = text.partition(";")
     uri_text = uri_text.rstrip(" \t")
-    if "?" in uri_text or "," in uri_text or '"' in uri_text or ">" in uri_text:
+    if "?" in uri_text or "," in uri_text:
         raise bad_header(header, "URI with '?' or ',' must be enclosed in <>")
     uri = _uri_in_header(uri_text, header)
     return NameAddr(None, uri, parse_params(param_text, header=header) if semi else {})

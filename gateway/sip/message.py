@@ -125,9 +125,9 @@ _SINGLE = (("Call-ID", "call-id"), ("To", "to"), ("From", "from"), ("CSeq", "cse
            ("Max-Forwards", "max-forwards"))  # fmt: skip
 
 _FOLD_RE = re.compile(r"\r\n[ \t]+")
-_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
+_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE | re.ASCII)
 _CALL_ID_RE = re.compile(r"[!-~]+")  # callid = word ["@" word]: visible ASCII, no LWS
-_TAG_PARAM_RE = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
+_TAG_PARAM_RE = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE | re.ASCII)
 
 T = TypeVar("T")
 
@@ -202,7 +202,12 @@ def _content_length(values: list[str]) -> int:
 
 
 class Message:
-    """What requests and responses share: header lines, body, lazy structured views."""
+    """What requests and responses share: header lines, body, lazy structured views.
+
+    `headers` is readable as a list of (name as received, value) pairs; change it only
+    through the editing methods, which keep the name index, the cached views and the
+    serialized form in step.
+    """
 
     is_request: ClassVar[bool]
     _CORE: ClassVar[tuple[str, ...]] = ("headers", "_body", "_raw", "_index")
@@ -283,9 +288,9 @@ class Message:
 
     @_cached
     def top_via(self) -> Via:
-        cached = self.__dict__.get("vias")
-        if cached:
-            return cached[0]  # type: ignore[no-any-return]
+        vias: list[Via] | None = self.__dict__.get("vias")  # already parsed: reuse
+        if vias:
+            return vias[0]
         return parse_via(self._first("Via"))[0]
 
     @_cached
@@ -676,7 +681,7 @@ def _parse(data: bytes, limits: Limits, stream: bool) -> Request | Response:
         else:
             positions.append(position)
 
-    is_response = start[:4].upper() == "SIP/"
+    is_response = start[:4].isascii() and start[:4].upper() == "SIP/"
     message: Request | Response = _new_response(start) if is_response else _new_request(start)
     message.headers = headers
     message._index = index
@@ -699,7 +704,9 @@ def _parse(data: bytes, limits: Limits, stream: bool) -> Request | Response:
 
 
 def _check_version(version: str, where: str) -> None:
-    if version == SIP_VERSION or version.upper() == SIP_VERSION:
+    # "SIP" is case-insensitive (RFC 3261 §25.1); isascii() keeps out look-alikes
+    # such as U+017F, which upper-cases to "S".
+    if version == SIP_VERSION or (version.isascii() and version.upper() == SIP_VERSION):
         return
     if _VERSION_RE.fullmatch(version):
         raise SIPParseError("SIP version not supported", 505)

@@ -85,6 +85,12 @@ class StreamConnection(asyncio.Protocol):
         source = Source(self.name, self.remote, self.local, self.conn_id)
         for message in messages:
             self.layer.deliver(message, source)
+        if self.framer.error is not None:
+            # Good messages came before the broken one in this read: they are delivered,
+            # then the connection goes, as it would have for the error alone.
+            err = self.framer.error
+            self.layer.counters.parse_errors[parse_error_label(err.status, err.header)] += 1
+            self.close()
 
     def pause_writing(self) -> None:
         # The peer is slow to read; keep going but stop at the hard cap in write().
