@@ -88,8 +88,9 @@ class StreamConnection(asyncio.Protocol):
         if self.framer.error is not None:
             # Good messages came before the broken one in this read: they are delivered,
             # then the connection goes, as it would have for the error alone.
-            err = self.framer.error
-            self.layer.counters.parse_errors[parse_error_label(err.status, err.header)] += 1
+            error = self.framer.error
+            label = parse_error_label(error.status, error.header)
+            self.layer.counters.parse_errors[label] += 1
             self.close()
 
     def pause_writing(self) -> None:
