@@ -534,6 +534,16 @@ class Proxy:
         self.client_txns[branch_id, req.method] = branch
         self.counters.transactions_created["client"] += 1
         self.counters.request_out(target.transport, req.method)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "forwarding",
+                extra={
+                    "method": req.method,
+                    "branch": branch_id,
+                    "server_key": "|".join(ctx.key),
+                    "target": f"{target.transport}:{target.host}:{target.port}",
+                },
+            )
         self._run_client(branch, txn.start())
         if invite:
             branch.timer_c = self.queue.schedule(

@@ -56,6 +56,7 @@ def render_config(
     *,
     trunk_transport: str = "udp",
     trunk_match: list[str] | None = None,
+    log_level: str = "INFO",
 ) -> str:
     pair = make_self_signed(workdir, name="sipgw")
     cert, key = pair.cert, pair.key
@@ -89,7 +90,7 @@ auth_secret = "integration-secret-0123456789"
 listen = "127.0.0.1:{ports.http}"
 
 [log]
-level = "INFO"
+level = "{log_level}"
 format = "json"
 
 [[tenants]]

@@ -29,8 +29,10 @@ async def phone(gw: GatewayProcess, name: str, user: str, transport: str) -> Pjs
 
 @pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 async def test_two_pjsip_phones_call_each_other(gateway: GatewayProcess, transport: str) -> None:
-    async with await phone(gateway, "alice", "203", transport) as alice, \
-            await phone(gateway, "bob", "204", transport) as bob:
+    async with (
+        await phone(gateway, "alice", "203", transport) as alice,
+        await phone(gateway, "bob", "204", transport) as bob,
+    ):
         call = await alice.call(f"sip:204@{DOMAIN}")
         incoming = await bob.wait_incoming(timeout=10)
         headers = incoming["headers"]
@@ -49,8 +51,10 @@ async def test_two_pjsip_phones_call_each_other(gateway: GatewayProcess, transpo
 async def test_callee_hangs_up_and_phones_on_different_transports(gateway: GatewayProcess) -> None:
     # alice on UDP, bob on TCP: the gateway double-record-routes (RFC 5658) and the
     # in-dialog BYE from bob must find alice over UDP.
-    async with await phone(gateway, "alice", "203", "udp") as alice, \
-            await phone(gateway, "bob", "204", "tcp") as bob:
+    async with (
+        await phone(gateway, "alice", "203", "udp") as alice,
+        await phone(gateway, "bob", "204", "tcp") as bob,
+    ):
         call = await alice.call(f"sip:204@{DOMAIN}")
         incoming = await bob.wait_incoming(timeout=10)
         assert len(incoming["headers"].get("record-route", [])) == 2
@@ -61,8 +65,10 @@ async def test_callee_hangs_up_and_phones_on_different_transports(gateway: Gatew
 
 
 async def test_busy_callee(gateway: GatewayProcess) -> None:
-    async with await phone(gateway, "alice", "203", "udp") as alice, \
-            await phone(gateway, "bob", "204", "udp") as bob:
+    async with (
+        await phone(gateway, "alice", "203", "udp") as alice,
+        await phone(gateway, "bob", "204", "udp") as bob,
+    ):
         call = await alice.call(f"sip:204@{DOMAIN}")
         incoming = await bob.wait_incoming(timeout=10)
         await bob.answer(incoming["call"], 486)
@@ -71,8 +77,10 @@ async def test_busy_callee(gateway: GatewayProcess) -> None:
 
 
 async def test_caller_cancels_while_ringing(gateway: GatewayProcess) -> None:
-    async with await phone(gateway, "alice", "203", "tcp") as alice, \
-            await phone(gateway, "bob", "204", "udp") as bob:
+    async with (
+        await phone(gateway, "alice", "203", "tcp") as alice,
+        await phone(gateway, "bob", "204", "udp") as bob,
+    ):
         call = await alice.call(f"sip:204@{DOMAIN}")
         incoming = await bob.wait_incoming(timeout=10)
         await alice.wait_call_state(call, "EARLY", timeout=10)

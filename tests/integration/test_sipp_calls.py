@@ -10,10 +10,13 @@ Two directions of the dial plan are exercised:
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
+import socket
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import GatewayFactory
 from tests.integration.gateway import DID, DOMAIN, PASSWORDS, GatewayProcess
@@ -196,3 +199,68 @@ async def test_options_while_draining_is_503(gateway: GatewayProcess) -> None:
         keys={"domain": "127.0.0.1"},
     )
     refused.check(calls=3)
+
+
+TORTURE = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "rfc4475"
+
+
+async def blast_garbage(port: int, stop: asyncio.Event) -> int:
+    """Malformed SIP at the gateway's UDP port until ``stop``: RFC 4475's broken messages,
+    truncations and random bytes. Returns how many datagrams were sent."""
+    rng = random.Random(4475)
+    broken = [p.read_bytes() for p in sorted(TORTURE.glob("*.dat"))]
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sent = 0
+    try:
+        while not stop.is_set() and sent < 20_000:
+            sample = rng.choice(broken)
+            kind = sent % 3
+            if kind == 0:
+                data = sample
+            elif kind == 1:
+                data = sample[: rng.randrange(1, len(sample))]
+            else:
+                data = rng.randbytes(rng.randrange(1, 1500))
+            await loop.sock_sendto(sock, data, ("127.0.0.1", port))
+            sent += 1
+            if sent % 50 == 0:
+                await asyncio.sleep(0.01)
+    finally:
+        sock.close()
+    return sent
+
+
+async def test_garbage_during_calls_disturbs_no_call(gateway: GatewayProcess) -> None:
+    stop = asyncio.Event()
+    blaster = asyncio.create_task(blast_garbage(gateway.ports.sip, stop))
+    scrape: list[str] = []
+
+    async def scrape_midway() -> None:
+        await asyncio.sleep(1.5)
+        scrape.append(await gateway.metrics())
+
+    try:
+        await asyncio.gather(
+            trunk_to_did(gateway, "uas", "uac", 300, rate=100, timeout=60), scrape_midway()
+        )
+    finally:
+        stop.set()
+        sent = await blaster
+    assert sent > 500
+
+    # Scraped during the run, and parseable by Prometheus' own text parser.
+    families = {f.name: f for f in text_string_to_metric_families(scrape[0])}
+    assert families["sipgw_sip_parse_errors"].samples
+    final = {f.name: f for f in text_string_to_metric_families(await gateway.metrics())}
+    # Torture INVITEs that parse are counted in but refused; only the 300 calls go out.
+    forwarded = [
+        s.value
+        for s in final["sipgw_sip_requests"].samples
+        if s.labels == {"direction": "out", "transport": "udp", "method": "INVITE"}
+    ]
+    assert forwarded == [300.0]
+    parse_errors = sum(s.value for s in final["sipgw_sip_parse_errors"].samples)
+    assert parse_errors > 100
+    assert (await gateway.http_get("/healthz"))[0] == 200

@@ -16,8 +16,9 @@ pytestmark = [pytest.mark.peers, pytest.mark.asyncio]
 async def pjsip_phone(gw: GatewayProcess, user: str = "203") -> PjsuaAgent:
     agent = await PjsuaAgent.start(f"pjsua-{user}", transport="udp")
     try:
-        status = await agent.register(f"sip:127.0.0.1:{gw.ports.sip}", user, DOMAIN,
-                                      PASSWORDS[user])
+        status = await agent.register(
+            f"sip:127.0.0.1:{gw.ports.sip}", user, DOMAIN, PASSWORDS[user]
+        )
     except BaseException:
         await agent.stop()
         raise
@@ -28,8 +29,10 @@ async def pjsip_phone(gw: GatewayProcess, user: str = "203") -> PjsuaAgent:
 async def linphone(gw: GatewayProcess) -> Linphone:
     phone = await Linphone.start("linphone-205")
     try:
-        assert await phone.register(f"sip:127.0.0.1:{gw.ports.sip}", "205", DOMAIN,
-                                    PASSWORDS["205"]) == 200
+        assert (
+            await phone.register(f"sip:127.0.0.1:{gw.ports.sip}", "205", DOMAIN, PASSWORDS["205"])
+            == 200
+        )
     except BaseException:
         await phone.stop()
         raise
@@ -39,8 +42,9 @@ async def linphone(gw: GatewayProcess) -> Linphone:
 async def baresip(gw: GatewayProcess) -> Baresip:
     phone = await Baresip.start("baresip-206")
     try:
-        status = await phone.register(f"sip:127.0.0.1:{gw.ports.sip}", "206", DOMAIN,
-                                      PASSWORDS["206"])
+        status = await phone.register(
+            f"sip:127.0.0.1:{gw.ports.sip}", "206", DOMAIN, PASSWORDS["206"]
+        )
     except BaseException:
         await phone.stop()
         raise
