@@ -106,3 +106,23 @@ async def test_unregistered_extension_is_temporarily_unavailable(gateway: Gatewa
 async def test_pjsip_options_to_the_gateway(gateway: GatewayProcess) -> None:
     async with await phone(gateway, "alice", "203", "udp") as alice:
         assert await alice.options(f"sip:127.0.0.1:{gateway.ports.sip}", timeout=10) == 200
+
+
+async def test_forked_call_answered_on_one_phone_cancels_the_other(
+    gateway: GatewayProcess,
+) -> None:
+    # Two phones registered for extension 204 (desk phone + softphone): both ring.
+    async with await phone(gateway, "alice", "203", "udp") as alice, \
+            await phone(gateway, "desk", "204", "udp") as desk, \
+            await phone(gateway, "soft", "204", "tcp") as soft:
+        call = await alice.call(f"sip:204@{DOMAIN}")
+        on_desk = await desk.wait_incoming(timeout=10)
+        on_soft = await soft.wait_incoming(timeout=10)
+        await alice.wait_call_state(call, "EARLY", timeout=10)
+        await soft.answer(on_soft["call"], 200)
+        await alice.wait_call_state(call, "CONFIRMED", timeout=10)
+        # The branch that did not answer gets CANCEL from the gateway.
+        ended = await desk.wait_call_state(on_desk["call"], "DISCONNECTED", timeout=10)
+        assert ended["code"] == 487
+        await alice.hangup(call)
+        await soft.wait_call_state(on_soft["call"], "DISCONNECTED", timeout=10)
