@@ -63,6 +63,7 @@ BRANCH_PREFIX = "z9hG4bKsg"
 SUPPORTED_PROXY_REQUIRE: frozenset[str] = frozenset()
 RECORD_ROUTE_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 DRAIN_RETRY_AFTER = 30
+HOUSEKEEPING_INTERVAL = 30.0
 
 ServerKey = tuple[str, ...]
 
@@ -138,7 +139,10 @@ class Proxy:
         self.server_txns: dict[ServerKey, ServerContext] = {}
         self.client_txns: dict[tuple[str, str], Branch] = {}
         self.draining = False
-        self.advertise = self.sip.advertise or "127.0.0.1"
+        self.queue.schedule(self.clock() + HOUSEKEEPING_INTERVAL, self._housekeeping)
+        # Without an explicit advertise address, the listen address of the right family
+        # goes into Via and Record-Route (the loader refuses wildcards without one).
+        self.advertise = (self.sip.advertise or self.sip.listen[0].host).strip("[]")
         self._our_hosts = {self.advertise.lower()} | {
             spec.host.strip("[]").lower() for spec in self.sip.listen
         }
@@ -227,9 +231,13 @@ class Proxy:
 
     def _response_target(self, req: Request, source: Source) -> Target:
         """Where responses to this request go (RFC 3261 §18.2.2, RFC 3581 §4)."""
-        if source.reliable:
-            return Target(source.transport, *source.remote, source.conn_id)
         via = req.top_via
+        if source.reliable:
+            # The connection it came on; if that is gone, the sent-by address, where the
+            # client listens (§18.2.2), not the ephemeral port it connected from.
+            default = DEFAULT_PORTS.get(source.transport, 5060)
+            host = via.params.get("received") or via.host
+            return Target(source.transport, host, via.port or default, source.conn_id)
         if via.params.get("rport"):
             return Target("udp", *source.remote)
         host = via.params.get("received") or via.host
@@ -572,8 +580,11 @@ class Proxy:
         return [inbound, outbound]
 
     def _advertise_for(self, family: int) -> str:
-        if (ip_family(self.advertise) or 2) == family:
-            return self.advertise
+        if self.sip.advertise:
+            advertised_family = ip_family(self.sip.advertise)
+            # A host name serves both families; an address only its own.
+            if advertised_family is None or advertised_family == family:
+                return self.sip.advertise.strip("[]")
         for spec in self.sip.listen:
             if (ip_family(spec.host) or 2) == family:
                 return spec.host.strip("[]")
@@ -855,6 +866,12 @@ class Proxy:
             return
         branch.txn._scheduled = None  # type: ignore[attr-defined]
         self._run_client(branch, branch.txn.expire(self.clock()))
+
+    def _housekeeping(self) -> None:
+        # Bindings expire lazily when their AOR is looked up; this sweeps the ones of
+        # phones nobody calls, so memory follows the live registrations.
+        self.location.purge(self.clock())
+        self.queue.schedule(self.clock() + HOUSEKEEPING_INTERVAL, self._housekeeping)
 
     def next_deadline(self) -> float | None:
         return self.queue.next_deadline()

@@ -52,6 +52,10 @@ class Location:
     def count(self, now: float) -> int:
         return sum(1 for items in self._aors.values() for b in items if b.expires_at > now)
 
+    def __len__(self) -> int:
+        """Addresses of record held (live or not yet purged)."""
+        return len(self._aors)
+
     def purge(self, now: float) -> None:
         for key in list(self._aors):
             self.bindings(*key, now)

@@ -218,6 +218,21 @@ def test_bindings_expire(h: Harness) -> None:
     assert h.proxy.location.bindings("acme", "201", h.clock.now) == []
 
 
+def test_bindings_of_phones_nobody_calls_are_purged(h: Harness) -> None:
+    register(h, "201", PHONE_201, expires=120)
+    assert len(h.proxy.location) == 1
+    h.advance(160)  # past expiry and a housekeeping pass, without any look-up
+    assert len(h.proxy.location) == 0
+
+
+def test_responses_over_tcp_use_the_connection_then_the_sent_by(h: Harness) -> None:
+    text = request("OPTIONS", "sip:127.0.0.1", src=("127.0.0.1", 40123), transport="TCP")
+    text = text.replace("127.0.0.1:40123;branch", "127.0.0.1:5099;branch")  # listens on 5099
+    sent = h.feed(text, ("127.0.0.1", 40123), transport="tcp", conn_id=7)
+    target = only(sent, status=200).target
+    assert (target.transport, target.conn_id, target.port) == ("tcp", 7, 5099)
+
+
 def test_register_another_users_aor_is_forbidden(h: Harness) -> None:
     req = request(
         "REGISTER",
