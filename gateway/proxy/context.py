@@ -25,6 +25,10 @@ class ServerContext:
     # One To tag for every response we generate ourselves, so the caller sees one UAS.
     to_tag: str = field(default_factory=lambda: secrets.token_hex(6))
     tenant: str | None = None
+    # Set by the router once the dial plan resolved the call: who it belongs to.
+    direction: str | None = None  # "inbound" | "outbound" | "internal"
+    extension: str | None = None  # callee for inbound/internal, caller for outbound
+    observed: bool = False  # the initial INVITE was handed to the observer
 
 
 @dataclass(eq=False)

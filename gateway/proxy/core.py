@@ -26,6 +26,7 @@ from gateway.proxy.context import Branch, ServerContext
 from gateway.proxy.directory import Directory
 from gateway.proxy.location import Location
 from gateway.proxy.messages import build_ack, build_cancel, last_resort_response
+from gateway.proxy.observe import Observed, Observer
 from gateway.proxy.options import ALLOW, options_headers
 from gateway.proxy.registrar import Registrar
 from gateway.proxy.routing import Forward, Handled, Reply, Router
@@ -114,6 +115,7 @@ class Proxy:
         clock: Callable[[], float],
         location: Location | None = None,
         auth_secret: bytes | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.sip = settings.sip
@@ -139,6 +141,7 @@ class Proxy:
         self.server_txns: dict[ServerKey, ServerContext] = {}
         self.client_txns: dict[tuple[str, str], Branch] = {}
         self.draining = False
+        self.observer = observer
         self.queue.schedule(self.clock() + HOUSEKEEPING_INTERVAL, self._housekeeping)
         # Without an explicit advertise address, the listen address of the right family
         # goes into Via and Record-Route (the loader refuses wildcards without one).
@@ -284,6 +287,8 @@ class Proxy:
             self._respond(cancel_ctx, 481, "Call/Transaction Does Not Exist")
             return
         self._respond(cancel_ctx, 200)
+        if invite_ctx.observed:
+            self._observe_request(cancel_ctx)
         invite_ctx.cancelled = True
         for branch in invite_ctx.branches:
             self._cancel_branch(branch)
@@ -318,6 +323,7 @@ class Proxy:
                 return
             # In-dialog through our Record-Route: follow the remaining Route set or the
             # Request-URI, no location look-up (§16.5).
+            self._observe_request(ctx)
             target = self._next_hop(req)
             if target is None:
                 self._respond(ctx, 404, "Next hop unknown")
@@ -338,6 +344,9 @@ class Proxy:
         decision = self.router.route(ctx)
         if isinstance(decision, Handled):
             return
+        challenge = isinstance(decision, Reply) and decision.status in (401, 407)
+        if req.method == "INVITE" and ctx.direction is not None and not challenge:
+            self._observe_request(ctx)
         if isinstance(decision, Reply):
             self._respond(ctx, decision.status, decision.reason, headers=decision.headers)
             return
@@ -620,6 +629,11 @@ class Proxy:
                 # remaining Via like any stateless proxy would (RFC 6026 §8.4).
                 self._forward_response_stateless(resp)
             return
+        # Final failures of INVITE branches are not reported one by one: what counts is
+        # the answer chosen for the caller (observed in _respond/_respond_with).
+        branch_failure = branch.ctx.request.method == "INVITE" and resp.status >= 300
+        if branch.ctx.observed and not branch.is_cancel and not branch_failure:
+            self._observe(resp, branch.ctx, local=False, source=source)
         self._run_client(branch, branch.txn.on_response(resp.status, resp.to_bytes(), self.clock()))
 
     def _forward_response_stateless(self, resp: Response) -> None:
@@ -731,9 +745,13 @@ class Proxy:
         resp = make_response(ctx.request, status, reason, to_tag=to_tag, headers=headers)
         if status >= 200:
             resp.set("Server", self.sip.user_agent)
+        if ctx.observed and status >= 300 and ctx.request.method == "INVITE" and not ctx.final_sent:
+            self._observe(resp, ctx, local=True, source=None)
         self._send_response(ctx, resp.to_bytes(), status, local=True)
 
     def _respond_with(self, ctx: ServerContext, resp: Response) -> None:
+        if ctx.observed and resp.status >= 300 and ctx.request.method == "INVITE":
+            self._observe(resp, ctx, local=True, source=None)
         resp.pop_first_value("Via")
         self._send_response(ctx, resp.to_bytes(), resp.status, local=False)
 
@@ -755,6 +773,33 @@ class Proxy:
                 self._send_raw(data, ctx.response_target)
             return
         self._run_server(ctx, actions, status)
+
+    # ================================================================ observation ===
+    def _observe_request(self, ctx: ServerContext) -> None:
+        ctx.observed = True
+        self._observe(ctx.request, ctx, local=False, source=ctx.source)
+
+    def _observe(
+        self, msg: Request | Response, ctx: ServerContext, *, local: bool, source: Source | None
+    ) -> None:
+        if self.observer is None:
+            return
+        initial = isinstance(msg, Request) and msg.method == "INVITE" and not msg.to.tag
+        where = f"{source.transport}:{source.remote[0]}:{source.remote[1]}" if source else ""
+        info = Observed(
+            tenant=ctx.tenant if initial else None,
+            direction=ctx.direction if initial else None,
+            extension=ctx.extension if initial else None,
+            local=local,
+            source=where,
+            user_agent=msg.get("User-Agent" if isinstance(msg, Request) else "Server"),
+        )
+        try:
+            self.observer(msg, info)
+        except Exception:
+            # Call events must never cost a call: log, count, and carry on routing.
+            self.counters.transport["observer_error"] += 1
+            log.exception("call observer failed")
 
     # ===================================================== transaction action loops ===
     def _run_server(self, ctx: ServerContext, actions: list[Action], status: int = 0) -> None:

@@ -111,11 +111,13 @@ class Router:
         if number is None:
             return Reply(404, "No number in Request-URI")
         did = self.directory.did(number)
+        ctx.direction = "inbound"
         if did is not None and did[0].id == tenant.id:
             return self._to_extension(ctx, tenant, did[1])
         user = self.directory.user(tenant, number)
         if user is not None:
             return self._to_extension(ctx, tenant, user.extension)
+        ctx.direction = None
         return Reply(404, "Number not assigned")
 
     # -- from a phone --------------------------------------------------------------------
@@ -147,6 +149,7 @@ class Router:
         local = isinstance(uri, TelURI) or (isinstance(uri, SipURI) and self.proxy.is_our_host(uri))
         if local or isinstance(uri, SipURI):
             user = self.directory.user(tenant, target) if local else None
+            ctx.direction = "internal"
             if user is not None:
                 return self._to_extension(ctx, tenant, user.extension)
             did = self.directory.did(target)
@@ -154,7 +157,9 @@ class Router:
                 return self._to_extension(ctx, tenant, did[1])
             number = dialable(target)
             if number is not None:
+                ctx.direction, ctx.extension = "outbound", caller.extension
                 return self._to_trunk(tenant, number)
+            ctx.direction = None
         return Reply(404, "Not Found")
 
     def _to_trunk(self, tenant: Tenant, number: str) -> Decision:
@@ -168,6 +173,7 @@ class Router:
         return Forward([(ruri, Target(trunk.transport, trunk.host, trunk.port))])
 
     def _to_extension(self, ctx: ServerContext, tenant: Tenant, extension: str) -> Decision:
+        ctx.extension = extension
         bindings = self.location.bindings(tenant.id, extension, self.proxy.clock())
         targets: list[tuple[str | None, Target]] = []
         for binding in bindings:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gateway.config import Settings, load_settings
 from gateway.proxy.core import Proxy
+from gateway.proxy.observe import Observed
 from gateway.sip.message import Request, Response, parse_message
 from gateway.stats import Counters
 from gateway.transport.addresses import Listen, Source, Target
@@ -118,13 +119,23 @@ class Harness:
         self.transport = FakeTransport()
         self.clock = Clock()
         self.counters = Counters()
+        self.observed: list[tuple[Request | Response, Observed]] = []
         self.proxy = Proxy(
             settings,
             transport=self.transport,
             counters=self.counters,
             clock=self.clock,
             auth_secret=b"unit-test-secret-0123456789",
+            observer=lambda msg, info: self.observed.append((msg, info)),
         )
+
+    def observations(self) -> list[str]:
+        """What the call tracker would see: "INVITE", "180", "486 (local)" …"""
+        out = []
+        for msg, info in self.observed:
+            text = msg.method if isinstance(msg, Request) else str(msg.status)
+            out.append(f"{text} (local)" if info.local else text)
+        return out
 
     def feed(
         self,

@@ -1,0 +1,26 @@
+"""What the proxy tells the layers above about the messages it handles.
+
+The call tracker (gateway/calls) sits above the proxy and cannot be imported here; the
+proxy hands every message that matters for call state to an ``Observer`` callback with
+what routing learned about it, and the wiring in app.py feeds the tracker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.sip.message import Request, Response
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    tenant: str | None  # known for initial INVITEs; None for in-dialog messages
+    direction: str | None  # "inbound" | "outbound" | "internal"
+    extension: str | None
+    local: bool  # a response the gateway generated (or chose among forks) itself
+    source: str  # "udp:127.0.0.1:5060"; empty for local responses
+    user_agent: str | None
+
+
+Observer = Callable[[Request | Response, Observed], None]

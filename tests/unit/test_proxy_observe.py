@@ -1,0 +1,103 @@
+"""What the proxy hands to the call tracker, flow by flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.sip.message import Request
+
+from .proxy_harness import CONFIG, Harness, request, response_to, settings_from
+from .test_proxy import PHONE_201, invite_from_phone, invite_from_trunk, only, register
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(settings_from(CONFIG, tmp_path))
+
+
+def test_basic_inbound_call(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    fwd = only(invite_from_trunk(h, call_id="obs-1"), method="INVITE").msg
+    assert isinstance(fwd, Request)
+    h.feed(response_to(fwd, 180, "Ringing"), PHONE_201)
+    h.feed(response_to(fwd, 200, "OK"), PHONE_201)
+    bye = request(
+        "BYE",
+        "sip:peer@127.0.0.1:5082",
+        src=PHONE_201,
+        call_id="obs-1",
+        from_="<sip:201@acme.test>;tag=callee",
+        to="<sip:+31612345678@carrier.test>;tag=f1",
+        extra="Route: <sip:127.0.0.1:5060;lr>",
+    )
+    down = only(h.feed(bye, PHONE_201), method="BYE").msg
+    assert isinstance(down, Request)
+    h.feed(response_to(down, 200, "OK", to_tag=None), ("127.0.0.1", 5082))
+    assert h.observations() == ["INVITE", "180", "200", "BYE", "200"]
+    invite_info = h.observed[0][1]
+    assert (invite_info.tenant, invite_info.direction, invite_info.extension) == (
+        "acme",
+        "inbound",
+        "201",
+    )
+    assert invite_info.source == "udp:127.0.0.1:5082"
+    # In-dialog messages carry no tenant: the tracker finds the call by its dialog.
+    assert all(info.tenant is None for _, info in h.observed[1:])
+
+
+def test_unregistered_callee_is_an_observed_call_with_a_local_480(h: Harness) -> None:
+    invite_from_trunk(h, call_id="obs-2")
+    assert h.observations() == ["INVITE", "480 (local)"]
+
+
+def test_busy_is_observed_once_as_the_answer_the_caller_gets(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    fwd = only(invite_from_trunk(h, call_id="obs-3"), method="INVITE").msg
+    assert isinstance(fwd, Request)
+    h.feed(response_to(fwd, 486, "Busy Here"), PHONE_201)
+    assert h.observations() == ["INVITE", "486 (local)"]
+
+
+def test_forked_losing_branch_is_not_observed(h: Harness) -> None:
+    register(h, "201", PHONE_201, call_id="a")
+    register(h, "201", ("127.0.0.1", 5211), call_id="b")
+    sent = invite_from_trunk(h, call_id="obs-4")
+    first, second = (s.msg for s in sent if isinstance(s.msg, Request))
+    assert isinstance(first, Request) and isinstance(second, Request)
+    h.feed(response_to(first, 180, "Ringing", to_tag="t1"), PHONE_201)
+    h.feed(response_to(second, 180, "Ringing", to_tag="t2"), ("127.0.0.1", 5211))
+    h.feed(response_to(first, 200, "OK", to_tag="t1"), PHONE_201)
+    h.feed(response_to(second, 487, "Request Terminated", to_tag="t2"), ("127.0.0.1", 5211))
+    assert h.observations() == ["INVITE", "180", "180", "200"]
+
+
+def test_auth_challenge_is_not_a_call_but_the_authenticated_invite_is(h: Harness) -> None:
+    invite_from_phone(h, "202", ("127.0.0.1", 5202), "sip:0612345678@acme.test", "obs-5")
+    assert h.observations() == ["INVITE"]
+    info = h.observed[0][1]
+    assert (info.direction, info.extension) == ("outbound", "202")
+
+
+def test_cancel_is_observed(h: Harness) -> None:
+    register(h, "201", PHONE_201)
+    text = request("INVITE", "sip:+31201234567@127.0.0.1", call_id="obs-6", branch="z9hG4bK-o6")
+    fwd = only(h.feed(text), method="INVITE").msg
+    assert isinstance(fwd, Request)
+    h.feed(response_to(fwd, 180, "Ringing"), PHONE_201)
+    h.feed(text.replace("INVITE sip:", "CANCEL sip:").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL"))
+    h.feed(response_to(fwd, 487, "Request Terminated"), PHONE_201)
+    assert h.observations() == ["INVITE", "180", "CANCEL", "487 (local)"]
+
+
+def test_a_failing_observer_never_costs_the_call(tmp_path: Path) -> None:
+    h = Harness(settings_from(CONFIG, tmp_path))
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("tracker bug")
+
+    h.proxy.observer = broken
+    register(h, "201", PHONE_201)
+    assert only(invite_from_trunk(h, call_id="obs-7"), method="INVITE")
+    assert h.counters.transport["observer_error"] == 1
