@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tomllib
 from importlib import resources
@@ -19,6 +20,7 @@ from gateway import __version__
 from gateway.app import DEFAULT_STATE_DIR, Gateway, install_uvloop
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.logs import setup_logging
+from gateway.watch import WatchError, WatchOptions, watch
 
 
 def _load(path: str | None) -> Settings:
@@ -128,6 +130,35 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    options = WatchOptions(
+        url=args.url,
+        token=args.token or os.environ.get("SIPGW_TOKEN"),
+        tenant=args.tenant,
+        username=args.username,
+        password=os.environ.get("SIPGW_PASSWORD"),
+        extensions=args.extension or [],
+        types=args.type or [],
+        since=args.since,
+        raw_json=args.json,
+    )
+    if options.token is None and (options.username is None or options.password is None):
+        print(
+            "sipgw watch: give --token (or SIPGW_TOKEN), or --username with the password "
+            "in SIPGW_PASSWORD",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        asyncio.run(watch(options))
+    except WatchError as err:
+        print(f"sipgw watch: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sipgw", description="SIP/telephony event gateway for CTI"
@@ -148,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="load and check the settings")
     check.add_argument("--config", help="TOML settings file")
     check.set_defaults(func=cmd_check_config)
+    watch_cmd = sub.add_parser("watch", help="print live call events as a table")
+    watch_cmd.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's HTTP API")
+    watch_cmd.add_argument("--token", help="bearer token (default: $SIPGW_TOKEN)")
+    watch_cmd.add_argument("--tenant", help="tenant to log in to")
+    watch_cmd.add_argument("--username", help="log in as this user; password in $SIPGW_PASSWORD")
+    watch_cmd.add_argument("--extension", action="append", help="only this extension (repeatable)")
+    watch_cmd.add_argument("--type", action="append", help="only this event type (repeatable)")
+    watch_cmd.add_argument("--since", help="replay from after this event seq")
+    watch_cmd.add_argument("--json", action="store_true", help="one JSON object per line")
+    watch_cmd.set_defaults(func=cmd_watch)
     return parser
 
 

@@ -1,0 +1,165 @@
+"""``sipgw watch``: live call events as a readable table in the terminal.
+
+A WebSocket subscriber like any CRM plug-in: it logs in (or takes a token), subscribes
+to ``/v1/events`` with the JSON subprotocol, prints one line per event, and on a
+disconnect resumes from the last event it printed, so nothing is missed or repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import websockets
+
+SUBPROTOCOL = "sipgw.json.v1"
+COLUMNS = ("time", "event", "call", "dir", "from", "to", "ext", "detail")
+WIDTHS = (12, 17, 8, 4, 18, 18, 5, 0)
+
+
+class WatchError(Exception):
+    """Something the person running `sipgw watch` must fix (bad URL, bad credentials)."""
+
+
+@dataclass
+class WatchOptions:
+    url: str  # http://host:port of the gateway's HTTP API
+    token: str | None = None
+    tenant: str | None = None
+    username: str | None = None
+    password: str | None = None
+    extensions: list[str] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    since: str | None = None
+    raw_json: bool = False
+    max_events: int | None = None  # stop after this many (tests, scripts)
+
+
+def login(options: WatchOptions) -> str:
+    body = json.dumps(
+        {"tenant": options.tenant, "username": options.username, "password": options.password}
+    ).encode()
+    request = urllib.request.Request(
+        options.url.rstrip("/") + "/v1/auth/login",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return str(json.load(resp)["token"])
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode(errors="replace")[:200]
+        raise WatchError(f"login refused ({err.code}): {detail}") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise WatchError(f"cannot reach {options.url}: {err}") from None
+
+
+def events_url(options: WatchOptions, since: str | None) -> str:
+    parts = urllib.parse.urlsplit(options.url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    query: list[tuple[str, str]] = [("extension", e) for e in options.extensions]
+    query += [("type", t) for t in options.types]
+    if since:
+        query.append(("since", since))
+    return urllib.parse.urlunsplit(
+        (scheme, parts.netloc, "/v1/events", urllib.parse.urlencode(query), "")
+    )
+
+
+def _party(party: dict[str, Any] | None) -> str:
+    if not party:
+        return ""
+    return str(party.get("number_e164") or party.get("number_raw") or party.get("uri") or "")
+
+
+def format_row(event: dict[str, Any]) -> str:
+    stamp = str(event.get("occurred_at", ""))[11:23]
+    cause = event.get("cause") or {}
+    lookup = event.get("lookup") or {}
+    contact = lookup.get("contact") or {}
+    detail = " ".join(
+        part
+        for part in (
+            str(event.get("state", "")),
+            str(cause.get("normalized", "")) if cause else "",
+            f"{event['duration_ms'] / 1000:.1f}s" if event.get("duration_ms") is not None else "",
+            "missed" if event.get("missed") else "",
+            str(contact.get("name", "")) if contact else "",
+        )
+        if part
+    )
+    cells = (
+        stamp,
+        str(event.get("type", "")),
+        str(event.get("call_id", ""))[-8:],
+        {"inbound": "in", "outbound": "out", "internal": "int"}.get(
+            str(event.get("direction", "")), ""
+        ),
+        _party(event.get("calling")),
+        _party(event.get("called")),
+        str(event.get("extension") or ""),
+        detail,
+    )
+    return "  ".join(c[:w].ljust(w) if w else c for c, w in zip(cells, WIDTHS, strict=True))
+
+
+def header() -> str:
+    return "  ".join(c.ljust(w) if w else c for c, w in zip(COLUMNS, WIDTHS, strict=True))
+
+
+async def watch(
+    options: WatchOptions,
+    out: TextIO = sys.stdout,
+    connect: Callable[..., Any] = websockets.connect,
+) -> int:
+    """Print events until interrupted (or ``max_events``); returns how many were printed."""
+    token = options.token or login(options)
+    last_seq = options.since
+    printed = 0
+    backoff = 0.5
+    if not options.raw_json:
+        print(header(), file=out, flush=True)
+    while True:
+        try:
+            async with connect(
+                events_url(options, last_seq),
+                subprotocols=[SUBPROTOCOL],
+                additional_headers={"Authorization": f"Bearer {token}"},
+                open_timeout=10,
+            ) as ws:
+                backoff = 0.5
+                async for frame in ws:
+                    message = json.loads(frame)
+                    if message.get("type") in ("heartbeat", "ready"):
+                        continue
+                    last_seq = message.get("seq") or last_seq
+                    print(
+                        json.dumps(message) if options.raw_json else format_row(message),
+                        file=out,
+                        flush=True,
+                    )
+                    printed += 1
+                    if options.max_events is not None and printed >= options.max_events:
+                        return printed
+        except websockets.InvalidStatus as err:
+            status = err.response.status_code
+            if status in (401, 403):
+                raise WatchError(f"subscription refused ({status}): check the token") from None
+            raise WatchError(f"subscription refused ({status})") from None
+        except (OSError, websockets.ConnectionClosed, TimeoutError) as err:
+            # Resume from the last printed event: the gateway replays the gap.
+            print(
+                f"-- disconnected ({type(err).__name__}), resuming after {last_seq} --",
+                file=sys.stderr,
+                flush=True,
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
