@@ -138,7 +138,14 @@ async def watch(
                 backoff = 0.5
                 async for frame in ws:
                     message = json.loads(frame)
-                    if message.get("type") in ("heartbeat", "ready"):
+                    kind = str(message.get("type", ""))
+                    if kind in ("sipgw.overflow", "sipgw.closed", "sipgw.unavailable"):
+                        # The gateway ends the subscription; resume from the last event.
+                        last_seq = message.get("last_seq") or last_seq
+                        continue
+                    if kind == "sipgw.lost":
+                        raise WatchError(f"events were lost: {message.get('detail')}")
+                    if kind.startswith("sipgw."):
                         continue
                     last_seq = message.get("seq") or last_seq
                     print(

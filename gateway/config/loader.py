@@ -1,7 +1,8 @@
 """``load_settings``: TOML file + SIPGW_* environment -> checked, frozen ``Settings``.
 
 Reading order is the order of the checks, so the first problem found is reported:
-top-level keys, node, sip, http, redis, log, profiles, tenants, default_tenant.
+top-level keys, node, sip, http, redis, log, events, security, profiles, tenants,
+default_tenant, monitor.
 """
 
 from __future__ import annotations
@@ -20,19 +21,27 @@ from urllib.parse import urlsplit
 
 from gateway.config.errors import ConfigError
 from gateway.config.model import (
+    EventsSettings,
     HttpSettings,
     ListenSpec,
     LogSettings,
+    MonitorSettings,
+    MonitorSource,
     NodeSettings,
     RedisSettings,
+    SecuritySettings,
     Settings,
     SipSettings,
+    Tenant,
 )
 from gateway.config.profiles import load_profiles
 from gateway.config.reader import Context, Table, Value, apply_env, plain_text
 from gateway.config.syntax import (
     mask_url_password,
     normalize_host,
+    normalize_match,
+    overlaps,
+    parse_match,
     show,
     split_host_port,
     uri_host,
@@ -45,7 +54,8 @@ DEFAULT_PROFILES_DIR = Path(__file__).resolve().parent.parent.parent / "sip_prof
 EMBEDDED_DEFAULT = "<embedded gateway/default.toml>"
 
 TOP_LEVEL_KEYS = (
-    "node", "sip", "http", "redis", "log", "profiles_dir", "default_tenant", "tenants",
+    "node", "sip", "http", "redis", "log", "events", "security", "monitor", "profiles_dir",
+    "default_tenant", "tenants",
 )  # fmt: skip
 
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -115,15 +125,18 @@ def _settings(root: Table, source: str) -> Settings:
     http = HttpSettings(**root.table("http").read({"listen": _http_listen}))
     redis = RedisSettings(**root.table("redis").read({"url": _redis_url}))
     log = LogSettings(**root.table("log").read(_LOG_READERS))
+    events = EventsSettings(**root.table("events").read(_EVENTS_READERS))
+    security = SecuritySettings(**root.table("security").read(_SECURITY_READERS))
     dir_value = root.get("profiles_dir")
     profiles_dir = DEFAULT_PROFILES_DIR if dir_value is None else dir_value.path()
     profiles = load_profiles(profiles_dir, "profiles_dir")
     all_tenants = tenants(root.get("tenants"), profiles)
     fallback = default_tenant(root.get("default_tenant"), all_tenants)
+    monitor = _monitor(root.table("monitor"), all_tenants, sip)
     return Settings(
-        node=node, sip=sip, http=http, redis=redis, log=log, tenants=all_tenants,
-        profiles=profiles, default_tenant=fallback, profiles_dir=profiles_dir,
-        source=source,
+        node=node, sip=sip, http=http, redis=redis, log=log, events=events,
+        security=security, monitor=monitor, tenants=all_tenants, profiles=profiles,
+        default_tenant=fallback, profiles_dir=profiles_dir, source=source,
     )  # fmt: skip
 
 
@@ -306,3 +319,92 @@ _LOG_READERS: dict[str, Callable[[Value], Any]] = {
     "level": lambda v: v.choice(_LOG_LEVELS, fold=str.upper),
     "format": lambda v: v.choice(("json", "text")),
 }
+
+
+# --- [events], [security] ----------------------------------------------------------------
+
+_EVENTS_READERS: dict[str, Callable[[Value], Any]] = {
+    "stream_maxlen": lambda v: v.integer(1),
+    "stream_max_age": lambda v: v.number(allow_zero=True),
+    "max_queue": lambda v: v.integer(1),
+    "max_buffer": lambda v: v.integer(1),
+    "subscriber_queue": lambda v: v.integer(1),
+    "max_subscribers_per_tenant": lambda v: v.integer(1),
+    "heartbeat": lambda v: v.number(),
+}
+
+
+def _trusted_proxies(v: Value) -> tuple[str, ...]:
+    entries: list[str] = []
+    for item in v.items(allow_single=True):
+        entry = item.parse(normalize_match)
+        if parse_match(entry)[1] is not None:
+            raise item.error(f'expected "ip" or a CIDR network (no port), got {show(entry)}')
+        entries.append(entry)
+    return tuple(entries)
+
+
+_SECURITY_READERS: dict[str, Callable[[Value], Any]] = {
+    "token_ttl": lambda v: v.number(),
+    "login_max_failures": lambda v: v.integer(1),
+    "login_max_failures_per_source": lambda v: v.integer(1),
+    "login_lockout": lambda v: v.number(),
+    "audit_maxlen": lambda v: v.integer(1),
+    "trusted_proxies": _trusted_proxies,
+}
+
+
+# --- [monitor] -------------------------------------------------------------------------
+
+
+def _monitor(table: Table, all_tenants: tuple[Tenant, ...], sip: SipSettings) -> MonitorSettings:
+    """The HEP intake: where it listens and which senders are accepted for which tenant."""
+    table.check_keys(("hep_listen", "sources"))
+    listen_value = table.get("hep_listen")
+    hep_listen = None if listen_value is None else _hep_listen(listen_value, sip)
+    sources_value = table.get("sources")
+    sources: list[MonitorSource] = []
+    if sources_value is not None:
+        taken: list[tuple[str, str]] = []  # (address, key) of the sources read so far
+        for t in sources_value.tables():
+            source = _monitor_source(t, all_tenants)
+            key = t.key_of("address")
+            for entry, other_key in taken:
+                if overlaps(parse_match(source.address), parse_match(entry)):
+                    raise ConfigError(
+                        key,
+                        f"{show(source.address)} overlaps {other_key} ({show(entry)}): a "
+                        "HEP sender must identify one source",
+                    )
+            taken.append((source.address, key))
+            sources.append(source)
+    return MonitorSettings(hep_listen=hep_listen, sources=tuple(sources))
+
+
+def _hep_listen(v: Value, sip: SipSettings) -> ListenSpec:
+    spec = v.parse(ListenSpec.parse)
+    if spec.transport != "udp":
+        raise v.error(f'only udp is supported (like "udp:0.0.0.0:9060"), got "{spec}"')
+    for i, sip_spec in enumerate(sip.listen):
+        same_port = sip_spec.transport == "udp" and sip_spec.port == spec.port != 0
+        hosts_clash = sip_spec.host == spec.host or sip_spec.is_wildcard or spec.is_wildcard
+        if same_port and hosts_clash:
+            raise v.error(f'"{spec}" clashes with sip.listen[{i}] ("{sip_spec}")')
+    return spec
+
+
+def _monitor_source(t: Table, all_tenants: tuple[Tenant, ...]) -> MonitorSource:
+    t.check_keys(("address", "tenant", "trunks"))
+    address = t.require("address").parse(normalize_match)
+    tenant_value = t.require("tenant")
+    tenant = tenant_value.text()
+    ids = [x.id for x in all_tenants]
+    if tenant not in ids:
+        raise tenant_value.error(
+            f"unknown tenant {show(tenant)} (tenants: {', '.join(ids) or 'none'})"
+        )
+    trunks_value = t.get("trunks")
+    trunks: tuple[str, ...] = ()
+    if trunks_value is not None:
+        trunks = tuple(item.parse(normalize_match) for item in trunks_value.items())
+    return MonitorSource(address=address, tenant=tenant, trunks=trunks)

@@ -36,6 +36,8 @@ TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp", "tls")
 _TRANSPORT_BY_NAME: dict[str, Transport] = {t: t for t in TRANSPORTS}
 AutoAnswer = Literal["call-info", "answer-mode", "alert-info", "none"]
 ProfileKind = Literal["phone", "trunk"]
+UserRole = Literal["admin", "user"]
+USER_ROLES: tuple[UserRole, ...] = ("admin", "user")
 
 # A strong TLS 1.2 suite list: forward secrecy (ECDHE) and AEAD ciphers only, so no CBC
 # and no RSA key exchange. TLS 1.3 suites are all AEAD and are not governed by this.
@@ -217,7 +219,13 @@ class Profile:
 
 @dataclass(frozen=True, repr=False)
 class User:
-    """A SIP user (a phone line) of a tenant. Only HA1 hashes are kept, never a password."""
+    """A user of a tenant: a SIP phone line, and optionally an HTTP API login.
+
+    Only hashes are kept, never a password: HA1 hashes for SIP digest, an Argon2id hash
+    (``api_password_hash``) for the API. ``role`` and ``extensions`` govern what the
+    user's API tokens may see: a "user" sees its own extension plus ``extensions``, an
+    "admin" sees every extension of the tenant.
+    """
 
     username: str
     extension: str
@@ -225,12 +233,15 @@ class User:
     ha1_sha256: str = field(metadata=_SECRET)
     display_name: str = ""
     profile: str = "generic-phone"
+    api_password_hash: str | None = field(default=None, metadata=_SECRET)
+    role: UserRole = "user"
+    extensions: tuple[str, ...] = ()  # watched besides its own (role "user")
 
     __repr__ = _masked_repr
 
     @classmethod
     def from_password(
-        cls, username: str, extension: str, realm: str, password: str, **fields: str
+        cls, username: str, extension: str, realm: str, password: str, **fields: Any
     ) -> User:
         """A user with HA1 hashes computed from ``password`` (for tests and tools; the
         loader does the same). The password itself is not kept."""
@@ -245,6 +256,13 @@ class User:
     def ha1(self, algorithm: str) -> str | None:
         """The HA1 for a digest algorithm name ("MD5", "SHA-256"), None if unsupported."""
         return {"MD5": self.ha1_md5, "SHA-256": self.ha1_sha256}.get(algorithm.upper())
+
+    @property
+    def visible_extensions(self) -> frozenset[str]:
+        """The extensions this user's API tokens may see; empty for an admin (= all)."""
+        if self.role == "admin":
+            return frozenset()
+        return frozenset((self.extension, *self.extensions))
 
 
 @dataclass(frozen=True)
@@ -317,6 +335,88 @@ class Tenant:
         return next((t for t in self.trunks if t.name == name), None)
 
 
+@dataclass(frozen=True)
+class EventsSettings:
+    """The tenant event streams and the subscriptions fed from them (gateway/bus)."""
+
+    stream_maxlen: int = 100_000  # entries kept per tenant stream (approximate trim)
+    stream_max_age: float = 7 * 24 * 3600.0  # seconds kept; 0 = no age limit
+    max_queue: int = 10_000  # events waiting to be written to Redis, per node
+    max_buffer: int = 100_000  # events buffered while Redis is unreachable, per node
+    subscriber_queue: int = 1000  # events queued per subscriber before it is cut off
+    max_subscribers_per_tenant: int = 200  # per node
+    heartbeat: float = 15.0  # seconds between keep-alives on idle subscriptions
+
+    @property
+    def max_age(self) -> float | None:
+        """``stream_max_age`` with 0 read as "no age limit" (None)."""
+        return self.stream_max_age or None
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """HTTP API logins, tokens, audit log and brute-force throttling."""
+
+    token_ttl: float = 12 * 3600.0  # seconds a login token is valid
+    login_max_failures: int = 5  # per (tenant, username) within login_lockout seconds
+    login_max_failures_per_source: int = 20  # per source address (IPv6: per /64)
+    login_lockout: float = 300.0  # seconds: the counting window and the lockout
+    audit_maxlen: int = 100_000  # entries kept per tenant audit stream (approximate trim)
+    # Reverse proxies whose X-Forwarded-For is believed ("ip" or CIDR): the client's
+    # address is then the last address in that header not in this list.
+    trusted_proxies: tuple[str, ...] = ()
+
+    def is_trusted_proxy(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.strip("[]"))
+        except ValueError:
+            return False
+        return any(ip in parse_match(entry)[0] for entry in self.trusted_proxies)
+
+
+@dataclass(frozen=True)
+class MonitorSource:
+    """A PBX (or SBC) mirroring its SIP traffic to us over HEP, and the tenant it serves."""
+
+    address: str  # "ip", "ip:port", "[v6]:port" or CIDR: the HEP sender; normalized
+    tenant: str  # the id of a configured tenant
+    trunks: tuple[str, ...] = ()  # the monitored PBX's trunks ("ip:port", "ip" or CIDR)
+
+    def matches(self, address: str, port: int) -> bool:
+        """True when a HEP packet from ``address``:``port`` comes from this source."""
+        return _matches((self.address,), address, port)
+
+    def is_trunk(self, address: str, port: int) -> bool:
+        """True when a captured SIP message's address:port is one of the PBX's trunks, so
+        a call arriving from it is inbound and one sent to it is outbound."""
+        return _matches(self.trunks, address, port)
+
+
+def _matches(entries: tuple[str, ...], address: str, port: int) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    for entry in entries:
+        network, want_port = parse_match(entry)
+        if ip in network and (want_port is None or want_port == port):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """Monitor mode: SIP seen through a HEP (Homer) feed instead of in the path."""
+
+    hep_listen: ListenSpec | None = None  # "udp:host:port"; None = no HEP intake
+    sources: tuple[MonitorSource, ...] = ()
+
+    def source_for(self, address: str, port: int) -> MonitorSource | None:
+        """The source a HEP packet from ``address``:``port`` belongs to (entries never
+        overlap, so there is at most one); None means it is not accepted."""
+        return next((s for s in self.sources if s.matches(address, port)), None)
+
+
 def domain_key(host: str) -> str:
     """How a request's host is compared with tenant domains: lower case, IPv6 bracketed."""
     host = host.strip().lower().rstrip(".")
@@ -332,6 +432,9 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    events: EventsSettings = field(default_factory=EventsSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
     tenants: tuple[Tenant, ...] = ()
     profiles: Mapping[str, Profile] = field(default_factory=lambda: types.MappingProxyType({}))
     default_tenant: str | None = None  # used when a request's domain matches no tenant

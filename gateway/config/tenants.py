@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from typing import cast
 
 from gateway.config.errors import ConfigError
-from gateway.config.model import TRANSPORTS, Did, Profile, Tenant, Transport, Trunk, User
+from gateway.config.model import (
+    TRANSPORTS,
+    USER_ROLES,
+    Did,
+    Profile,
+    Tenant,
+    Transport,
+    Trunk,
+    User,
+    UserRole,
+)
+from gateway.config.passwords import hash_password, hash_problem, password_problem
 from gateway.config.profiles import region
 from gateway.config.reader import Table, Value, plain_text
 from gateway.config.syntax import (
@@ -103,6 +114,7 @@ def _realm(v: Value) -> str:
 
 _USER_KEYS = (
     "username", "extension", "display_name", "password", "ha1_md5", "ha1_sha256", "profile",
+    "api_password", "api_password_hash", "role", "extensions",
 )  # fmt: skip
 
 
@@ -111,11 +123,22 @@ def _users(v: Value | None, realm: str, profiles: Mapping[str, Profile]) -> tupl
         return ()
     users: list[User] = []
     usernames, extensions = _Seen(), _Seen()
-    for t in v.tables():
+    tables = v.tables()
+    for t in tables:
         user = _user(t, realm, profiles)
         usernames.add(user.username, t.key_of("username"))
         extensions.add(user.extension, t.key_of("extension"))
         users.append(user)
+    # Watched extensions may name users further down the file: checked once all are read.
+    known = [u.extension for u in users]
+    for user, t in zip(users, tables, strict=True):
+        for j, extension in enumerate(user.extensions):
+            if extension not in known:
+                raise ConfigError(
+                    t.key_of(f"extensions[{j}]"),
+                    f"no user of this tenant has extension {show(extension)} "
+                    f"(extensions: {', '.join(known)})",
+                )
     return tuple(users)
 
 
@@ -127,9 +150,14 @@ def _user(t: Table, realm: str, profiles: Mapping[str, Profile]) -> User:
     display_name = "" if display_value is None else _display_name(display_value)
     ha1_md5, ha1_sha256 = _ha1s(t, username, realm)
     profile = _profile_ref(t, "generic-phone", "phone", profiles)
+    api_password_hash = _api_password_hash(t, username, realm, ha1_md5)
+    role_value = t.get("role")
+    role = cast(UserRole, "user" if role_value is None else role_value.choice(USER_ROLES))
+    watched = _watched_extensions(t, extension, role)
     return User(
         username=username, extension=extension, ha1_md5=ha1_md5, ha1_sha256=ha1_sha256,
-        display_name=display_name, profile=profile,
+        display_name=display_name, profile=profile, api_password_hash=api_password_hash,
+        role=role, extensions=watched,
     )  # fmt: skip
 
 
@@ -192,6 +220,46 @@ def _password(v: Value) -> str:
             "and special character"
         )
     return secret
+
+
+def _api_password_hash(t: Table, username: str, realm: str, ha1_md5: str) -> str | None:
+    """The Argon2id hash of the HTTP API password: hashed here from ``api_password`` (which
+    is then dropped) or given as ``api_password_hash``. None: no API login."""
+    plain, given = t.get("api_password"), t.get("api_password_hash")
+    if plain is not None and given is not None:
+        raise plain.error("give either api_password or api_password_hash, not both")
+    if given is not None:
+        text = given.text(secret=True)
+        problem = hash_problem(text)
+        if problem is not None:
+            raise given.error(f"{problem}; make one with `sipgw password-hash`")
+        return text
+    if plain is None:
+        return None
+    secret = plain.text(secret=True)
+    problem = password_problem(secret)
+    if problem is not None:
+        raise plain.error(problem)  # never echoes the password
+    if compute_ha1(username, realm, secret, "MD5") == ha1_md5:
+        # The SIP HA1 is a fast MD5: reusing the password would make Argon2 pointless.
+        raise plain.error("must differ from the SIP password")
+    return hash_password(secret)
+
+
+def _watched_extensions(t: Table, own: str, role: str) -> tuple[str, ...]:
+    value = t.get("extensions")
+    if value is None:
+        return ()
+    if role == "admin":
+        raise value.error('not used with role "admin" (an admin sees every extension)')
+    seen = _Seen()
+    result: list[str] = []
+    for item in value.items():
+        extension = _extension(item)
+        seen.add(extension, item.key)
+        if extension != own:  # its own is always visible
+            result.append(extension)
+    return tuple(result)
 
 
 def _hex_digest(v: Value, length: int, algorithm: str) -> str:

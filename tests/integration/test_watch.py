@@ -73,7 +73,7 @@ async def test_watch_resumes_after_a_disconnect_without_loss_or_repeat() -> None
         since = query.get("since", [None])[0]
         requests.append((ws.request.path, ws.request.headers.get("Authorization"), since))
         start = 0 if since is None else [e["seq"] for e in stream].index(since) + 1
-        await ws.send(json.dumps({"type": "heartbeat"}))
+        await ws.send(json.dumps({"type": "sipgw.heartbeat"}))
         # The first connection drops after three events; the second serves the rest.
         for item in stream[start : start + 3] if len(requests) == 1 else stream[start:]:
             await ws.send(json.dumps(item))

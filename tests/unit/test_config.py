@@ -8,6 +8,7 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+import argon2
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -417,7 +418,8 @@ ERRORS = [
         TENANT + 'region = "XX"\n',
         {},
         "tenants[0].users[0].region: unknown key (known: username, extension, display_name, "
-        "password, ha1_md5, ha1_sha256, profile)",
+        "password, ha1_md5, ha1_sha256, profile, api_password, api_password_hash, role, "
+        "extensions)",
     ),
     (
         TENANT.replace('domains = ["acme.example"]', 'domains = ["acme.example"]\nregion = "XX"'),
@@ -608,6 +610,212 @@ ERRORS = [
         TENANT + '[[tenants.trunks]]\nname = "p"\nhost = "10.0.0.1"\nport = 0\n',
         {},
         "tenants[0].trunks[0].port: must be an integer from 1 to 65535, got 0",
+    ),
+    # API logins of users
+    (
+        TENANT + 'api_password = "weakpassword"\n',
+        {},
+        "tenants[0].users[0].api_password: too weak: use at least 8 characters with upper "
+        "case, lower case, digit and one of #?!@$%^&*-~",
+    ),
+    (
+        TENANT + 'api_password = "Abcdefg1_"\n',  # "_" is not one of the specials
+        {},
+        "tenants[0].users[0].api_password: too weak: use at least 8 characters with upper "
+        "case, lower case, digit and one of #?!@$%^&*-~",
+    ),
+    (
+        TENANT + 'api_password = "Alice-pass-1"\n',
+        {},
+        "tenants[0].users[0].api_password: must differ from the SIP password",
+    ),
+    (
+        TENANT + 'api_password = "Alice-api-1!"\napi_password_hash = "x"\n',
+        {},
+        "tenants[0].users[0].api_password: give either api_password or api_password_hash, "
+        "not both",
+    ),
+    (
+        TENANT + 'api_password_hash = "$2b$12$abcdefghijklmnopqrstuv"\n',
+        {},
+        'tenants[0].users[0].api_password_hash: must be an Argon2id hash ("$argon2id$v=19$m=…,'
+        't=…,p=…$salt$hash"); make one with `sipgw password-hash`',
+    ),
+    (
+        TENANT + "api_password = 12345678\n",
+        {},
+        "tenants[0].users[0].api_password: must be a string",
+    ),
+    (
+        TENANT + 'role = "root"\n',
+        {},
+        'tenants[0].users[0].role: must be one of "admin", "user", got "root"',
+    ),
+    (
+        TENANT + 'extensions = ["299"]\n',
+        {},
+        'tenants[0].users[0].extensions[0]: no user of this tenant has extension "299" '
+        "(extensions: 201)",
+    ),
+    (
+        TENANT + 'extensions = ["202", "202"]\n'
+        + '[[tenants.users]]\nusername = "bob"\nextension = "202"\npassword = "Bobby-pass-2"\n',
+        {},
+        'tenants[0].users[0].extensions[1]: duplicate of tenants[0].users[0].extensions[0] ("202")',
+    ),
+    (
+        TENANT + 'extensions = [202]\n',
+        {},
+        'tenants[0].users[0].extensions[0]: must be a string of 2-8 digits (quote it: "202"), '
+        "got 202",
+    ),
+    (
+        TENANT + 'role = "admin"\nextensions = ["201"]\n',
+        {},
+        'tenants[0].users[0].extensions: not used with role "admin" (an admin sees every '
+        "extension)",
+    ),
+    (
+        TENANT,
+        {"SIPGW_TENANTS__0__USERS__0__API_PASSWORD": "short"},
+        "SIPGW_TENANTS__0__USERS__0__API_PASSWORD (tenants[0].users[0].api_password): too weak: "
+        "use at least 8 characters with upper case, lower case, digit and one of #?!@$%^&*-~",
+    ),
+    # [events]
+    (
+        "[events]\nstream_maxlen = 0\n",
+        {},
+        "events.stream_maxlen: must be a positive integer, got 0",
+    ),
+    (
+        "[events]\nstream_max_age = -1\n",
+        {},
+        "events.stream_max_age: must be a non-negative number, got -1",
+    ),
+    ("[events]\nmax_queue = 1.5\n", {}, "events.max_queue: must be a positive integer, got 1.5"),
+    ("[events]\nmax_buffer = 0\n", {}, "events.max_buffer: must be a positive integer, got 0"),
+    (
+        '[events]\nsubscriber_queue = "big"\n',
+        {},
+        'events.subscriber_queue: must be a positive integer, got "big"',
+    ),
+    (
+        "[events]\nmax_subscribers_per_tenant = -5\n",
+        {},
+        "events.max_subscribers_per_tenant: must be a positive integer, got -5",
+    ),
+    ("[events]\nheartbeat = 0\n", {}, "events.heartbeat: must be a positive number, got 0"),
+    (
+        "[events]\nheartbeats = 1\n",
+        {},
+        'events.heartbeats: unknown key (did you mean "heartbeat"?)',
+    ),
+    (
+        "",
+        {"SIPGW_EVENTS__STREAM_MAXLEN": "-1"},
+        "SIPGW_EVENTS__STREAM_MAXLEN (events.stream_maxlen): must be a positive integer, got -1",
+    ),
+    # [security]
+    ("[security]\ntoken_ttl = 0\n", {}, "security.token_ttl: must be a positive number, got 0"),
+    (
+        "[security]\nlogin_max_failures = 0\n",
+        {},
+        "security.login_max_failures: must be a positive integer, got 0",
+    ),
+    (
+        "[security]\nlogin_max_failures_per_source = true\n",
+        {},
+        "security.login_max_failures_per_source: must be a positive integer, got true",
+    ),
+    (
+        "[security]\nlogin_lockout = -300\n",
+        {},
+        "security.login_lockout: must be a positive number, got -300",
+    ),
+    (
+        "[security]\naudit_maxlen = 0\n",
+        {},
+        "security.audit_maxlen: must be a positive integer, got 0",
+    ),
+    (
+        '[security]\ntrusted_proxies = ["10.0.0.1:8080"]\n',
+        {},
+        'security.trusted_proxies[0]: expected "ip" or a CIDR network (no port), '
+        'got "10.0.0.1:8080"',
+    ),
+    (
+        '[security]\ntrusted_proxies = ["lb.example"]\n',
+        {},
+        'security.trusted_proxies[0]: must be an IP address, not a host name: "lb.example"',
+    ),
+    (
+        "[security]\ntoken_tll = 5\n",
+        {},
+        'security.token_tll: unknown key (did you mean "token_ttl"?)',
+    ),
+    # [monitor]
+    (
+        '[monitor]\nhep_listen = "tcp:0.0.0.0:9060"\n',
+        {},
+        'monitor.hep_listen: only udp is supported (like "udp:0.0.0.0:9060"), '
+        'got "tcp:0.0.0.0:9060"',
+    ),
+    (
+        '[monitor]\nhep_listen = "udp:9060"\n',
+        {},
+        'monitor.hep_listen: expected "transport:host:port", got "udp:9060"',
+    ),
+    (
+        '[monitor]\nhep_listen = "udp:127.0.0.1:5060"\n',
+        {},
+        'monitor.hep_listen: "udp:127.0.0.1:5060" clashes with sip.listen[0] '
+        '("udp:127.0.0.1:5060")',
+    ),
+    (
+        '[monitor]\nlisten = "udp:0.0.0.0:9060"\n',
+        {},
+        'monitor.listen: unknown key (did you mean "hep_listen"?)',
+    ),
+    (
+        TENANT + '[[monitor.sources]]\naddress = "192.0.2.5"\ntenant = "nope"\n',
+        {},
+        'monitor.sources[0].tenant: unknown tenant "nope" (tenants: acme)',
+    ),
+    (
+        TENANT + '[[monitor.sources]]\ntenant = "acme"\n',
+        {},
+        "monitor.sources[0].address: required",
+    ),
+    (
+        TENANT + '[[monitor.sources]]\naddress = "pbx.example"\ntenant = "acme"\n',
+        {},
+        'monitor.sources[0].address: must be an IP address, not a host name: "pbx.example"',
+    ),
+    (
+        TENANT
+        + '[[monitor.sources]]\naddress = "192.0.2.0/24"\ntenant = "acme"\n'
+        + '[[monitor.sources]]\naddress = "192.0.2.7:9060"\ntenant = "acme"\n',
+        {},
+        'monitor.sources[1].address: "192.0.2.7:9060" overlaps monitor.sources[0].address '
+        '("192.0.2.0/24"): a HEP sender must identify one source',
+    ),
+    (
+        TENANT
+        + '[[monitor.sources]]\naddress = "192.0.2.5"\ntenant = "acme"\n'
+        + 'trunks = ["198.51.100.7:99999"]\n',
+        {},
+        'monitor.sources[0].trunks[0]: expected "ip", "ip:port" or a CIDR network like '
+        '"10.0.0.0/24", got "198.51.100.7:99999"',
+    ),
+    (
+        TENANT + '[[monitor.sources]]\naddress = "192.0.2.5"\ntenant = "acme"\nregion = "NL"\n',
+        {},
+        "monitor.sources[0].region: unknown key (known: address, tenant, trunks)",
+    ),
+    (
+        TENANT + '[monitor.sources]\naddress = "192.0.2.5"\ntenant = "acme"\n',
+        {},
+        "monitor.sources: must be an array of tables ([[monitor.sources]]), got a table",
     ),
 ]
 
@@ -966,3 +1174,155 @@ def test_hand_built_model_for_other_tests() -> None:
     assert alice.display_name == "A" and "Alice-pass-1" not in repr(alice)
     settings = Settings(tenants=(tenant,), default_tenant="acme")
     assert settings.tenant_for_domain("elsewhere.example") is tenant
+
+
+# --- API logins, [events], [security], [monitor] ---------------------------------------------
+
+
+def test_defaults_of_events_security_and_monitor(tmp_path: Path) -> None:
+    settings = load(tmp_path, "")
+    events = settings.events
+    assert (events.stream_maxlen, events.stream_max_age) == (100_000, 7 * 24 * 3600.0)
+    assert (events.max_queue, events.max_buffer, events.subscriber_queue) == (
+        10_000, 100_000, 1000,
+    )  # fmt: skip
+    assert (events.max_subscribers_per_tenant, events.heartbeat) == (200, 15.0)
+    assert events.max_age == 7 * 24 * 3600.0
+    security = settings.security
+    assert (security.token_ttl, security.login_max_failures, security.login_lockout) == (
+        12 * 3600.0, 5, 300.0,
+    )  # fmt: skip
+    assert (security.login_max_failures_per_source, security.audit_maxlen) == (20, 100_000)
+    assert security.trusted_proxies == () and not security.is_trusted_proxy("127.0.0.1")
+    assert settings.monitor.hep_listen is None and settings.monitor.sources == ()
+
+
+def test_events_security_and_monitor_sections(tmp_path: Path) -> None:
+    text = TENANT + """
+[events]
+stream_maxlen = 5000
+stream_max_age = 0
+max_queue = 100
+max_buffer = 1000
+subscriber_queue = 50
+max_subscribers_per_tenant = 7
+heartbeat = 2.5
+
+[security]
+token_ttl = 3600
+login_max_failures = 3
+login_max_failures_per_source = 10
+login_lockout = 60
+audit_maxlen = 500
+trusted_proxies = ["10.0.0.0/8", "2001:db8::1"]
+
+[monitor]
+hep_listen = "udp:0.0.0.0:9060"
+
+[[monitor.sources]]
+address = "192.0.2.50"
+tenant = "acme"
+trunks = ["198.51.100.7:5060", "203.0.113.0/24"]
+
+[[monitor.sources]]
+address = "[2001:db8::60]:9060"
+tenant = "acme"
+"""
+    settings = load(tmp_path, text, env={"SIPGW_EVENTS__HEARTBEAT": "5"})
+    events = settings.events
+    assert (events.stream_maxlen, events.stream_max_age, events.max_age) == (5000, 0.0, None)
+    assert (events.max_queue, events.max_buffer, events.subscriber_queue) == (100, 1000, 50)
+    assert (events.max_subscribers_per_tenant, events.heartbeat) == (7, 5.0)
+    security = settings.security
+    assert (security.token_ttl, security.login_max_failures, security.login_lockout) == (
+        3600.0, 3, 60.0,
+    )  # fmt: skip
+    assert (security.login_max_failures_per_source, security.audit_maxlen) == (10, 500)
+    assert security.trusted_proxies == ("10.0.0.0/8", "2001:db8::1")
+    assert security.is_trusted_proxy("10.1.2.3") and security.is_trusted_proxy("[2001:db8::1]")
+    assert not security.is_trusted_proxy("192.0.2.1") and not security.is_trusted_proxy("x")
+
+    monitor = settings.monitor
+    assert str(monitor.hep_listen) == "udp:0.0.0.0:9060"
+    first, second = monitor.sources
+    assert (first.address, first.tenant) == ("192.0.2.50", "acme")
+    assert first.trunks == ("198.51.100.7:5060", "203.0.113.0/24")
+    assert second.address == "[2001:db8::60]:9060"
+    assert monitor.source_for("192.0.2.50", 12345) is first
+    assert monitor.source_for("2001:db8::60", 9060) is second
+    assert monitor.source_for("2001:db8::60", 9061) is None
+    assert monitor.source_for("192.0.2.51", 9060) is None
+    assert first.is_trunk("198.51.100.7", 5060) and first.is_trunk("203.0.113.9", 5080)
+    assert not first.is_trunk("198.51.100.7", 5061) and not first.is_trunk("bogus", 1)
+
+
+def test_api_password_is_hashed_with_argon2_and_never_kept(tmp_path: Path) -> None:
+    api_password = "Alice-api-42!"
+    text = TENANT + f'api_password = "{api_password}"\nrole = "user"\n'
+    user = load(tmp_path, text).tenants[0].users[0]
+    assert user.api_password_hash is not None
+    assert user.api_password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert argon2.PasswordHasher().verify(user.api_password_hash, api_password)
+    for shown in (repr(user), str(user), repr(load(tmp_path, text))):
+        assert api_password not in shown and user.api_password_hash not in shown
+    assert "api_password_hash='***'" in repr(user)
+    assert not hasattr(user, "api_password")
+    assert (user.role, user.extensions) == ("user", ())
+    assert user.visible_extensions == frozenset({"201"})
+
+
+def test_api_password_hash_given_directly(tmp_path: Path) -> None:
+    hashed = argon2.PasswordHasher().hash("Given-hash-1!")
+    user = load(tmp_path, TENANT + f'api_password_hash = "{hashed}"\n').tenants[0].users[0]
+    assert user.api_password_hash == hashed
+    costly = hashed.replace("m=65536", "m=1048576")
+    assert error_of(tmp_path, TENANT + f'api_password_hash = "{costly}"\n') == (
+        "tenants[0].users[0].api_password_hash: Argon2 parameters too costly (at most "
+        "m=262144, t=16, p=16): each login would cost that much; make one with "
+        "`sipgw password-hash`"
+    )
+
+
+def test_api_password_errors_never_echo_it(tmp_path: Path) -> None:
+    for text in (
+        TENANT + 'api_password = "weakpassword"\n',
+        TENANT + 'api_password = "Alice-pass-1"\n',  # same as the SIP password
+        TENANT + 'api_password_hash = "weakpassword"\n',
+    ):
+        message = error_of(tmp_path, text)
+        assert "weakpassword" not in message and "Alice-pass-1" not in message
+
+
+def test_roles_and_watched_extensions(tmp_path: Path) -> None:
+    text = TENANT.replace('password = "Alice-pass-1"', 'password = "Alice-pass-1"\n'
+                          'extensions = ["203", "201", "202"]') + (
+        '[[tenants.users]]\nusername = "bob"\nextension = "202"\npassword = "Bobby-pass-2"\n'
+        'role = "admin"\n'
+        '[[tenants.users]]\nusername = "carol"\nextension = "203"\npassword = "Carol-pass-3"\n'
+    )  # fmt: skip
+    alice, bob, carol = load(tmp_path, text).tenants[0].users
+    # Watched extensions may name users further down; the own extension is implied.
+    assert (alice.role, alice.extensions) == ("user", ("203", "202"))
+    assert alice.visible_extensions == frozenset({"201", "202", "203"})
+    assert (bob.role, bob.visible_extensions) == ("admin", frozenset())
+    assert carol.api_password_hash is None and carol.role == "user"
+
+
+def test_demo_api_logins_are_documented_and_resolve() -> None:
+    raw = tomllib.loads((REPO / "gateway" / "default.toml").read_text())
+    demo = load_settings(env={}).tenants[0]
+    documented = (REPO / "docs" / "configuration.md").read_text()
+    roles = {}
+    for user_raw in raw["tenants"][0]["users"]:
+        user = demo.user_by_username(user_raw["username"])
+        assert user is not None
+        if "api_password" not in user_raw:
+            assert user.api_password_hash is None
+            continue
+        api_password = user_raw["api_password"]
+        assert api_password != user_raw["password"]
+        assert user.api_password_hash is not None
+        assert argon2.PasswordHasher().verify(user.api_password_hash, api_password)
+        assert f"`{user.username}` / `{api_password}`" in documented
+        roles[user.username] = user.role
+    assert roles == {"201": "user", "203": "admin"}

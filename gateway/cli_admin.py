@@ -1,0 +1,243 @@
+"""Administration subcommands of ``sipgw``: tenants, users and tokens of the HTTP API.
+
+    sipgw tenant create ID --name NAME
+    sipgw user add --tenant ID USERNAME [--role user|admin] [--extension EXT]
+                   [--watch EXT ...] [--no-password] [--replace]
+    sipgw token create --tenant ID (--user USERNAME | --sync) [--ttl SECONDS]
+    sipgw password-hash
+
+Each takes ``--config FILE`` (default: ``$SIPGW_CONFIG`` or the demo) for the Redis
+URL and the security settings, and talks to Redis through ``Directory``. Passwords are
+never taken from the command line (it shows in ``ps`` and shell history): they are
+asked for on the terminal, twice, or read as one line from standard input.
+A token is printed once, alone on stdout; only its hash is stored.
+
+Exit status: 0 done, 1 refused (the reason on stderr) or Redis unreachable, 2 bad
+configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.config.syntax import mask_url_password
+from gateway.security.audit import rfc3339
+from gateway.security.directory import (
+    Directory,
+    DirectoryError,
+    DirectoryUnavailable,
+    operator_source,
+)
+from gateway.security.passwords import POLICY_TEXT, hash_password, password_problem
+from gateway.security.tokens import Token
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"sipgw: {message}", file=sys.stderr)
+    return code
+
+
+def _settings(path: str | None) -> Settings | None:
+    try:
+        return load_settings(path)
+    except ConfigError as err:
+        print(f"sipgw: configuration error: {err}", file=sys.stderr)
+    except OSError as err:
+        print(f"sipgw: cannot read configuration: {err}", file=sys.stderr)
+    return None
+
+
+def read_password(stdin: TextIO | None = None) -> str:
+    """A new password: asked twice on a terminal, else one line of standard input."""
+    stream = sys.stdin if stdin is None else stdin
+    if stream.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            raise DirectoryError("the two passwords differ")
+        return first
+    return stream.readline().rstrip("\r\n")
+
+
+def _run(
+    args: argparse.Namespace, action: Callable[[Directory, Settings], Awaitable[int]]
+) -> int:
+    settings = _settings(args.config)
+    if settings is None:
+        return 2
+
+    async def main() -> int:
+        directory = Directory(settings.redis.url, settings)
+        try:
+            await directory.start(seed=False)
+            return await action(directory, settings)
+        finally:
+            await directory.stop()
+
+    try:
+        return asyncio.run(main())
+    except DirectoryUnavailable:
+        return _fail(f"cannot reach Redis at {mask_url_password(settings.redis.url)}")
+    except DirectoryError as err:
+        message = str(err)
+        tenant = getattr(args, "tenant", None) or getattr(args, "id", None)
+        if message.startswith("unknown tenant") and settings.tenant_by_id(str(tenant)):
+            message += (
+                " in Redis (it is in the configuration: start the gateway once, it copies "
+                "the configuration's tenants and users to Redis)"
+            )
+        return _fail(message)
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def cmd_tenant_create(args: argparse.Namespace) -> int:
+    async def action(directory: Directory, settings: Settings) -> int:
+        if settings.tenant_by_id(args.id) is not None:
+            raise DirectoryError(f'tenant "{args.id}" is defined in the configuration file')
+        await directory.create_tenant(args.id, args.name, source=operator_source())
+        print(f"tenant {args.id} created (API only: users, tokens, events; no SIP domains)")
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    async def action(directory: Directory, settings: Settings) -> int:
+        password = None if args.no_password else read_password()
+        record = await directory.add_user(
+            args.tenant,
+            args.username,
+            password,
+            role=args.role,
+            extension=args.extension,
+            extensions=args.watch or (),
+            replace=args.replace,
+            source=operator_source(),
+        )
+        sees = "every extension" if record.role == "admin" else (
+            ", ".join(sorted(record.visible_extensions)) or "no extension"
+        )
+        login = "no password: tokens only" if password is None else "may log in"
+        print(f"user {record.username} of tenant {args.tenant}: role {record.role}, "
+              f"sees {sees}; {login}")  # fmt: skip
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    if (args.user is None) == (not args.sync):
+        return _fail("give either --user USERNAME or --sync", 2)
+
+    async def action(directory: Directory, settings: Settings) -> int:
+        token: Token = await directory.create_token(
+            args.tenant,
+            user=args.user,
+            role="sync" if args.sync else None,
+            ttl=args.ttl,
+            source=operator_source(),
+        )
+        expires = token.expires_at
+        print(token.bearer)
+        print(
+            f"token for tenant {token.tenant}, role {token.role}"
+            f"{'' if token.user is None else ', user ' + token.user}, "
+            f"expires {rfc3339(expires)}; shown once, only its hash is stored",
+            file=sys.stderr,
+        )
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_password_hash(args: argparse.Namespace) -> int:
+    try:
+        password = read_password()
+    except DirectoryError as err:
+        return _fail(str(err))
+    problem = password_problem(password)
+    if problem is not None:
+        return _fail(f"password {problem}")
+    print(hash_password(password))
+    return 0
+
+
+# --- parsers ----------------------------------------------------------------------------
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML settings file (default: $SIPGW_CONFIG or the demo)")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add ``tenant``, ``user``, ``token`` and ``password-hash`` to the ``sipgw`` parser."""
+    tenant = subparsers.add_parser("tenant", help="API tenants in Redis")
+    tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True)
+    create = tenant_sub.add_parser("create", help="add an API-only tenant")
+    create.add_argument("id", help="tenant id: 1-32 of a-z, 0-9 and '-'")
+    create.add_argument("--name", required=True, help="display name")
+    _config_option(create)
+    create.set_defaults(func=cmd_tenant_create)
+
+    user = subparsers.add_parser("user", help="API users in Redis")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    add = user_sub.add_parser(
+        "add",
+        help="add an API user (password asked on the terminal or read from stdin)",
+        description=f"Add an API user. Password policy: {POLICY_TEXT}.",
+    )
+    add.add_argument("username")
+    add.add_argument("--tenant", required=True)
+    add.add_argument("--role", choices=("user", "admin"), default="user")
+    add.add_argument("--extension", help="the user's own extension (2-8 digits)")
+    add.add_argument(
+        "--watch", action="append", metavar="EXT", help="another extension it may see (repeat)"
+    )
+    add.add_argument(
+        "--no-password", action="store_true", help="no login: tokens via `sipgw token create`"
+    )
+    add.add_argument(
+        "--replace", action="store_true", help="overwrite an existing user (revokes its tokens)"
+    )
+    _config_option(add)
+    add.set_defaults(func=cmd_user_add)
+
+    token = subparsers.add_parser("token", help="API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    issue = token_sub.add_parser(
+        "create", help="issue a token (printed once) for a user, or a sync token"
+    )
+    issue.add_argument("--tenant", required=True)
+    issue.add_argument("--user", help="the user it acts as (its role and extensions)")
+    issue.add_argument("--sync", action="store_true", help="a tenant-level contact sync token")
+    issue.add_argument(
+        "--ttl",
+        type=_positive_seconds,
+        help="lifetime in seconds (default: security.token_ttl; sync tokens 365 days)",
+    )
+    _config_option(issue)
+    issue.set_defaults(func=cmd_token_create)
+
+    hasher = subparsers.add_parser(
+        "password-hash",
+        help="print the Argon2id hash of a password, for api_password_hash",
+        description=f"Password policy: {POLICY_TEXT}.",
+    )
+    hasher.set_defaults(func=cmd_password_hash)

@@ -1,0 +1,655 @@
+"""The API's directory of tenants, users and tokens, kept in Redis.
+
+Seeded from ``Settings`` at start (``seed``): every configured tenant and user is
+written with ``source = "config"``; a configured user that disappeared, or whose
+password, role or extensions changed, loses its tokens. ``sipgw tenant create`` and
+``sipgw user add`` add records with ``source = "cli"``, which seeding leaves alone
+(except when the configuration takes the name over). Every node reads the same Redis,
+so a login on one node gives a token valid on all of them, and a revocation is
+effective everywhere at once.
+
+Key layout: see ``gateway.security.keys``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import logging
+import math
+import re
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Literal, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
+
+from gateway.config import Settings, Tenant, User
+from gateway.config.syntax import show
+from gateway.security import keys
+from gateway.security.audit import AuditEntry, AuditLog
+from gateway.security.passwords import PasswordVerifier, needs_rehash, password_problem
+from gateway.security.principal import ROLES, Principal, Role
+from gateway.security.throttle import (
+    Attempt,
+    CounterStore,
+    LoginThrottle,
+    RedisCounterStore,
+    ThrottlePolicy,
+)
+from gateway.security.tokens import (
+    LoginRefused,
+    Token,
+    looks_like_token,
+    new_token,
+    token_hash,
+    token_id,
+)
+
+log = logging.getLogger("sipgw.security")
+
+TENANT_ID = re.compile(r"[a-z0-9-]{1,32}")
+USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+EXTENSION = re.compile(r"[0-9]{2,8}")
+MAX_TOKENS_PER_USER = 50  # the oldest are revoked beyond it
+SYNC_TOKEN_TTL = 365 * 24 * 3600.0  # default lifetime of a sync token
+Source = Literal["config", "cli"]
+
+
+class DirectoryError(ValueError):
+    """A request the directory refuses (unknown tenant, name taken, weak password…);
+    the message is fit for an operator."""
+
+
+class DirectoryUnavailable(RuntimeError):
+    """Redis cannot be reached: nobody can be authenticated right now (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    id: str
+    name: str
+    source: Source
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, repr=False)
+class UserRecord:
+    """An API user as stored in ``{tenant}:users``."""
+
+    username: str
+    role: Literal["admin", "user"]
+    extension: str | None = None  # its own extension (SIP users have one)
+    extensions: tuple[str, ...] = ()  # watched besides its own
+    password_hash: str | None = field(default=None, compare=True)
+    source: Source = "cli"
+
+    def __repr__(self) -> str:
+        hashed = "'***'" if self.password_hash else "None"
+        return (
+            f"UserRecord(username={self.username!r}, role={self.role!r}, "
+            f"extension={self.extension!r}, extensions={self.extensions!r}, "
+            f"password_hash={hashed}, source={self.source!r})"
+        )
+
+    @property
+    def visible_extensions(self) -> frozenset[str]:
+        if self.role == "admin":
+            return frozenset()
+        own = () if self.extension is None else (self.extension,)
+        return frozenset((*own, *self.extensions))
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["extensions"] = list(self.extensions)
+        return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> UserRecord:
+        data = json.loads(text)
+        return cls(
+            username=str(data["username"]),
+            role="admin" if data.get("role") == "admin" else "user",
+            extension=data.get("extension"),
+            extensions=tuple(data.get("extensions") or ()),
+            password_hash=data.get("password_hash"),
+            source="config" if data.get("source") == "config" else "cli",
+        )
+
+    @classmethod
+    def from_config(cls, user: User) -> UserRecord:
+        return cls(
+            username=user.username,
+            role=user.role,
+            extension=user.extension,
+            extensions=user.extensions,
+            password_hash=user.api_password_hash,
+            source="config",
+        )
+
+
+def _role(text: str) -> Role | None:
+    return next((r for r in ROLES if r == text), None)
+
+
+def _printable(text: str) -> str:
+    """Text from a client, made fit for the audit log: no control characters, bounded."""
+    return "".join(c if c.isprintable() else "?" for c in text[:64])
+
+
+def operator_source() -> str:
+    """How CLI actions are attributed in the audit log: "cli:<os user>@<host>"."""
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "?"
+    return f"cli:{who}@{socket.gethostname()}"
+
+
+# Index one token under its user: add, drop expired entries, cap the count (returning
+# the evicted token hashes), and let the index expire with its last token.
+# KEYS[1] = {t}:tokens:<user>; ARGV = digest, expires_ms, now_ms, max
+_INDEX_TOKEN = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+local evicted = {}
+if excess > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[1], excess)
+  for i = 1, #popped, 2 do evicted[#evicted + 1] = popped[i] end
+end
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if #last > 0 then redis.call('PEXPIREAT', KEYS[1], last[2]) end
+return evicted
+"""
+
+
+class Directory:
+    """Tenants, users and tokens of the HTTP API (contract: docs/events-contract.md)."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        verify_concurrency: int = 2,
+        counters: CounterStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.security = settings.security
+        self._clock = clock
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            redis_url,
+            decode_responses=True,
+            socket_timeout=5.0,
+            socket_connect_timeout=5.0,
+            health_check_interval=30,
+        )
+        self.audit = AuditLog(
+            self._redis,
+            maxlen=self.security.audit_maxlen,
+            node=settings.node.name,
+            clock=clock,
+        )
+        policy = ThrottlePolicy(
+            max_failures=self.security.login_max_failures,
+            max_failures_per_source=self.security.login_max_failures_per_source,
+            lockout=self.security.login_lockout,
+        )
+        self.throttle = LoginThrottle(counters or RedisCounterStore(self._redis), policy)
+        self.verifier = PasswordVerifier(verify_concurrency)
+        self._index_token = self._redis.register_script(_INDEX_TOKEN)
+        self.seeded = False  # the configuration has been copied to Redis
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self, *, seed: bool = True) -> None:
+        """Check Redis answers, then (``seed``) copy the configuration's tenants and users.
+
+        Raises ``DirectoryUnavailable`` when Redis cannot be reached."""
+        async with self._redis_errors():
+            await self._redis.ping()
+            if seed:
+                await self.seed()
+        await self.verifier.warm_up()
+
+    async def seed_when_available(self, retry: float = 5.0) -> None:
+        """Seed as soon as Redis answers, retrying every ``retry`` seconds: for the
+        gateway, whose SIP side must start (and run) without Redis. Run it as a task;
+        ``seeded`` turns True when done."""
+        await self.verifier.warm_up()
+        failures = 0
+        while True:
+            try:
+                async with self._redis_errors():
+                    await self.seed()
+            except DirectoryUnavailable as exc:
+                if failures == 0:
+                    log.warning(
+                        "cannot seed the API directory yet, retrying", extra={"error": str(exc)}
+                    )
+                failures += 1
+                await asyncio.sleep(retry)
+                continue
+            if failures:
+                log.info("API directory seeded", extra={"attempts": failures + 1})
+            return
+
+    async def stop(self) -> None:
+        await self._redis.aclose()
+
+    @property
+    def default_tenant(self) -> str | None:
+        """The tenant of a login that names none: ``default_tenant``, else the only one."""
+        if self.settings.default_tenant is not None:
+            return self.settings.default_tenant
+        if len(self.settings.tenants) == 1:
+            return self.settings.tenants[0].id
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _redis_errors(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise DirectoryUnavailable(f"Redis unavailable: {exc}") from exc
+
+    # -- seeding ---------------------------------------------------------------------------
+    async def seed(self) -> None:
+        """Make Redis agree with the configuration (idempotent; every node does it)."""
+        await self._seed()
+        self.seeded = True
+
+    async def _seed(self) -> None:
+        now = self._clock()
+        configured = {t.id: t for t in self.settings.tenants}
+        stored = await self._tenant_records()
+        for tenant in self.settings.tenants:
+            record = stored.get(tenant.id)
+            if record is None or record.source != "config" or record.name != tenant.name:
+                created = now if record is None else record.created_at
+                await self._put_tenant(TenantRecord(tenant.id, tenant.name, "config", created))
+            await self._seed_users(tenant)
+        for tenant_id, record in stored.items():
+            if record.source == "config" and tenant_id not in configured:
+                await self._remove_tenant(tenant_id)
+                await self.audit.record(tenant_id, "tenant.remove", "ok", source="config")
+
+    async def _seed_users(self, tenant: Tenant) -> None:
+        existing = await self._user_records(tenant.id)
+        wanted = {u.username: UserRecord.from_config(u) for u in tenant.users}
+        for username, record in wanted.items():
+            old = existing.get(username)
+            if old == record:
+                continue
+            await self._redis.hset(keys.users(tenant.id), username, record.to_json())
+            if old is not None:
+                revoked = await self.revoke_user(tenant.id, username)
+                detail = f"changed by the configuration; {revoked} tokens revoked"
+                await self.audit.record(
+                    tenant.id, "user.update", "ok", user=username, source="config", detail=detail
+                )
+        for username, old in existing.items():
+            if old.source == "config" and username not in wanted:
+                await self._redis.hdel(keys.users(tenant.id), username)
+                revoked = await self.revoke_user(tenant.id, username)
+                await self.audit.record(
+                    tenant.id, "user.remove", "ok", user=username, source="config",
+                    detail=f"removed from the configuration; {revoked} tokens revoked",
+                )  # fmt: skip
+
+    # -- tenants ---------------------------------------------------------------------------
+    async def _tenant_records(self) -> dict[str, TenantRecord]:
+        raw = await self._redis.hgetall(keys.TENANTS)
+        records: dict[str, TenantRecord] = {}
+        for tenant_id, text in raw.items():
+            data = json.loads(text)
+            records[str(tenant_id)] = TenantRecord(
+                id=str(tenant_id),
+                name=str(data.get("name", "")),
+                source="config" if data.get("source") == "config" else "cli",
+                created_at=float(data.get("created_at", 0.0)),
+            )
+        return records
+
+    async def _put_tenant(self, record: TenantRecord) -> None:
+        data = {"name": record.name, "source": record.source, "created_at": record.created_at}
+        await self._redis.hset(keys.TENANTS, record.id, json.dumps(data))
+
+    async def tenants(self) -> dict[str, TenantRecord]:
+        async with self._redis_errors():
+            return await self._tenant_records()
+
+    async def tenant_exists(self, tenant: str) -> bool:
+        async with self._redis_errors():
+            return bool(await self._redis.hexists(keys.TENANTS, tenant))
+
+    async def create_tenant(self, tenant_id: str, name: str, *, source: str = "") -> TenantRecord:
+        """Add an API-only tenant (users, tokens, events; no SIP domains)."""
+        if not TENANT_ID.fullmatch(tenant_id):
+            raise DirectoryError(
+                f"tenant id must be 1-32 of a-z, 0-9 and '-', got {show(tenant_id)}"
+            )
+        if not name.strip() or any(ord(c) < 0x20 for c in name):
+            raise DirectoryError("tenant name must be non-empty text without control characters")
+        record = TenantRecord(tenant_id, name, "cli", self._clock())
+        async with self._redis_errors():
+            data = {"name": name, "source": "cli", "created_at": record.created_at}
+            added = await self._redis.hsetnx(keys.TENANTS, tenant_id, json.dumps(data))
+            if not added:
+                raise DirectoryError(f"tenant {show(tenant_id)} exists already")
+            await self.audit.record(tenant_id, "tenant.create", "ok", source=source, detail=name)
+        return record
+
+    async def _remove_tenant(self, tenant_id: str) -> None:
+        """Revoke every token of a tenant and forget its users (its audit stream stays)."""
+        async for index in self._redis.scan_iter(match=keys.user_tokens_pattern(tenant_id)):
+            await self._revoke_index(str(index))
+        await self._redis.delete(keys.users(tenant_id))
+        await self._redis.hdel(keys.TENANTS, tenant_id)
+
+    # -- users -----------------------------------------------------------------------------
+    async def _user_records(self, tenant: str) -> dict[str, UserRecord]:
+        raw = await self._redis.hgetall(keys.users(tenant))
+        return {str(name): UserRecord.from_json(str(text)) for name, text in raw.items()}
+
+    async def user(self, tenant: str, username: str) -> UserRecord | None:
+        async with self._redis_errors():
+            text = await self._redis.hget(keys.users(tenant), username)
+        return None if text is None else UserRecord.from_json(str(text))
+
+    async def users(self, tenant: str) -> dict[str, UserRecord]:
+        async with self._redis_errors():
+            return await self._user_records(tenant)
+
+    async def add_user(
+        self,
+        tenant: str,
+        username: str,
+        password: str | None,
+        *,
+        role: str = "user",
+        extension: str | None = None,
+        extensions: Iterable[str] = (),
+        replace: bool = False,
+        source: str = "",
+    ) -> UserRecord:
+        """Add (or with ``replace`` overwrite, revoking its tokens) an API user of a tenant.
+
+        Users of the configuration cannot be changed here: edit the file."""
+        if not USERNAME.fullmatch(username):
+            raise DirectoryError(
+                f"username must be 1-64 letters, digits, '.', '_' or '-', got {show(username)}"
+            )
+        if role not in ("admin", "user"):
+            raise DirectoryError(f'role must be "admin" or "user", got {show(role)}')
+        watched = tuple(dict.fromkeys(extensions))
+        for ext in (*((extension,) if extension else ()), *watched):
+            if not EXTENSION.fullmatch(ext):
+                raise DirectoryError(f"extension must be 2-8 digits, got {show(ext)}")
+        if role == "admin" and watched:
+            raise DirectoryError("an admin sees every extension: give no watched extensions")
+        if password is not None:
+            problem = password_problem(password)
+            if problem is not None:
+                raise DirectoryError(f"password {problem}")
+        async with self._redis_errors():
+            if not await self._redis.hexists(keys.TENANTS, tenant):
+                raise DirectoryError(f"unknown tenant {show(tenant)}")
+            old = await self.user(tenant, username)
+            if old is not None and old.source == "config":
+                raise DirectoryError(
+                    f"user {show(username)} of tenant {show(tenant)} comes from the "
+                    "configuration file: change it there"
+                )
+            if old is not None and not replace:
+                raise DirectoryError(f"user {show(username)} exists already (use --replace)")
+            hashed = None if password is None else await self.verifier.hash(password)
+            record = UserRecord(
+                username=username,
+                role=cast(Literal["admin", "user"], role),
+                extension=extension,
+                extensions=tuple(e for e in watched if e != extension),
+                password_hash=hashed,
+                source="cli",
+            )
+            await self._redis.hset(keys.users(tenant), username, record.to_json())
+            detail = f"role {role}"
+            if old is not None:
+                revoked = await self.revoke_user(tenant, username)
+                detail += f"; replaced, {revoked} tokens revoked"
+            await self.audit.record(
+                tenant, "user.add", "ok", user=username, source=source, detail=detail
+            )
+        return record
+
+    # -- logins ----------------------------------------------------------------------------
+    async def login(
+        self, tenant: str | None, username: str, password: str, source: str
+    ) -> Token | LoginRefused:
+        """Check a username and password; a token on success.
+
+        An unknown tenant, an unknown user, a user without API password and a wrong
+        password all give ``LoginRefused("invalid")`` after the same work (a dummy
+        Argon2 verification stands in for a missing hash). Every attempt is audited and
+        counted by the throttle. Raises ``DirectoryUnavailable`` if Redis is down.
+        """
+        tenant_id = tenant if tenant is not None else self.default_tenant
+        if tenant_id is not None and not TENANT_ID.fullmatch(tenant_id):
+            tenant_id = None  # no such tenant can exist; keep it out of key names
+        valid_username = USERNAME.fullmatch(username) is not None
+        if not valid_username:
+            username = _printable(username)  # no such user can exist; audited as typed
+        async with self._redis_errors():
+            known_tenant = tenant_id is not None and bool(
+                await self._redis.hexists(keys.TENANTS, tenant_id)
+            )
+            audit_tenant = tenant_id if known_tenant else None
+            detail = "" if known_tenant else f"tenant {show(_printable(tenant or ''))}"
+            gate = await self.throttle.acquire(
+                tenant_id if known_tenant and valid_username else None, username, source
+            )
+            if not isinstance(gate, Attempt):
+                await self.audit.record(
+                    audit_tenant, "login", "throttled", user=username, source=source,
+                    detail=f"{gate.scope} locked for {math.ceil(gate.retry_after)} s",
+                )  # fmt: skip
+                return LoginRefused("throttled", gate.retry_after)
+            record = None
+            if known_tenant and valid_username and tenant_id is not None:
+                text = await self._redis.hget(keys.users(tenant_id), username)
+                record = None if text is None else UserRecord.from_json(str(text))
+            password_hash = None if record is None else record.password_hash
+            ok = await self.verifier.verify(password_hash, password)
+            if not ok or record is None or tenant_id is None:
+                await self.throttle.failed(gate)
+                if not known_tenant:
+                    result = "unknown_tenant"
+                elif record is None:
+                    result = "unknown_user"
+                elif password_hash is None:
+                    result = "no_api_password"
+                else:
+                    result = "bad_password"
+                await self.audit.record(
+                    audit_tenant, "login", result, user=username, source=source, detail=detail
+                )
+                return LoginRefused("invalid")
+            await self.throttle.succeeded(gate)
+            if record.source == "cli" and password_hash and needs_rehash(password_hash):
+                await self._rehash(tenant_id, record, password)
+            token = await self._issue(
+                tenant_id, record.username, record.role, record.visible_extensions,
+                self.security.token_ttl,
+            )  # fmt: skip
+            await self.audit.record(
+                tenant_id, "login", "ok", user=username, source=source,
+                ref=token.principal.token_id,
+            )  # fmt: skip
+        return token
+
+    async def _rehash(self, tenant: str, record: UserRecord, password: str) -> None:
+        """Upgrade a stored hash made with older parameters, now that the password is
+        known to be right."""
+        hashed = await self.verifier.hash(password)
+        updated = UserRecord(**{**asdict(record), "password_hash": hashed})
+        await self._redis.hset(keys.users(tenant), record.username, updated.to_json())
+
+    # -- tokens ----------------------------------------------------------------------------
+    async def _issue(
+        self,
+        tenant: str,
+        user: str | None,
+        role: Role,
+        extensions: frozenset[str],
+        ttl: float,
+    ) -> Token:
+        bearer = new_token()
+        digest = token_hash(bearer)
+        now = self._clock()
+        expires_at = now + ttl
+        expires_ms = math.ceil(expires_at * 1000)
+        mapping: dict[FieldT, EncodableT] = {
+            "tenant": tenant,
+            "user": user or "",
+            "role": role,
+            "extensions": json.dumps(sorted(extensions)),
+            "issued_at": repr(now),
+            "expires_at": repr(expires_at),
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.token(digest), mapping=mapping)
+            pipe.pexpireat(keys.token(digest), expires_ms)
+            await pipe.execute()
+        evicted = await self._index_token(
+            keys=[keys.user_tokens(tenant, user)],
+            args=[digest, expires_ms, math.floor(now * 1000), MAX_TOKENS_PER_USER],
+        )
+        if evicted:
+            await self._delete_tokens(str(d) for d in evicted)
+        principal = Principal(
+            tenant=tenant,
+            user=user,
+            role=role,
+            extensions=extensions,
+            token_id=token_id(digest),
+            expires_at=expires_at,
+        )
+        return Token(bearer=bearer, principal=principal)
+
+    async def create_token(
+        self,
+        tenant: str,
+        *,
+        user: str | None = None,
+        role: str | None = None,
+        ttl: float | None = None,
+        source: str = "",
+    ) -> Token:
+        """A token without a password (operators, integrations): for ``user`` (its role
+        and extensions), or with ``role="sync"`` and no user for contact sync."""
+        if ttl is not None and not (0 < ttl <= 10 * 365 * 24 * 3600):
+            raise DirectoryError("ttl must be more than 0 and at most 10 years (in seconds)")
+        async with self._redis_errors():
+            if not await self._redis.hexists(keys.TENANTS, tenant):
+                raise DirectoryError(f"unknown tenant {show(tenant)}")
+            if user is None:
+                if role != "sync":
+                    raise DirectoryError('a token without a user must have role "sync"')
+                token = await self._issue(
+                    tenant, None, "sync", frozenset(), SYNC_TOKEN_TTL if ttl is None else ttl
+                )
+            else:
+                record = await self.user(tenant, user)
+                if record is None:
+                    raise DirectoryError(f"tenant {show(tenant)} has no user {show(user)}")
+                if role is not None and role != record.role:
+                    raise DirectoryError(
+                        f"user {show(user)} has role {show(record.role)}; a token cannot "
+                        f"have another ({show(role)})"
+                    )
+                token = await self._issue(
+                    tenant, user, record.role, record.visible_extensions,
+                    self.security.token_ttl if ttl is None else ttl,
+                )  # fmt: skip
+            await self.audit.record(
+                tenant, "token.create", "ok", user=user, source=source,
+                ref=token.principal.token_id, detail=f"role {token.role}",
+            )  # fmt: skip
+        return token
+
+    async def token(self, bearer: str) -> Principal | None:
+        """The principal of a valid token; None for an unknown, revoked, expired or
+        malformed one. Raises ``DirectoryUnavailable`` if Redis is down."""
+        if not looks_like_token(bearer):
+            return None
+        digest = token_hash(bearer)
+        async with self._redis_errors():
+            data = await self._redis.hgetall(keys.token(digest))
+        if not data:
+            return None
+        try:
+            expires_at = float(data["expires_at"])
+            role = _role(str(data["role"]))
+            extensions = frozenset(str(e) for e in json.loads(data["extensions"]))
+            tenant = str(data["tenant"])
+        except (KeyError, ValueError, TypeError):
+            log.warning("malformed token record", extra={"ref": token_id(digest)})
+            return None
+        if expires_at <= self._clock() or role is None:
+            return None
+        return Principal(
+            tenant=tenant,
+            user=str(data.get("user") or "") or None,
+            role=role,
+            extensions=extensions,
+            token_id=token_id(digest),
+            expires_at=expires_at,
+        )
+
+    async def revoke(self, bearer: str, *, source: str = "", event: str = "token.revoke") -> None:
+        """Revoke a token at once, on every node (logout: ``event="logout"``)."""
+        if not looks_like_token(bearer):
+            return
+        digest = token_hash(bearer)
+        async with self._redis_errors():
+            data = await self._redis.hgetall(keys.token(digest))
+            if not data:
+                return
+            tenant, user = str(data.get("tenant", "")), str(data.get("user") or "") or None
+            await self._redis.delete(keys.token(digest))
+            await self._redis.zrem(keys.user_tokens(tenant, user), digest)
+            await self.audit.record(
+                tenant, event, "ok", user=user, source=source, ref=token_id(digest)
+            )
+
+    async def revoke_user(self, tenant: str, username: str | None) -> int:
+        """Revoke every token of a user (``None``: the tenant's sync tokens); how many."""
+        async with self._redis_errors():
+            return await self._revoke_index(keys.user_tokens(tenant, username))
+
+    async def _revoke_index(self, index: str) -> int:
+        digests = [str(d) for d in await self._redis.zrange(index, 0, -1)]
+        await self._delete_tokens(digests)
+        await self._redis.delete(index)
+        return len(digests)
+
+    async def _delete_tokens(self, digests: Iterable[str]) -> None:
+        # One DEL per key: token keys live in different Redis Cluster slots.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for digest in digests:
+                pipe.delete(keys.token(digest))
+            await pipe.execute()
+
+    # -- audit -----------------------------------------------------------------------------
+    async def audit_entries(
+        self, tenant: str | None, *, count: int = 100, before: str | None = None
+    ) -> list[AuditEntry]:
+        async with self._redis_errors():
+            return await self.audit.entries(tenant, count=count, before=before)

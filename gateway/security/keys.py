@@ -1,0 +1,53 @@
+"""Redis key names of the security layer, in one place.
+
+Everything that belongs to one tenant carries the hash tag ``{tenant}`` (so a Redis
+Cluster keeps a tenant's keys in one slot, like ``{tenant}:events``). Keys found
+without knowing the tenant (a token, a source address, the tenant list) are global and
+prefixed ``sipgw:``.
+
+    sipgw:tenants                     hash    tenant id -> JSON {name, source, created_at}
+    {t}:users                         hash    username  -> JSON user record (Argon2 hash…)
+    sipgw:token:<sha256 hex>          hash    tenant, user, role, extensions, issued_at,
+                                              expires_at; expires with the token
+    {t}:tokens:<user> / {t}:tokens:@sync
+                                      zset    token hashes of a user (score: expiry, ms),
+                                              to revoke them all and cap their number
+    {t}:audit                         stream  audit entries of the tenant (capped)
+    sipgw:audit                       stream  attempts naming no known tenant (capped)
+    {t}:login:fail:<username>         string  failed-login counter (expires)
+    sipgw:login:fail:src:<address>    string  failed-login counter of a source (IPv6 /64)
+"""
+
+from __future__ import annotations
+
+TENANTS = "sipgw:tenants"
+GLOBAL_AUDIT = "sipgw:audit"
+SYNC_TOKENS = "@sync"  # the token index of tenant-level (sync) tokens; no username has "@"
+
+
+def users(tenant: str) -> str:
+    return f"{{{tenant}}}:users"
+
+
+def token(digest: str) -> str:
+    return f"sipgw:token:{digest}"
+
+
+def user_tokens(tenant: str, user: str | None) -> str:
+    return f"{{{tenant}}}:tokens:{user or SYNC_TOKENS}"
+
+
+def user_tokens_pattern(tenant: str) -> str:
+    return f"{{{tenant}}}:tokens:*"
+
+
+def audit(tenant: str | None) -> str:
+    return GLOBAL_AUDIT if tenant is None else f"{{{tenant}}}:audit"
+
+
+def user_failures(tenant: str, username: str) -> str:
+    return f"{{{tenant}}}:login:fail:{username}"
+
+
+def source_failures(bucket: str) -> str:
+    return f"sipgw:login:fail:src:{bucket}"
