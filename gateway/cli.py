@@ -16,7 +16,7 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
-from gateway import __version__
+from gateway import __version__, cli_admin
 from gateway.app import DEFAULT_STATE_DIR, Gateway, install_uvloop
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.logs import setup_logging
@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="load and check the settings")
     check.add_argument("--config", help="TOML settings file")
     check.set_defaults(func=cmd_check_config)
+    cli_admin.register(sub)
+
     watch_cmd = sub.add_parser("watch", help="print live call events as a table")
     watch_cmd.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's HTTP API")
     watch_cmd.add_argument("--token", help="bearer token (default: $SIPGW_TOKEN)")
