@@ -11,15 +11,25 @@ import contextlib
 import logging
 import signal
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
 
+from gateway.api.events import Subscribers, events_router
 from gateway.api.http import Readiness, create_app
 from gateway.api.metrics import GatewayCollector, Gauges, make_registry
+from gateway.bus.streams import EventBus
+from gateway.calls.events import CallEvent
+from gateway.calls.tracker import CallTracker
 from gateway.config import Settings
+from gateway.proxy.hep import HepIntake, HepPacket
+from gateway.proxy.observe import Observed
 from gateway.proxy.server import ProxyServer
+from gateway.security.directory import Directory
+from gateway.sip.errors import SIPParseError
+from gateway.sip.message import Request, Response, parse_message
 from gateway.stats import Counters
 from gateway.transport import tls
 
@@ -41,20 +51,107 @@ class Gateway:
         self.settings = settings
         self.state_dir = state_dir
         self.counters = Counters()
+        self.tracker = CallTracker(settings.node.name)
+        events = settings.events
+        # Neither the bus nor the directory waits for Redis at start: calls flow without
+        # it, events are buffered (bounded) and logins answer 503 until it is back.
+        self.bus = EventBus(
+            settings.redis.url,
+            counters=self.counters,
+            max_queue=events.max_queue,
+            max_buffer=events.max_buffer,
+            stream_maxlen=events.stream_maxlen,
+            stream_max_age=events.max_age,
+            live_maxsize=events.subscriber_queue,
+        )
+        self.directory = Directory(settings.redis.url, settings)
         self.sip: ProxyServer | None = None
+        self.hep: HepIntake | None = None
         self.http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self.subscribers: Subscribers | None = None
         self._stopped = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         server_ssl, client_ssl = self._tls_contexts()
+        await self.bus.start()
+        self._background.append(asyncio.create_task(self.directory.seed_when_available()))
         self.sip = ProxyServer(
-            self.settings, self.counters, server_ssl=server_ssl, client_ssl=client_ssl
+            self.settings,
+            self.counters,
+            server_ssl=server_ssl,
+            client_ssl=client_ssl,
+            observer=self._observe,
         )
         await self.sip.start()
+        await self._start_hep()
+        self._background.append(asyncio.create_task(self._expire_calls()))
         await self._start_http()
         log.info("gateway started", extra={"node": self.settings.node.name})
+
+    # -- call events ---------------------------------------------------------------------
+    def _observe(self, msg: Request | Response, info: Observed) -> None:
+        """Proxy → tracker → bus, synchronously and without waiting on anything."""
+        self._emit(self.tracker.observe(msg, info))
+
+    def _emit(self, events: list[CallEvent]) -> None:
+        for event in events:
+            self.counters.events[event.type] += 1
+            self.bus.publish(event)
+
+    async def _expire_calls(self) -> None:
+        # Calls that never got their last message (setup or session timeouts) end here.
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self._emit(self.tracker.expire(time.time()))
+            except Exception:
+                log.exception("call expiry failed")
+
+    async def _start_hep(self) -> None:
+        monitor = self.settings.monitor
+        if monitor.hep_listen is None:
+            return
+        self.hep = HepIntake(self._on_hep, self.counters.hep)
+        await self.hep.start(monitor.hep_listen.host, monitor.hep_listen.port)
+        log.info(
+            "hep intake listening",
+            extra={"host": monitor.hep_listen.host, "port": monitor.hep_listen.port},
+        )
+
+    def _on_hep(self, payload: bytes, packet: HepPacket) -> None:
+        assert self.hep is not None
+        source = self.settings.monitor.source_for(*self.hep.sender)
+        if source is None:
+            self.counters.hep["unknown_source"] += 1
+            return
+        try:
+            msg = parse_message(payload)
+            msg.validate()
+        except SIPParseError:
+            self.counters.hep["bad_sip"] += 1
+            return
+        direction: str | None = None
+        extension: str | None = None
+        if isinstance(msg, Request) and msg.method == "INVITE" and not msg.to.tag:
+            if source.is_trunk(packet.src_ip, packet.src_port):
+                direction, extension = "inbound", _user(msg.uri)
+            elif source.is_trunk(packet.dst_ip, packet.dst_port):
+                direction, extension = "outbound", _user(msg.from_.uri)
+            else:
+                direction, extension = "internal", _user(msg.uri)
+        info = Observed(
+            tenant=source.tenant if direction else None,
+            direction=direction,
+            extension=extension,
+            local=False,
+            source=f"hep:{packet.src_ip}:{packet.src_port}",
+            user_agent=msg.get("User-Agent" if isinstance(msg, Request) else "Server"),
+        )
+        # The capture time, not the arrival time, dates the events.
+        self._emit(self.tracker.observe(msg, info, now=packet.timestamp))
 
     async def _start_http(self) -> None:
         sip = self.sip
@@ -66,13 +163,20 @@ class Gateway:
             registered_contacts=lambda: proxy.location.count(proxy.clock()),
             stream_connections=lambda: sip.transport.connection_count,
             draining=lambda: proxy.draining,
+            active_calls=lambda: self.tracker.active_calls,
+            subscribers=lambda: self.subscribers.total if self.subscribers else 0,
+            bus=self.bus,
         )
         registry = make_registry(GatewayCollector(self.counters, gauges, self.settings.node.name))
         readiness = Readiness(
             sip_listening=lambda: bool(sip.transport.listening),
             draining=lambda: proxy.draining,
         )
-        app = create_app(registry, readiness, self.settings.node.name)
+        app = create_app(registry, readiness, self.settings.node.name, directory=self.directory)
+        router, self.subscribers = events_router(
+            lambda: self.bus, lambda: self.directory, self.settings.events
+        )
+        app.include_router(router)
         host, port = self.settings.http.host, self.settings.http.port
         config = uvicorn.Config(
             app,
@@ -82,6 +186,11 @@ class Gateway:
             lifespan="off",
             access_log=False,
             server_header=False,
+            # This implementation refuses a handshake with a real HTTP status and body
+            # (400 bad cursor, 401, 403) without logging it as an application error, as
+            # 0.54's sans-I/O one does; frames are small: subscribers only ping.
+            ws="websockets",
+            ws_max_size=64 * 1024,
         )
         self.http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self.http.serve())
@@ -122,6 +231,15 @@ class Gateway:
                 await self._http_task
         if self.sip is not None:
             await self.sip.stop()
+        if self.hep is not None:
+            self.hep.close()
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.bus.stop()
+        await self.directory.stop()
         self._stopped.set()
         log.info("gateway stopped")
 
@@ -170,3 +288,8 @@ def install_uvloop() -> None:
         log.warning("uvloop not available, using the default asyncio loop")
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _user(uri: object) -> str | None:
+    user = getattr(uri, "user", None) or getattr(uri, "number", None)
+    return str(user) if user else None

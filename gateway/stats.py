@@ -62,6 +62,10 @@ class Counters:
     local_replies: Counter[str] = field(default_factory=Counter)
     # transport-level events ("tcp_accepted", "tcp_refused_limit", "idle_closed", …)
     transport: Counter[str] = field(default_factory=Counter)
+    # call events emitted, by type
+    events: Counter[str] = field(default_factory=Counter)
+    # HEP intake: received, sip, malformed, unknown_source, bad_sip, …
+    hep: Counter[str] = field(default_factory=Counter)
 
     def request_in(self, transport: str, method: str) -> None:
         self.requests["in", transport, method_label(method)] += 1

@@ -15,7 +15,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from gateway import __version__
+from gateway.api.auth import auth_router
 from gateway.api.metrics import render
+from gateway.security.directory import Directory
 
 
 @dataclass
@@ -24,7 +26,12 @@ class Readiness:
     draining: Callable[[], bool]
 
 
-def create_app(registry: CollectorRegistry, readiness: Readiness, node: str) -> FastAPI:
+def create_app(
+    registry: CollectorRegistry,
+    readiness: Readiness,
+    node: str,
+    directory: Directory | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="sipgw",
         version=__version__,
@@ -32,6 +39,10 @@ def create_app(registry: CollectorRegistry, readiness: Readiness, node: str) -> 
         docs_url="/docs",
         redoc_url=None,
     )
+
+    if directory is not None:
+        app.state.directory = directory  # require_principal() finds it here
+        app.include_router(auth_router(directory))
 
     @app.get("/healthz", tags=["operations"], summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -7,8 +7,9 @@ work proportional to the number of label sets, never to the traffic.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,6 +28,25 @@ class Gauges:
     registered_contacts: Callable[[], int]
     stream_connections: Callable[[], int]
     draining: Callable[[], bool]
+    active_calls: Callable[[], int] = lambda: 0
+    subscribers: Callable[[], int] = lambda: 0
+    bus: BusStats | None = None
+
+
+class BusStats(Protocol):
+    """What the event bus exposes (gateway/bus/streams.py EventBus)."""
+
+    # Read-only properties: EventBus holds plain attributes, which satisfy them.
+    @property
+    def published(self) -> int: ...
+    @property
+    def dropped(self) -> Mapping[str, int]: ...
+    @property
+    def redis_errors(self) -> int: ...
+    @property
+    def redis_up(self) -> bool: ...
+    @property
+    def buffered(self) -> int: ...
 
 
 class GatewayCollector(Collector):
@@ -100,6 +120,38 @@ class GatewayCollector(Collector):
             "1 while the gateway refuses new calls",
             value=1 if self.gauges.draining() else 0,
         )
+        yield self._simple("sipgw_events_emitted", "Call events emitted, by type", "type", c.events)
+        yield self._simple("sipgw_hep_packets", "HEP intake packets by outcome", "outcome", c.hep)
+        yield GaugeMetricFamily(
+            "sipgw_calls_active", "Calls the tracker follows", value=self.gauges.active_calls()
+        )
+        yield GaugeMetricFamily(
+            "sipgw_subscribers",
+            "Event subscribers connected to this node",
+            value=self.gauges.subscribers(),
+        )
+        bus = self.gauges.bus
+        if bus is not None:
+            yield CounterMetricFamily(
+                "sipgw_events_published", "Events written to Redis", value=bus.published
+            )
+            yield self._simple(
+                "sipgw_events_dropped",
+                "Events lost before Redis, by reason",
+                "reason",
+                dict(bus.dropped),
+            )
+            yield GaugeMetricFamily(
+                "sipgw_events_buffered", "Events waiting for Redis (bus lag)", value=bus.buffered
+            )
+            yield CounterMetricFamily(
+                "sipgw_redis_errors", "Failed Redis round trips", value=bus.redis_errors
+            )
+            yield GaugeMetricFamily(
+                "sipgw_redis_up",
+                "1 while Redis answers the event bus",
+                value=1 if bus.redis_up else 0,
+            )
 
     @staticmethod
     def _simple(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

@@ -468,6 +468,9 @@ class HepIntake(asyncio.DatagramProtocol):
             self.counters.setdefault(key, 0)
         self.errors: dict[str, int] = {}
         self.auth_key = auth_key
+        # The HEP sender of the datagram being handed to on_sip: it identifies the
+        # capture agent (and so the tenant); valid only during the callback.
+        self.sender: tuple[str, int] = ("", 0)
         self.max_chunks = max_chunks
         self.transport: asyncio.DatagramTransport | None = None
         self.local: tuple[str, int] | None = None
@@ -525,6 +528,7 @@ class HepIntake(asyncio.DatagramProtocol):
             self.counters["other_proto"] += 1  # RTCP, logs, ...: not for the call tracker
             return
         self.counters["sip"] += 1
+        self.sender = (str(addr[0]), int(addr[1]))
         try:
             self.on_sip(packet.payload, packet)
         except Exception:

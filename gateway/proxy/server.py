@@ -14,6 +14,7 @@ import ssl
 from gateway.config import Settings
 from gateway.proxy.core import Proxy
 from gateway.proxy.location import Location
+from gateway.proxy.observe import Observer
 from gateway.sip.message import Limits
 from gateway.stats import Counters
 from gateway.transport.addresses import Listen, Source
@@ -31,6 +32,7 @@ class ProxyServer:
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
         location: Location | None = None,
+        observer: Observer | None = None,
     ) -> None:
         sip = settings.sip
         self.settings = settings
@@ -57,6 +59,7 @@ class ProxyServer:
             clock=self.loop.time,
             location=location,
             auth_secret=secret,
+            observer=observer,
         )
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None

@@ -1,4 +1,5 @@
-"""Run a real sipgw process for integration tests: free ports, its own config, clean stop."""
+"""Run a real sipgw process for integration tests: free ports, its own config and its
+own Redis, clean stop."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
 import textwrap
+import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.peers.ports import free_port
 from tests.peers.tls import make_self_signed
@@ -34,6 +40,8 @@ PROFILES = {
     "205": "linphone",
     "206": "baresip",
 }
+API_PASSWORDS = {user: f"Api-{user}-secret!" for user in PASSWORDS}
+ADMIN = "203"
 DOMAIN = "acme.test"
 DID = "+31201234567"
 
@@ -57,9 +65,11 @@ def render_config(
     trunk_transport: str = "udp",
     trunk_match: list[str] | None = None,
     log_level: str = "INFO",
+    redis_url: str = "redis://127.0.0.1:1/0",
+    node: str | None = None,
+    extra: str = "",
 ) -> str:
     pair = make_self_signed(workdir, name="sipgw")
-    cert, key = pair.cert, pair.key
     users = "\n".join(
         f"""
 [[tenants.users]]
@@ -68,30 +78,38 @@ extension = "{user}"
 display_name = "Phone {user}"
 password = "{password}"
 profile = "{PROFILES[user]}"
+api_password = "{API_PASSWORDS[user]}"
+role = "{"admin" if user == ADMIN else "user"}"
 """
         for user, password in PASSWORDS.items()
     )
-    return (
-        textwrap.dedent(
-            f"""
+    match = trunk_match or [f"127.0.0.1:{ports.trunk}", f"127.0.0.1:{ports.trunk_src}"]
+    head = f"""
 default_tenant = "acme"
 
 [node]
-name = "it-{ports.sip}"
+name = "{node or f"it-{ports.sip}"}"
 
 [sip]
 listen = ["udp:127.0.0.1:{ports.sip}", "tcp:127.0.0.1:{ports.sip}", "tls:127.0.0.1:{ports.tls}"]
-tls_cert = "{cert}"
-tls_key = "{key}"
+tls_cert = "{pair.cert}"
+tls_key = "{pair.key}"
 auth_secret = "integration-secret-0123456789"
 {extra_sip}
 
 [http]
 listen = "127.0.0.1:{ports.http}"
 
+[redis]
+url = "{redis_url}"
+
+[events]
+heartbeat = 1.0
+
 [log]
 level = "{log_level}"
 format = "json"
+{extra}
 
 [[tenants]]
 id = "acme"
@@ -99,10 +117,7 @@ name = "Acme"
 domains = ["{DOMAIN}", "127.0.0.1"]
 region = "NL"
 """
-        )
-        + users
-        + textwrap.dedent(
-            f"""
+    tail = f"""
 [[tenants.dids]]
 number = "{DID}"
 extension = "201"
@@ -112,10 +127,67 @@ name = "carrier"
 host = "127.0.0.1"
 port = {ports.trunk}
 transport = "{trunk_transport}"
-match = {json.dumps(trunk_match or [f"127.0.0.1:{ports.trunk}", f"127.0.0.1:{ports.trunk_src}"])}
+match = {json.dumps(match)}
 """
+    return textwrap.dedent(head) + users + textwrap.dedent(tail)
+
+
+@dataclass
+class RedisProcess:
+    """A private redis-server without persistence."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @classmethod
+    def start(cls, workdir: Path, port: int | None = None) -> RedisProcess:
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = port or free_port(udp=False)
+        proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-    )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return cls(proc, port)
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"redis-server did not start on port {port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 class GatewayProcess:
@@ -124,12 +196,22 @@ class GatewayProcess:
         workdir: Path,
         ports: GatewayPorts | None = None,
         extra_sip: str = "",
-        **options: object,
+        *,
+        redis_url: str | None = None,
+        **options: Any,
     ) -> None:
         self.workdir = workdir
         self.ports = ports or GatewayPorts()
+        self.redis: RedisProcess | None = None
+        if redis_url is None:
+            # Its own Redis, so no test sees another test's tenant streams.
+            self.redis = RedisProcess.start(workdir / "redis")
+            redis_url = self.redis.url
+        self.redis_url = redis_url
         self.config = workdir / "sipgw.toml"
-        self.config.write_text(render_config(self.ports, workdir, extra_sip, **options))  # type: ignore[arg-type]
+        self.config.write_text(
+            render_config(self.ports, workdir, extra_sip, redis_url=redis_url, **options)
+        )
         self.log_path = workdir / "sipgw.log"
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -137,8 +219,12 @@ class GatewayProcess:
     def sip_uri(self) -> str:
         return f"sip:127.0.0.1:{self.ports.sip}"
 
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.http}"
+
     async def start(self, timeout: float = 15.0) -> GatewayProcess:
-        log = self.log_path.open("wb")
+        log = self.log_path.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -170,12 +256,22 @@ class GatewayProcess:
         status, _ = await self.http_get("/readyz")
         return status == 200
 
-    async def http_get(self, path: str) -> tuple[int, bytes]:
+    async def http_get(self, path: str, token: str | None = None) -> tuple[int, bytes]:
+        return await self.http("GET", path, token=token)
+
+    async def http(
+        self, method: str, path: str, body: object = None, token: str | None = None
+    ) -> tuple[int, bytes]:
         def fetch() -> tuple[int, bytes]:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            data = json.dumps(body).encode() if body is not None else None
+            request = urllib.request.Request(
+                self.http_url + path, data=data, headers=headers, method=method
+            )
             try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.ports.http}{path}", timeout=2
-                ) as resp:
+                with urllib.request.urlopen(request, timeout=5) as resp:
                     return resp.status, resp.read()
             except urllib.error.HTTPError as err:
                 return err.code, err.read()
@@ -183,6 +279,13 @@ class GatewayProcess:
                 return 0, b""
 
         return await asyncio.to_thread(fetch)
+
+    async def login(self, user: str) -> str:
+        status, body = await self.http(
+            "POST", "/v1/auth/login", {"username": user, "password": API_PASSWORDS[user]}
+        )
+        assert status == 200, (status, body)
+        return str(json.loads(body)["token"])
 
     async def metrics(self) -> str:
         status, body = await self.http_get("/metrics")
@@ -213,6 +316,13 @@ class GatewayProcess:
             self.proc.send_signal(sig)
 
     async def stop(self, timeout: float = 15.0) -> int | None:
+        try:
+            return await self._stop(timeout)
+        finally:
+            if self.redis is not None:
+                self.redis.stop()
+
+    async def _stop(self, timeout: float) -> int | None:
         if self.proc is None:
             return None
         if self.proc.returncode is None:

@@ -1,0 +1,476 @@
+"""The node's live fan-in: one Redis pub/sub connection, many local subscriptions.
+
+`LiveHub` keeps ONE pub/sub connection per node, subscribed to ``{tenant}:live`` of
+exactly the tenants that have local subscribers (SUBSCRIBE on the first, UNSUBSCRIBE
+after the last). Its reader task decodes each message once and offers the same
+``(seq, event_dict)`` to every local `LiveSubscription` of that tenant ("encode once,
+send many": subscribers must treat the dict as read-only).
+
+The hub never waits for a subscriber. A subscription's queue is bounded; when an event
+does not fit, the subscription is marked overflowed, dropped from the hub, and its
+iterator raises `SubscriberOverflow(last_seq)` once the consumer has taken what was
+queued: ``last_seq`` is the last event it delivered, so the client resumes from there
+with a replay of the stream and loses nothing.
+
+Redis going away: the hub reconnects with capped exponential backoff and subscribes
+again. Pub/sub does not queue for absent listeners, so events published meanwhile never
+arrive live. Every subscription that was live before the connection broke therefore
+raises `SubscriberResync(last_seq)` as soon as its channel is subscribed again: the
+API layer (or `replay.events_since`, which does it by itself) replays the gap from the
+stream and continues live. A subscription made while Redis was away simply becomes
+ready later (`wait_ready()`), it has missed nothing.
+
+Readiness matters for the replay seam: a subscription is *ready* once Redis confirmed the
+channel subscription, i.e. every event published from then on reaches it. Replaying the
+stream only after that point is what makes "no hole" hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.bus import keys
+
+log = logging.getLogger("sipgw.bus")
+
+Event = tuple[str, dict[str, Any]]
+
+DEFAULT_MAXSIZE = 1000
+
+
+class SubscriberOverflow(Exception):
+    """The subscriber did not keep up: its queue overflowed. ``last_seq`` is the last
+    event it was given (None if none): resume from it."""
+
+    def __init__(self, last_seq: str | None) -> None:
+        super().__init__(f"subscriber queue overflowed; last delivered event {last_seq}")
+        self.last_seq = last_seq
+
+
+class SubscriberResync(Exception):
+    """The node's pub/sub connection was lost and is back: live events may have been
+    missed since ``last_seq``; replay the gap from the stream, then continue live."""
+
+    def __init__(self, last_seq: str | None) -> None:
+        super().__init__(f"live connection was lost; resync after {last_seq}")
+        self.last_seq = last_seq
+
+
+_OVERFLOW = "overflow"
+_RESYNC = "resync"
+
+
+class LiveSubscription:
+    """Async iterator of ``(seq, event_dict)`` for one tenant, fed by a `LiveHub`.
+
+    One consumer task iterates it. The iterator ends (StopAsyncIteration) after
+    `close()`, raises `SubscriberOverflow` / `SubscriberResync` after the queued events
+    were taken. `depth` is the current queue length (for metrics).
+    """
+
+    def __init__(
+        self,
+        maxsize: int = DEFAULT_MAXSIZE,
+        *,
+        tenant: str = "",
+        last_seq: str | None = None,
+        on_end: Callable[[LiveSubscription], None] | None = None,
+    ) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self.tenant = tenant
+        self.maxsize = maxsize
+        # The last seq handed to the consumer: the resume point in overflow/resync.
+        self.last_seq = last_seq
+        self.overflowed = False
+        self.closed = False
+        self._items: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._ending: str | None = None
+        self._ready = asyncio.Event()
+        # Set by the hub when the pub/sub connection broke while this subscription was
+        # live: the next time its channel is confirmed it must resync, not just go on.
+        self.stale = False
+        # Called once when it ends (close, overflow, resync): the hub forgets it.
+        self._on_end = on_end
+
+    # -- consumer side --------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return len(self._items)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        """Return once Redis confirmed the channel subscription (or the subscription
+        ended: iterate to learn how)."""
+        await self._ready.wait()
+
+    def __aiter__(self) -> LiveSubscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            if self.closed:
+                raise StopAsyncIteration
+            if self._items:
+                item = self._items.popleft()
+                self.last_seq = item[0]
+                return item
+            if self._ending == _OVERFLOW:
+                raise SubscriberOverflow(self.last_seq)
+            if self._ending == _RESYNC:
+                raise SubscriberResync(self.last_seq)
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    def close(self) -> None:
+        """Stop: queued events are discarded, the iterator ends, the hub forgets it."""
+        if self.closed:
+            return
+        self.closed = True
+        self._items.clear()
+        self._end()
+
+    # -- hub side -------------------------------------------------------------------------
+    def offer(self, seq: str, event: dict[str, Any]) -> bool:
+        """Queue an event without ever waiting; False if it was not queued (ended, or
+        the queue is full: then the subscription is overflowed and ends)."""
+        if self._ending is not None or self.closed:
+            return False
+        if len(self._items) >= self.maxsize:
+            self.overflowed = True
+            self._ending = _OVERFLOW
+            self._end()
+            return False
+        self._items.append((seq, event))
+        self._wake()
+        return True
+
+    def resync(self) -> None:
+        """End with `SubscriberResync` after the queued events."""
+        if self._ending is None and not self.closed:
+            self._ending = _RESYNC
+            self._end()
+
+    def mark_ready(self) -> None:
+        self.stale = False
+        self._ready.set()
+
+    def mark_unready(self) -> None:
+        self._ready.clear()
+
+    def _end(self) -> None:
+        # Waiters of readiness must not hang on a subscription that is over.
+        self._ready.set()
+        self._wake()
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(self)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+@dataclass
+class _Link:
+    """State of one pub/sub connection; thrown away with it."""
+
+    conn: Connection
+    requested: set[str] = field(default_factory=set)  # SUBSCRIBE sent, no UNSUBSCRIBE since
+    awaiting: Counter[str] = field(default_factory=Counter)  # confirmations to come
+    live: set[str] = field(default_factory=set)  # confirmed: messages flow
+
+
+class LiveHub:
+    """One pub/sub connection per node; see the module docstring."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        default_maxsize: int = DEFAULT_MAXSIZE,
+        ping_interval: float = 5.0,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 2.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        self.default_maxsize = default_maxsize
+        self._ping_interval = ping_interval
+        self._backoff = (backoff_initial, backoff_max)
+        # No client-side retries: this hub decides when to retry and must see every
+        # disconnect (it signals a resync).
+        self._pool = ConnectionPool.from_url(
+            redis_url,
+            protocol=2,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=connect_timeout,
+            socket_keepalive=True,
+        )
+        self._subs: dict[str, set[LiveSubscription]] = {}
+        self._link: _Link | None = None
+        self._dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._last_bad_log = 0.0
+        self._down_logged = False
+        self._ever_connected = False
+        # Counters (plain ints; folded into /metrics by the lead's collector).
+        self.connected = False
+        self.messages = 0  # live messages received and decoded
+        self.bad_messages = 0  # messages on our channels that did not decode
+        self.overflows = 0  # subscriptions ended by SubscriberOverflow
+        self.resyncs = 0  # subscriptions ended by SubscriberResync
+        self.reconnects = 0  # connections re-established after a loss
+        self.redis_errors = 0
+        self.last_error: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._tasks:
+            return
+        self._closing = False
+        self._tasks = [
+            asyncio.create_task(self._run_reader(), name="bus-live-reader"),
+            asyncio.create_task(self._run_commander(), name="bus-live-commander"),
+        ]
+
+    async def close(self) -> None:
+        """Stop the tasks, end every subscription (their iterators stop), disconnect."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            # Bounded: shutting down must not hang on a task stuck in a library call.
+            _done, stuck = await asyncio.wait(self._tasks, timeout=2.0)
+            if stuck:
+                log.warning("bus: live tasks did not stop in time")
+        self._tasks = []
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                sub.close()
+        self._subs.clear()
+        link, self._link = self._link, None
+        if link is not None:
+            await link.conn.disconnect()
+        await self._pool.aclose()
+        self.connected = False
+
+    # -- subscriptions --------------------------------------------------------------------
+    def subscribe(self, tenant: str, maxsize: int | None = None) -> LiveSubscription:
+        """A new subscription to `tenant`'s live events. Await `wait_ready()` before
+        relying on it to see everything published from now on."""
+        keys.validate_tenant(tenant)
+        sub = LiveSubscription(
+            maxsize or self.default_maxsize, tenant=tenant, on_end=self._detach
+        )
+        if self._closing:
+            sub.close()  # the hub is shut: the iterator ends at once
+            return sub
+        subs = self._subs.get(tenant)
+        if subs is None:
+            subs = self._subs[tenant] = set()
+            self._dirty.set()
+        subs.add(sub)
+        link = self._link
+        if link is not None and keys.live_channel(tenant) in link.live:
+            sub.mark_ready()
+        return sub
+
+    @property
+    def subscription_count(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._subs)
+
+    def queue_depths(self) -> list[int]:
+        """Current queue depth of every subscription (for a histogram or a max gauge)."""
+        return [sub.depth for subs in self._subs.values() for sub in subs]
+
+    def _detach(self, sub: LiveSubscription) -> None:
+        subs = self._subs.get(sub.tenant)
+        if subs is None:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self._subs[sub.tenant]
+            self._dirty.set()
+
+    # -- connection -----------------------------------------------------------------------
+    async def _run_reader(self) -> None:
+        delay = self._backoff[0]
+        while not self._closing:
+            conn: Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+            try:
+                await conn.connect()  # type: ignore[no-untyped-call]
+            except (RedisError, OSError) as exc:
+                self._went_down(exc)
+                await conn.disconnect()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff[1])
+                continue
+            delay = self._backoff[0]
+            link = self._link = _Link(conn)
+            self._came_up()
+            self._dirty.set()  # the commander subscribes the wanted channels
+            try:
+                await self._read(link)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._went_down(exc)
+            except Exception as exc:  # a bug must not end live delivery for the node
+                log.exception("bus: live reader failed; reconnecting")
+                self._went_down(exc)
+            finally:
+                self._lost(link)
+                await conn.disconnect()
+            # A short pause: a failing peer (or a bug) must not make this a busy loop.
+            await asyncio.sleep(delay)
+
+    async def _read(self, link: _Link) -> None:
+        # Data (even a PONG) comes at least every ping_interval: silence means a dead peer.
+        silence = self._ping_interval * 3
+        while True:
+            response = await link.conn.read_response(timeout=silence)
+            if response is None:
+                raise TimeoutError(f"no data from redis for {silence:.0f} s")
+            self._handle(link, response)
+
+    def _handle(self, link: _Link, response: object) -> None:
+        if not (isinstance(response, list) and len(response) == 3):
+            return  # a PONG outside subscribed mode, or nothing of ours
+        kind, channel, data = response
+        if kind == b"message":
+            self._dispatch(channel, data)
+        elif kind == b"subscribe":
+            name = channel.decode("ascii", "replace")
+            link.awaiting[name] -= 1
+            if link.awaiting[name] <= 0:
+                del link.awaiting[name]
+                # Only the confirmation of the LAST subscribe sent counts, and only if no
+                # unsubscribe followed it: then messages of this channel flow from now.
+                if name in link.requested:
+                    link.live.add(name)
+                    self._channel_live(name)
+
+    def _dispatch(self, channel: object, data: object) -> None:
+        if not isinstance(channel, bytes) or not isinstance(data, bytes):
+            return
+        tenant = keys.tenant_of_channel(channel)
+        subs = self._subs.get(tenant) if tenant is not None else None
+        if not subs:
+            return  # a channel we are leaving
+        try:
+            seq, event = keys.decode_live(data)
+        except ValueError as exc:
+            self.bad_messages += 1
+            now = time.monotonic()
+            if now - self._last_bad_log >= 1.0:
+                self._last_bad_log = now
+                log.warning("bus: undecodable live message", extra={"error": str(exc)})
+            return
+        self.messages += 1
+        for sub in tuple(subs):
+            if not sub.offer(seq, event) and sub.overflowed:
+                self.overflows += 1
+
+    def _channel_live(self, channel: str) -> None:
+        tenant = keys.tenant_of_channel(channel)
+        for sub in tuple(self._subs.get(tenant or "", ())):
+            if sub.stale:
+                self.resyncs += 1
+                sub.resync()
+            else:
+                sub.mark_ready()
+
+    def _lost(self, link: _Link) -> None:
+        if self._link is link:
+            self._link = None
+        for channel in link.live:
+            tenant = keys.tenant_of_channel(channel)
+            for sub in self._subs.get(tenant or "", ()):
+                if sub.ready:
+                    sub.stale = True
+                    sub.mark_unready()
+
+    async def _run_commander(self) -> None:
+        """Brings the connection's subscriptions in line with the wanted channels and
+        keeps it pinged. The only task that writes to the pub/sub connection, so
+        SUBSCRIBE/UNSUBSCRIBE go out in the order the state changed."""
+        last_ping = time.monotonic()
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._ping_interval):
+                    await self._dirty.wait()
+            self._dirty.clear()
+            link = self._link
+            if link is None:
+                continue
+            try:
+                if await self._reconcile(link):
+                    last_ping = time.monotonic()
+                elif time.monotonic() - last_ping >= self._ping_interval:
+                    last_ping = time.monotonic()
+                    if link.conn.is_connected:
+                        await link.conn.send_command("PING")
+            except (RedisError, OSError) as exc:
+                # The reader sees the broken connection too and reconnects.
+                self._went_down(exc)
+
+    async def _reconcile(self, link: _Link) -> bool:
+        want = {keys.live_channel(tenant) for tenant in self._subs}
+        add = sorted(want - link.requested)
+        drop = sorted(link.requested - want)
+        # State first, then the write: a concurrent look sees what is on the wire.
+        if add:
+            link.requested.update(add)
+            link.awaiting.update(add)
+            # is_connected is checked right before the send: a dead connection must not
+            # be silently reconnected (without subscriptions) by the client library.
+            if link.conn.is_connected:
+                await link.conn.send_command("SUBSCRIBE", *add)
+        if drop:
+            link.requested.difference_update(drop)
+            link.live.difference_update(drop)
+            if link.conn.is_connected:
+                await link.conn.send_command("UNSUBSCRIBE", *drop)
+        return bool(add or drop)
+
+    def _went_down(self, exc: BaseException) -> None:
+        self.redis_errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.connected = False
+        if not self._down_logged:  # one line per outage, not one per retry
+            self._down_logged = True
+            log.warning("bus: live connection to redis lost", extra={"error": self.last_error})
+
+    def _came_up(self) -> None:
+        if self._ever_connected:
+            self.reconnects += 1
+        if self._down_logged:
+            log.info("bus: live connection to redis is back")
+        self._down_logged = False
+        self._ever_connected = True
+        self.connected = True

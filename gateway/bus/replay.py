@@ -1,0 +1,164 @@
+"""Resume a tenant's events from a seq: replay the gap from the stream, then go live,
+with no duplicate and no hole at the seam.
+
+Why the order matters: the append script puts an event in the stream and publishes it
+in one step. So once our live subscription is *confirmed* by Redis, every later event
+reaches it; every earlier one is already in the stream. Hence:
+
+1. subscribe live FIRST and wait for the confirmation; live events are buffered by the
+   subscription's bounded queue meanwhile;
+2. replay the stream after the cursor with XRANGE, page by page, advancing the cursor;
+3. then take the buffered and live events, skipping every seq <= cursor (those came
+   through the replay already).
+
+Stream ids only grow, so "seq <= cursor" is exactly "already seen".
+
+Loose ends, each with a defined outcome:
+- the live queue overflowed while we were still replaying: not the consumer's fault
+  yet, so start again from the cursor (a fresh subscription, replay the rest);
+- it overflowed in the live phase: the consumer is too slow. `SubscriberOverflow` is
+  raised with the last seq it was given (or skipped by the filter): resume from it;
+- the node's pub/sub connection dropped and came back (`SubscriberResync`): live events
+  may have been missed, so start again from the cursor; the consumer sees nothing;
+- events after the cursor were trimmed from the stream: `EventsLost` (a hole would be
+  silent otherwise), unless ``allow_gap=True``;
+- Redis unreachable (no confirmation within ``ready_timeout``, or a failed read):
+  `BusUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from redis.exceptions import RedisError
+
+from gateway.bus import keys
+from gateway.bus.live import LiveSubscription, SubscriberOverflow, SubscriberResync
+from gateway.bus.streams import ReplayPage
+
+EventPredicate = Callable[[dict[str, Any]], bool]
+_T = TypeVar("_T")
+
+
+class BusReader(Protocol):
+    """What events_since needs of a bus (EventBus is one; tests use a fake)."""
+
+    def subscribe(self, tenant: str, maxsize: int | None = None) -> LiveSubscription: ...
+
+    async def replay_page(
+        self, tenant: str, after: str | None, *, count: int = ..., check_gap: bool = ...
+    ) -> ReplayPage: ...
+
+    async def last_seq(self, tenant: str) -> str | None: ...
+
+
+class BusUnavailable(Exception):
+    """Redis could not be reached to replay or to subscribe (the API answers 503)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """The usual subscriber filter: empty sets mean "all".
+
+    With `extensions`, only events whose ``extension`` is one of them pass; events
+    without an extension (``peer.up``/``peer.down``) then do not: a user restricted
+    to some extensions sees the calls of those and nothing else.
+    """
+
+    extensions: frozenset[str] = frozenset()
+    types: frozenset[str] = frozenset()
+
+    def __call__(self, event: dict[str, Any]) -> bool:
+        if self.types and event.get("type") not in self.types:
+            return False
+        return not self.extensions or event.get("extension") in self.extensions
+
+
+async def events_since(
+    bus: BusReader,
+    tenant: str,
+    since: str | None,
+    filters: EventPredicate | None = None,
+    *,
+    page_size: int = 500,
+    maxsize: int | None = None,
+    ready_timeout: float = 5.0,
+    allow_gap: bool = False,
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """``(seq, event_dict)`` of `tenant` after `since`, each once and in stream order,
+    then live ones as they come, until the consumer stops (or the hub closes).
+
+    `since` None means "from now on" (no replay); ``"0-0"`` means everything the
+    stream still holds (pass ``allow_gap=True`` if it was trimmed). `filters` decides
+    what is yielded; filtered-out events still advance the cursor.
+    Raises ValueError (bad tenant or since), `SubscriberOverflow`, `EventsLost`,
+    `BusUnavailable` as described in the module docstring.
+    """
+    keys.validate_tenant(tenant)
+    cursor: str | None = keys.validate_seq(since) if since is not None else None
+    accept: EventPredicate = filters if filters is not None else _all
+    sub: LiveSubscription | None = None
+    try:
+        while True:
+            # The new subscription before the old one goes: the hub keeps the channel
+            # subscribed instead of leaving and joining it again.
+            fresh = bus.subscribe(tenant, maxsize)
+            if sub is not None:
+                sub.close()
+            sub = fresh
+            try:
+                async with asyncio.timeout(ready_timeout):
+                    await sub.wait_ready()
+            except TimeoutError:
+                raise BusUnavailable("live subscription not confirmed by redis") from None
+            if cursor is None:
+                cursor = await _guard(bus.last_seq(tenant)) or "0-0"
+
+            # Replay: everything after the cursor up to the end of the stream.
+            while True:
+                page = await _guard(
+                    bus.replay_page(tenant, cursor, count=page_size, check_gap=not allow_gap)
+                )
+                for seq, event in page.events:
+                    cursor = seq
+                    if accept(event):
+                        yield seq, event
+                if page.last_seq is not None:
+                    cursor = page.last_seq
+                if page.exhausted:
+                    break
+            if sub.overflowed:
+                continue  # overflowed during the replay: replay the rest, subscribe again
+
+            # Live: buffered first, then new ones; the replay covered seq <= cursor.
+            cursor_key = keys.parse_seq(cursor)
+            try:
+                async for seq, event in sub:
+                    key = keys.parse_seq(seq)
+                    if key <= cursor_key:
+                        continue
+                    cursor, cursor_key = seq, key
+                    if accept(event):
+                        yield seq, event
+            except SubscriberResync:
+                continue
+            except SubscriberOverflow:
+                raise SubscriberOverflow(cursor) from None
+            return  # the subscription was closed: the hub is shutting down
+    finally:
+        if sub is not None:
+            sub.close()
+
+
+def _all(event: dict[str, Any]) -> bool:
+    return True
+
+
+async def _guard(call: Awaitable[_T]) -> _T:
+    try:
+        return await call
+    except (RedisError, OSError) as exc:  # OSError covers timeouts and refused connects
+        raise BusUnavailable(f"redis: {exc}") from exc

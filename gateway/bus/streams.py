@@ -1,0 +1,515 @@
+"""EventBus: the writer side of the tenant event streams (and the node's entry point to
+the live side and to replay).
+
+The SIP path calls `publish(event)`: synchronous, O(1), never waits and never raises
+(DESIGN.md: "the SIP path never waits on Redis"). The event goes into a bounded
+asyncio.Queue; a full queue drops it and counts ``dropped["queue_full"]``.
+
+One writer task drains the queue into an ordered in-memory buffer and sends the buffer's
+head in batches, ONE round trip per batch: a non-transactional pipeline with one
+EVALSHA of `_APPEND_SCRIPT` per event. The script XADDs the event to
+``{tenant}:events`` (trimmed by length, and by age when configured) and PUBLISHes
+``seq \\n payload`` to ``{tenant}:live``; because both happen inside one script, every
+live message carries the stream id the event got, and no event can be live without
+being in the stream (the replay seam relies on it). The id is set as the event's seq.
+
+Redis down or slow: the batch stays at the head of the buffer and is retried with
+capped exponential backoff; new events keep being taken off the queue into the buffer
+(bounded by max_buffer: the OLDEST are dropped first, ``dropped["buffer_full"]``). The
+buffer is FIFO, so when Redis is back the held events go out in publish order, before
+the newer ones. One log line when Redis goes away, one when it is back.
+
+Delivery is at least once in one case: a connection that breaks after Redis ran a batch
+but before the replies arrived makes the batch go again. Consumers deduplicate by the
+envelope's ``event_id`` (a UUIDv7), which exists for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from gateway.bus import keys
+from gateway.bus.live import LiveHub, LiveSubscription
+from gateway.stats import Counters
+
+log = logging.getLogger("sipgw.bus")
+
+# KEYS[1] stream key; ARGV: maxlen, min id for age trimming ('' = none), live channel,
+# payload. Returns the new entry's id. Age trimming is a separate XTRIM because XADD
+# takes only one trimming strategy; ``~`` lets Redis trim whole radix-tree nodes only,
+# which is what keeps trimming cheap.
+_APPEND_SCRIPT = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[4])
+if ARGV[2] ~= '' then
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[2])
+end
+redis.call('PUBLISH', ARGV[3], id .. '\\n' .. ARGV[4])
+return id
+"""
+_APPEND_SHA = hashlib.sha1(_APPEND_SCRIPT.encode()).hexdigest()
+
+# Error replies that say "not now" rather than "never": the event is kept and retried.
+_TRANSIENT_REPLIES = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN",
+                      "CLUSTERDOWN", "NOREPLICAS")
+
+MAX_REPLAY_COUNT = 10_000
+
+
+class Publishable(Protocol):
+    """What the bus needs of an event (gateway.calls.CallEvent is one). The bus also
+    sets ``seq`` on it once the stream id is known."""
+
+    @property
+    def tenant(self) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class EventsLost(Exception):
+    """Events after ``after`` were trimmed from the stream before they could be
+    replayed: resuming from ``after`` would leave a hole. ``oldest`` is the oldest seq
+    still held (None for an empty stream). Redis does not record trimmed ids, so a
+    client whose last event was exactly the last one trimmed is told this too (see
+    `_trimmed_after`): a real hole is never silent."""
+
+    def __init__(self, after: str, oldest: str | None) -> None:
+        super().__init__(
+            f"events after {after} are no longer in the stream (oldest held: {oldest})"
+        )
+        self.after = after
+        self.oldest = oldest
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPage:
+    events: list[tuple[str, dict[str, Any]]]  # decoded, oldest first
+    last_seq: str | None  # the last entry read, decodable or not (the next cursor)
+    exhausted: bool  # fewer entries than asked: the end of the stream was reached
+
+
+@dataclass(slots=True)
+class _Item:
+    event: Publishable
+    tenant: str
+    payload: bytes
+
+
+class _TransientReply(RedisError):
+    """Redis answered "not now" (OOM, LOADING, …) to some events of a batch."""
+
+
+def _set_seq(event: Publishable, seq: str) -> None:
+    try:
+        event.seq = seq  # type: ignore[attr-defined]
+    except AttributeError:
+        # A frozen dataclass: its seq is filled in by the bus once and only once, which
+        # is what the event model wants, so bypass the frozen guard for this field.
+        with contextlib.suppress(AttributeError, TypeError):
+            object.__setattr__(event, "seq", seq)
+
+
+class EventBus:
+    """Appends events to tenant streams (writer task), replays them, and hands out live
+    subscriptions of the node's `LiveHub` (``self.hub``).
+
+    Counters (plain numbers; api/metrics folds them in at scrape time):
+    ``published`` events in the stream, ``dropped`` Counter by reason (queue_full,
+    buffer_full, bad_tenant, bad_event, encode_error, rejected, stopped, shutdown),
+    ``buffered`` events held by the writer (taken off the queue, not yet in Redis),
+    ``queued``, ``redis_errors`` failed round trips, ``last_error``, ``redis_up``,
+    ``round_trips``, ``bad_entries``; ``self.hub`` has the live side's.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        counters: Counters,
+        max_queue: int = 10_000,
+        max_buffer: int = 100_000,
+        stream_maxlen: int = 100_000,
+        stream_max_age: float | None = None,
+        batch_size: int = 256,
+        flush_timeout: float = 2.0,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 2.0,
+        socket_timeout: float = 5.0,
+        live_maxsize: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_queue < 1 or max_buffer < 1 or batch_size < 1 or stream_maxlen < 1:
+            raise ValueError("max_queue, max_buffer, batch_size and stream_maxlen must be >= 1")
+        if stream_max_age is not None and stream_max_age <= 0:
+            raise ValueError("stream_max_age must be positive (or None)")
+        # The SIP path's counters; the bus keeps its own numbers on this object.
+        self.counters = counters
+        self.max_buffer = max_buffer
+        self.stream_maxlen = stream_maxlen
+        self.stream_max_age = stream_max_age
+        self.batch_size = batch_size
+        self.flush_timeout = flush_timeout
+        self._backoff = (backoff_initial, backoff_max)
+        self._clock = clock
+        # No client-side retries: the writer owns retrying (backoff, ordering, counting).
+        self._redis: Redis = Redis.from_url(
+            redis_url,
+            protocol=2,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=min(socket_timeout, 2.0),
+            socket_keepalive=True,
+        )
+        self.hub = LiveHub(
+            redis_url, default_maxsize=live_maxsize,
+            backoff_initial=backoff_initial, backoff_max=backoff_max,
+        )
+        self._queue: asyncio.Queue[Publishable] = asyncio.Queue(max_queue)
+        self._pending: deque[_Item] = deque()
+        self._drained = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._need_eval = True  # the first call loads the script (EVAL caches it)
+        self._warned_at: dict[str, float] = {}
+        self.published = 0
+        self.dropped: Counter[str] = Counter()
+        self.redis_errors = 0
+        self.last_error: str | None = None
+        self.redis_up = True
+        self.round_trips = 0
+        self.bad_entries = 0  # stream entries that did not decode on replay
+
+    # -- metrics --------------------------------------------------------------------------
+    @property
+    def buffered(self) -> int:
+        return len(self._pending)
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._run_writer(), name="bus-writer")
+        await self.hub.start()
+
+    async def stop(self) -> int:
+        """Flush for at most ``flush_timeout`` seconds, then stop. Returns how many
+        events were left unwritten (also counted as ``dropped["shutdown"]``).
+        Events published after stop() began are refused (``dropped["stopped"]``)."""
+        self._stopping.set()
+        if self._writer is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_timeout):
+                    while not (self._queue.empty() and not self._pending):
+                        self._drained.clear()
+                        await self._drained.wait()
+            self._writer.cancel()
+            # Bounded as well: a writer stuck in a library call must not hold shutdown.
+            _done, stuck = await asyncio.wait({self._writer}, timeout=1.0)
+            if stuck:
+                log.warning("bus: writer did not stop in time")
+            self._writer = None
+        left = self._queue.qsize() + len(self._pending)
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._pending.clear()
+        if left:
+            self.dropped["shutdown"] += left
+            log.warning("bus: stopped with events not written to redis", extra={"left": left})
+        await self.hub.close()
+        await self._redis.aclose()
+        return left
+
+    # -- writer side ----------------------------------------------------------------------
+    def publish(self, event: Publishable) -> bool:
+        """Hand an event to the writer. Never blocks, never raises; False if dropped."""
+        try:
+            if self._stopping.is_set():
+                return self._drop("stopped")
+            if not keys.is_valid_tenant(event.tenant):
+                return self._drop("bad_tenant")
+            self._queue.put_nowait(event)
+            return True
+        except asyncio.QueueFull:
+            return self._drop("queue_full")
+        except Exception:  # whatever the event is made of, the SIP path goes on
+            return self._drop("bad_event")
+
+    def _drop(self, reason: str, count: int = 1) -> bool:
+        self.dropped[reason] += count
+        now = time.monotonic()
+        # At most one line per second per reason: a flood must not become a log flood.
+        if now - self._warned_at.get(reason, -1.0) >= 1.0:
+            self._warned_at[reason] = now
+            log.warning(
+                "bus: event dropped",
+                extra={"reason": reason, "dropped_total": self.dropped[reason]},
+            )
+        return False
+
+    async def _run_writer(self) -> None:
+        delay = 0.0
+        while True:
+            if delay:
+                if self._stopping.is_set():
+                    await asyncio.sleep(min(delay, self._backoff[0]))
+                else:
+                    await self._absorb_for(delay)
+            elif not self._pending:
+                self._drained.set()
+                self._take(await self._queue.get())
+            self._absorb_nowait()
+            if not self._pending:
+                continue
+            try:
+                retry_now = await self._send_batch()
+            except (RedisError, OSError) as exc:
+                delay = self._failed(exc, delay)
+                continue
+            except Exception as exc:  # a bug must not end event delivery
+                log.exception("bus: writer round failed")
+                delay = self._failed(exc, delay)
+                continue
+            if not self.redis_up:
+                self.redis_up = True
+                log.info("bus: redis is back", extra={"buffered": len(self._pending)})
+            delay = 0.0
+            if not retry_now and not self._pending and self._queue.empty():
+                self._drained.set()
+
+    def _failed(self, exc: BaseException, delay: float) -> float:
+        self.redis_errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self.redis_up:  # one line per outage
+            self.redis_up = False
+            log.warning(
+                "bus: redis unavailable, buffering events",
+                extra={"error": self.last_error, "buffered": len(self._pending)},
+            )
+        return self._backoff[0] if delay == 0 else min(delay * 2, self._backoff[1])
+
+    def _take(self, event: Publishable) -> None:
+        try:
+            payload = keys.encode_payload(event.to_dict())
+        except Exception:
+            self._drop("encode_error")
+            return
+        if len(self._pending) >= self.max_buffer:
+            self._pending.popleft()
+            self._drop("buffer_full")
+        self._pending.append(_Item(event, event.tenant, payload))
+
+    def _absorb_nowait(self) -> None:
+        queue = self._queue
+        while not queue.empty():
+            self._take(queue.get_nowait())
+
+    async def _absorb_for(self, delay: float) -> None:
+        """Back off for `delay` seconds while still moving published events from the
+        queue into the (larger) buffer, so the queue does not fill up during an outage."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while not self._stopping.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            getter = asyncio.ensure_future(self._queue.get())
+            stopper = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait(
+                    {getter, stopper}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                stopper.cancel()
+                # Cancelling a pending Queue.get leaves the item in the queue; a finished
+                # one holds an event that must not be lost.
+                if getter.done() and not getter.cancelled():
+                    self._take(getter.result())
+                else:
+                    getter.cancel()
+            self._absorb_nowait()
+
+    def _min_id(self) -> str:
+        if self.stream_max_age is None:
+            return ""
+        ms = int((self._clock() - self.stream_max_age) * 1000)
+        return f"{ms}-0" if ms > 0 else ""
+
+    async def _send_batch(self) -> bool:
+        """Send the head of the buffer in one round trip. Returns True if some events
+        must go again at once (the script had to be loaded); raises on connection
+        trouble and on "not now" replies (the caller backs off)."""
+        batch = list(islice(self._pending, self.batch_size))
+        min_id = self._min_id()
+        trimmed: set[str] = set()  # age trimming once per tenant and batch is enough
+        maxlen = str(self.stream_maxlen)
+        pipe = self._redis.pipeline(transaction=False)
+        use_eval = self._need_eval
+        for item in batch:
+            age = ""
+            if min_id and item.tenant not in trimmed:
+                trimmed.add(item.tenant)
+                age = min_id
+            args = (keys.events_key(item.tenant), maxlen, age,
+                    keys.live_channel(item.tenant), item.payload)
+            if use_eval:
+                # EVAL also caches the script: the rest of this pipeline, which Redis
+                # runs after it, can use EVALSHA.
+                pipe.eval(_APPEND_SCRIPT, 1, *args)
+                use_eval = False
+            else:
+                pipe.evalsha(_APPEND_SHA, 1, *args)
+        results = await pipe.execute(raise_on_error=False)
+        self.round_trips += 1
+        self._need_eval = False
+
+        again: list[_Item] = []
+        transient: ResponseError | None = None
+        for item, result in zip(batch, results, strict=True):
+            if isinstance(result, bytes):
+                _set_seq(item.event, result.decode("ascii"))
+                self.published += 1
+            elif isinstance(result, NoScriptError):
+                self._need_eval = True  # script cache flushed (e.g. Redis restarted)
+                again.append(item)
+            elif isinstance(result, ResponseError) and str(result).startswith(_TRANSIENT_REPLIES):
+                transient = result
+                again.append(item)
+            else:
+                # WRONGTYPE and the like: retrying cannot help; say so and move on.
+                self._drop("rejected")
+                self.last_error = f"{type(result).__name__}: {result}"
+        for _ in batch:
+            self._pending.popleft()
+        self._pending.extendleft(reversed(again))
+        if transient is not None:
+            raise _TransientReply(str(transient))
+        return bool(again)
+
+    # -- reading --------------------------------------------------------------------------
+    async def replay_page(
+        self, tenant: str, after: str | None, *, count: int = 1000, check_gap: bool = False
+    ) -> ReplayPage:
+        """Up to `count` events after `after` (exclusive; None = from the oldest held).
+        With `check_gap`, raise `EventsLost` if events after `after` were trimmed away
+        (checked atomically with the read, so trimming racing the read is seen too).
+        Raises ValueError for a bad tenant, `after` or `count`, and redis errors as is."""
+        key = keys.events_key(tenant)
+        if after is not None and keys.parse_seq(after) == (keys.U64, keys.U64):
+            return ReplayPage([], None, True)  # nothing can follow the largest id
+        if not 1 <= count <= MAX_REPLAY_COUNT:
+            raise ValueError(f"count must be between 1 and {MAX_REPLAY_COUNT}")
+        start = "-" if after is None else "(" + after
+        if check_gap and after is not None:
+            pipe = self._redis.pipeline(transaction=True)  # MULTI: one consistent view
+            pipe.xrange(key, start, "+", count=count)
+            pipe.execute_command("XINFO", "STREAM", key)
+            entries, info = await pipe.execute(raise_on_error=False)
+            if isinstance(entries, Exception):
+                raise entries
+            if not isinstance(info, Exception):  # no stream yet: nothing was trimmed
+                oldest = _trimmed_after(info, keys.parse_seq(after))
+                if oldest is not None:
+                    raise EventsLost(after, oldest or None)
+        else:
+            entries = await self._redis.xrange(key, start, "+", count=count)
+        events: list[tuple[str, dict[str, Any]]] = []
+        last: str | None = None
+        for raw_id, fields in entries:
+            last = raw_id.decode("ascii")
+            try:
+                events.append((last, keys.decode_payload(last, fields[keys.STREAM_FIELD])))
+            except (KeyError, ValueError):
+                self.bad_entries += 1  # skipped, but the cursor passes it
+        return ReplayPage(events, last, len(entries) < count)
+
+    async def replay(
+        self, tenant: str, after: str | None, *, count: int = 1000
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """``(seq, event_dict)`` after `after` (exclusive), oldest first, at most
+        `count`; from the oldest held when `after` is None. ValueError for a bad
+        `after` (not ``<digits>-<digits>``), tenant or count."""
+        return (await self.replay_page(tenant, after, count=count)).events
+
+    async def last_seq(self, tenant: str) -> str | None:
+        """The newest seq in the tenant's stream (None when empty): "now" as a cursor."""
+        entries = await self._redis.xrevrange(keys.events_key(tenant), "+", "-", count=1)
+        if not entries:
+            return None
+        seq = entries[0][0]
+        return seq.decode("ascii") if isinstance(seq, bytes) else str(seq)
+
+    def subscribe(self, tenant: str, maxsize: int | None = None) -> LiveSubscription:
+        """A live subscription from the node's hub (see live.py)."""
+        return self.hub.subscribe(tenant, maxsize)
+
+
+def _trimmed_after(info: object, after: keys.SeqKey) -> str | None:
+    """From an XINFO STREAM reply: None if no event after `after` was trimmed, else the
+    oldest seq still held ("" for an empty stream).
+
+    Redis does not record the ids it trims (max-deleted-entry-id is XDEL's only), so
+    this knows: something was deleted (entries-added > length), and `after` is older
+    than the oldest entry held. If the oldest held is not provably `after`'s successor,
+    a hole is assumed: a client whose last event was exactly the last one trimmed is
+    told so needlessly, but a real hole is never silent."""
+    added = _info_int(info, "entries-added")
+    length = _info_int(info, "length")
+    if added is None or length is None or added <= length:
+        return None
+    if length == 0:
+        last = _info_field(info, "last-generated-id")
+        return "" if last is not None and after < keys.parse_seq(last) else None
+    first = _info_field(info, "first-entry")
+    if first is None:
+        return None
+    first_key = keys.parse_seq(first)
+    if after >= first_key or first_key == (after[0], after[1] + 1):
+        return None
+    return first
+
+
+def _info_int(info: object, name: str) -> int | None:
+    value = _info_raw(info, name)
+    if isinstance(value, (int, str, bytes)):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _info_raw(info: object, name: str) -> object:
+    if isinstance(info, dict):
+        return info.get(name, info.get(name.encode()))
+    if isinstance(info, list):
+        for i in range(0, len(info) - 1, 2):
+            if info[i] in (name, name.encode()):
+                return info[i + 1]
+    return None
+
+
+def _info_field(info: object, name: str) -> str | None:
+    """A field of an XINFO STREAM reply (flat RESP2 list, or a dict if a client-side
+    callback parsed it) as text; for first-entry, its id."""
+    value = _info_raw(info, name)
+    if isinstance(value, (list, tuple)) and value:
+        value = value[0]  # an entry: [id, fields]
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace")
+    return value if isinstance(value, str) else None

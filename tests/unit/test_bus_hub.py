@@ -1,0 +1,156 @@
+"""LiveHub's subscription bookkeeping without Redis: a recording connection stands in
+for the pub/sub connection and the test plays Redis' replies."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from gateway.bus import LiveHub, SubscriberOverflow, SubscriberResync
+from gateway.bus.keys import encode_live, encode_payload
+from gateway.bus.live import _Link
+
+
+class RecordingConn:
+    is_connected = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, ...]] = []
+
+    async def send_command(self, *args: str) -> None:
+        self.sent.append(args)
+
+
+def link_for(hub: LiveHub) -> tuple[_Link, RecordingConn]:
+    conn = RecordingConn()
+    link = _Link(conn)  # type: ignore[arg-type]
+    hub._link = link
+    return link, conn
+
+
+def message(tenant: str, n: int) -> list[Any]:
+    seq = f"{n}-0"
+    return [b"message", f"{{{tenant}}}:live".encode(), encode_live(seq, encode_payload({"n": n}))]
+
+
+def confirm(kind: str, tenant: str) -> list[Any]:
+    return [kind.encode(), f"{{{tenant}}}:live".encode(), 1]
+
+
+@pytest.fixture
+def hub() -> LiveHub:
+    return LiveHub("redis://127.0.0.1:1/0")  # never started: nothing connects
+
+
+async def test_subscribe_once_per_channel_and_ready_on_confirmation(hub: LiveHub) -> None:
+    link, conn = link_for(hub)
+    a1, a2, b = hub.subscribe("acme"), hub.subscribe("acme"), hub.subscribe("beta")
+    await hub._reconcile(link)
+    assert conn.sent == [("SUBSCRIBE", "{acme}:live", "{beta}:live")]
+    assert not a1.ready
+    hub._handle(link, confirm("subscribe", "acme"))
+    assert a1.ready and a2.ready and not b.ready
+    assert hub.subscribe("acme").ready  # a channel already live: ready at once
+
+    hub._handle(link, message("acme", 7))
+    hub._handle(link, message("other", 8))  # not ours: ignored
+    assert (await anext(a1))[0] == "7-0" and (await anext(a2))[0] == "7-0"
+    assert hub.messages == 1 and b.depth == 0
+
+
+async def test_leave_and_rejoin_before_confirmations_waits_for_the_last_one(
+    hub: LiveHub,
+) -> None:
+    link, conn = link_for(hub)
+    first = hub.subscribe("acme")
+    await hub._reconcile(link)
+    first.close()
+    await hub._reconcile(link)
+    second = hub.subscribe("acme")
+    await hub._reconcile(link)
+    assert conn.sent == [("SUBSCRIBE", "{acme}:live"), ("UNSUBSCRIBE", "{acme}:live"),
+                         ("SUBSCRIBE", "{acme}:live")]
+    # Redis answers in order: the first SUBSCRIBE's confirmation must not make the new
+    # subscription ready, an UNSUBSCRIBE is still to take effect before the second.
+    hub._handle(link, confirm("subscribe", "acme"))
+    assert not second.ready
+    hub._handle(link, confirm("unsubscribe", "acme"))
+    assert not second.ready
+    hub._handle(link, confirm("subscribe", "acme"))
+    assert second.ready
+
+
+async def test_no_churn_when_a_subscription_is_replaced_before_the_commander_runs(
+    hub: LiveHub,
+) -> None:
+    link, conn = link_for(hub)
+    old = hub.subscribe("acme")
+    await hub._reconcile(link)
+    hub._handle(link, confirm("subscribe", "acme"))
+    new = hub.subscribe("acme")
+    old.close()
+    assert not await hub._reconcile(link)
+    assert conn.sent == [("SUBSCRIBE", "{acme}:live")] and new.ready
+
+
+async def test_lost_connection_resyncs_live_subscriptions_only(hub: LiveHub) -> None:
+    link, _ = link_for(hub)
+    live = hub.subscribe("acme")
+    await hub._reconcile(link)
+    hub._handle(link, confirm("subscribe", "acme"))
+    hub._handle(link, message("acme", 1))
+    assert (await anext(live))[0] == "1-0"
+
+    hub._lost(link)
+    assert hub._link is None and not live.ready
+    during = hub.subscribe("acme")  # made during the outage: missed nothing
+
+    link2, conn2 = link_for(hub)
+    await hub._reconcile(link2)
+    assert conn2.sent == [("SUBSCRIBE", "{acme}:live")]
+    hub._handle(link2, confirm("subscribe", "acme"))
+    with pytest.raises(SubscriberResync) as info:
+        await asyncio.wait_for(anext(live), 1)
+    assert info.value.last_seq == "1-0"
+    assert during.ready and hub.resyncs == 1
+    assert hub.subscription_count == 1
+
+
+async def test_overflow_is_counted_and_the_hub_moves_on(hub: LiveHub) -> None:
+    link, _ = link_for(hub)
+    slow, fast = hub.subscribe("acme", maxsize=1), hub.subscribe("acme", maxsize=10)
+    await hub._reconcile(link)
+    hub._handle(link, confirm("subscribe", "acme"))
+    for n in range(3):
+        hub._handle(link, message("acme", n))
+    assert hub.overflows == 1 and hub.subscription_count == 1
+    assert hub.queue_depths() == [3]
+    assert (await anext(slow))[0] == "0-0"
+    with pytest.raises(SubscriberOverflow) as info:
+        await anext(slow)
+    assert info.value.last_seq == "0-0"
+    assert [(await anext(fast))[0] for _ in range(3)] == ["0-0", "1-0", "2-0"]
+
+
+async def test_undecodable_messages_are_counted_not_delivered(hub: LiveHub) -> None:
+    link, _ = link_for(hub)
+    sub = hub.subscribe("acme")
+    await hub._reconcile(link)
+    hub._handle(link, confirm("subscribe", "acme"))
+    hub._handle(link, [b"message", b"{acme}:live", b"no newline"])
+    hub._handle(link, [b"message", b"{acme}:live", b"1-0\n\xc1"])
+    hub._handle(link, [b"pong", b"", b""])
+    hub._handle(link, b"PONG")
+    assert hub.bad_messages == 2 and hub.messages == 0 and sub.depth == 0
+
+
+async def test_closed_hub_hands_out_ended_subscriptions(hub: LiveHub) -> None:
+    sub = hub.subscribe("acme")
+    await hub.close()
+    assert sub.closed
+    late = hub.subscribe("acme")
+    assert [x async for x in late] == []
+    with pytest.raises(ValueError):
+        hub.subscribe("Not-A-Tenant")
