@@ -243,6 +243,12 @@ def auth_router(directory: Directory) -> APIRouter:
         if tenant is None and directory.default_tenant is None:
             return _error(400, "tenant: required (there is no default tenant)")
         source = client_address(request, directory.security)
+        if directory.seed_pending:
+            return _error(
+                503,
+                "the user directory is still loading, retry shortly",
+                headers={"Retry-After": "1"},
+            )
         try:
             outcome = await directory.login(tenant, username, password, source)
         except DirectoryUnavailable:

@@ -207,6 +207,9 @@ class Directory:
         self.verifier = PasswordVerifier(verify_concurrency)
         self._index_token = self._redis.register_script(_INDEX_TOKEN)
         self.seeded = False  # the configuration has been copied to Redis
+        # True while seed_when_available() has not finished: the configured users are not
+        # in Redis yet, so a login must hear "retry" (503), not "invalid credentials".
+        self.seed_pending = False
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self, *, seed: bool = True) -> None:
@@ -223,6 +226,13 @@ class Directory:
         """Seed as soon as Redis answers, retrying every ``retry`` seconds: for the
         gateway, whose SIP side must start (and run) without Redis. Run it as a task;
         ``seeded`` turns True when done."""
+        self.seed_pending = True
+        try:
+            await self._seed_retrying(retry)
+        finally:
+            self.seed_pending = False
+
+    async def _seed_retrying(self, retry: float) -> None:
         await self.verifier.warm_up()
         failures = 0
         while True:

@@ -281,9 +281,16 @@ class GatewayProcess:
         return await asyncio.to_thread(fetch)
 
     async def login(self, user: str) -> str:
-        status, body = await self.http(
-            "POST", "/v1/auth/login", {"username": user, "password": API_PASSWORDS[user]}
-        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:
+            status, body = await self.http(
+                "POST", "/v1/auth/login", {"username": user, "password": API_PASSWORDS[user]}
+            )
+            # 503 + Retry-After while the directory is still being seeded into Redis.
+            if status != 503 or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.1)
         assert status == 200, (status, body)
         return str(json.loads(body)["token"])
 

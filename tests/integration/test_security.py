@@ -786,3 +786,15 @@ async def test_seeding_waits_for_redis_in_the_background(
     assert up.seeded and await up.tenant_exists(ids[0])
     await login_ok(up, ids[0], "alice", ALICE_PW, "192.0.2.70")
     await up.stop()
+
+
+async def test_http_login_while_the_directory_is_seeding_is_503_not_401(
+    http: httpx.AsyncClient, directory: Directory, ids: tuple[str, str]
+) -> None:
+    directory.seed_pending = True
+    r = await http_login(http, {"tenant": ids[0], "username": "alice", "password": ALICE_PW})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "loading" in r.json()["detail"]
+    directory.seed_pending = False
+    r = await http_login(http, {"tenant": ids[0], "username": "alice", "password": ALICE_PW})
+    assert r.status_code == 200
