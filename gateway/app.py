@@ -91,6 +91,10 @@ class Gateway:
         await self._start_http()
         log.info("gateway started", extra={"node": self.settings.node.name})
 
+    def _extensions_of(self, tenant: str) -> frozenset[str] | None:
+        found = self.settings.tenant_by_id(tenant)
+        return frozenset(u.extension for u in found.users) if found is not None else None
+
     # -- call events ---------------------------------------------------------------------
     def _observe(self, msg: Request | Response, info: Observed) -> None:
         """Proxy → tracker → bus, synchronously and without waiting on anything."""
@@ -174,7 +178,7 @@ class Gateway:
         )
         app = create_app(registry, readiness, self.settings.node.name, directory=self.directory)
         router, self.subscribers = events_router(
-            lambda: self.bus, lambda: self.directory, self.settings.events
+            lambda: self.bus, lambda: self.directory, self.settings.events, self._extensions_of
         )
         app.include_router(router)
         host, port = self.settings.http.host, self.settings.http.port

@@ -116,13 +116,21 @@ def control(fmt: str, body: dict[str, Any], **frame: Any) -> Frame:
 
 
 def subscription_filter(
-    principal: Principal, extensions: list[str], types: list[str]
+    principal: Principal,
+    extensions: list[str],
+    types: list[str],
+    tenant_extensions: frozenset[str] | None = None,
 ) -> EventFilter:
-    """What this principal asked for, limited to what it may see (else 403)."""
+    """What this principal asked for, limited to what it may see (else 403).
+
+    An extension that is not one of the tenant's is refused like a forbidden one, so a
+    filter cannot be used to probe another tenant's numbering plan.
+    """
     if principal.role == "sync":
         raise HTTPException(403, "forbidden: sync tokens cannot subscribe to events")
     for extension in extensions:
-        if not principal.may_see_extension(extension):
+        unknown = tenant_extensions is not None and extension not in tenant_extensions
+        if unknown or not principal.may_see_extension(extension):
             raise HTTPException(403, "forbidden")
     wanted = frozenset(extensions)
     if not wanted and not principal.is_admin:
@@ -250,6 +258,7 @@ def events_router(
     bus_getter: Callable[[], BusReader],
     directory_getter: Callable[[], Directory],
     settings: EventsSettings,
+    extensions_of: Callable[[str], frozenset[str] | None] = lambda tenant: None,
 ) -> tuple[APIRouter, Subscribers]:
     router = APIRouter(tags=["events"])
     subscribers = Subscribers(settings.max_subscribers_per_tenant)
@@ -266,7 +275,9 @@ def events_router(
         try:
             bearer = _bearer(websocket.headers.get("authorization"))
             principal = await authenticate(directory_getter(), bearer)
-            accept = subscription_filter(principal, extension, type)
+            accept = subscription_filter(
+                principal, extension, type, extensions_of(principal.tenant)
+            )
             cursor = checked_since(since)
         except HTTPException as err:
             await _deny(websocket, err)
@@ -306,7 +317,7 @@ def events_router(
         ``Last-Event-ID`` header (or ``since``)."""
         bearer = _bearer(request.headers.get("authorization"))
         principal = await authenticate(directory_getter(), bearer)
-        accept = subscription_filter(principal, extension, type)
+        accept = subscription_filter(principal, extension, type, extensions_of(principal.tenant))
         cursor = checked_since(request.headers.get("last-event-id") or since)
         if not subscribers.enter(principal.tenant):
             raise HTTPException(429, "too many subscribers for this tenant")

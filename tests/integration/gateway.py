@@ -40,7 +40,7 @@ PROFILES = {
     "205": "linphone",
     "206": "baresip",
 }
-API_PASSWORDS = {user: f"Api-{user}-secret!" for user in PASSWORDS}
+API_PASSWORDS = {user: f"Api-{user}-secret!" for user in [*PASSWORDS, "301"]}
 ADMIN = "203"
 DOMAIN = "acme.test"
 DID = "+31201234567"
@@ -68,6 +68,7 @@ def render_config(
     redis_url: str = "redis://127.0.0.1:1/0",
     node: str | None = None,
     extra: str = "",
+    subscriber_queue: int = 1000,
 ) -> str:
     pair = make_self_signed(workdir, name="sipgw")
     users = "\n".join(
@@ -105,6 +106,7 @@ url = "{redis_url}"
 
 [events]
 heartbeat = 1.0
+subscriber_queue = {subscriber_queue}
 
 [log]
 level = "{log_level}"
@@ -128,6 +130,19 @@ host = "127.0.0.1"
 port = {ports.trunk}
 transport = "{trunk_transport}"
 match = {json.dumps(match)}
+
+# A second tenant: nothing of acme may ever reach it, and the reverse.
+[[tenants]]
+id = "globex"
+name = "Globex"
+domains = ["globex.test"]
+
+[[tenants.users]]
+username = "301"
+extension = "301"
+password = "Pass-301-word!"
+api_password = "{API_PASSWORDS["301"]}"
+role = "admin"
 """
     return textwrap.dedent(head) + users + textwrap.dedent(tail)
 
@@ -280,13 +295,14 @@ class GatewayProcess:
 
         return await asyncio.to_thread(fetch)
 
-    async def login(self, user: str) -> str:
+    async def login(self, user: str, tenant: str | None = None) -> str:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
+        credentials = {"username": user, "password": API_PASSWORDS[user]}
+        if tenant is not None:
+            credentials["tenant"] = tenant
         while True:
-            status, body = await self.http(
-                "POST", "/v1/auth/login", {"username": user, "password": API_PASSWORDS[user]}
-            )
+            status, body = await self.http("POST", "/v1/auth/login", credentials)
             # 503 + Retry-After while the directory is still being seeded into Redis.
             if status != 503 or loop.time() > deadline:
                 break
