@@ -169,6 +169,7 @@ class Gateway:
             draining=lambda: proxy.draining,
             active_calls=lambda: self.tracker.active_calls,
             subscribers=lambda: self.subscribers.total if self.subscribers else 0,
+            queue_depths=self.bus.hub.queue_depths,
             bus=self.bus,
         )
         registry = make_registry(GatewayCollector(self.counters, gauges, self.settings.node.name))

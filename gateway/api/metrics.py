@@ -12,11 +12,18 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.stats import Counters
+
+DEPTH_BUCKETS = (0, 1, 10, 100, 1000, 10000)
 
 
 @dataclass
@@ -30,6 +37,8 @@ class Gauges:
     draining: Callable[[], bool]
     active_calls: Callable[[], int] = lambda: 0
     subscribers: Callable[[], int] = lambda: 0
+    # Per-subscription queue depths, as a histogram: never one series per subscriber.
+    queue_depths: Callable[[], list[int]] = lambda: []
     bus: BusStats | None = None
 
 
@@ -130,6 +139,7 @@ class GatewayCollector(Collector):
             "Event subscribers connected to this node",
             value=self.gauges.subscribers(),
         )
+        yield self._depth_histogram(self.gauges.queue_depths())
         bus = self.gauges.bus
         if bus is not None:
             yield CounterMetricFamily(
@@ -152,6 +162,19 @@ class GatewayCollector(Collector):
                 "1 while Redis answers the event bus",
                 value=1 if bus.redis_up else 0,
             )
+
+    @staticmethod
+    def _depth_histogram(depths: list[int]) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(
+            "sipgw_subscriber_queue_depth",
+            "Events waiting in each subscriber's queue (one observation per subscriber)",
+        )
+        buckets = []
+        for bound in DEPTH_BUCKETS:
+            buckets.append((str(bound), sum(1 for d in depths if d <= bound)))
+        buckets.append(("+Inf", len(depths)))
+        family.add_metric([], buckets, sum_value=sum(depths))
+        return family
 
     @staticmethod
     def _simple(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
