@@ -34,6 +34,19 @@ def _load(path: str | None) -> Settings:
         raise SystemExit(2) from None
 
 
+def _demo_api_passwords(settings: Settings) -> dict[str, str]:
+    """The public demo API passwords (gateway/default.toml), for the banner only."""
+    if not settings.source.startswith("<embedded"):
+        return {}
+    raw = tomllib.loads(resources.files("gateway").joinpath("default.toml").read_text())
+    return {
+        user["username"]: user["api_password"]
+        for tenant in raw.get("tenants", [])
+        for user in tenant.get("users", [])
+        if "api_password" in user
+    }
+
+
 def _demo_passwords(settings: Settings) -> dict[str, str]:
     """The public demo passwords, read from the embedded demo file for the banner only.
 
@@ -92,6 +105,16 @@ def banner(settings: Settings, gateway: Gateway) -> str:
             "",
             f"Metrics: curl http://{settings.http.host}:{gateway.http_port}/metrics",
         ]
+        api = _demo_api_passwords(settings)
+        admin = next((u for u in tenant.users if u.role == "admin" and u.username in api), None)
+        if admin is not None:
+            url = f"http://{settings.http.host}:{gateway.http_port}"
+            lines += [
+                "",
+                "Watch live call events (demo admin API user):",
+                f"  SIPGW_PASSWORD='{api[admin.username]}' .venv/bin/sipgw watch --url {url} "
+                f"--username {admin.username}",
+            ]
     return "\n".join(lines)
 
 
