@@ -72,6 +72,8 @@ class Gateway:
         self._background: list[asyncio.Task[None]] = []
         self.subscribers: Subscribers | None = None
         self._stopped = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._drain_at_start = False
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -248,19 +250,29 @@ class Gateway:
         self._stopped.set()
         log.info("gateway stopped")
 
-    async def run_until_signalled(self, drain_timeout: float = 10.0) -> None:
+    def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: drain, then stop. SIGUSR1: drain and keep running.
 
+        Installed before start(): /readyz answers as soon as HTTP is up, and a signal
+        that arrives then must find its handler, not the default action (exit).
         SIGUSR1 is for a balancer's pre-stop hook: /readyz turns 503 and new calls get
         503 + Retry-After while calls in progress carry on, until SIGTERM arrives.
         """
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        assert self.sip is not None
-        loop.add_signal_handler(signal.SIGUSR1, self.sip.proxy.start_draining)
-        await stop.wait()
+            loop.add_signal_handler(sig, self._stop_requested.set)
+        loop.add_signal_handler(signal.SIGUSR1, self._drain_requested)
+
+    def _drain_requested(self) -> None:
+        if self.sip is not None:
+            self.sip.proxy.start_draining()
+        else:
+            self._drain_at_start = True
+
+    async def run_until_signalled(self, drain_timeout: float = 10.0) -> None:
+        if self._drain_at_start and self.sip is not None:
+            self.sip.proxy.start_draining()
+        await self._stop_requested.wait()
         await self.drain(drain_timeout)
         await self.stop()
 

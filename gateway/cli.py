@@ -120,6 +120,7 @@ def banner(settings: Settings, gateway: Gateway) -> str:
 
 async def _run(settings: Settings, state_dir: Path, quiet: bool) -> None:
     gateway = Gateway(settings, state_dir=state_dir)
+    gateway.install_signal_handlers()
     await gateway.start()
     if not quiet:
         print(banner(settings, gateway), flush=True)

@@ -69,6 +69,20 @@ class SubscriberResync(Exception):
         self.last_seq = last_seq
 
 
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a library swallowed.
+
+    On Python 3.11, ``asyncio.wait_for`` (redis-py sends through it when a socket
+    timeout is set) returns normally if the task is cancelled just as the inner
+    operation completes: the request stays counted in ``Task.cancelling()`` but no
+    CancelledError is ever raised, so a loop around redis calls would run on and
+    stop()/asyncio.run() would wait for it forever. The bus calls this after its redis
+    calls."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 _OVERFLOW = "overflow"
 _RESYNC = "resync"
 
@@ -326,6 +340,7 @@ class LiveHub:
             conn: Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]
+                raise_if_cancelled()
             except (RedisError, OSError) as exc:
                 self._went_down(exc)
                 await conn.disconnect()
@@ -354,6 +369,7 @@ class LiveHub:
         silence = self._ping_interval * 3
         while True:
             response = await link.conn.read_response(timeout=silence)
+            raise_if_cancelled()
             if response is None:
                 raise TimeoutError(f"no data from redis for {silence:.0f} s")
             self._handle(link, response)
@@ -438,6 +454,7 @@ class LiveHub:
             except (RedisError, OSError) as exc:
                 # The reader sees the broken connection too and reconnects.
                 self._went_down(exc)
+            raise_if_cancelled()
 
     async def _reconcile(self, link: _Link) -> bool:
         want = {keys.live_channel(tenant) for tenant in self._subs}

@@ -21,7 +21,12 @@ the newer ones. One log line when Redis goes away, one when it is back.
 
 Delivery is at least once in one case: a connection that breaks after Redis ran a batch
 but before the replies arrived makes the batch go again. Consumers deduplicate by the
-envelope's ``event_id`` (a UUIDv7), which exists for that.
+envelope's ``event_id`` (a UUIDv7), which exists for that. Per-tenant order can only
+break if Redis answers "not now" (OOM, LOADING, …) to some events of a batch and runs
+later ones: those few are retried after the ones that went through.
+
+The seq is set on the event when the writer reads the reply; a live subscriber (another
+connection) may see the event a moment before that.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway.bus import keys
-from gateway.bus.live import LiveHub, LiveSubscription
+from gateway.bus.live import LiveHub, LiveSubscription, raise_if_cancelled
 from gateway.stats import Counters
 
 log = logging.getLogger("sipgw.bus")
@@ -212,15 +217,16 @@ class EventBus:
         events were left unwritten (also counted as ``dropped["shutdown"]``).
         Events published after stop() began are refused (``dropped["stopped"]``)."""
         self._stopping.set()
-        if self._writer is not None:
+        writer = self._writer
+        if writer is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.flush_timeout):
-                    while not (self._queue.empty() and not self._pending):
+                    while not writer.done() and not (self._queue.empty() and not self._pending):
                         self._drained.clear()
                         await self._drained.wait()
-            self._writer.cancel()
+            writer.cancel()
             # Bounded as well: a writer stuck in a library call must not hold shutdown.
-            _done, stuck = await asyncio.wait({self._writer}, timeout=1.0)
+            _done, stuck = await asyncio.wait({writer}, timeout=1.0)
             if stuck:
                 log.warning("bus: writer did not stop in time")
             self._writer = None
@@ -285,6 +291,10 @@ class EventBus:
                 log.exception("bus: writer round failed")
                 delay = self._failed(exc, delay)
                 continue
+            finally:
+                # After the batch's results were taken into account: nothing is lost
+                # or sent twice by stopping here.
+                raise_if_cancelled()
             if not self.redis_up:
                 self.redis_up = True
                 log.info("bus: redis is back", extra={"buffered": len(self._pending)})
@@ -420,6 +430,7 @@ class EventBus:
             pipe.xrange(key, start, "+", count=count)
             pipe.execute_command("XINFO", "STREAM", key)
             entries, info = await pipe.execute(raise_on_error=False)
+            raise_if_cancelled()
             if isinstance(entries, Exception):
                 raise entries
             if not isinstance(info, Exception):  # no stream yet: nothing was trimmed
@@ -428,6 +439,7 @@ class EventBus:
                     raise EventsLost(after, oldest or None)
         else:
             entries = await self._redis.xrange(key, start, "+", count=count)
+            raise_if_cancelled()
         events: list[tuple[str, dict[str, Any]]] = []
         last: str | None = None
         for raw_id, fields in entries:
@@ -449,6 +461,7 @@ class EventBus:
     async def last_seq(self, tenant: str) -> str | None:
         """The newest seq in the tenant's stream (None when empty): "now" as a cursor."""
         entries = await self._redis.xrevrange(keys.events_key(tenant), "+", "-", count=1)
+        raise_if_cancelled()
         if not entries:
             return None
         seq = entries[0][0]

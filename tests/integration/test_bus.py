@@ -287,6 +287,30 @@ async def test_script_cache_flush_falls_back_to_eval(
     assert not bus.dropped
 
 
+async def test_bus_tasks_end_on_a_single_cancel(redis_server: str) -> None:
+    """What asyncio.run() does at exit when nobody called stop(): cancel every task
+    once. redis-py on Python 3.11 can swallow such a cancel (asyncio.wait_for); the
+    bus's loops must end anyway, or the process hangs at exit."""
+    rng = random.Random(5)
+    for _ in range(15):
+        bus = EventBus(redis_server, counters=Counters())
+        await bus.start()
+        tenant = new_tenant()
+        sub = bus.subscribe(tenant)
+        await ready(sub)
+        for n in range(rng.randrange(1, 300)):
+            bus.publish(Ev(tenant, n))
+        sub.close()  # makes the hub send an UNSUBSCRIBE right now
+        await asyncio.sleep(rng.choice([0, 0, 0.001, 0.003]))
+        tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("bus-")]
+        assert len(tasks) == 3
+        for task in tasks:
+            task.cancel()
+        _done, stuck = await asyncio.wait(tasks, timeout=5)
+        assert not stuck, [t.get_name() for t in stuck]
+        await bus.stop()
+
+
 # -- the seam ---------------------------------------------------------------------------
 
 

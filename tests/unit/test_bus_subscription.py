@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -117,3 +118,19 @@ async def test_ready_is_signalled_and_an_ended_subscription_does_not_hang() -> N
 def test_maxsize_must_be_positive() -> None:
     with pytest.raises(ValueError):
         LiveSubscription(0)
+
+
+async def test_a_swallowed_cancellation_is_raised_again() -> None:
+    from gateway.bus.live import raise_if_cancelled
+
+    async def body() -> str:
+        raise_if_cancelled()  # nothing pending: a no-op
+        asyncio.current_task().cancel()  # type: ignore[union-attr]
+        # Swallowed, as asyncio.wait_for does on 3.11 when the inner call just finished.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
+        raise_if_cancelled()
+        return "ran on"
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(body())
