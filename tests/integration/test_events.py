@@ -181,18 +181,24 @@ async def test_a_call_through_node_a_reaches_a_subscriber_on_node_b(
     assert list(by_call(events).values()) == [flow, flow]
 
 
-async def test_calls_flow_while_redis_is_down_and_events_follow_when_it_returns(
+async def test_redis_stopped_mid_call_calls_complete_and_events_follow(
     gateway: GatewayProcess,
 ) -> None:
     ws = await subscribe(gateway, await gateway.login("203"))
     assert gateway.redis is not None
     port = gateway.redis.port
+    # Two calls held 2 s each; Redis goes away once the first is offered.
+    calls = asyncio.create_task(
+        trunk_to_did(gateway, "uas", "uac", 2, rate=2, hold_ms=2000, timeout=60)
+    )
+    first = await collect(ws, 1, timeout=15)
+    assert first[0]["type"] == "call.offered"
     gateway.redis.stop()
-    # Calls do not depend on Redis: all complete while it is down.
-    await trunk_to_did(gateway, "uas", "uac", 2, rate=10)
+    await calls  # calls do not depend on Redis: both complete while it is down
     gateway.redis = RedisProcess.start(gateway.workdir / "redis-again", port=port)
-    events = await collect(ws, 8, timeout=30)
+    rest = await collect(ws, 7, timeout=30)
     await ws.close()
+    events = first + rest
     check_stream(events)
     flow = ["call.offered", "call.delivered", "call.established", "call.cleared"]
     assert list(by_call(events).values()) == [flow, flow]
@@ -200,3 +206,31 @@ async def test_calls_flow_while_redis_is_down_and_events_follow_when_it_returns(
     assert [s.value for s in families["sipgw_redis_up"].samples] == [1.0]
     assert families["sipgw_events_dropped"].samples == []  # buffered, none lost
     assert [s.value for s in families["sipgw_events_published"].samples] == [8.0]
+
+
+async def test_garbage_frames_close_the_subscription_with_a_reason(
+    gateway: GatewayProcess,
+) -> None:
+    token = await gateway.login("203")
+    ws = await subscribe(gateway, token)
+    # Idle: a heartbeat comes within the configured second.
+    beat = json.loads(await asyncio.wait_for(ws.recv(), 3))
+    assert beat["type"] == "sipgw.heartbeat"
+    await ws.send(json.dumps({"type": "ping"}))
+    assert json.loads(await asyncio.wait_for(ws.recv(), 3))["type"] in (
+        "sipgw.pong",
+        "sipgw.heartbeat",
+    )
+    await ws.send(b"\x00\xffgarbage")
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1003
+    assert "ping" in closed.value.rcvd.reason
+
+    big = await subscribe(gateway, token)
+    await big.send("x" * 100_000)  # above the 64 kB frame limit
+    with pytest.raises(websockets.ConnectionClosed) as too_big:
+        while True:
+            await asyncio.wait_for(big.recv(), 5)
+    assert too_big.value.rcvd is not None and too_big.value.rcvd.code == 1009

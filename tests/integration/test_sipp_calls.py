@@ -62,6 +62,7 @@ async def trunk_to_did(
     rate: int = 50,
     transport: str = "u1",
     timeout: float = 60,
+    hold_ms: int | None = None,
 ) -> None:
     uas_port = free_port()
     await register_sipp(gw, "201", uas_port, transport)
@@ -86,6 +87,7 @@ async def trunk_to_did(
                 str(max(rate * 2, 10)),
                 "-t",
                 transport,
+                *(["-d", str(hold_ms)] if hold_ms is not None else []),
             ],
             local_port=gw.ports.trunk_src,
             timeout=timeout,
