@@ -1,0 +1,343 @@
+"""Run scenarios against every implementation and collect one JSON-ready document each.
+
+For each repetition, the implementations take turns (sipgw, Kamailio 1 worker, Kamailio
+2 workers, then again), so a slow drift of the shared machine's load affects them alike
+instead of penalizing whichever ran last. Each turn starts the implementation afresh,
+runs the step search, and stops it. Then each implementation gets its sustained check
+(one long step at its median max clean rate, on a fresh process).
+
+The run has a time budget. The sustained checks' time is kept back first; each
+(repetition, implementation) turn gets a fair share of the rest of what remains; a
+search that reaches its share stops stepping and says so (its max clean rate is then a
+lower bound), so `--quick` stays under 3 minutes and a full run under 20 on a 2-core
+machine, whatever the results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import SCHEMA, procstat
+from .kamailio import KamailioTarget
+from .scenarios import Plan, Scenario
+from .sipgw import SipgwTarget
+from .steps import Criteria, StepFigures, search
+from .targets import Target
+
+TARGETS: dict[str, Callable[[], Target]] = {
+    "sipgw": SipgwTarget,
+    "kamailio-1w": lambda: KamailioTarget(1),
+    "kamailio-2w": lambda: KamailioTarget(2),
+}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    quick: bool
+    repetitions: int
+    scenarios: Sequence[str]
+    targets: Sequence[str]
+    budget_s: float  # the whole run, all scenarios
+    step_duration_s: float | None = None  # None: the scenario's default
+    hold_ms: int = 100
+    keep_workdir: bool = False
+    criteria: Criteria = field(default_factory=Criteria)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.strip():
+            return line.strip()
+    return "unknown"
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def versions(targets: Sequence[Target]) -> dict[str, str]:
+    found = {
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "uvloop": _dist_version("uvloop"),
+        "matplotlib": _dist_version("matplotlib"),
+        "sipp": _first_line([shutil.which("sipp") or "sipp", "-v"]),
+    }
+    for target in targets:
+        found.setdefault(target.impl, target.version())
+    return found
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _step_line(label: str, step: StepFigures, unit: str) -> str:
+    rt = step.response_ms
+    cpu = step.cpu_ms_per_call
+    return (
+        f"  {label:12} {step.offered_rate:6d} {unit}: ok {step.successful}/{step.attempted}, "
+        f"retrans {step.retransmissions}, achieved {step.achieved_rate:7.1f}/s, "
+        f"rt p50/p99 {rt['p50']}/{rt['p99']} ms, "
+        f"cpu {'-' if cpu is None else f'{cpu:.3f}'} ms/call ({step.proxy_cores:.2f} cores), "
+        f"udp drops {step.udp_rcvbuf_errors} ({step.proxy_socket_drops} at the proxy) "
+        f"-> {'clean' if step.clean else 'UNCLEAN'}"
+    )
+
+
+IDLE_SAMPLE_S = 1.0
+# --quick runs the sustained check for the product only: it is a smoke test, and three
+# more starts, long steps and stops would not fit in its 3 minutes.
+QUICK_SUSTAINED = ("sipgw",)
+
+
+def run_turn(
+    scenario: Scenario,
+    target: Target,
+    workdir: Path,
+    opts: RunOptions,
+    *,
+    rates: Sequence[int],
+    plan: Plan,
+    deadline: float,
+) -> dict[str, Any]:
+    """Start the implementation, prepare, measure its idle CPU, step through `rates`
+    until one is unclean (or the deadline), stop it. Never raises for a failed start or
+    step: the error goes into the record, so one broken turn loses no other results."""
+    record: dict[str, Any] = {"started_at": utc_now().isoformat(), "error": None}
+    try:
+        target.start(workdir)
+        record["command"] = target.argv
+        record["sip_port"] = target.sip_port
+        record["socket_buffers"] = procstat.socket_buffers(target.sip_port)
+        scenario.prepare(target, workdir, plan)
+        # Timers and housekeeping cost CPU with no traffic at all (Kamailio's timer
+        # processes, sipgw's event loop): measured so per-call CPU at low rates can be
+        # read net of it (cpu_s - idle_cores x wall_s).
+        before = procstat.tree_cpu_seconds(target.pid)
+        time.sleep(IDLE_SAMPLE_S)
+        record["idle_cores"] = round(
+            (procstat.tree_cpu_seconds(target.pid) - before) / IDLE_SAMPLE_S, 4
+        )
+
+        def step(rate: int) -> StepFigures:
+            figures = scenario.run_step(target, workdir, rate, plan)
+            if not target.alive():
+                figures.detail["target_exited"] = True
+            time.sleep(plan.settle_s)
+            return figures
+
+        result = search(
+            rates,
+            step,
+            opts.criteria,
+            deadline=deadline,
+            step_cost_s=plan.step_cost_s(),
+            on_step=lambda s: _log(_step_line(target.label, s, scenario.unit)),
+        )
+        record.update(result.to_json())
+        if not target.alive():
+            record["error"] = f"{target.label} exited during the run"
+    except Exception as err:
+        record["error"] = f"{type(err).__name__}: {err}"
+        record["traceback"] = traceback.format_exc()
+        record.setdefault("max_clean_rate", None)
+        record.setdefault("steps", [])
+        _log(f"  {target.label}: ERROR {err}")
+    finally:
+        record["alive_until_stop"] = target.alive()
+        record["exit_code"] = target.stop()
+        record["stop_s"] = target.stop_s
+        record["log"] = target.log_summary().to_json()
+        record["finished_at"] = utc_now().isoformat()
+    return record
+
+
+def _skipped(reason: str, **extra: Any) -> dict[str, Any]:
+    return {"skipped": reason, "steps": [], "max_clean_rate": None, **extra}
+
+
+def _median_rate(reps: list[dict[str, Any]]) -> int | None:
+    rates = sorted(r["max_clean_rate"] for r in reps if r.get("max_clean_rate"))
+    return rates[(len(rates) - 1) // 2] if rates else None  # lower median: a stepped rate
+
+
+def run_scenario(
+    scenario: Scenario, opts: RunOptions, budget_s: float, workroot: Path
+) -> dict[str, Any]:
+    """The step searches (all repetitions, implementations taking turns), then the
+    sustained check of each implementation, within `budget_s`."""
+    started = utc_now()
+    plan = scenario.plan(opts.quick, opts.step_duration_s, opts.hold_ms)
+    sustain_s = scenario.sustain_s(opts.quick)
+    sustain_plan = replace(plan, step_duration_s=sustain_s)
+    t0 = time.monotonic()
+    end = t0 + budget_s
+    labels = list(opts.targets)
+    targets = {label: TARGETS[label]() for label in labels}
+    impls: dict[str, dict[str, Any]] = {
+        label: {
+            "label": label,
+            "implementation": t.impl,
+            "workers": t.workers,
+            "notes": t.notes,
+            "repetitions": [],
+            "sustained": None,
+        }
+        for label, t in targets.items()
+    }
+    # Time kept back for the sustained checks (start, register, idle sample, the step,
+    # the stop).
+    sustained = [label for label in labels if not opts.quick or label in QUICK_SUSTAINED]
+    reserve = (
+        sum(sustain_plan.step_cost_s() + 6 + targets[label].expected_stop_s for label in sustained)
+        if sustain_s
+        else 0.0
+    )
+    turns = [(rep, label) for rep in range(opts.repetitions) for label in labels]
+    _log(f"== {scenario.name}: {scenario.title}")
+    for done, (rep, label) in enumerate(turns):
+        share = (end - reserve - time.monotonic()) / (len(turns) - done)
+        # The search must end early enough for the implementation to stop in its share.
+        share -= targets[label].expected_stop_s
+        if share < plan.step_cost_s() + 5:
+            _log(f"  {label} repetition {rep + 1}: skipped, time budget exhausted")
+            impls[label]["repetitions"].append(_skipped("time budget exhausted", repetition=rep))
+            continue
+        _log(f"-- {label}, repetition {rep + 1}/{opts.repetitions} (budget {share:.0f}s)")
+        workdir = workroot / scenario.name / label / f"rep{rep}"
+        workdir.mkdir(parents=True)
+        record = run_turn(
+            scenario, TARGETS[label](), workdir, opts,
+            rates=scenario.rates(opts.quick), plan=plan, deadline=time.monotonic() + share,
+        )  # fmt: skip
+        record["repetition"] = rep
+        impls[label]["repetitions"].append(record)
+        _log(
+            f"   max clean {record.get('max_clean_rate')} {scenario.unit}: "
+            f"{record.get('stop_reason', record.get('error'))}"
+        )
+    if sustain_s:
+        # In the order given (sipgw first): if the searches overran the reserve, the
+        # product's own check is the last to be dropped.
+        for label in sustained:
+            impls[label]["sustained"] = _sustain(
+                scenario, label, impls[label]["repetitions"], opts, sustain_plan,
+                workroot, deadline=end - targets[label].expected_stop_s,
+            )  # fmt: skip
+    return {
+        "schema": SCHEMA,
+        "scenario": scenario.name,
+        "title": scenario.title,
+        "unit": scenario.unit,
+        "quick": opts.quick,
+        "started_at": started.isoformat(),
+        "finished_at": utc_now().isoformat(),
+        "wall_time_s": round(time.monotonic() - t0, 1),
+        "machine": procstat.machine_info(),
+        "versions": versions(list(targets.values())),
+        "method": {
+            "rates": list(scenario.rates(opts.quick)),
+            "step_duration_s": plan.step_duration_s,
+            "sustain_duration_s": sustain_s,
+            "hold_ms": plan.hold_ms if scenario.name == "proxied-calls" else None,
+            "recv_timeout_ms": plan.recv_timeout_ms,
+            "settle_s": plan.settle_s,
+            "concurrent_limit": "sipp -l = max(50, rate)",
+            "repetitions": opts.repetitions,
+            "messages_per_call": scenario.messages_per_call,
+            "criteria": opts.criteria.to_json(),
+            "transport": "UDP over loopback, one socket per sipp (-t u1)",
+            "cpu": "user+system time of the implementation's process tree (/proc), "
+            "from the UAC's start to its exit",
+        },
+        "commands": _commands(impls),
+        "implementations": list(impls.values()),
+    }
+
+
+def _sustain(
+    scenario: Scenario,
+    label: str,
+    reps: list[dict[str, Any]],
+    opts: RunOptions,
+    plan: Plan,
+    workroot: Path,
+    *,
+    deadline: float,
+) -> dict[str, Any]:
+    """One long step at the implementation's median max clean rate, on a fresh process.
+
+    Short steps end before a proxy reaches its steady state: a UDP transaction's state
+    lives up to 64 x T1 = 32 s after it completes, so the heap, the timer wheel and (for
+    a garbage-collected runtime) the collector's work keep growing for that long. A rate
+    that is clean for 4 s and not for 40 s is not a rate to run in production.
+    """
+    rate = _median_rate(reps)
+    if rate is None:
+        return _skipped("no clean rate to sustain")
+    if time.monotonic() + plan.step_cost_s() + 6 > deadline:
+        _log(f"  {label} sustained: skipped, time budget exhausted")
+        return _skipped("time budget exhausted", rate=rate)
+    _log(f"-- {label}, sustained {plan.step_duration_s:.0f}s at {rate} {scenario.unit}")
+    workdir = workroot / scenario.name / label / "sustained"
+    workdir.mkdir(parents=True)
+    record = run_turn(
+        scenario, TARGETS[label](), workdir, opts, rates=[rate], plan=plan, deadline=deadline
+    )
+    record["rate"] = rate
+    record["clean"] = bool(record.get("steps")) and record["steps"][0]["clean"]
+    return record
+
+
+def _commands(impls: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The exact command lines of the first repetition that ran, per implementation."""
+    out: dict[str, Any] = {}
+    for label, impl in impls.items():
+        for rep in impl["repetitions"]:
+            if rep.get("command"):
+                steps = rep.get("steps") or [{}]
+                detail = steps[0].get("detail", {}) if steps else {}
+                out[label] = {
+                    "proxy": rep["command"],
+                    "uac_first_step": detail.get("uac_argv"),
+                    "uas_first_step": detail.get("uas_argv"),
+                }
+                break
+    return out
+
+
+@contextlib.contextmanager
+def workroot(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="sipgw-bench-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            _log(f"work directory kept: {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)

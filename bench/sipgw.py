@@ -1,0 +1,207 @@
+"""The sipgw process under test: its own TOML config on free ports, log level WARNING,
+and its own Redis (redis-server without persistence, like the docker compose file).
+
+The config mirrors the integration tests' (tests/integration/gateway.py) in what the
+calls need: tenant "acme", user 201 with the legacy-md5 profile (sipp 3.6 answers only
+an MD5 challenge), DID +31201234567 → 201, and a trunk trusted by the UAC's source
+address so the INVITEs are not challenged. It listens on UDP only (the scenarios are
+UDP; no TLS certificate needed) and the trunk's OPTIONS probing is off, so the only
+SIP traffic is the benchmark's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+
+from .ports import free_port
+from .process import Managed
+from .targets import DID, DOMAIN, EXTENSION, LogSummary, Target, summarize, wait_sip_ready
+
+REPO = Path(__file__).resolve().parents[1]
+PASSWORD = "Pass-201-word!"  # bench-only; the gateway keeps only its HA1 hashes
+
+
+def render_config(
+    sip_port: int, http_port: int, trunk_port: int, uac_port: int, redis_url: str
+) -> str:
+    return textwrap.dedent(
+        f"""\
+        # Written by bench/sipgw.py for one benchmark repetition.
+        default_tenant = "acme"
+
+        [node]
+        name = "bench-{sip_port}"
+
+        [sip]
+        listen = ["udp:127.0.0.1:{sip_port}"]
+        auth_secret = "bench-secret-0123456789abcdef"
+
+        [http]
+        listen = "127.0.0.1:{http_port}"
+
+        [redis]
+        url = "{redis_url}"
+
+        [log]
+        level = "WARNING"
+        format = "json"
+
+        [[tenants]]
+        id = "acme"
+        name = "Acme"
+        domains = ["{DOMAIN}", "127.0.0.1"]
+        region = "NL"
+
+        [[tenants.users]]
+        username = "{EXTENSION}"
+        extension = "{EXTENSION}"
+        display_name = "Bench UAS"
+        password = "{PASSWORD}"
+        profile = "legacy-md5"
+
+        [[tenants.dids]]
+        number = "{DID}"
+        extension = "{EXTENSION}"
+
+        # The far end is never called in these scenarios; the UAC sends from uac_port.
+        [[tenants.trunks]]
+        name = "carrier"
+        host = "127.0.0.1"
+        port = {trunk_port}
+        transport = "udp"
+        match = ["127.0.0.1:{trunk_port}", "127.0.0.1:{uac_port}"]
+        options_interval = 0
+        """
+    )
+
+
+def start_redis(workdir: Path) -> tuple[Managed, int]:
+    """A private redis-server without persistence (as in production: the event streams
+    are a buffer, not a store), on a free port; returns once it answers PING."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (Debian package redis-server)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port(udp=False)
+    argv = [
+        binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+        "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning",
+    ]  # fmt: skip
+    proc = Managed("redis", argv, cwd=workdir, log_path=workdir / "redis.log")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc, port
+        except OSError:
+            pass
+        if not proc.running:
+            break
+        time.sleep(0.05)
+    proc.stop(grace=1)
+    raise RuntimeError(f"redis-server did not start:\n{proc.log_text()[-2000:]}")
+
+
+class SipgwTarget(Target):
+    impl = "sipgw"
+    workers = 1
+    notes = (
+        "one Python process (asyncio + uvloop) and its own Redis (call events are written "
+        "to the tenant stream); digest auth on REGISTER only, the INVITEs come from a "
+        "trunk trusted by source address"
+    )
+    # On SIGTERM sipgw drains: up to 10 s while requests are pending (a step that lost
+    # calls leaves INVITEs nobody will answer before Timer C), then stops its parts,
+    # ~2.5 s more. Past 25 s it is killed, and the results say so.
+    stop_grace_s = 25.0
+    expected_stop_s = 13.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.http_port = 0
+        self.register_auth = (EXTENSION, PASSWORD)
+        self.register_domain = DOMAIN
+        self.redis: Managed | None = None
+
+    @property
+    def aux_pids(self) -> list[int]:
+        return [self.redis.pid] if self.redis is not None else []
+
+    def start(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.redis, redis_port = start_redis(workdir / "redis")
+        self.sip_port = free_port()
+        self.http_port = free_port(udp=False)
+        self.uac_port = free_port()
+        config = workdir / "sipgw.toml"
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        ports = (self.sip_port, self.http_port, free_port(), self.uac_port)
+        config.write_text(render_config(*ports, redis_url))
+        argv = [
+            sys.executable, "-m", "gateway.cli", "run",
+            "--config", str(config),
+            "--state-dir", str(workdir / "state"),
+            "--quiet",
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = Managed("sipgw", argv, cwd=REPO, log_path=workdir / "sipgw.log", env=env)
+        wait_sip_ready(self, timeout=20)
+
+    def stop(self) -> int | None:
+        try:
+            return super().stop()
+        finally:
+            if self.redis is not None:  # after the gateway: it flushes events on stop
+                self.redis.stop(grace=5)
+
+    def ready(self) -> bool:
+        try:
+            url = f"http://127.0.0.1:{self.http_port}/readyz"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return int(resp.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_summary(self) -> LogSummary:
+        return summarize(parse_json_log(self.proc.log_text() if self.proc else ""))
+
+    def version(self) -> str:
+        try:
+            return metadata.version("sipgw")
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+
+def parse_json_log(text: str) -> list[tuple[str, str]]:
+    """(level, message) of the warning-or-worse records of sipgw's JSON log. A line that
+    is not JSON was printed around the logging setup (a library's warning on stderr):
+    level "other", except a traceback's first line, which is an error."""
+    out = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            level = "error" if line.startswith("Traceback") else "other"
+            out.append((level, line.strip()[:200]))
+            continue
+        if not isinstance(record, dict):
+            out.append(("other", line.strip()[:200]))
+            continue
+        level = str(record.get("level", "")).lower()
+        if level in ("warning", "error", "critical"):
+            out.append((level, str(record.get("msg", ""))[:200]))
+    return out
