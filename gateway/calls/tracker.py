@@ -542,15 +542,20 @@ class CallTracker:
         events.extend(_some(self._finish(call, cause, Signal.REJECT, now)))
         return events
 
+    def _answered_call(self, resp: Response) -> Call | None:
+        """The call a final response to an in-dialog request belongs to (None for a
+        provisional response or an unknown dialog)."""
+        if resp.status < 200:
+            return None
+        found = self._dialog(resp)
+        return found[0] if found is not None else None
+
     def _on_offer_response(self, resp: Response, now: float) -> list[CallEvent]:
         """The answer to a re-INVITE or UPDATE: a 2xx makes its offer count."""
         status = resp.status
-        if status < 200:
+        call = self._answered_call(resp)
+        if call is None:
             return []
-        found = self._dialog(resp)
-        if found is None:
-            return []
-        call = found[0]
         key = (resp.from_.tag or "", resp.cseq.number, resp.cseq.method)
         offer = call.offers.pop(key, None)
         if status >= 300 or offer is None or call.state not in ACTIVE:
@@ -572,12 +577,9 @@ class CallTracker:
 
     def _on_refer_response(self, resp: Response, now: float) -> list[CallEvent]:
         status = resp.status
-        if status < 200:
+        call = self._answered_call(resp)
+        if call is None:
             return []
-        found = self._dialog(resp)
-        if found is None:
-            return []
-        call = found[0]
         key = (resp.from_.tag or "", resp.cseq.number)
         transfer = call.refers.get(key)
         if transfer is None:

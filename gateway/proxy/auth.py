@@ -80,16 +80,8 @@ class Authenticator:
             return AuthOutcome(status=challenge_status, headers=headers)
 
         def ha1(username: str, algorithm: str) -> str | None:
-            user = self.directory.user(tenant, username)
-            if user is None or user.username != username:
-                return None
-            return (
-                user.ha1_sha256
-                if algorithm == "SHA-256"
-                else user.ha1_md5
-                if algorithm == "MD5"
-                else None
-            )
+            user = tenant.user_by_username(username)
+            return user.ha1(algorithm) if user is not None else None
 
         for value in req.get_all(credentials_header):
             if self._realm_of(value) != tenant.realm:

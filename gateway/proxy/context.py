@@ -29,6 +29,8 @@ class ServerContext:
     direction: str | None = None  # "inbound" | "outbound" | "internal"
     extension: str | None = None  # callee for inbound/internal, caller for outbound
     observed: bool = False  # the initial INVITE was handed to the observer
+    loop_hash: str = ""  # §16.6 item 8, computed once: loop check and branch ids
+    timer_at: float | None = None  # the transaction deadline already in the TimerQueue
 
 
 @dataclass(eq=False)
@@ -48,6 +50,7 @@ class Branch:
     cancel_sent: bool = False
     is_cancel: bool = False
     timer_c: TimerHandle | None = None
+    timer_at: float | None = None  # the transaction deadline already in the TimerQueue
 
     def __post_init__(self) -> None:
         if not self.method:

@@ -27,7 +27,7 @@ from gateway.proxy.directory import Directory
 from gateway.proxy.location import Location
 from gateway.proxy.messages import build_ack, build_cancel, last_resort_response
 from gateway.proxy.observe import Observed, Observer
-from gateway.proxy.options import ALLOW, options_headers
+from gateway.proxy.options import options_headers
 from gateway.proxy.registrar import Registrar
 from gateway.proxy.routing import Forward, Handled, Reply, Router
 from gateway.proxy.timers import TimerQueue
@@ -142,6 +142,7 @@ class Proxy:
         self.client_txns: dict[tuple[str, str], Branch] = {}
         self.draining = False
         self.observer = observer
+        self._ports: frozenset[int] | None = None
         self.queue.schedule(self.clock() + HOUSEKEEPING_INTERVAL, self._housekeeping)
         # Without an explicit advertise address, the listen address of the right family
         # goes into Via and Record-Route (the loader refuses wildcards without one).
@@ -304,7 +305,8 @@ class Proxy:
         if req.max_forwards == 0 and not self.options_for_us(req):
             self._respond(ctx, 483, "Too Many Hops")
             return
-        if self._looped(req):
+        ctx.loop_hash = self._loop_hash(req)
+        if self._looped(req, ctx.loop_hash):
             self._respond(ctx, 482, "Loop Detected")
             return
         unsupported = [t for t in req.proxy_require if t not in SUPPORTED_PROXY_REQUIRE]
@@ -379,13 +381,10 @@ class Proxy:
         return self.directory.did(uri.user) is None
 
     def is_our_host(self, uri: SipURI) -> bool:
-        host = uri.host.strip("[]").lower()
-        if self.directory.tenant_for_domain(host) is not None and uri.port is None:
+        """Our address, or (without a port) a domain one of our tenants serves."""
+        if uri.port is None and self.directory.tenant_for_domain(uri.host) is not None:
             return True
-        if not any(same_host(host, ours) for ours in self._our_hosts):
-            return False
-        port = uri.port or DEFAULT_PORTS.get(uri.transport, 5060)
-        return any(spec.port == port for spec in self._listening())
+        return self._uri_is_us(uri)
 
     def answer_options(self, ctx: ServerContext) -> None:
         unsupported = [t for t in ctx.request.require if t]
@@ -406,15 +405,6 @@ class Proxy:
         self.counters.registrations[reply.outcome] += 1
         self._respond(ctx, reply.status, reply.reason, headers=reply.headers)
 
-    def respond(
-        self,
-        ctx: ServerContext,
-        status: int,
-        reason: str | None = None,
-        headers: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        self._respond(ctx, status, reason, headers=headers)
-
     # -- §16.3 step 4 --------------------------------------------------------------------
     def _loop_hash(self, req: Request) -> str:
         # §16.6 item 8 without the topmost Via: a request that comes back to us with the
@@ -430,8 +420,8 @@ class Proxy:
         )
         return hashlib.blake2s("\x00".join(parts).encode(), digest_size=6).hexdigest()
 
-    def _looped(self, req: Request) -> bool:
-        marker = BRANCH_PREFIX + self._loop_hash(req)
+    def _looped(self, req: Request, loop_hash: str) -> bool:
+        marker = BRANCH_PREFIX + loop_hash
         for via in req.vias:
             branch = via.branch or ""
             if branch.startswith(marker) and self._is_our_sent_by(via):
@@ -439,38 +429,35 @@ class Proxy:
         return False
 
     def _is_our_sent_by(self, via: Via) -> bool:
-        if not any(same_host(via.host, ours) for ours in self._our_hosts):
-            return False
-        port = via.port or DEFAULT_PORTS.get(via.transport.lower(), 5060)
-        return any(spec.port == port for spec in self._listening())
+        transport = via.transport.lower()
+        return self._is_our_address(via.host, via.port or DEFAULT_PORTS.get(transport, 5060))
+
+    def _is_our_address(self, host: str, port: int) -> bool:
+        """``host:port`` is one of our listening sockets (by address, not by domain)."""
+        return port in self._listening_ports() and any(
+            same_host(host, ours) for ours in self._our_hosts
+        )
+
+    def _uri_is_us(self, uri: SipURI) -> bool:
+        return self._is_our_address(uri.host, uri.port or DEFAULT_PORTS.get(uri.transport, 5060))
 
     # -- §16.4 ---------------------------------------------------------------------------
-    def _route_is_ours(self, value: str | SipURI) -> bool:
-        uri = value if isinstance(value, SipURI) else None
-        return uri is not None and uri.user is None and self.is_our_host_strict(uri)
-
-    def is_our_host_strict(self, uri: SipURI) -> bool:
-        host = uri.host.strip("[]").lower()
-        if not any(same_host(host, ours) for ours in self._our_hosts):
-            return False
-        port = uri.port or DEFAULT_PORTS.get(uri.transport, 5060)
-        return any(spec.port == port for spec in self._listening())
+    def _route_is_ours(self, uri: object) -> bool:
+        return isinstance(uri, SipURI) and uri.user is None and self._uri_is_us(uri)
 
     def _preprocess_route(self, req: Request) -> bool:
         """Strict-router repair and removal of our own Route entries. True if any."""
         popped = False
         uri = req.uri
-        if isinstance(uri, SipURI) and "lr" in uri.params and self._route_is_ours(uri):
+        strict_router = isinstance(uri, SipURI) and "lr" in uri.params
+        if strict_router and self._route_is_ours(uri) and req.routes:
             # §16.4: a strict router put our Record-Route URI in the Request-URI; the
             # real target is the last Route entry.
-            routes = req.get_all("Route")
-            if routes:
-                last = req.routes[-1]
-                self._remove_last_route(req)
-                req.set_uri(str(last.uri))
-                popped = True
-            del routes
-        while req.routes and self._route_is_ours(req.routes[0].uri):  # type: ignore[arg-type]
+            last = req.routes[-1]
+            self._remove_last_route(req)
+            req.set_uri(str(last.uri))
+            popped = True
+        while req.routes and self._route_is_ours(req.routes[0].uri):
             req.pop_first_value("Route")
             popped = True
         return popped
@@ -530,7 +517,7 @@ class Proxy:
         if record_route:
             for value in self._record_route(ctx.source, target, out_port, req):
                 req.prepend("Record-Route", value)
-        branch_id = f"{BRANCH_PREFIX}{self._loop_hash(ctx.request)}.{secrets.token_hex(5)}"
+        branch_id = f"{BRANCH_PREFIX}{ctx.loop_hash}.{secrets.token_hex(5)}"
         sent_by = f"{host_for_uri(self._advertise_for(family))}:{out_port}"
         req.prepend("Via", f"SIP/2.0/{target.transport.upper()} {sent_by};branch={branch_id};rport")
         for name in self.auth.consumed_headers(req):
@@ -634,7 +621,8 @@ class Proxy:
         branch_failure = branch.ctx.request.method == "INVITE" and resp.status >= 300
         if branch.ctx.observed and not branch.is_cancel and not branch_failure:
             self._observe(resp, branch.ctx, local=False, source=source)
-        self._run_client(branch, branch.txn.on_response(resp.status, resp.to_bytes(), self.clock()))
+        actions = branch.txn.on_response(resp.status, resp.to_bytes(), self.clock())
+        self._run_client(branch, actions, resp)
 
     def _forward_response_stateless(self, resp: Response) -> None:
         resp.pop_first_value("Via")
@@ -656,9 +644,11 @@ class Proxy:
         self.counters.response_out(transport, resp.status)
         self._send_raw(resp.to_bytes(), Target(transport, host, port))
 
-    def _branch_response(self, branch: Branch, data: bytes, status: int) -> None:
+    def _branch_response(
+        self, branch: Branch, data: bytes, status: int, parsed: Response | None
+    ) -> None:
         ctx = branch.ctx
-        resp = parse_message(data, self.limits)
+        resp = parsed if parsed is not None else parse_message(data, self.limits)
         assert isinstance(resp, Response)
         if status < 200:
             branch.provisional = True
@@ -813,9 +803,13 @@ class Proxy:
             elif isinstance(action, TimedOut | TransportFailed):
                 # Our final response was never acknowledged: nothing more to do.
                 self.counters.transport["server_txn_timeout"] += 1
-        self._reschedule(ctx.txn, lambda: self._expire_server(ctx))
+        self._reschedule(ctx, ctx.txn.deadline, self._expire_server)
 
-    def _run_client(self, branch: Branch, actions: list[Action]) -> None:
+    def _run_client(
+        self, branch: Branch, actions: list[Action], response: Response | None = None
+    ) -> None:
+        """Carry out a client transaction's actions; ``response`` is the parsed form of
+        the response the actions came from, so a Deliver never parses it again."""
         for action in actions:
             if branch.is_cancel and isinstance(action, Deliver | TimedOut | TransportFailed):
                 # A CANCEL's own outcome changes nothing upstream: the INVITE branch
@@ -826,7 +820,7 @@ class Proxy:
                     action.data, branch.target, functools.partial(self._transport_error, branch)
                 )
             elif isinstance(action, Deliver):
-                self._branch_response(branch, action.data, action.status)
+                self._branch_response(branch, action.data, action.status, response)
             elif isinstance(action, TimedOut):
                 self._branch_failed(branch, 408, "Request Timeout")
             elif isinstance(action, TransportFailed):
@@ -834,7 +828,7 @@ class Proxy:
             elif isinstance(action, Terminated):
                 self.client_txns.pop((branch.branch_id, branch.method), None)
         if branch.txn is not None:
-            self._reschedule(branch.txn, lambda: self._expire_client(branch))
+            self._reschedule(branch, branch.txn.deadline, self._expire_client)
 
     def _transport_error(self, branch: Branch) -> None:
         if branch.txn is not None:
@@ -895,21 +889,25 @@ class Proxy:
 
     # ====================================================================== timers ===
     def _reschedule(
-        self, txn: ClientTransaction | ServerTransaction, fire: Callable[[], None]
+        self,
+        owner: ServerContext | Branch,
+        deadline: float | None,
+        expire: Callable[[Any], None],
     ) -> None:
-        deadline = txn.deadline
-        if deadline is not None and deadline != getattr(txn, "_scheduled", None):
-            txn._scheduled = deadline  # type: ignore[union-attr]
-            self.queue.schedule(deadline, fire)
+        # One queue entry per new deadline; an entry whose deadline moved is harmless
+        # (expire() fires nothing that is not due).
+        if deadline is not None and deadline != owner.timer_at:
+            owner.timer_at = deadline
+            self.queue.schedule(deadline, functools.partial(expire, owner))
 
     def _expire_server(self, ctx: ServerContext) -> None:
-        ctx.txn._scheduled = None  # type: ignore[attr-defined]
+        ctx.timer_at = None
         self._run_server(ctx, ctx.txn.expire(self.clock()))
 
     def _expire_client(self, branch: Branch) -> None:
         if branch.txn is None:
             return
-        branch.txn._scheduled = None  # type: ignore[attr-defined]
+        branch.timer_at = None
         self._run_client(branch, branch.txn.expire(self.clock()))
 
     def _housekeeping(self) -> None:
@@ -925,11 +923,15 @@ class Proxy:
         self.queue.fire(now)
 
     # ====================================================================== misc ===
-    def _listening(self) -> list[Any]:
-        listening = getattr(self.transport, "listening", None)
-        if listening:
-            return list(listening)
-        return list(self.sip.listen)
+    def _listening_ports(self) -> frozenset[int]:
+        """The ports we listen on: the transport's actual ones once it has bound them
+        (port 0 in the settings means "any"), the configured ones before."""
+        if self._ports is None:
+            listening = getattr(self.transport, "listening", None)
+            if not listening:
+                return frozenset(spec.port for spec in self.sip.listen)
+            self._ports = frozenset(spec.port for spec in listening)
+        return self._ports
 
     @property
     def active_transactions(self) -> tuple[int, int]:
@@ -944,6 +946,3 @@ class Proxy:
         if not self.draining:
             log.info("draining: new calls are refused with 503")
         self.draining = True
-
-
-__all__ = ["ALLOW", "Proxy"]

@@ -1,7 +1,9 @@
 """Look-ups the router needs, built once from configuration.
 
 Tenants own SIP domains, users (extensions with digest credentials), DIDs and trunks.
-Everything here is read-only after start; a reload builds a new ``Directory``.
+Domain and user look-ups are the configuration's own; this adds what routing needs on
+top: DIDs matched by their digits across tenants, and trunk source rules parsed once
+instead of on every request. Read-only after start; a reload builds a new ``Directory``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.config import Settings, Tenant, Trunk, User
+from gateway.config.syntax import IPNetwork, parse_match
 from gateway.transport.addresses import strip_brackets
 
 
@@ -25,66 +28,41 @@ def digits_key(number: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _SourceRule:
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    network: IPNetwork
     port: int | None
     tenant: Tenant
     trunk: Trunk
 
 
-def _parse_match(rule: str, trunk: Trunk) -> tuple[str, int | None]:
-    # "ip", "ip:port", "[v6]:port", "cidr"
-    if rule.startswith("["):
-        host, _, rest = rule[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else None
-    if rule.count(":") == 1:
-        host, port = rule.split(":")
-        return host, int(port)
-    return rule, None
-
-
 class Directory:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._by_domain: dict[str, Tenant] = {}
-        self._users: dict[tuple[str, str], User] = {}
         self._dids: dict[str, tuple[Tenant, str]] = {}
+        # The loader refuses overlapping match entries, so the first rule that matches
+        # is the only one.
         self._source_rules: list[_SourceRule] = []
         for tenant in settings.tenants:
-            for domain in tenant.domains:
-                self._by_domain[strip_brackets(domain).lower()] = tenant
-            for user in tenant.users:
-                self._users[tenant.id, user.username] = user
-                self._users.setdefault((tenant.id, user.extension), user)
             for did in tenant.dids:
                 self._dids[digits_key(did.number)] = (tenant, did.extension)
             for trunk in tenant.trunks:
-                rules = trunk.match or (f"{trunk.host}:{trunk.port}",)
-                for rule in rules:
-                    host, port = _parse_match(rule, trunk)
-                    try:
-                        network = ipaddress.ip_network(strip_brackets(host), strict=False)
-                    except ValueError:
-                        continue  # a host name: matched at send time only
+                for entry in trunk.match:
+                    network, port = parse_match(entry)
                     self._source_rules.append(_SourceRule(network, port, tenant, trunk))
-        # Most specific rule first, so "ip:port" wins over a CIDR covering it.
-        self._source_rules.sort(key=lambda r: (r.port is None, -r.network.prefixlen))
-        self._default = (
-            settings.tenant_by_id(settings.default_tenant) if settings.default_tenant else None
-        )
 
     @property
     def tenants(self) -> Iterable[Tenant]:
         return self.settings.tenants
 
     def tenant_for_domain(self, host: str) -> Tenant | None:
-        return self._by_domain.get(strip_brackets(host).lower())
+        return self.settings.tenant_by_domain(host)
 
     def tenant_for_domain_or_default(self, host: str) -> Tenant | None:
-        return self.tenant_for_domain(host) or self._default
+        return self.settings.tenant_for_domain(host)
 
-    def user(self, tenant: Tenant, name: str) -> User | None:
+    @staticmethod
+    def user(tenant: Tenant, name: str) -> User | None:
         """A user by SIP username or by extension."""
-        return self._users.get((tenant.id, name))
+        return tenant.user_by_username(name) or tenant.user_by_extension(name)
 
     def did(self, number: str) -> tuple[Tenant, str] | None:
         key = digits_key(number)
@@ -100,8 +78,6 @@ class Directory:
                 return rule.tenant, rule.trunk
         return None
 
-    def outbound_trunk(self, tenant: Tenant) -> Trunk | None:
-        for trunk in tenant.trunks:
-            if trunk.outbound:
-                return trunk
-        return None
+    @staticmethod
+    def outbound_trunk(tenant: Tenant) -> Trunk | None:
+        return next((trunk for trunk in tenant.trunks if trunk.outbound), None)

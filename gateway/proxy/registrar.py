@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from gateway.config import SipSettings, Tenant, User
 from gateway.proxy.location import Binding, Location
-from gateway.sip.errors import SIPParseError
 from gateway.sip.headers import NameAddr
 from gateway.sip.message import Request
 from gateway.sip.uri import SipURI
@@ -147,6 +146,3 @@ class Registrar:
         ]
         headers.append(("Date", email.utils.formatdate(usegmt=True)))
         return RegistrarReply(200, None, tuple(headers), outcome=outcome)
-
-
-__all__ = ["Registrar", "RegistrarReply", "SIPParseError"]

@@ -12,7 +12,10 @@ import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
-STRONG_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS:!SHA1"
+from gateway.config import DEFAULT_TLS_CIPHERS
+
+# One definition of "strong": the setting's default (sip.tls_ciphers).
+STRONG_CIPHERS = DEFAULT_TLS_CIPHERS
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
