@@ -9,6 +9,7 @@ packages=(
   kamailio       # reference proxy for the benchmark
   baresip        # real softphone in the tests
   linphone-cli   # linphonec: real softphone in the tests
+  postgresql     # a real PostgreSQL contact source in the sync tests (server not started)
   openssl ca-certificates
 )
 # A Debian python3 without venv/ensurepip cannot create .venv.
