@@ -17,6 +17,7 @@ from pathlib import Path
 
 import uvicorn
 
+from gateway.api.contacts import contacts_router
 from gateway.api.events import Subscribers, events_router
 from gateway.api.http import Readiness, create_app
 from gateway.api.metrics import GatewayCollector, Gauges, make_registry
@@ -24,12 +25,18 @@ from gateway.bus.streams import EventBus
 from gateway.calls.events import CallEvent
 from gateway.calls.tracker import CallTracker
 from gateway.config import Settings
+from gateway.enrichment import Enricher
 from gateway.proxy.hep import HepIntake, HepPacket
 from gateway.proxy.observe import Observed
 from gateway.proxy.server import ProxyServer
+from gateway.recognition import numbers
+from gateway.recognition.cache import ContactCache
+from gateway.recognition.index import ContactIndex
+from gateway.recognition.lookup import Recognizer
 from gateway.security.directory import Directory
 from gateway.sip.errors import SIPParseError
 from gateway.sip.message import Request, Response, parse_message
+from gateway.sip.uri import URI
 from gateway.stats import Counters
 from gateway.transport import tls
 
@@ -51,7 +58,8 @@ class Gateway:
         self.settings = settings
         self.state_dir = state_dir
         self.counters = Counters()
-        self.tracker = CallTracker(settings.node.name)
+        self._extensions = {t.id: frozenset(u.extension for u in t.users) for t in settings.tenants}
+        self.tracker = CallTracker(settings.node.name, e164=self._e164_of)
         events = settings.events
         # Neither the bus nor the directory waits for Redis at start: calls flow without
         # it, events are buffered (bounded) and logins answer 503 until it is back.
@@ -65,6 +73,13 @@ class Gateway:
             live_maxsize=events.subscriber_queue,
         )
         self.directory = Directory(settings.redis.url, settings)
+        recognition = settings.recognition
+        self.contacts = ContactIndex(settings.redis.url)
+        self.contact_cache = ContactCache(
+            recognition.cache_size, recognition.cache_ttl, recognition.negative_ttl
+        )
+        self.recognizer = Recognizer(self.contacts, self.contact_cache, self.counters)
+        self.enricher = Enricher(settings, self.recognizer, self._publish)
         self.sip: ProxyServer | None = None
         self.hep: HepIntake | None = None
         self.http: _EmbeddedUvicorn | None = None
@@ -80,6 +95,9 @@ class Gateway:
         server_ssl, client_ssl = self._tls_contexts()
         await self.bus.start()
         self._background.append(asyncio.create_task(self.directory.seed_when_available()))
+        self._background.append(
+            asyncio.create_task(self.contacts.follow_invalidations(self.contact_cache))
+        )
         self.sip = ProxyServer(
             self.settings,
             self.counters,
@@ -104,8 +122,19 @@ class Gateway:
 
     def _emit(self, events: list[CallEvent]) -> None:
         for event in events:
-            self.counters.events[event.type] += 1
-            self.bus.publish(event)
+            self.enricher.submit(event)
+
+    def _publish(self, event: CallEvent) -> None:
+        self.counters.events[event.type] += 1
+        self.bus.publish(event)
+
+    def _e164_of(self, tenant: str, uri: URI, region: str | None) -> str | None:
+        """A party's number in E.164, read with the peer's region or else the tenant's."""
+        found = self.settings.tenant_by_id(tenant)
+        if found is None:
+            return None
+        extensions = self._extensions.get(tenant, frozenset())
+        return numbers.from_uri(uri, region or found.region, extensions=extensions).e164
 
     async def _expire_calls(self) -> None:
         # Calls that never got their last message (setup or session timeouts) end here.
@@ -173,6 +202,7 @@ class Gateway:
             subscribers=lambda: self.subscribers.total if self.subscribers else 0,
             queue_depths=self.bus.hub.queue_depths,
             bus=self.bus,
+            contact_cache=self.contact_cache,
         )
         registry = make_registry(GatewayCollector(self.counters, gauges, self.settings.node.name))
         readiness = Readiness(
@@ -184,6 +214,12 @@ class Gateway:
             lambda: self.bus, lambda: self.directory, self.settings.events, self._extensions_of
         )
         app.include_router(router)
+        app.include_router(
+            contacts_router(
+                lambda: self.contacts, lambda: self.bus, self.directory, self.settings,
+                self.counters,
+            )
+        )  # fmt: skip
         host, port = self.settings.http.host, self.settings.http.port
         config = uvicorn.Config(
             app,
@@ -245,8 +281,10 @@ class Gateway:
         for task in self._background:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.enricher.close()
         await self.bus.stop()
         await self.directory.stop()
+        await self.contacts.close()
         self._stopped.set()
         log.info("gateway stopped")
 

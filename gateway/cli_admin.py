@@ -64,9 +64,7 @@ def read_password(stdin: TextIO | None = None) -> str:
     return stream.readline().rstrip("\r\n")
 
 
-def _run(
-    args: argparse.Namespace, action: Callable[[Directory, Settings], Awaitable[int]]
-) -> int:
+def _run(args: argparse.Namespace, action: Callable[[Directory, Settings], Awaitable[int]]) -> int:
     settings = _settings(args.config)
     if settings is None:
         return 2
@@ -121,8 +119,10 @@ def cmd_user_add(args: argparse.Namespace) -> int:
             replace=args.replace,
             source=operator_source(),
         )
-        sees = "every extension" if record.role == "admin" else (
-            ", ".join(sorted(record.visible_extensions)) or "no extension"
+        sees = (
+            "every extension"
+            if record.role == "admin"
+            else (", ".join(sorted(record.visible_extensions)) or "no extension")
         )
         login = "no password: tokens only" if password is None else "may log in"
         print(f"user {record.username} of tenant {args.tenant}: role {record.role}, "

@@ -11,6 +11,7 @@ never a number, a URI or a call id.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -44,6 +45,34 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
+LOOKUP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Histogram:
+    """Cumulative-bucket histogram with plain-int buckets (one bisect per observation)."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(upper bound, observations <= it) pairs, "+Inf" last, as Prometheus wants."""
+        result, running = [], 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            running += count
+            result.append((bound, running))
+        return result
+
+
 @dataclass
 class Counters:
     """Every counter the SIP path bumps. One instance per process."""
@@ -66,6 +95,11 @@ class Counters:
     events: Counter[str] = field(default_factory=Counter)
     # HEP intake: received, sip, malformed, unknown_source, bad_sip, …
     hep: Counter[str] = field(default_factory=Counter)
+    # caller look-ups by (status hit/miss/error/timeout, local cache hit/miss/none)
+    lookups: Counter[tuple[str, str]] = field(default_factory=Counter)
+    lookup_seconds: Histogram = field(default_factory=lambda: Histogram(LOOKUP_BUCKETS))
+    # contact sync: numbers upserted / deleted through the API, sources removed
+    contacts: Counter[str] = field(default_factory=Counter)
 
     def request_in(self, transport: str, method: str) -> None:
         self.requests["in", transport, method_label(method)] += 1

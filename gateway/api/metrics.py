@@ -40,6 +40,17 @@ class Gauges:
     # Per-subscription queue depths, as a histogram: never one series per subscriber.
     queue_depths: Callable[[], list[int]] = lambda: []
     bus: BusStats | None = None
+    contact_cache: CacheStats | None = None
+
+
+class CacheStats(Protocol):
+    """What the contact cache exposes (gateway/recognition/cache.py ContactCache)."""
+
+    @property
+    def hits(self) -> int: ...
+    @property
+    def misses(self) -> int: ...
+    def __len__(self) -> int: ...
 
 
 class BusStats(Protocol):
@@ -140,6 +151,7 @@ class GatewayCollector(Collector):
             value=self.gauges.subscribers(),
         )
         yield self._depth_histogram(self.gauges.queue_depths())
+        yield from self._recognition()
         bus = self.gauges.bus
         if bus is not None:
             yield CounterMetricFamily(
@@ -162,6 +174,41 @@ class GatewayCollector(Collector):
                 "1 while Redis answers the event bus",
                 value=1 if bus.redis_up else 0,
             )
+
+    def _recognition(self) -> Iterator[Metric]:
+        c = self.counters
+        lookups = CounterMetricFamily(
+            "sipgw_lookups",
+            "Caller look-ups by result and local cache answer (none: not asked)",
+            labels=["status", "cache"],
+        )
+        for (status, cache), value in sorted(c.lookups.items()):
+            lookups.add_metric([status, cache], value)
+        yield lookups
+        latency = HistogramMetricFamily(
+            "sipgw_lookup_latency_seconds", "Time from the start of a look-up to its answer"
+        )
+        hist = c.lookup_seconds
+        latency.add_metric([], hist.cumulative(), sum_value=hist.sum)
+        yield latency
+        contacts = self.gauges.contact_cache
+        if contacts is not None:
+            yield GaugeMetricFamily(
+                "sipgw_contact_cache_hit_ratio",
+                "Local contact cache hits / look-ups since start",
+                value=contacts.hits / max(1, contacts.hits + contacts.misses),
+            )
+            yield GaugeMetricFamily(
+                "sipgw_contact_cache_entries",
+                "Numbers in the local contact cache",
+                value=len(contacts),
+            )
+        yield self._simple(
+            "sipgw_contacts_applied",
+            "Contact numbers written by the sync API, by operation",
+            "operation",
+            c.contacts,
+        )
 
     @staticmethod
     def _depth_histogram(depths: list[int]) -> HistogramMetricFamily:

@@ -74,8 +74,7 @@ def parse_seq(seq: object) -> SeqKey:
     match = _SEQ.fullmatch(seq) if isinstance(seq, str) else None
     if match is None:
         raise ValueError(
-            f"invalid event id {seq!r}: expected <milliseconds>-<sequence>, "
-            "e.g. 1718000000000-0"
+            f"invalid event id {seq!r}: expected <milliseconds>-<sequence>, e.g. 1718000000000-0"
         )
     ms, n = int(match[1]), int(match[2])
     if ms > U64 or n > U64:

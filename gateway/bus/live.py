@@ -42,6 +42,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gateway.aio import raise_if_cancelled
 from gateway.bus import keys
 
 log = logging.getLogger("sipgw.bus")
@@ -67,20 +68,6 @@ class SubscriberResync(Exception):
     def __init__(self, last_seq: str | None) -> None:
         super().__init__(f"live connection was lost; resync after {last_seq}")
         self.last_seq = last_seq
-
-
-def raise_if_cancelled() -> None:
-    """Re-raise a cancellation that a library swallowed.
-
-    On Python 3.11, ``asyncio.wait_for`` (redis-py sends through it when a socket
-    timeout is set) returns normally if the task is cancelled just as the inner
-    operation completes: the request stays counted in ``Task.cancelling()`` but no
-    CancelledError is ever raised, so a loop around redis calls would run on and
-    stop()/asyncio.run() would wait for it forever. The bus calls this after its redis
-    calls."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 _OVERFLOW = "overflow"
@@ -296,9 +283,7 @@ class LiveHub:
         """A new subscription to `tenant`'s live events. Await `wait_ready()` before
         relying on it to see everything published from now on."""
         keys.validate_tenant(tenant)
-        sub = LiveSubscription(
-            maxsize or self.default_maxsize, tenant=tenant, on_end=self._detach
-        )
+        sub = LiveSubscription(maxsize or self.default_maxsize, tenant=tenant, on_end=self._detach)
         if self._closing:
             sub.close()  # the hub is shut: the iterator ends at once
             return sub

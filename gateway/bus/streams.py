@@ -47,8 +47,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from gateway.aio import raise_if_cancelled
 from gateway.bus import keys
-from gateway.bus.live import LiveHub, LiveSubscription, raise_if_cancelled
+from gateway.bus.live import LiveHub, LiveSubscription
 from gateway.stats import Counters
 
 log = logging.getLogger("sipgw.bus")
@@ -68,8 +69,16 @@ return id
 _APPEND_SHA = hashlib.sha1(_APPEND_SCRIPT.encode()).hexdigest()
 
 # Error replies that say "not now" rather than "never": the event is kept and retried.
-_TRANSIENT_REPLIES = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN",
-                      "CLUSTERDOWN", "NOREPLICAS")
+_TRANSIENT_REPLIES = (
+    "OOM",
+    "BUSY",
+    "LOADING",
+    "READONLY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+)
 
 MAX_REPLAY_COUNT = 10_000
 
@@ -179,8 +188,10 @@ class EventBus:
             socket_keepalive=True,
         )
         self.hub = LiveHub(
-            redis_url, default_maxsize=live_maxsize,
-            backoff_initial=backoff_initial, backoff_max=backoff_max,
+            redis_url,
+            default_maxsize=live_maxsize,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
         )
         self._queue: asyncio.Queue[Publishable] = asyncio.Queue(max_queue)
         self._pending: deque[_Item] = deque()
@@ -375,8 +386,13 @@ class EventBus:
             if min_id and item.tenant not in trimmed:
                 trimmed.add(item.tenant)
                 age = min_id
-            args = (keys.events_key(item.tenant), maxlen, age,
-                    keys.live_channel(item.tenant), item.payload)
+            args = (
+                keys.events_key(item.tenant),
+                maxlen,
+                age,
+                keys.live_channel(item.tenant),
+                item.payload,
+            )
             if use_eval:
                 # EVAL also caches the script: the rest of this pipeline, which Redis
                 # runs after it, can use EVALSHA.
@@ -466,6 +482,16 @@ class EventBus:
             return None
         seq = entries[0][0]
         return seq.decode("ascii") if isinstance(seq, bytes) else str(seq)
+
+    async def delete_events(self, tenant: str, seqs: list[str]) -> int:
+        """Remove events from the tenant's stream (GDPR erasure): how many were there."""
+        deleted = 0
+        for start in range(0, len(seqs), 1000):
+            deleted += int(
+                await self._redis.xdel(keys.events_key(tenant), *seqs[start : start + 1000])
+            )
+            raise_if_cancelled()
+        return deleted
 
     def subscribe(self, tenant: str, maxsize: int | None = None) -> LiveSubscription:
         """A live subscription from the node's hub (see live.py)."""

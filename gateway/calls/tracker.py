@@ -68,16 +68,20 @@ Ending, timers, memory
     kept: the oldest ended call goes first, else the oldest call (`evicted` counts both).
 
 Parties
-    calling = From; for an inbound call (from a trunk) P-Asserted-Identity when present,
-    unless the request asks for privacy (`Privacy: id`). called = the Request-URI as
-    received for an inbound call (the DID as dialled), else To. `number_raw` is the URI
-    user part (without user parameters) or the tel: number; `number_e164` is set only
-    when that already is E.164. Every text taken from SIP is cut at 512 characters and
-    made valid UTF-8.
+    calling = the first usable identity among the headers the peer's profile trusts
+    (`caller_id`, e.g. P-Asserted-Identity then From for a trunk; without a profile:
+    P-Asserted-Identity for an inbound call, else From), From alone when the request
+    asks for privacy (`Privacy: id`). called = the Request-URI as received for an
+    inbound call (the DID as dialled), else To. `number_raw` is the URI user part
+    (without user parameters) or the tel: number; `number_e164` is that number in E.164
+    when the `e164` callback (number normalization with the tenant's or the peer's
+    region, wired in by app.py) makes one of it, or when it already is E.164. Every text
+    taken from SIP is cut at 512 characters and made valid UTF-8.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import re
@@ -140,6 +144,11 @@ _HISTORY_REASONS = {
 }
 
 
+# (tenant, the party's URI, the peer's region or None) → the number in E.164, or None
+# when it is not a phone number (anonymous, an extension, a SIP user, …).
+E164Of = Callable[[str, URI, str | None], str | None]
+
+
 class MetaLike(Protocol):
     """What `observe()` reads of its `meta` (the proxy's `Observed` fits as it is)."""
 
@@ -155,6 +164,10 @@ class MetaLike(Protocol):
     def source(self) -> str: ...
     @property
     def user_agent(self) -> str | None: ...
+    @property
+    def caller_id(self) -> tuple[str, ...]: ...
+    @property
+    def region(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +180,8 @@ class Meta:
     local: bool = False  # a final answer the gateway generated or chose itself
     source: str = ""  # "udp:1.2.3.4:5060", for device info only
     user_agent: str | None = None  # User-Agent of a request, Server of a response
+    caller_id: tuple[str, ...] = ()  # headers naming the caller, most trusted first
+    region: str | None = None  # the peer's region for national numbers (else the tenant's)
 
 
 @dataclass(slots=True, eq=False)
@@ -209,6 +224,7 @@ class CallTracker:
         max_idle: float = 43_200.0,
         retry_window: float = 32.0,
         transfer_window: float = 30.0,
+        e164: E164Of | None = None,
     ) -> None:
         if max_calls < 1:
             raise ValueError("max_calls must be at least 1")
@@ -220,6 +236,7 @@ class CallTracker:
         self.max_idle = max_idle
         self.retry_window = retry_window
         self.transfer_window = transfer_window
+        self.e164 = e164
         self.evicted = 0  # calls forgotten early to stay within max_calls
         self.errors = 0  # messages whose headers we could not read
         self._calls: dict[tuple[str, str], Call] = {}  # by key, oldest first
@@ -340,8 +357,11 @@ class CallTracker:
                 parent = None
         direction = meta.direction if meta.direction in DIRECTIONS else "internal"
         assert direction is not None
-        calling = _calling(req, direction)
-        called = _called(req, direction)
+        calling_uri, calling = _calling(req, direction, meta.caller_id)
+        called_uri, called = _called(req, direction)
+        if self.e164 is not None:
+            calling = self._normalized(calling, calling_uri, tenant, meta.region)
+            called = self._normalized(called, called_uri, tenant, meta.region)
         transfer: Transfer | None = None
         if parent is not None:
             conversation_id, parent_call_id = parent.conversation_id, parent.call_id
@@ -384,6 +404,17 @@ class CallTracker:
         if call.diversion is not None:
             events.extend(_some(self._fire(call, Signal.DIVERT, now)))
         return events
+
+    def _normalized(self, party: Party, uri: URI, tenant: str, region: str | None) -> Party:
+        if party.number_e164 is not None or party.number_raw is None:
+            return party
+        assert self.e164 is not None
+        try:
+            e164 = self.e164(tenant, uri, region)
+        except Exception:  # a number must never cost a call its events
+            self.errors += 1
+            return party
+        return party if e164 is None else dataclasses.replace(party, number_e164=e164)
 
     def _on_cancel(self, req: Request) -> list[CallEvent]:
         call = self._calls.get((req.call_id, req.from_.tag or ""))
@@ -856,20 +887,35 @@ def _private(req: Request) -> bool:
     return "id" in {item.strip(" \t").lower() for item in re.split(r"[;,]", value)}
 
 
-def _calling(req: Request, direction: str) -> Party:
+_DEFAULT_CALLER_ID = {
+    "inbound": ("P-Asserted-Identity", "From"),
+    "outbound": ("From",),
+    "internal": ("From",),
+}
+
+
+def _calling(req: Request, direction: str, caller_id: tuple[str, ...]) -> tuple[URI, Party]:
+    """The first usable identity among the peer profile's caller-id headers.
+
+    From is the last resort whatever the profile says. `Privacy: id` (RFC 3323) hides
+    every asserted identity: the caller asked not to be shown, so only From counts.
+    """
     source = req.from_
-    if direction == "inbound" and not _private(req):
-        asserted = _name_addr(_first_value(req, "P-Asserted-Identity"))
-        if asserted is not None and _user(asserted.uri) is not None:
-            return _party(asserted.uri, asserted.display or source.display)
-    return _party(source.uri, source.display)
+    if not _private(req):
+        for name in caller_id or _DEFAULT_CALLER_ID[direction]:
+            if name.lower() == "from":
+                break
+            asserted = _name_addr(_first_value(req, name))
+            if asserted is not None and _user(asserted.uri) is not None:
+                return asserted.uri, _party(asserted.uri, asserted.display or source.display)
+    return source.uri, _party(source.uri, source.display)
 
 
-def _called(req: Request, direction: str) -> Party:
+def _called(req: Request, direction: str) -> tuple[URI, Party]:
     to = req.to
     if direction == "inbound" and _user(req.uri) is not None:
-        return _party(req.uri, to.display)
-    return _party(to.uri, to.display)
+        return req.uri, _party(req.uri, to.display)
+    return to.uri, _party(to.uri, to.display)
 
 
 def _device(msg: Request | Response, meta: MetaLike) -> Device | None:

@@ -28,6 +28,7 @@ from gateway.config.model import (
     MonitorSettings,
     MonitorSource,
     NodeSettings,
+    RecognitionSettings,
     RedisSettings,
     SecuritySettings,
     Settings,
@@ -54,7 +55,8 @@ DEFAULT_PROFILES_DIR = Path(__file__).resolve().parent.parent.parent / "sip_prof
 EMBEDDED_DEFAULT = "<embedded gateway/default.toml>"
 
 TOP_LEVEL_KEYS = (
-    "node", "sip", "http", "redis", "log", "events", "security", "monitor", "profiles_dir",
+    "node", "sip", "http", "redis", "log", "events", "security", "monitor", "recognition",
+    "profiles_dir",
     "default_tenant", "tenants",
 )  # fmt: skip
 
@@ -127,6 +129,7 @@ def _settings(root: Table, source: str) -> Settings:
     log = LogSettings(**root.table("log").read(_LOG_READERS))
     events = EventsSettings(**root.table("events").read(_EVENTS_READERS))
     security = SecuritySettings(**root.table("security").read(_SECURITY_READERS))
+    recognition = RecognitionSettings(**root.table("recognition").read(_RECOGNITION_READERS))
     dir_value = root.get("profiles_dir")
     profiles_dir = DEFAULT_PROFILES_DIR if dir_value is None else dir_value.path()
     profiles = load_profiles(profiles_dir, "profiles_dir")
@@ -135,7 +138,8 @@ def _settings(root: Table, source: str) -> Settings:
     monitor = _monitor(root.table("monitor"), all_tenants, sip)
     return Settings(
         node=node, sip=sip, http=http, redis=redis, log=log, events=events,
-        security=security, monitor=monitor, tenants=all_tenants, profiles=profiles,
+        security=security, monitor=monitor, recognition=recognition, tenants=all_tenants,
+        profiles=profiles,
         default_tenant=fallback, profiles_dir=profiles_dir, source=source,
     )  # fmt: skip
 
@@ -351,6 +355,15 @@ _SECURITY_READERS: dict[str, Callable[[Value], Any]] = {
     "login_lockout": lambda v: v.number(),
     "audit_maxlen": lambda v: v.integer(1),
     "trusted_proxies": _trusted_proxies,
+}
+
+
+_RECOGNITION_READERS: dict[str, Callable[[Value], Any]] = {
+    "cache_size": lambda v: v.integer(0, 10_000_000),
+    "cache_ttl": lambda v: v.number(allow_zero=True),
+    "negative_ttl": lambda v: v.number(allow_zero=True),
+    "max_batch": lambda v: v.integer(1, 50_000),
+    "max_pending": lambda v: v.integer(1),
 }
 
 

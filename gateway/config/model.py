@@ -26,6 +26,7 @@ from gateway.config.syntax import (
     show,
     uri_host,
 )
+from gateway.config.templates import Template
 from gateway.sip.digest import compute_ha1
 
 if TYPE_CHECKING:
@@ -296,6 +297,36 @@ class Trunk:
         return False
 
 
+ScreenPopWhen = Literal["hit", "miss", "always"]
+
+
+@dataclass(frozen=True)
+class ScreenPop:
+    """A screen-pop URL template and when it is rendered into an event."""
+
+    name: str
+    when: ScreenPopWhen
+    template: Template
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """A tenant's caller recognition: which contact fields are stored, the look-up
+    budget, and the screen-pop templates (gateway/recognition)."""
+
+    enabled: bool = True
+    fields: tuple[str, ...] = ("name",)  # the only contact fields the gateway stores
+    budget_ms: float = 20.0  # call.offered waits at most this long for the answer
+    timeout_ms: float = 2000.0  # hard cap: after it, call.recognized says "timeout"
+    screen_pop: tuple[ScreenPop, ...] = ()
+
+    def pops_for(self, status: str) -> tuple[ScreenPop, ...]:
+        """The templates rendered for a look-up that ended with ``status``."""
+        if status not in ("hit", "miss"):
+            return ()
+        return tuple(p for p in self.screen_pop if p.when in (status, "always"))
+
+
 @dataclass(frozen=True)
 class Tenant:
     """A customer organization: its SIP domains, users, numbers and trunks."""
@@ -308,6 +339,7 @@ class Tenant:
     users: tuple[User, ...] = ()
     dids: tuple[Did, ...] = ()
     trunks: tuple[Trunk, ...] = ()
+    recognition: Recognition = field(default_factory=Recognition)
     _by_username: Mapping[str, User] = field(init=False, repr=False, compare=False)
     _by_extension: Mapping[str, User] = field(init=False, repr=False, compare=False)
     _by_did: Mapping[str, str] = field(init=False, repr=False, compare=False)
@@ -351,6 +383,17 @@ class EventsSettings:
     def max_age(self) -> float | None:
         """``stream_max_age`` with 0 read as "no age limit" (None)."""
         return self.stream_max_age or None
+
+
+@dataclass(frozen=True)
+class RecognitionSettings:
+    """The node's caller recognition: its local contact cache and the sync API limits."""
+
+    cache_size: int = 100_000  # numbers (hits and misses) cached per node
+    cache_ttl: float = 300.0  # seconds a cached contact is trusted (pub/sub invalidates sooner)
+    negative_ttl: float = 60.0  # seconds a "no such contact" answer is cached
+    max_batch: int = 5000  # items (upserts + deletes) per POST /v1/contacts:batch
+    max_pending: int = 10_000  # look-ups in flight per node; beyond it: status "error"
 
 
 @dataclass(frozen=True)
@@ -435,6 +478,7 @@ class Settings:
     events: EventsSettings = field(default_factory=EventsSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    recognition: RecognitionSettings = field(default_factory=RecognitionSettings)
     tenants: tuple[Tenant, ...] = ()
     profiles: Mapping[str, Profile] = field(default_factory=lambda: types.MappingProxyType({}))
     default_tenant: str | None = None  # used when a request's domain matches no tenant

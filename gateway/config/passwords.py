@@ -48,8 +48,7 @@ _PHC = re.compile(
 )
 
 POLICY_TEXT = (
-    f"use at least {MIN_LENGTH} characters with upper case, lower case, digit and one of "
-    f"{SPECIALS}"
+    f"use at least {MIN_LENGTH} characters with upper case, lower case, digit and one of {SPECIALS}"
 )
 
 

@@ -17,6 +17,9 @@ from gateway.config.model import (
     USER_ROLES,
     Did,
     Profile,
+    Recognition,
+    ScreenPop,
+    ScreenPopWhen,
     Tenant,
     Transport,
     Trunk,
@@ -36,6 +39,7 @@ from gateway.config.syntax import (
     show,
     uri_host,
 )
+from gateway.config.templates import parse_template
 from gateway.sip.digest import compute_ha1
 
 _SLUG = re.compile(r"[a-z0-9-]{1,32}")
@@ -45,6 +49,7 @@ _E164 = re.compile(r"\+[1-9][0-9]{5,14}")
 _TRUNK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEX = re.compile(r"[0-9a-fA-F]+")
+WHENS: tuple[ScreenPopWhen, ...] = ("hit", "miss", "always")
 
 
 def tenants(v: Value | None, profiles: Mapping[str, Profile]) -> tuple[Tenant, ...]:
@@ -67,7 +72,9 @@ class _Seen:
             raise ConfigError(key, f"duplicate of {first} ({show(value)})")
 
 
-_TENANT_KEYS = ("id", "name", "domains", "region", "realm", "users", "dids", "trunks")
+_TENANT_KEYS = (
+    "id", "name", "domains", "region", "realm", "users", "dids", "trunks", "recognition",
+)  # fmt: skip
 
 
 def _tenant(t: Table, profiles: Mapping[str, Profile]) -> Tenant:
@@ -82,9 +89,10 @@ def _tenant(t: Table, profiles: Mapping[str, Profile]) -> Tenant:
     users = _users(t.get("users"), realm, profiles)
     dids = _dids(t.get("dids"), tenant_id, users)
     trunks = _trunks(t.get("trunks"), profiles)
+    recognition = _recognition(t.table("recognition"))
     return Tenant(
         id=tenant_id, name=name, domains=domains, region=tenant_region, realm=realm,
-        users=users, dids=dids, trunks=trunks,
+        users=users, dids=dids, trunks=trunks, recognition=recognition,
     )  # fmt: skip
 
 
@@ -386,6 +394,77 @@ def _trunk_match(t: Table, host: str, port: int, transport: str) -> tuple[str, .
     if not items:
         raise value.error("must list at least one address (or leave it out for host:port)")
     return tuple(item.parse(normalize_match) for item in items)
+
+
+# --- recognition ------------------------------------------------------------------
+
+_FIELD = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_POP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+MAX_CONTACT_FIELDS = 32
+
+
+def _recognition(t: Table) -> Recognition:
+    t.check_keys(("enabled", "fields", "budget_ms", "timeout_ms", "screen_pop"))
+    enabled_value = t.get("enabled")
+    fields = _contact_fields(t.get("fields"))
+    budget_value, timeout_value = t.get("budget_ms"), t.get("timeout_ms")
+    budget = 20.0 if budget_value is None else budget_value.number(allow_zero=True)
+    timeout = 2000.0 if timeout_value is None else timeout_value.number()
+    if budget > 1000:
+        # The event of a ringing call waits this long: beyond a second a CRM shows the
+        # call late, and the look-up's answer arrives as call.recognized anyway.
+        raise ConfigError(t.key_of("budget_ms"), f"must be at most 1000, got {budget:g}")
+    if timeout < budget:
+        raise ConfigError(
+            t.key_of("timeout_ms"), f"must be at least budget_ms ({budget:g}), got {timeout:g}"
+        )
+    return Recognition(
+        enabled=True if enabled_value is None else enabled_value.boolean(),
+        fields=fields,
+        budget_ms=budget,
+        timeout_ms=timeout,
+        screen_pop=_screen_pops(t.get("screen_pop"), fields),
+    )
+
+
+def _contact_fields(v: Value | None) -> tuple[str, ...]:
+    if v is None:
+        return ("name",)
+    seen = _Seen()
+    result: list[str] = []
+    items = v.items()
+    if len(items) > MAX_CONTACT_FIELDS:
+        raise v.error(f"at most {MAX_CONTACT_FIELDS} fields, got {len(items)}")
+    for item in items:
+        name = item.text()
+        if not _FIELD.fullmatch(name):
+            raise item.error(
+                f"must be 1-32 of a-z, 0-9 and '_', starting with a letter, got {show(name)}"
+            )
+        seen.add(name, item.key)
+        result.append(name)
+    return tuple(result)
+
+
+def _screen_pops(v: Value | None, fields: tuple[str, ...]) -> tuple[ScreenPop, ...]:
+    if v is None:
+        return ()
+    pops: list[ScreenPop] = []
+    names = _Seen()
+    for t in v.tables():
+        t.check_keys(("name", "when", "url"))
+        name_value = t.require("name")
+        name = name_value.text()
+        if not _POP_NAME.fullmatch(name):
+            raise name_value.error(
+                f"must be 1-32 letters, digits, '.', '_' or '-', got {show(name)}"
+            )
+        names.add(name, name_value.key)
+        when_value = t.get("when")
+        when = cast(ScreenPopWhen, "hit" if when_value is None else when_value.choice(WHENS))
+        template = t.require("url").parse(lambda text: parse_template(text, fields))
+        pops.append(ScreenPop(name=name, when=when, template=template))
+    return tuple(pops)
 
 
 # --- across tenants ---------------------------------------------------------------

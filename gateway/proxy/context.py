@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
+from gateway.config import Profile
 from gateway.proxy.timers import TimerHandle
 from gateway.sip.message import Request, Response
 from gateway.sip.transaction import ClientTransaction, ServerTransaction
@@ -28,6 +29,7 @@ class ServerContext:
     # Set by the router once the dial plan resolved the call: who it belongs to.
     direction: str | None = None  # "inbound" | "outbound" | "internal"
     extension: str | None = None  # callee for inbound/internal, caller for outbound
+    peer: Profile | None = None  # the profile of the trunk or phone the request came from
     observed: bool = False  # the initial INVITE was handed to the observer
     loop_hash: str = ""  # §16.6 item 8, computed once: loop check and branch ids
     timer_at: float | None = None  # the transaction deadline already in the TimerQueue

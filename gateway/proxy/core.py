@@ -783,6 +783,8 @@ class Proxy:
             local=local,
             source=where,
             user_agent=msg.get("User-Agent" if isinstance(msg, Request) else "Server"),
+            caller_id=ctx.peer.caller_id if initial and ctx.peer is not None else (),
+            region=ctx.peer.region if initial and ctx.peer is not None else None,
         )
         try:
             self.observer(msg, info)

@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.config import Settings, Tenant, Trunk, User
+from gateway.config import Profile, Settings, Tenant, Trunk, User
 from gateway.config.syntax import IPNetwork, parse_match
 from gateway.transport.addresses import strip_brackets
 
@@ -48,6 +48,9 @@ class Directory:
                 for entry in trunk.match:
                     network, port = parse_match(entry)
                     self._source_rules.append(_SourceRule(network, port, tenant, trunk))
+
+    def profile(self, name: str) -> Profile | None:
+        return self.settings.profiles.get(name)
 
     @property
     def tenants(self) -> Iterable[Tenant]:

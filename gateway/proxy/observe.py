@@ -21,6 +21,10 @@ class Observed:
     local: bool  # a response the gateway generated (or chose among forks) itself
     source: str  # "udp:127.0.0.1:5060"; empty for local responses
     user_agent: str | None
+    # From the peer's SIP profile (initial INVITEs only): the headers that name the
+    # caller, in order of trust, and the region its national numbers are read in.
+    caller_id: tuple[str, ...] = ()
+    region: str | None = None
 
 
 Observer = Callable[[Request | Response, Observed], None]

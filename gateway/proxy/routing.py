@@ -112,6 +112,7 @@ class Router:
             return Reply(404, "No number in Request-URI")
         did = self.directory.did(number)
         ctx.direction = "inbound"
+        ctx.peer = self.directory.profile(trunk.profile)
         if did is not None and did[0].id == tenant.id:
             return self._to_extension(ctx, tenant, did[1])
         user = self.directory.user(tenant, number)
@@ -138,6 +139,7 @@ class Router:
             # The credentials are one user's; the From claims another. Refuse rather
             # than let a phone place calls (and events) in a colleague's name.
             return Reply(403, "From does not match the authenticated user")
+        ctx.peer = self.directory.profile(caller.profile)
         return self._dial(ctx, tenant, caller)
 
     def _dial(self, ctx: ServerContext, tenant: Tenant, caller: User) -> Decision:

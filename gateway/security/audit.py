@@ -34,9 +34,7 @@ FIELDS = ("at", "event", "result", "tenant", "user", "source", "node", "ref", "d
 
 def rfc3339(ts: float) -> str:
     """Unix time as RFC 3339 UTC with microseconds and a Z."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace(
-        "+00:00", "Z"
-    )
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -95,9 +93,7 @@ class AuditLog:
             tenant=tenant or "", user=user or "", source=source, node=self.node,
             ref=ref, detail=detail,
         )  # fmt: skip
-        fields: dict[FieldT, EncodableT] = {
-            k: v for k, v in entry.to_dict().items() if k != "id"
-        }
+        fields: dict[FieldT, EncodableT] = {k: v for k, v in entry.to_dict().items() if k != "id"}
         level = logging.INFO if result == "ok" else logging.WARNING
         logged = {k: v for k, v in entry.to_dict().items() if k != "id"}
         log.log(level, "audit %s %s", event, result, extra={"audit": True, **logged})

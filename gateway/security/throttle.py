@@ -177,9 +177,7 @@ class LoginThrottle:
             wait = await self.store.reserve(user_key, policy.max_failures, policy.lockout)
             if wait is not None:
                 return Throttled(wait, "user")
-        wait = await self.store.reserve(
-            source_key, policy.max_failures_per_source, policy.lockout
-        )
+        wait = await self.store.reserve(source_key, policy.max_failures_per_source, policy.lockout)
         if wait is not None:
             if user_key is not None:
                 await self.store.release(user_key)  # this attempt checks no password

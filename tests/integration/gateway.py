@@ -57,6 +57,27 @@ class GatewayPorts:
     trunk_src: int = field(default_factory=free_port)
 
 
+# A generous budget: under a loaded test machine a look-up may take longer than the
+# production default of 20 ms, and tests counting events must not see an extra
+# call.recognized. Tests of the budget itself pass their own section.
+RECOGNITION = """
+[tenants.recognition]
+fields = ["name", "company", "crm_id"]
+budget_ms = 1000
+timeout_ms = 5000
+
+[[tenants.recognition.screen_pop]]
+name = "crm"
+when = "hit"
+url = "https://crm.example/contacts/{contact.crm_id}?call={call_id}"
+
+[[tenants.recognition.screen_pop]]
+name = "new-contact"
+when = "miss"
+url = "https://crm.example/new?phone={number}&name={display}"
+"""
+
+
 def render_config(
     ports: GatewayPorts,
     workdir: Path,
@@ -69,6 +90,7 @@ def render_config(
     node: str | None = None,
     extra: str = "",
     subscriber_queue: int = 1000,
+    recognition: str = RECOGNITION,
 ) -> str:
     pair = make_self_signed(workdir, name="sipgw")
     users = "\n".join(
@@ -120,6 +142,8 @@ domains = ["{DOMAIN}", "127.0.0.1"]
 region = "NL"
 """
     tail = f"""
+{recognition}
+
 [[tenants.dids]]
 number = "{DID}"
 extension = "201"

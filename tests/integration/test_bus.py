@@ -34,6 +34,7 @@ from gateway.bus import (
 from gateway.stats import Counters
 from tests.peers.ports import free_tcp_port
 from tests.peers.process import PeerProcess, require_binary
+from tests.waiting import wait_until
 
 Event = tuple[str, dict[str, Any]]
 
@@ -48,8 +49,14 @@ class Ev:
     extension: str = "201"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"v": 1, "type": "call.offered", "tenant": self.tenant, "n": self.n,
-                "extension": self.extension, "seq": self.seq}
+        return {
+            "v": 1,
+            "type": "call.offered",
+            "tenant": self.tenant,
+            "n": self.n,
+            "extension": self.extension,
+            "seq": self.seq,
+        }
 
 
 def new_tenant() -> str:
@@ -58,15 +65,6 @@ def new_tenant() -> str:
 
 def numbers(events: list[Event]) -> list[int]:
     return [event["n"] for _seq, event in events]
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Bounded polling, for states of the bus (no event to await there)."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or pred}")
-        await asyncio.sleep(0.01)
 
 
 async def take(it: AsyncIterator[Event], count: int, timeout: float = 10.0) -> list[Event]:
@@ -127,8 +125,21 @@ class OwnRedis:
     async def start(self) -> None:
         self.proc = await PeerProcess.start(
             "redis-server",
-            [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning"],
+            [
+                self.binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--loglevel",
+                "warning",
+            ],
             stdin=False,
         )
         deadline = time.monotonic() + 10
@@ -337,9 +348,13 @@ async def test_5000_events_with_random_disconnects_arrive_exactly_once_in_order(
     resumes = overflows = 0
     async with asyncio.timeout(60):
         while len(got) < total:
-            it = events_since(consumer_node, tenant, since,
-                              maxsize=rng.choice([8, 64, 1000]),
-                              page_size=rng.choice([7, 100, 500]))
+            it = events_since(
+                consumer_node,
+                tenant,
+                since,
+                maxsize=rng.choice([8, 64, 1000]),
+                page_size=rng.choice([7, 100, 500]),
+            )
             try:
                 for _ in range(rng.randrange(1, 200)):
                     if len(got) == total:
@@ -356,8 +371,9 @@ async def test_5000_events_with_random_disconnects_arrive_exactly_once_in_order(
             resumes += 1
     await producer
     assert numbers(got) == list(range(total))
-    assert [e[0] for e in got] == [e[0] for e in await consumer_node.replay(
-        tenant, None, count=10_000)]
+    assert [e[0] for e in got] == [
+        e[0] for e in await consumer_node.replay(tenant, None, count=10_000)
+    ]
     assert resumes > 10
     print(f"resumes={resumes} overflows={overflows} round_trips={producer_node.round_trips}")
     assert consumer_node.hub.subscription_count == 0  # every subscription was closed

@@ -63,6 +63,7 @@ async def trunk_to_did(
     transport: str = "u1",
     timeout: float = 60,
     hold_ms: int | None = None,
+    caller: str = "+31612345678",
 ) -> None:
     uas_port = free_port()
     await register_sipp(gw, "201", uas_port, transport)
@@ -91,7 +92,7 @@ async def trunk_to_did(
             ],
             local_port=gw.ports.trunk_src,
             timeout=timeout,
-            keys={"domain": "127.0.0.1", "caller": "+31612345678"},
+            keys={"domain": "127.0.0.1", "caller": caller},
         )
         result.check(calls=calls)
         uas_result = await uas.wait(timeout=timeout)

@@ -1,0 +1,356 @@
+"""The contact index in Redis: one hash per tenant, E.164 number -> contact.
+
+Writes come from the sync API in batches; each batch is one Lua script call, so a batch
+is applied whole or not at all, the source's set of numbers stays in step with the hash,
+and the invalidation of every node's cache is published by the same script call (no
+window in which a node could keep an old answer after the write). Removals of many
+numbers (a source, the rest of a full sync) go in chunks of `CHUNK`, each atomic, so
+Redis never blocks on one huge script.
+
+See keys.py for the names and the value format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.aio import raise_if_cancelled
+from gateway.recognition import keys
+from gateway.recognition.cache import Contact, ContactCache, Scalar
+
+log = logging.getLogger("sipgw.recognition")
+
+CHUNK = 1000
+GENERATION_TTL = 24 * 3600  # a full sync that never commits leaves no key behind for long
+
+
+class IndexUnavailable(Exception):
+    """Redis could not be reached (or answered an error): the caller degrades."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    number: str  # E.164, validated by the caller
+    fields: Mapping[str, Scalar]  # only the tenant's configured fields, validated
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What one source holds for a number (GDPR inspection and export)."""
+
+    source: str
+    fields: Mapping[str, Scalar]
+    shown: bool  # the first entry: the contact recognition shows
+
+
+# KEYS: contacts, source set, sources hash, generation set (or the source set again)
+# ARGV: source, tenant, now ms, upsert count, with generation "1"/"0", generation ttl,
+#       then number, fields pairs, then numbers to delete.
+_APPLY = f"""
+local contacts, srcset, sources, genset = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local source, tenant = ARGV[1], ARGV[2]
+local n, with_gen = tonumber(ARGV[4]), ARGV[5] == '1'
+local touched, upserted, deleted = {{}}, 0, 0
+local i = 7
+for _ = 1, n do
+  local number, fields = ARGV[i], ARGV[i + 1]
+  i = i + 2
+  local entries, replaced = {{}}, false
+  local current = redis.call('HGET', contacts, number)
+  if current then entries = cmsgpack.unpack(current) end
+  for _, entry in ipairs(entries) do
+    if entry[1] == source then entry[2] = fields; replaced = true; break end
+  end
+  if not replaced then entries[#entries + 1] = {{source, fields}} end
+  redis.call('HSET', contacts, number, cmsgpack.pack(entries))
+  redis.call('SADD', srcset, number)
+  if with_gen then redis.call('SADD', genset, number) end
+  upserted = upserted + 1
+  touched[#touched + 1] = number
+end
+for j = i, #ARGV do
+  local number = ARGV[j]
+  if redis.call('SREM', srcset, number) == 1 then
+    local current = redis.call('HGET', contacts, number)
+    if current then
+      local kept = {{}}
+      for _, entry in ipairs(cmsgpack.unpack(current)) do
+        if entry[1] ~= source then kept[#kept + 1] = entry end
+      end
+      if #kept == 0 then redis.call('HDEL', contacts, number)
+      else redis.call('HSET', contacts, number, cmsgpack.pack(kept)) end
+    end
+    deleted = deleted + 1
+    touched[#touched + 1] = number
+  end
+end
+if with_gen then redis.call('EXPIRE', genset, tonumber(ARGV[6])) end
+if upserted + deleted > 0 then
+  redis.call('HSET', sources, source, ARGV[3])
+  redis.call('PUBLISH', '{keys.INVALIDATE_CHANNEL}', tenant .. '\\n' .. table.concat(touched, ','))
+end
+return {{upserted, deleted}}
+"""
+
+# Removes up to ARGV[3] numbers popped from KEYS[3] from the source ARGV[1].
+# KEYS: contacts, source set, set to pop from (the source set itself, or a diff set)
+# ARGV: source, tenant, count.  Returns {removed, left in the pop set}.
+_REMOVE_CHUNK = f"""
+local contacts, srcset, popset = KEYS[1], KEYS[2], KEYS[3]
+local source, tenant = ARGV[1], ARGV[2]
+local numbers = redis.call('SPOP', popset, tonumber(ARGV[3]))
+for _, number in ipairs(numbers) do
+  redis.call('SREM', srcset, number)
+  local current = redis.call('HGET', contacts, number)
+  if current then
+    local kept = {{}}
+    for _, entry in ipairs(cmsgpack.unpack(current)) do
+      if entry[1] ~= source then kept[#kept + 1] = entry end
+    end
+    if #kept == 0 then redis.call('HDEL', contacts, number)
+    else redis.call('HSET', contacts, number, cmsgpack.pack(kept)) end
+  end
+end
+if #numbers > 0 then
+  redis.call('PUBLISH', '{keys.INVALIDATE_CHANNEL}', tenant .. '\\n' .. table.concat(numbers, ','))
+end
+return {{#numbers, redis.call('SCARD', popset)}}
+"""
+
+# Erases one number from every source of the tenant. KEYS: contacts. ARGV: number, tenant,
+# then the source set key prefix. Returns the number of entries removed.
+_ERASE = f"""
+local contacts, number, tenant, prefix = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local current = redis.call('HGET', contacts, number)
+if not current then return 0 end
+local entries = cmsgpack.unpack(current)
+for _, entry in ipairs(entries) do redis.call('SREM', prefix .. entry[1], number) end
+redis.call('HDEL', contacts, number)
+redis.call('PUBLISH', '{keys.INVALIDATE_CHANNEL}', tenant .. '\\n' .. number)
+return #entries
+"""
+
+
+def pack_fields(fields: Mapping[str, Scalar]) -> bytes:
+    return msgpack.packb(dict(fields), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack_value(value: bytes) -> list[tuple[str, dict[str, Scalar]]]:
+    """The [source, fields] pairs of a hash value (see keys.py), first shown first."""
+    # The scripts repack the pairs with Lua strings (msgpack "str" of raw bytes), so the
+    # outer layer is read raw and each inner fields map decoded on its own.
+    pairs = msgpack.unpackb(value, raw=True)
+    return [(bytes(src).decode("ascii"), msgpack.unpackb(bytes(f))) for src, f in pairs]
+
+
+class ContactIndex:
+    def __init__(self, url: str, *, socket_timeout: float = 5.0) -> None:
+        # RESP2: pub/sub replies come back from read_response (RESP3 diverts them to a
+        # push handler). No client-side retries: a look-up has a budget of milliseconds
+        # and the sync client retries a refused batch itself.
+        self.redis = aioredis.Redis.from_url(
+            url,
+            protocol=2,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=1.0,
+            socket_timeout=socket_timeout,
+            socket_keepalive=True,
+        )
+        self._apply = self.redis.register_script(_APPLY)
+        self._remove_chunk = self.redis.register_script(_REMOVE_CHUNK)
+        self._erase = self.redis.register_script(_ERASE)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # -- reads ---------------------------------------------------------------------------
+    async def get(self, tenant: str, number: str) -> Contact | None:
+        try:
+            value = await self.redis.hget(keys.contacts(tenant), number)
+        except (RedisError, OSError) as exc:
+            raise IndexUnavailable(str(exc)) from exc
+        if not isinstance(value, bytes):
+            return None  # absent (the client does not decode, so a value is bytes)
+        source, fields = unpack_value(value)[0]
+        return Contact(source, fields)
+
+    async def held(self, tenant: str, number: str) -> list[Held]:
+        value = await self._call(self.redis.hget(keys.contacts(tenant), number))
+        if value is None:
+            return []
+        pairs = unpack_value(value)
+        return [Held(src, fields, i == 0) for i, (src, fields) in enumerate(pairs)]
+
+    async def sources(self, tenant: str) -> dict[str, tuple[int, float]]:
+        """Every source of the tenant: (numbers held, last change as a Unix time)."""
+        raw = await self._call(self.redis.hgetall(keys.sources(tenant)))
+        result: dict[str, tuple[int, float]] = {}
+        for name, changed in sorted(raw.items()):
+            source = name.decode("ascii")
+            count = await self._call(self.redis.scard(keys.source(tenant, source)))
+            result[source] = (int(count), int(changed) / 1000)
+        return result
+
+    async def count(self, tenant: str) -> int:
+        return int(await self._call(self.redis.hlen(keys.contacts(tenant))))
+
+    # -- writes --------------------------------------------------------------------------
+    async def apply(
+        self,
+        tenant: str,
+        source: str,
+        upserts: Sequence[Upsert],
+        deletes: Sequence[str],
+        generation: str | None = None,
+    ) -> tuple[int, int]:
+        """One batch of a sync, atomically: (numbers upserted, numbers deleted)."""
+        source_key = keys.source(tenant, source)
+        gen_key = keys.generation(tenant, source, generation) if generation else source_key
+        args: list[Any] = [
+            source, tenant, int(time.time() * 1000), len(upserts),
+            "1" if generation else "0", GENERATION_TTL,
+        ]  # fmt: skip
+        for item in upserts:
+            args += (item.number, pack_fields(item.fields))
+        args += deletes
+        result = await self._call(
+            self._apply(keys=[keys.contacts(tenant), source_key, keys.sources(tenant), gen_key],
+                        args=args)
+        )  # fmt: skip
+        return int(result[0]), int(result[1])
+
+    async def commit_generation(self, tenant: str, source: str, generation: str) -> int:
+        """End a full sync: remove what the source holds that this generation did not send."""
+        source_key = keys.source(tenant, source)
+        gen_key = keys.generation(tenant, source, generation)
+        stale = keys.erasing(tenant, secrets.token_hex(8))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sdiffstore(stale, [source_key, gen_key])
+            pipe.expire(stale, GENERATION_TTL)
+            pipe.unlink(gen_key)
+            await self._call(pipe.execute())
+        return await self._drain(tenant, source, source_key, stale)
+
+    async def remove_source(self, tenant: str, source: str) -> int | None:
+        """Delete every record of a source now; None if the tenant has no such source."""
+        source_key = keys.source(tenant, source)
+        known = await self._call(self.redis.hexists(keys.sources(tenant), source))
+        if not known:
+            return None
+        removed = await self._drain(tenant, source, source_key, source_key)
+        await self._call(self.redis.hdel(keys.sources(tenant), source))
+        pattern = keys.generation(tenant, source, "x")[:-1] + "*"
+        await self._unlink_matching(pattern)
+        return removed
+
+    async def erase(self, tenant: str, number: str) -> int:
+        """GDPR erasure of one number from every source: entries removed."""
+        prefix = keys.source(tenant, "x")[:-1]
+        result = await self._call(
+            self._erase(keys=[keys.contacts(tenant)], args=[number, tenant, prefix])
+        )
+        return int(result)
+
+    async def drop_tenant(self, tenant: str) -> int:
+        """Delete every key of the tenant (contacts, events, users, audit…): keys deleted."""
+        deleted = await self._unlink_matching(keys.tenant_pattern(tenant))
+        await self._call(
+            self.redis.publish(keys.INVALIDATE_CHANNEL, keys.invalidation(tenant, None))
+        )
+        return deleted
+
+    # -- invalidation --------------------------------------------------------------------
+    async def follow_invalidations(self, cache: ContactCache, *, ping: float = 5.0) -> None:
+        """Keep `cache` in step with every node's writes, for as long as the task runs.
+
+        The cache is off whenever the subscription is not confirmed: an invalidation
+        sent meanwhile would be lost, so the cache is emptied before it is turned on.
+        """
+        delay = 0.1
+        while True:
+            cache.enabled = False
+            conn: Connection = self.redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            try:
+                await conn.connect()  # type: ignore[no-untyped-call]
+                await conn.send_command("SUBSCRIBE", keys.INVALIDATE_CHANNEL)
+                await self._listen(conn, cache, ping)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.debug("contact invalidations: connection lost", extra={"error": str(exc)})
+            finally:
+                was_live, cache.enabled = cache.enabled, False
+                await conn.disconnect()
+            raise_if_cancelled()
+            # Lost after it worked: retry at once-ish; never came up: back off further.
+            delay = 0.1 if was_live else min(delay * 2, 5.0)
+            await asyncio.sleep(delay)
+
+    async def _listen(self, conn: Connection, cache: ContactCache, ping: float) -> None:
+        pinged = False
+        while True:
+            response = await conn.read_response(timeout=ping)
+            raise_if_cancelled()
+            if response is None:
+                if pinged:
+                    raise TimeoutError(f"no answer from redis for {2 * ping:.0f} s")
+                await conn.send_command("PING")
+                pinged = True
+                continue
+            pinged = False
+            if not (isinstance(response, list) and len(response) == 3):
+                continue
+            kind, _, data = response
+            if kind == b"subscribe":
+                cache.clear()
+                cache.enabled = True
+            elif kind == b"message" and isinstance(data, bytes):
+                parsed = keys.parse_invalidation(data)
+                if parsed is None:
+                    continue
+                tenant, numbers = parsed
+                if numbers is None:
+                    cache.drop_tenant(tenant)
+                else:
+                    cache.invalidate(tenant, numbers)
+
+    # -- helpers -------------------------------------------------------------------------
+    async def _drain(self, tenant: str, source: str, source_key: str, pop_key: str) -> int:
+        removed = 0
+        while True:
+            result = await self._call(
+                self._remove_chunk(
+                    keys=[keys.contacts(tenant), source_key, pop_key], args=[source, tenant, CHUNK]
+                )
+            )
+            removed += int(result[0])
+            if int(result[1]) == 0:
+                return removed
+
+    async def _unlink_matching(self, pattern: str) -> int:
+        deleted = 0
+        cursor = 0
+        while True:
+            cursor, found = await self._call(self.redis.scan(cursor, match=pattern, count=1000))
+            if found:
+                deleted += int(await self._call(self.redis.unlink(*found)))
+            if cursor == 0:
+                return deleted
+
+    @staticmethod
+    async def _call(awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise IndexUnavailable(str(exc)) from exc
