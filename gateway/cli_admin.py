@@ -1,6 +1,7 @@
 """Administration subcommands of ``sipgw``: tenants, users and tokens of the HTTP API.
 
     sipgw tenant create ID --name NAME
+    sipgw tenant delete ID --yes
     sipgw user add --tenant ID USERNAME [--role user|admin] [--extension EXT]
                    [--watch EXT ...] [--no-password] [--replace]
     sipgw token create --tenant ID (--user USERNAME | --sync) [--ttl SECONDS]
@@ -27,6 +28,7 @@ from typing import Any, TextIO
 
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.config.syntax import mask_url_password
+from gateway.recognition.index import ContactIndex
 from gateway.security.audit import rfc3339
 from gateway.security.directory import (
     Directory,
@@ -101,6 +103,33 @@ def cmd_tenant_create(args: argparse.Namespace) -> int:
             raise DirectoryError(f'tenant "{args.id}" is defined in the configuration file')
         await directory.create_tenant(args.id, args.name, source=operator_source())
         print(f"tenant {args.id} created (API only: users, tokens, events; no SIP domains)")
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_tenant_delete(args: argparse.Namespace) -> int:
+    if not args.yes:
+        return _fail(
+            f"this deletes every piece of data of tenant {args.id} (users, tokens, events, "
+            "contacts, audit) and cannot be undone; add --yes",
+            2,
+        )
+
+    async def action(directory: Directory, settings: Settings) -> int:
+        if settings.tenant_by_id(args.id) is not None:
+            raise DirectoryError(
+                f'tenant "{args.id}" is defined in the configuration file: remove it there; '
+                "the next start deletes its data"
+            )
+        deleted = await directory.delete_tenant(args.id, source=operator_source())
+        # Every node's contact cache forgets the tenant too.
+        index = ContactIndex(settings.redis.url)
+        try:
+            await index.drop_tenant(args.id)
+        finally:
+            await index.close()
+        print(f"tenant {args.id} deleted ({deleted} keys)")
         return 0
 
     return _run(args, action)
@@ -195,6 +224,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     create.add_argument("--name", required=True, help="display name")
     _config_option(create)
     create.set_defaults(func=cmd_tenant_create)
+    delete = tenant_sub.add_parser(
+        "delete", help="delete an API-only tenant and all its data (users, events, contacts)"
+    )
+    delete.add_argument("id", help="tenant id")
+    delete.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
+    _config_option(delete)
+    delete.set_defaults(func=cmd_tenant_delete)
 
     user = subparsers.add_parser("user", help="API users in Redis")
     user_sub = user.add_subparsers(dest="user_command", required=True)

@@ -288,8 +288,11 @@ class Directory:
             await self._seed_users(tenant)
         for tenant_id, record in stored.items():
             if record.source == "config" and tenant_id not in configured:
-                await self._remove_tenant(tenant_id)
-                await self.audit.record(tenant_id, "tenant.remove", "ok", source="config")
+                deleted = await self._remove_tenant(tenant_id)
+                await self.audit.record(
+                    None, "tenant.remove", "ok", source="config", ref=tenant_id,
+                    detail=f"keys={deleted}",
+                )  # fmt: skip
 
     async def _seed_users(self, tenant: Tenant) -> None:
         existing = await self._user_records(tenant.id)
@@ -357,12 +360,30 @@ class Directory:
             await self.audit.record(tenant_id, "tenant.create", "ok", source=source, detail=name)
         return record
 
-    async def _remove_tenant(self, tenant_id: str) -> None:
-        """Revoke every token of a tenant and forget its users (its audit stream stays)."""
+    async def delete_tenant(self, tenant_id: str, *, source: str = "") -> int:
+        """Delete an API-only tenant and every piece of its data: keys deleted.
+
+        A tenant of the configuration is refused: remove it from the file, and the next
+        start deletes its data the same way (`seed`)."""
+        async with self._redis_errors():
+            if not await self._redis.hexists(keys.TENANTS, tenant_id):
+                raise DirectoryError(f"unknown tenant {show(tenant_id)}")
+            deleted = await self._remove_tenant(tenant_id)
+            await self.audit.record(
+                None, "tenant.delete", "ok", source=source, ref=tenant_id, detail=f"keys={deleted}"
+            )
+        return deleted
+
+    async def _remove_tenant(self, tenant_id: str) -> int:
+        """Revoke every token of a tenant, then delete all its keys: users, events,
+        contacts, audit. Only a line in the global audit stream says it existed."""
         async for index in self._redis.scan_iter(match=keys.user_tokens_pattern(tenant_id)):
             await self._revoke_index(str(index))
-        await self._redis.delete(keys.users(tenant_id))
+        deleted = 0
+        async for key in self._redis.scan_iter(match=keys.tenant_pattern(tenant_id), count=1000):
+            deleted += int(await self._redis.unlink(key))
         await self._redis.hdel(keys.TENANTS, tenant_id)
+        return deleted
 
     # -- users -----------------------------------------------------------------------------
     async def _user_records(self, tenant: str) -> dict[str, UserRecord]:

@@ -25,6 +25,11 @@ GLOBAL_AUDIT = "sipgw:audit"
 SYNC_TOKENS = "@sync"  # the token index of tenant-level (sync) tokens; no username has "@"
 
 
+def tenant_pattern(tenant: str) -> str:
+    """Every key of a tenant, for SCAN (tenant ids hold no glob character)."""
+    return f"{{{tenant}}}:*"
+
+
 def users(tenant: str) -> str:
     return f"{{{tenant}}}:users"
 

@@ -245,3 +245,35 @@ async def test_callers_without_a_number_are_not_looked_up(
     events = await asyncio.wait_for(collect(ws, 4), 30)
     await ws.close()
     assert "lookup" not in events[0] and events[0]["calling"].get("number_e164") is None
+
+
+async def _cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway.cli", *args, "--config", str(gw.config)],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+    )  # fmt: skip
+
+
+async def test_deleting_a_tenant_deletes_all_its_data(gateway: GatewayProcess) -> None:
+    assert (await _cli(gateway, "tenant", "create", "initech", "--name", "Initech")).returncode == 0
+    made = await _cli(gateway, "token", "create", "--tenant", "initech", "--sync")
+    token = made.stdout.strip()
+    # An API-only tenant has no contact fields configured: a bare number is all it stores.
+    status, answer = await put_contacts(gateway, token, [{"number": CALLER, "fields": {"a": 1}}])
+    assert status == 422 and "configured: none" in answer["detail"]
+    status, _ = await put_contacts(gateway, token, [{"number": CALLER}])
+    assert status == 200
+    refused = await _cli(gateway, "tenant", "delete", "initech")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert (await _cli(gateway, "tenant", "delete", "acme", "--yes")).returncode == 1
+    done = await _cli(gateway, "tenant", "delete", "initech", "--yes")
+    assert done.returncode == 0, done.stderr
+    client = aioredis.Redis.from_url(gateway.redis_url)
+    try:
+        left = [k async for k in client.scan_iter(match="{initech}:*")]
+        acme = [k async for k in client.scan_iter(match="{acme}:*")]
+    finally:
+        await client.aclose()
+    assert left == [] and acme != []
+    assert (await put_contacts(gateway, token, [{"number": CALLER}]))[0] == 401
