@@ -16,10 +16,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.integration.conftest import GatewayFactory
-from tests.integration.gateway import REPO, GatewayProcess, RedisProcess
+from tests.integration.gateway import DOMAIN, PASSWORDS, REPO, GatewayProcess, RedisProcess
 from tests.integration.relay import DelayRelay
 from tests.integration.test_events import by_call, check_stream, collect, subscribe
 from tests.integration.test_sipp_calls import trunk_to_did
+from tests.peers.sipp import run_sipp, scenario, start_sipp
 
 pytestmark = [pytest.mark.peers]
 
@@ -277,3 +278,33 @@ async def test_deleting_a_tenant_deletes_all_its_data(gateway: GatewayProcess) -
         await client.aclose()
     assert left == [] and acme != []
     assert (await put_contacts(gateway, token, [{"number": CALLER}]))[0] == 401
+
+
+async def test_outbound_call_recognizes_the_number_dialled(gateway: GatewayProcess) -> None:
+    """The demo's first call: a phone dials a national number out through the trunk."""
+    admin = await gateway.login("203")
+    await put_contacts(
+        gateway, admin, [{"number": CALLER, "fields": {"name": "Jane", "crm_id": "C-1001"}}]
+    )
+    ws = await subscribe(gateway, admin)
+    async with await start_sipp(
+        ["-sf", scenario("uas"), "-m", "1"], local_port=gateway.ports.trunk, name="trunk-uas"
+    ) as uas:
+        result = await run_sipp(
+            ["-sf", scenario("uac"), f"127.0.0.1:{gateway.ports.sip}", "-s", "0612345678",
+             "-au", "202", "-ap", PASSWORDS["202"], "-m", "1"],
+            keys={"domain": DOMAIN, "caller": "202"},
+        )  # fmt: skip
+        result.check(calls=1)
+        (await uas.wait(timeout=30)).check(calls=1)
+    events = await collect(ws, 4)
+    await ws.close()
+    offered = events[0]
+    assert offered["direction"] == "outbound" and offered["extension"] == "202"
+    assert offered["called"]["number_raw"] == "0612345678"
+    assert offered["called"]["number_e164"] == CALLER
+    assert offered["lookup"]["status"] == "hit"
+    assert offered["lookup"]["contact"] == {"name": "Jane", "crm_id": "C-1001"}
+    assert [p["url"] for p in offered["screen_pop"]] == [
+        f"https://crm.example/contacts/C-1001?call={offered['call_id']}"
+    ]
