@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -308,3 +309,55 @@ async def test_outbound_call_recognizes_the_number_dialled(gateway: GatewayProce
     assert [p["url"] for p in offered["screen_pop"]] == [
         f"https://crm.example/contacts/C-1001?call={offered['call_id']}"
     ]
+
+
+async def test_sipgw_sync_against_the_gateway_sends_only_the_changed_rows(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    """The real client and the real API: an initial sync, 1 % changed, a delta sync."""
+    made = await _cli(gateway, "token", "create", "--tenant", "acme", "--sync")
+    env = {"SIPGW_SYNC_TOKEN": made.stdout.strip()}
+    rows = {n: (f"+3161{n:07d}", f"Contact {n}", f"C-{n}") for n in range(2000)}
+
+    def write_csv() -> None:
+        lines = ["id,name,phone"] + [f"{cid},{name},{phone}" for phone, name, cid in rows.values()]
+        (tmp_path / "contacts.csv").write_text("\n".join(lines) + "\n")
+
+    (tmp_path / "crm.toml").write_text(
+        f'tenant = "acme"\nsource = "crm"\nregion = "NL"\n'
+        f'[gateway]\nurl = "{gateway.http_url}"\n'
+        '[input]\nkind = "csv"\npath = "contacts.csv"\n'
+        '[numbers]\ncolumns = ["phone"]\n'
+        '[fields]\nname = "name"\ncrm_id = "id"\n'
+    )
+
+    async def sync(*args: str) -> dict[str, Any]:
+        report = tmp_path / "report.json"
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "gateway.cli", "sync", str(tmp_path / "crm.toml"),
+             "--report", str(report), *args],
+            capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
+            env={**os.environ, **env},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(report.read_text()))
+
+    write_csv()
+    first = await sync()
+    assert (first["upserts_sent"], first["deletes_sent"]) == (2000, 0)
+    for n in range(10):  # 1 %: 10 edited, 5 added, 5 removed
+        rows[n] = (rows[n][0], f"Renamed {n}", rows[n][2])
+    for n in range(2000, 2005):
+        rows[n] = (f"+3161{n:07d}", f"New {n}", f"C-{n}")
+    for n in range(1990, 1995):
+        del rows[n]
+    write_csv()
+    second = await sync()
+    assert (second["upserts_sent"], second["deletes_sent"]) == (15, 5)
+    admin = await gateway.login("203")
+    status, raw = await gateway.http("GET", "/v1/privacy/numbers/+31610000003", token=admin)
+    assert status == 200
+    assert json.loads(raw)["contacts"][0]["fields"] == {"name": "Renamed 3", "crm_id": "C-3"}
+    status, raw = await gateway.http("GET", "/v1/sources", token=admin)
+    assert (status, json.loads(raw)["sources"][0]["numbers"]) == (200, 2000)
