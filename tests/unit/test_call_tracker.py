@@ -642,6 +642,60 @@ def test_privacy_id_keeps_the_asserted_identity_out() -> None:
     assert offered.calling.number_e164 is None
 
 
+def test_the_peer_profile_decides_which_header_names_the_caller() -> None:
+    def offered_calling(meta: Meta, *extra: str) -> str | None:
+        leg = Leg(caller='"Front" <sip:0201111111@trunk.example.net>')
+        invite = leg.invite(
+            "P-Preferred-Identity: <sip:+31202222222@trunk>",
+            "P-Asserted-Identity: <sip:+31203333333@trunk>",
+            *extra,
+        )
+        (offered,) = run([(invite, meta)])
+        assert offered.calling is not None
+        return offered.calling.number_raw
+
+    assert offered_calling(IN) == "+31203333333"  # no profile: PAI for an inbound call
+    from_only = Meta("acme", "inbound", "201", caller_id=("From",))
+    assert offered_calling(from_only) == "0201111111"  # a trunk whose PAI is not trusted
+    preferred = ("P-Preferred-Identity", "P-Asserted-Identity", "From")
+    assert offered_calling(Meta("acme", "inbound", "201", caller_id=preferred)) == "+31202222222"
+    # Privacy: id hides every asserted identity, whatever the profile trusts.
+    assert offered_calling(Meta("acme", "inbound", "201", caller_id=preferred), "Privacy: id") == (
+        "0201111111"
+    )
+
+
+def test_numbers_are_normalized_through_the_e164_callback() -> None:
+    seen: list[tuple[str, str, str | None]] = []
+
+    def e164(tenant: str, uri: object, region: str | None) -> str | None:
+        seen.append((tenant, str(uri), region))
+        return "+31612345678" if "0612345678" in str(uri) else None
+
+    leg = Leg(
+        caller='"Piet" <sip:201@gw.example.com>',
+        callee="<sip:0612345678@gw.example.com>",
+        ruri="sip:0612345678@gw.example.com",
+    )
+    tracker, clock = new_tracker()
+    tracker.e164 = e164
+    meta = Meta("acme", "outbound", "201", region="BE")
+    (offered,) = feed(tracker, clock, [(leg.invite(), meta)])
+    assert offered.called is not None and offered.called.number_e164 == "+31612345678"
+    assert offered.calling is not None and offered.calling.number_e164 is None
+    assert ("acme", "sip:0612345678@gw.example.com", "BE") in seen
+
+    def broken(tenant: str, uri: object, region: str | None) -> str | None:
+        raise RuntimeError("a bug in normalization")
+
+    tracker, clock = new_tracker()
+    tracker.e164 = broken
+    leg = Leg(caller="<sip:0201111111@trunk.example.net>")
+    (offered,) = feed(tracker, clock, [(leg.invite(), IN)])  # the call still has its event
+    assert offered.type == "call.offered" and tracker.errors == 1
+    assert offered.calling is not None and offered.calling.number_e164 is None
+
+
 def test_outbound_and_internal_parties_come_from_from_and_to() -> None:
     leg = Leg(
         caller='"Piet" <sip:201@gw.example.com>',
