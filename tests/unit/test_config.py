@@ -632,8 +632,7 @@ ERRORS = [
     (
         TENANT + 'api_password = "Alice-api-1!"\napi_password_hash = "x"\n',
         {},
-        "tenants[0].users[0].api_password: give either api_password or api_password_hash, "
-        "not both",
+        "tenants[0].users[0].api_password: give either api_password or api_password_hash, not both",
     ),
     (
         TENANT + 'api_password_hash = "$2b$12$abcdefghijklmnopqrstuv"\n',
@@ -658,13 +657,14 @@ ERRORS = [
         "(extensions: 201)",
     ),
     (
-        TENANT + 'extensions = ["202", "202"]\n'
+        TENANT
+        + 'extensions = ["202", "202"]\n'
         + '[[tenants.users]]\nusername = "bob"\nextension = "202"\npassword = "Bobby-pass-2"\n',
         {},
         'tenants[0].users[0].extensions[1]: duplicate of tenants[0].users[0].extensions[0] ("202")',
     ),
     (
-        TENANT + 'extensions = [202]\n',
+        TENANT + "extensions = [202]\n",
         {},
         'tenants[0].users[0].extensions[0]: must be a string of 2-8 digits (quote it: "202"), '
         "got 202",
@@ -1198,7 +1198,9 @@ def test_defaults_of_events_security_and_monitor(tmp_path: Path) -> None:
 
 
 def test_events_security_and_monitor_sections(tmp_path: Path) -> None:
-    text = TENANT + """
+    text = (
+        TENANT
+        + """
 [events]
 stream_maxlen = 5000
 stream_max_age = 0
@@ -1228,6 +1230,7 @@ trunks = ["198.51.100.7:5060", "203.0.113.0/24"]
 address = "[2001:db8::60]:9060"
 tenant = "acme"
 """
+    )
     settings = load(tmp_path, text, env={"SIPGW_EVENTS__HEARTBEAT": "5"})
     events = settings.events
     assert (events.stream_maxlen, events.stream_max_age, events.max_age) == (5000, 0.0, None)
@@ -1326,3 +1329,66 @@ def test_demo_api_logins_are_documented_and_resolve() -> None:
         assert f"`{user.username}` / `{api_password}`" in documented
         roles[user.username] = user.role
     assert roles == {"201": "user", "203": "admin"}
+
+
+# --- recognition ------------------------------------------------------------------------
+
+REC = TENANT + "[tenants.recognition]\n"
+
+
+def test_recognition_defaults_and_values(tmp_path: Path) -> None:
+    plain = load(tmp_path, TENANT)
+    rec = plain.tenants[0].recognition
+    assert (rec.enabled, rec.fields, rec.budget_ms, rec.timeout_ms) == (True, ("name",), 20, 2000)
+    assert plain.recognition.cache_size == 100_000
+    settings = load(
+        tmp_path,
+        "[recognition]\ncache_size = 10\nnegative_ttl = 0\n"
+        + REC
+        + 'fields = ["name", "crm_id"]\nbudget_ms = 50\n'
+        + '[[tenants.recognition.screen_pop]]\nname = "crm"\n'
+        + 'url = "https://crm.example/c/{contact.crm_id}?n={number}"\n'
+        + '[[tenants.recognition.screen_pop]]\nname = "new"\nwhen = "miss"\n'
+        + 'url = "https://crm.example/new"\n',
+    )
+    rec = settings.tenants[0].recognition
+    assert rec.fields == ("name", "crm_id") and rec.budget_ms == 50
+    assert [p.name for p in rec.pops_for("hit")] == ["crm"]
+    assert [p.name for p in rec.pops_for("miss")] == ["new"]
+    assert rec.pops_for("error") == () and rec.pops_for("pending") == ()
+    assert (settings.recognition.cache_size, settings.recognition.negative_ttl) == (10, 0)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("budget_ms = 5000\n", "tenants[0].recognition.budget_ms: must be at most 1000, got 5000"),
+        (
+            "budget_ms = 100\ntimeout_ms = 50\n",
+            "tenants[0].recognition.timeout_ms: must be at least budget_ms (100), got 50",
+        ),
+        ('fields = ["Name"]\n', "tenants[0].recognition.fields[0]: must be 1-32 of a-z, 0-9 and"),
+        ('fields = ["a", "a"]\n', "tenants[0].recognition.fields[1]: duplicate of"),
+        ("budget = 5\n", 'tenants[0].recognition.budget: unknown key (did you mean "budget_ms"?)'),
+        (
+            '[[tenants.recognition.screen_pop]]\nname = "x"\nurl = "https://c.example/{contact.ssn}"\n',
+            "tenants[0].recognition.screen_pop[0].url: unknown placeholder",
+        ),
+        (
+            '[[tenants.recognition.screen_pop]]\nname = "x"\nurl = "{contact.name}"\n',
+            "tenants[0].recognition.screen_pop[0].url: ",
+        ),
+        (
+            '[[tenants.recognition.screen_pop]]\nname = "x"\nwhen = "late"\nurl = "https://c.example/"\n',
+            "tenants[0].recognition.screen_pop[0].when: ",
+        ),
+    ],
+)
+def test_recognition_errors_name_the_key(tmp_path: Path, body: str, expected: str) -> None:
+    assert error_of(tmp_path, REC + body).startswith(expected)
+
+
+def test_node_recognition_errors_name_the_key(tmp_path: Path) -> None:
+    assert error_of(tmp_path, "[recognition]\nmax_batch = 0\n").startswith(
+        "recognition.max_batch: "
+    )
