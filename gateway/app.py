@@ -234,6 +234,10 @@ class Gateway:
             # 0.54's sans-I/O one does; frames are small: subscribers only ping.
             ws="websockets",
             ws_max_size=64 * 1024,
+            ssl_certfile=self.settings.http.tls_cert,
+            ssl_keyfile=self.settings.http.tls_key,
+            # TLS 1.2+ with the same strong suites as SIP over TLS.
+            ssl_ciphers=self.settings.sip.tls_ciphers,
         )
         self.http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self.http.serve())

@@ -74,7 +74,7 @@ def banner(settings: Settings, gateway: Gateway) -> str:
         lines.append(f"  {spec.transport.upper():4} {spec.host}:{spec.port}")
     lines.append("")
     lines.append(
-        f"HTTP on http://{settings.http.host}:{gateway.http_port}  "
+        f"HTTP on {settings.http.scheme}://{settings.http.host}:{gateway.http_port}  "
         "(/healthz /readyz /metrics /docs)"
     )
     passwords = _demo_passwords(settings)
@@ -104,12 +104,12 @@ def banner(settings: Settings, gateway: Gateway) -> str:
             "  e.g. linphonec:  register sip:"
             f"{user.username}@{tenant.domains[0]} sip:{udp.host}:{udp.port} <password>",
             "",
-            f"Metrics: curl http://{settings.http.host}:{gateway.http_port}/metrics",
+            f"Metrics: curl {settings.http.scheme}://{settings.http.host}:{gateway.http_port}/metrics",
         ]
         api = _demo_api_passwords(settings)
         admin = next((u for u in tenant.users if u.role == "admin" and u.username in api), None)
         if admin is not None:
-            url = f"http://{settings.http.host}:{gateway.http_port}"
+            url = f"{settings.http.scheme}://{settings.http.host}:{gateway.http_port}"
             lines += [
                 "",
                 "Watch live call events (demo admin API user):",

@@ -124,7 +124,13 @@ def _settings(root: Table, source: str) -> Settings:
     root.check_keys(TOP_LEVEL_KEYS)
     node = NodeSettings(**root.table("node").read({"name": _node_name}))
     sip = _sip(root.table("sip"))
-    http = HttpSettings(**root.table("http").read({"listen": _http_listen}))
+    http_table = root.table("http")
+    http = HttpSettings(
+        **http_table.read(
+            {"listen": _http_listen, "tls_cert": _existing_file, "tls_key": _existing_file}
+        )
+    )
+    _check_tls_files(http_table, http)
     redis = RedisSettings(**root.table("redis").read({"url": _redis_url}))
     log = LogSettings(**root.table("log").read(_LOG_READERS))
     events = EventsSettings(**root.table("events").read(_EVENTS_READERS))
@@ -247,7 +253,7 @@ def _check_order(table: Table, *named: tuple[str, float]) -> None:
         )
 
 
-def _check_tls_files(table: Table, sip: SipSettings) -> None:
+def _check_tls_files(table: Table, sip: SipSettings | HttpSettings) -> None:
     if sip.tls_cert is not None and sip.tls_key is None:
         raise ConfigError(
             table.key_of("tls_key"), f"required when {table.key_of('tls_cert')} is set"

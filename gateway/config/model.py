@@ -164,6 +164,12 @@ class HttpSettings:
     """The HTTP API (REST, WebSocket/SSE events, metrics, health)."""
 
     listen: str = "127.0.0.1:8080"  # "host:port", IPv6 in brackets
+    tls_cert: Path | None = None  # HTTPS when set (with tls_key): tokens and contacts
+    tls_key: Path | None = None  # must never cross a network in clear text
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
 
     @property
     def host(self) -> str:

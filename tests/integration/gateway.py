@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -91,6 +92,7 @@ def render_config(
     extra: str = "",
     subscriber_queue: int = 1000,
     recognition: str = RECOGNITION,
+    http_tls: bool = False,
 ) -> str:
     pair = make_self_signed(workdir, name="sipgw")
     users = "\n".join(
@@ -122,6 +124,8 @@ auth_secret = "integration-secret-0123456789"
 
 [http]
 listen = "127.0.0.1:{ports.http}"
+{f'tls_cert = "{pair.cert}"' if http_tls else ""}
+{f'tls_key = "{pair.key}"' if http_tls else ""}
 
 [redis]
 url = "{redis_url}"
@@ -247,6 +251,7 @@ class GatewayProcess:
             self.redis = RedisProcess.start(workdir / "redis")
             redis_url = self.redis.url
         self.redis_url = redis_url
+        self.http_tls = bool(options.get("http_tls"))
         self.config = workdir / "sipgw.toml"
         self.config.write_text(
             render_config(self.ports, workdir, extra_sip, redis_url=redis_url, **options)
@@ -260,7 +265,12 @@ class GatewayProcess:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.http}"
+        return f"{'https' if self.http_tls else 'http'}://127.0.0.1:{self.ports.http}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The self-signed certificate of the gateway's SIP and HTTPS listeners."""
+        return self.workdir / "sipgw.crt"
 
     async def start(self, timeout: float = 15.0) -> GatewayProcess:
         log = self.log_path.open("ab")
@@ -309,8 +319,9 @@ class GatewayProcess:
             request = urllib.request.Request(
                 self.http_url + path, data=data, headers=headers, method=method
             )
+            context = ssl.create_default_context(cafile=self.ca_file) if self.http_tls else None
             try:
-                with urllib.request.urlopen(request, timeout=5) as resp:
+                with urllib.request.urlopen(request, timeout=5, context=context) as resp:
                     return resp.status, resp.read()
             except urllib.error.HTTPError as err:
                 return err.code, err.read()

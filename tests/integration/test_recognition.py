@@ -361,3 +361,42 @@ async def test_sipgw_sync_against_the_gateway_sends_only_the_changed_rows(
     assert json.loads(raw)["contacts"][0]["fields"] == {"name": "Renamed 3", "crm_id": "C-3"}
     status, raw = await gateway.http("GET", "/v1/sources", token=admin)
     assert (status, json.loads(raw)["sources"][0]["numbers"]) == (200, 2000)
+
+
+async def test_sync_over_https_verifies_the_gateway_certificate(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    """The API over TLS ([http] tls_cert/tls_key); the client trusts only its CA file."""
+    gw = await gateway_factory(http_tls=True)
+    made = await _cli(gw, "token", "create", "--tenant", "acme", "--sync")
+    (tmp_path / "contacts.csv").write_text("id,name,phone\nC-1,Jan,0612345678\n")
+    token = tmp_path / "sync.token"
+    token.write_text(made.stdout.strip())
+    token.chmod(0o600)
+
+    def mapping(cafile: str) -> Path:
+        path = tmp_path / "crm.toml"
+        path.write_text(
+            f'tenant = "acme"\nsource = "crm"\nregion = "NL"\n'
+            f'[gateway]\nurl = "{gw.http_url}"\n{cafile}token_file = "{token}"\n'
+            '[input]\nkind = "csv"\npath = "contacts.csv"\n'
+            '[numbers]\ncolumns = ["phone"]\n[fields]\nname = "name"\n'
+        )
+        return path
+
+    async def sync(path: Path) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "gateway.cli", "sync", str(path), "--state",
+             str(tmp_path / "state.db")],
+            capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+        )  # fmt: skip
+
+    assert gw.http_url.startswith("https://")
+    untrusted = await sync(mapping(""))  # the system CAs do not know this certificate
+    assert untrusted.returncode == 1 and "certificate" in untrusted.stderr.lower()
+    trusted = await sync(mapping(f'cafile = "{gw.ca_file}"\n'))
+    assert trusted.returncode == 0, trusted.stderr
+    admin = await gw.login("203")
+    status, raw = await gw.http("GET", "/v1/privacy/numbers/0612345678", token=admin)
+    assert (status, json.loads(raw)["contacts"][0]["fields"]) == (200, {"name": "Jan"})
