@@ -57,6 +57,8 @@ def _first_unclean(rep: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def summarize(doc: Doc) -> Doc:
+    if doc["scenario"] == RECOGNITION:
+        return summarize_recognition(doc)
     rate, clean_everywhere = common_rate(doc)
     cores = doc["machine"].get("cores") or 1
     rows = []
@@ -215,6 +217,8 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 def headline_table(doc: Doc) -> str:
     """Markdown table (also readable as plain text on stdout)."""
+    if doc["scenario"] == RECOGNITION:
+        return recognition_table(doc)
     s = doc["summary"]
     rate = s["common_rate"]
     unit = doc["unit"]
@@ -260,7 +264,10 @@ def headline_table(doc: Doc) -> str:
 def markdown(docs: list[Doc], images: Mapping[str, list[Path]]) -> str:
     first = docs[0]
     m = first["machine"]
-    v = first["versions"]
+    v: dict[str, str] = {}
+    for doc in docs:  # the recognition scenario has its own (redis-server, redis-py)
+        v.update(doc["versions"])
+    step_docs = [d for d in docs if d["scenario"] != RECOGNITION]
     lines = [
         f"# sipgw benchmark {'(quick) ' if first['quick'] else ''}— {first['started_at']}",
         "",
@@ -268,18 +275,23 @@ def markdown(docs: list[Doc], images: Mapping[str, list[Path]]) -> str:
         f"Linux {m['kernel']}, load at start {' '.join(m['loadavg_at_start'])}. "
         f"Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
-        "Max clean rate: highest offered rate with < 0.1 % failed, ≤ 1 % retransmissions, "
-        "median response ≤ 100 ms, ≥ 90 % of the offered rate achieved and every call "
-        "created; stepping stops at the "
-        "first unclean step. CPU = user+system time of the implementation's process tree. "
-        "sipgw challenges only the REGISTER (the trunk is trusted by address); the "
-        "Kamailio reference does no authentication at all. sipp runs on the same "
-        "cores: a bench CPU share near 100 % at the first unclean step means the machine, "
-        "not the proxy, may have set the limit; proxy cores near 1.0 means a "
-        "single-threaded proxy was CPU-bound. See bench/README.md.",
-        "",
     ]
+    if step_docs:
+        lines += [
+            "Max clean rate: highest offered rate with < 0.1 % failed, ≤ 1 % retransmissions, "
+            "median response ≤ 100 ms, ≥ 90 % of the offered rate achieved and every call "
+            "created; stepping stops at the "
+            "first unclean step. CPU = user+system time of the implementation's process tree. "
+            "sipgw challenges only the REGISTER (the trunk is trusted by address); the "
+            "Kamailio reference does no authentication at all. sipp runs on the same "
+            "cores: a bench CPU share near 100 % at the first unclean step means the machine, "
+            "not the proxy, may have set the limit; proxy cores near 1.0 means a "
+            "single-threaded proxy was CPU-bound. See bench/README.md.",
+            "",
+        ]
     for doc in docs:
+        if doc["scenario"] == RECOGNITION:
+            continue  # after the step scenarios, below
         lines += [f"## {doc['scenario']}", "", headline_table(doc), ""]
         for row in doc["summary"]["rows"]:
             for reasons in row["first_unclean_reasons"][:1]:
@@ -305,6 +317,9 @@ def markdown(docs: list[Doc], images: Mapping[str, list[Path]]) -> str:
             lines += [f"![{path.stem}]({path.name})", ""]
         lines.append(f"Wall time of the scenario: {doc['wall_time_s']} s.")
         lines.append("")
+    for doc in docs:
+        if doc["scenario"] == RECOGNITION:
+            lines += recognition_markdown(doc, images.get(RECOGNITION, []))
     return "\n".join(lines)
 
 
@@ -312,7 +327,10 @@ def markdown(docs: list[Doc], images: Mapping[str, list[Path]]) -> str:
 
 
 def plot(doc: Doc, prefix: Path) -> list[Path]:
-    """Achieved vs offered rate, CPU ms per call vs rate, response time p99 vs rate."""
+    """Achieved vs offered rate, CPU ms per call vs rate, response time p99 vs rate (the
+    recognition scenario: look-up latency percentiles, sync times)."""
+    if doc["scenario"] == RECOGNITION:
+        return plot_recognition(doc, prefix)
     import matplotlib
 
     matplotlib.use("Agg")  # no display; must precede pyplot
@@ -368,6 +386,266 @@ def plot(doc: Doc, prefix: Path) -> list[Path]:
             ax.set_yscale("symlog", linthresh=10)
         fig.tight_layout()
         path = prefix.with_name(f"{prefix.name}-{key}.png")
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# -- the recognition scenario ---------------------------------------------------------------
+
+RECOGNITION = "recognition"
+LOOKUP_KINDS = {
+    "cache_hit": "local cache hit: Recognizer.cached()",
+    "redis_hit": "Redis hit: Recognizer.lookup(), cache off",
+    "miss": "miss: Recognizer.lookup(), number not held",
+    "redis_hit_concurrent": "Redis hit, 100 look-ups in flight",
+}
+SHORT_KIND = {
+    "cache_hit": "cache hit",
+    "redis_hit": "Redis hit",
+    "miss": "miss",
+    "redis_hit_concurrent": "Redis hit\n100 in flight",
+}
+SYNC_RUNS = ("initial", "delta", "unchanged")
+_PERCENTILES = ("p50_us", "p95_us", "p99_us")
+
+
+def _sync_run_row(run: Mapping[str, Any]) -> dict[str, Any]:
+    rep = run.get("report") or {}
+    return {
+        "wall_s": run.get("wall_s"),
+        "rows_per_s": run.get("rows_per_s"),
+        "batches": rep.get("batches"),
+        "numbers_sent": run.get("numbers_sent"),
+        "expected_sent": (run.get("expected_upserts") or 0) + (run.get("expected_deletes") or 0),
+        "upserts_sent": rep.get("upserts_sent"),
+        "deletes_sent": rep.get("deletes_sent"),
+        "sipgw_cpu_s": run.get("sipgw_cpu_s"),
+        "redis_cpu_s": run.get("redis_cpu_s"),
+        "client_cpu_s": run.get("client_cpu_s"),
+        "summary_line": run.get("summary_line"),
+        "exit_code": run.get("exit_code"),
+    }
+
+
+def summarize_recognition(doc: Doc) -> Doc:
+    """The headline figures of the recognition scenario (``doc["summary"]``)."""
+    lk = doc.get("lookups") or {}
+    kinds = lk.get("kinds") or {}
+    lookups = []
+    for kind, label in LOOKUP_KINDS.items():
+        found = kinds.get(kind)
+        if found:
+            figures = ("count", *_PERCENTILES, "max_us", "mean_us", "lookups_per_s")
+            lookups.append({"kind": kind, "label": label, **{k: found.get(k) for k in figures}})
+    memory = lk.get("memory") or {}
+    sync = doc.get("sync") or {}
+    sizes = []
+    for size in sync.get("sizes", []):
+        runs = {r["kind"]: r for r in size.get("runs", [])}
+        row: dict[str, Any] = {
+            "rows": size["rows"],
+            "numbers": size.get("numbers"),
+            "wall_s": size.get("wall_s"),
+            "over_budget": size.get("over_budget"),
+            "skipped": size.get("skipped"),
+            "error": size.get("error"),
+            "checks_failed": [c["check"] for c in size.get("checks", []) if not c["ok"]],
+        }
+        for kind in SYNC_RUNS:
+            row[kind] = _sync_run_row(runs[kind]) if kind in runs else None
+        sizes.append(row)
+    errors = [f"look-ups: {lk['error']}"] if lk.get("error") else []
+    skipped = [f"look-ups: {lk['skipped']}"] if lk.get("skipped") else []
+    if sync.get("skipped"):
+        skipped.append(f"sync: {sync['skipped']}")
+    skipped += [f"sync of {z['rows']} rows: {z['skipped']}" for z in sync.get("sizes", [])
+                if z.get("skipped")]  # fmt: skip
+    if sync.get("error"):
+        errors.append(f"sync: {sync['error']}")
+    errors += [f"sync of {s['rows']} rows: {s['error']}" for s in sizes if s["error"]]
+    log = sync.get("log") or {}
+    doc["summary"] = {
+        "lookups": lookups,
+        "contacts": lk.get("contacts"),
+        "bytes_per_contact": memory.get("bytes_per_contact"),
+        "contacts_hash_bytes_per_contact": memory.get("contacts_hash_bytes_per_contact"),
+        "source_set_bytes_per_contact": memory.get("source_set_bytes_per_contact"),
+        "load_contacts_per_s": (lk.get("load") or {}).get("contacts_per_s"),
+        "sync_cli": sync.get("sync_cli"),
+        "sync": sizes,
+        "sipgw_log_warnings": log.get("warnings", 0),
+        "sipgw_log_errors": log.get("errors", 0),
+        "sipgw_exit_code": sync.get("exit_code"),
+        "errors": errors,
+        "skipped": skipped,
+    }
+    return doc
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    """A figure with thin thousands separators: 1 049 877, 12.5; "-" for none."""
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}".replace(",", " ")
+
+
+def _run_cell(run: Mapping[str, Any] | None, *, sent: bool = False) -> str:
+    if run is None:
+        return "-"
+    cell = f"{_fmt(run['wall_s'], 1)} s, {_num(run['rows_per_s'])} rows/s"
+    if sent:
+        verdict = "ok" if run["numbers_sent"] == run["expected_sent"] else "MISMATCH"
+        cell += (
+            f", {_num(run['numbers_sent'])} numbers sent "
+            f"({_num(run['expected_sent'])} changed: {verdict})"
+        )
+    return cell
+
+
+def recognition_table(doc: Doc) -> str:
+    """The look-up and sync tables of the recognition scenario (Markdown)."""
+    s = doc["summary"]
+    lines = [
+        f"**{doc['title']}**",
+        "",
+        f"| look-up ({_num(s['contacts'])} contacts in Redis) | count | p50 µs | p95 µs | "
+        "p99 µs | max µs | look-ups/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in s["lookups"]:
+        lines.append(
+            f"| {row['label']} | {_num(row['count'])} | {_num(row['p50_us'], 1)} | "
+            f"{_num(row['p95_us'], 1)} | {_num(row['p99_us'], 1)} | {_num(row['max_us'], 1)} | "
+            f"{_num(row['lookups_per_s'])} |"
+        )
+    if s["bytes_per_contact"] is not None:
+        lines += [
+            "",
+            f"Redis memory: {_fmt(s['bytes_per_contact'])} bytes per contact (INFO "
+            f"used_memory after loading, minus before; the contacts hash "
+            f"{_fmt(s['contacts_hash_bytes_per_contact'])} and the source's number set "
+            f"{_fmt(s['source_set_bytes_per_contact'])} by MEMORY USAGE). Loaded at "
+            f"{_num(s['load_contacts_per_s'])} contacts/s (ContactIndex.apply, batches of 1000).",
+        ]
+    if s["sync"]:
+        lines += [
+            "",
+            "| `sipgw sync` of a CSV | numbers | initial: time, rows/s (batches; sipgw / "
+            "client CPU s) | 1 % changed: time, rows/s, numbers sent | nothing changed |",
+            "| ---: | ---: | --- | --- | --- |",
+        ]
+        for size in s["sync"]:
+            if size.get("skipped"):
+                lines.append(f"| {_num(size['rows'])} rows | - | skipped: {size['skipped']} | | |")
+                continue
+            first = size["initial"]
+            extra = (
+                f" ({_num(first['batches'])}; {_fmt(first['sipgw_cpu_s'], 1)} / "
+                f"{_fmt(first['client_cpu_s'], 1)})"
+                if first
+                else ""
+            )
+            lines.append(
+                f"| {_num(size['rows'])} rows | {_num(size['numbers'])} | "
+                f"{_run_cell(first)}{extra} | {_run_cell(size['delta'], sent=True)} | "
+                f"{_run_cell(size['unchanged'])} |"
+            )
+    return "\n".join(lines)
+
+
+def recognition_markdown(doc: Doc, images: Sequence[Path]) -> list[str]:
+    """The recognition section of the summary Markdown."""
+    s = doc["summary"]
+    lines = [f"## {doc['scenario']}", "", recognition_table(doc), ""]
+    for err in s["errors"]:
+        lines.append(f"- ERROR {err.splitlines()[0] if err else ''} (more in the JSON)")
+    for part in s.get("skipped", []):
+        lines.append(f"- Skipped (--quick), {part}")
+    for size in s["sync"]:
+        for check in size["checks_failed"]:
+            lines.append(f"- {_num(size['rows'])} rows: CHECK FAILED: {check}")
+    if s["sipgw_log_warnings"] or s["sipgw_log_errors"]:
+        lines.append(
+            f"- sipgw logged {s['sipgw_log_warnings']} warnings and {s['sipgw_log_errors']} "
+            "errors during the syncs (see the JSON: sync.log.top)"
+        )
+    if s["sync_cli"]:
+        lines.append(f"- The sync command: {s['sync_cli']}; its summaries:")
+        for size in s["sync"]:
+            for kind in SYNC_RUNS:
+                run = size.get(kind)
+                if run and run["summary_line"]:
+                    lines.append(f"  - {_num(size['rows'])} rows, {kind}: `{run['summary_line']}`")
+    lines.append("")
+    for path in images:
+        lines += [f"![{path.stem}]({path.name})", ""]
+    over = doc.get("over_budget_s") or 0
+    lines.append(
+        f"Wall time of the scenario: {doc['wall_time_s']} s (its share of the time budget: "
+        f"{_fmt(doc.get('budget_s'))} s{f', exceeded by {over:.0f} s' if over else ''})."
+    )
+    for size in s["sync"]:
+        if size.get("wall_s") is not None:
+            late = " (past the scenario's share: measured anyway)" if size["over_budget"] else ""
+            lines.append(
+                f"The {_num(size['rows'])}-row sync (CSV, initial, delta and unchanged runs) "
+                f"took {size['wall_s']} s{late}."
+            )
+    lines.append("")
+    return lines
+
+
+def plot_recognition(doc: Doc, prefix: Path) -> list[Path]:
+    """Look-up latency p50/p95/p99 (bars) and max (marker) per kind, log scale; the sync
+    times per size and run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = doc["summary"]
+    paths = []
+    rows = s["lookups"]
+    if rows:
+        fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+        width = 0.25
+        xs = range(len(rows))
+        for i, key in enumerate(_PERCENTILES):
+            values = [r[key] or 0 for r in rows]
+            bars = ax.bar([x + (i - 1) * width for x in xs], values, width, label=key[:3])
+            ax.bar_label(bars, labels=[f"{v:.0f}" if v >= 10 else f"{v:.1f}" for v in values],
+                         fontsize=7, padding=1)  # fmt: skip
+        ax.scatter(list(xs), [r["max_us"] or 0 for r in rows], marker="_", s=300, color="k",
+                   label="max", zorder=3)  # fmt: skip
+        ax.set_xticks(list(xs), [SHORT_KIND.get(r["kind"], r["kind"]) for r in rows])
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (µs, log scale)")
+        ax.set_title(f"recognition: look-up latency, {_num(s['contacts'])} contacts in Redis")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = prefix.with_name(f"{prefix.name}-latency.png")
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    sizes = [z for z in s["sync"] if any(z.get(k) for k in SYNC_RUNS)]
+    if sizes:
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+        width = 0.25
+        for i, kind in enumerate(SYNC_RUNS):
+            values = [(z[kind] or {}).get("wall_s") or 0 for z in sizes]
+            bars = ax.bar([x + (i - 1) * width for x in range(len(sizes))], values, width,
+                          label={"delta": "1 % changed"}.get(kind, kind))  # fmt: skip
+            ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=7, padding=1)
+        ax.set_xticks(range(len(sizes)), [f"{_num(z['rows'])} rows" for z in sizes])
+        ax.set_ylabel("wall time of `sipgw sync` (s)")
+        ax.set_title("recognition: sync of a generated CSV")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = prefix.with_name(f"{prefix.name}-sync.png")
         fig.savefig(path)
         plt.close(fig)
         paths.append(path)
