@@ -2,8 +2,9 @@
 
 Put in front of redis-server, it makes Redis slow on purpose (a congested network or a
 busy Redis, as the gateway sees it) without touching the server: each chunk from the
-server is held `delay` seconds before it is forwarded. The delay can change while
-connections are open.
+server is forwarded `delay` seconds after it arrived (latency, not a bandwidth limit:
+chunks in flight do not wait for each other). The delay can change while connections
+are open.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class DelayRelay:
         self.delay = 0.0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -33,9 +35,14 @@ class DelayRelay:
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
+        # Closing both ends lets every connection's handler return by itself (a cancelled
+        # handler would be logged as an error by asyncio's server).
+        for writer in list(self._writers):
+            writer.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
         for task in list(self._tasks):
             task.cancel()
-        for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await task
         await self._server.wait_closed()
@@ -48,7 +55,9 @@ class DelayRelay:
             server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
             client_w.close()
+            self._tasks.discard(task)
             return
+        self._writers.update((client_w, server_w))
         try:
             await asyncio.gather(
                 self._pump(client_r, server_w, delayed=False),
@@ -59,14 +68,32 @@ class DelayRelay:
         finally:
             client_w.close()
             server_w.close()
+            self._writers.difference_update((client_w, server_w))
             self._tasks.discard(task)
 
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, delayed: bool
     ) -> None:
-        while data := await reader.read(65536):
-            if delayed and self.delay:
-                await asyncio.sleep(self.delay)  # the point of the relay: a slow answer
-            writer.write(data)
-            await writer.drain()
-        writer.close()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def forward() -> None:
+            while True:
+                due, data = await queue.get()
+                if not data:
+                    writer.close()
+                    return
+                wait = due - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)  # the point of the relay: a late answer
+                writer.write(data)
+                await writer.drain()
+
+        sender = asyncio.create_task(forward())
+        try:
+            while data := await reader.read(65536):
+                queue.put_nowait((loop.time() + (self.delay if delayed else 0.0), data))
+            queue.put_nowait((loop.time(), b""))
+            await sender
+        finally:
+            sender.cancel()
