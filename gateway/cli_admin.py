@@ -123,10 +123,10 @@ def cmd_tenant_delete(args: argparse.Namespace) -> int:
                 "the next start deletes its data"
             )
         deleted = await directory.delete_tenant(args.id, source=operator_source())
-        # Every node's contact cache forgets the tenant too.
+        # The keys are gone; every node's contact cache forgets the tenant too.
         index = ContactIndex(settings.redis.url)
         try:
-            await index.drop_tenant(args.id)
+            await index.forget_tenant(args.id)
         finally:
             await index.close()
         print(f"tenant {args.id} deleted ({deleted} keys)")

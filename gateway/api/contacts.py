@@ -217,18 +217,28 @@ def contacts_router(
                 return found
             after = page.last_seq
 
-    @router.get("/v1/privacy/numbers/{number}", tags=["privacy"], summary="What is held")
-    async def inspect(
-        number: str,
-        request: Request,
-        principal: Principal = Depends(admin),  # noqa: B008
-    ) -> JSONResponse:
+    async def held_for(
+        principal: Principal, number: str
+    ) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]] | JSONResponse:
+        """(E.164, contact entries, call events naming it), or the 503 to answer."""
         e164 = number_of(principal, number)
         try:
             contacts = await held(principal, e164)
             events = await events_of(principal.tenant, e164)
         except (IndexUnavailable, RedisError, OSError):
             return _error(503, "Redis unavailable; retry")
+        return e164, contacts, [e for _, e in events]
+
+    @router.get("/v1/privacy/numbers/{number}", tags=["privacy"], summary="What is held")
+    async def inspect(
+        number: str,
+        request: Request,
+        principal: Principal = Depends(admin),  # noqa: B008
+    ) -> JSONResponse:
+        found = await held_for(principal, number)
+        if isinstance(found, JSONResponse):
+            return found
+        e164, contacts, events = found
         await audit(request, principal, "privacy.inspect", f"contacts={len(contacts)}")
         return JSONResponse({"number": e164, "contacts": contacts, "events": len(events)})
 
@@ -238,15 +248,13 @@ def contacts_router(
         request: Request,
         principal: Principal = Depends(admin),  # noqa: B008
     ) -> JSONResponse:
-        e164 = number_of(principal, number)
-        try:
-            contacts = await held(principal, e164)
-            events = await events_of(principal.tenant, e164)
-        except (IndexUnavailable, RedisError, OSError):
-            return _error(503, "Redis unavailable; retry")
+        found = await held_for(principal, number)
+        if isinstance(found, JSONResponse):
+            return found
+        e164, contacts, events = found
         await audit(request, principal, "privacy.export", f"events={len(events)}")
         return JSONResponse(
-            {"number": e164, "contacts": contacts, "events": [e for _, e in events]},
+            {"number": e164, "contacts": contacts, "events": events},
             headers={"Content-Disposition": 'attachment; filename="sipgw-export.json"'},
         )
 

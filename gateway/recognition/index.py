@@ -56,10 +56,26 @@ class Held:
     shown: bool  # the first entry: the contact recognition shows
 
 
+# Removes `source`'s entry from a number's value, and the number when no entry is left.
+_DROP_ENTRY = """
+local function drop_entry(contacts, number, source)
+  local current = redis.call('HGET', contacts, number)
+  if not current then return end
+  local kept = {}
+  for _, entry in ipairs(cmsgpack.unpack(current)) do
+    if entry[1] ~= source then kept[#kept + 1] = entry end
+  end
+  if #kept == 0 then redis.call('HDEL', contacts, number)
+  else redis.call('HSET', contacts, number, cmsgpack.pack(kept)) end
+end
+"""
+
 # KEYS: contacts, source set, sources hash, generation set (or the source set again)
 # ARGV: source, tenant, now ms, upsert count, with generation "1"/"0", generation ttl,
 #       then number, fields pairs, then numbers to delete.
-_APPLY = f"""
+_APPLY = (
+    _DROP_ENTRY
+    + f"""
 local contacts, srcset, sources, genset = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local source, tenant = ARGV[1], ARGV[2]
 local n, with_gen = tonumber(ARGV[4]), ARGV[5] == '1'
@@ -84,15 +100,7 @@ end
 for j = i, #ARGV do
   local number = ARGV[j]
   if redis.call('SREM', srcset, number) == 1 then
-    local current = redis.call('HGET', contacts, number)
-    if current then
-      local kept = {{}}
-      for _, entry in ipairs(cmsgpack.unpack(current)) do
-        if entry[1] ~= source then kept[#kept + 1] = entry end
-      end
-      if #kept == 0 then redis.call('HDEL', contacts, number)
-      else redis.call('HSET', contacts, number, cmsgpack.pack(kept)) end
-    end
+    drop_entry(contacts, number, source)
     deleted = deleted + 1
     touched[#touched + 1] = number
   end
@@ -104,31 +112,27 @@ if upserted + deleted > 0 then
 end
 return {{upserted, deleted}}
 """
+)
 
 # Removes up to ARGV[3] numbers popped from KEYS[3] from the source ARGV[1].
 # KEYS: contacts, source set, set to pop from (the source set itself, or a diff set)
 # ARGV: source, tenant, count.  Returns {removed, left in the pop set}.
-_REMOVE_CHUNK = f"""
+_REMOVE_CHUNK = (
+    _DROP_ENTRY
+    + f"""
 local contacts, srcset, popset = KEYS[1], KEYS[2], KEYS[3]
 local source, tenant = ARGV[1], ARGV[2]
 local numbers = redis.call('SPOP', popset, tonumber(ARGV[3]))
 for _, number in ipairs(numbers) do
   redis.call('SREM', srcset, number)
-  local current = redis.call('HGET', contacts, number)
-  if current then
-    local kept = {{}}
-    for _, entry in ipairs(cmsgpack.unpack(current)) do
-      if entry[1] ~= source then kept[#kept + 1] = entry end
-    end
-    if #kept == 0 then redis.call('HDEL', contacts, number)
-    else redis.call('HSET', contacts, number, cmsgpack.pack(kept)) end
-  end
+  drop_entry(contacts, number, source)
 end
 if #numbers > 0 then
   redis.call('PUBLISH', '{keys.INVALIDATE_CHANNEL}', tenant .. '\\n' .. table.concat(numbers, ','))
 end
 return {{#numbers, redis.call('SCARD', popset)}}
 """
+)
 
 # Erases one number from every source of the tenant. KEYS: contacts. ARGV: number, tenant,
 # then the source set key prefix. Returns the number of entries removed.
@@ -252,13 +256,12 @@ class ContactIndex:
             return None
         removed = await self._drain(tenant, source, source_key, source_key)
         await self._call(self.redis.hdel(keys.sources(tenant), source))
-        pattern = keys.generation(tenant, source, "x")[:-1] + "*"
-        await self._unlink_matching(pattern)
+        await self._unlink_matching(keys.generations_pattern(tenant, source))
         return removed
 
     async def erase(self, tenant: str, number: str) -> int:
         """GDPR erasure of one number from every source: entries removed."""
-        prefix = keys.source(tenant, "x")[:-1]
+        prefix = keys.source_prefix(tenant)
         result = await self._call(
             self._erase(keys=[keys.contacts(tenant)], args=[number, tenant, prefix])
         )
@@ -267,10 +270,14 @@ class ContactIndex:
     async def drop_tenant(self, tenant: str) -> int:
         """Delete every key of the tenant (contacts, events, users, audit…): keys deleted."""
         deleted = await self._unlink_matching(keys.tenant_pattern(tenant))
+        await self.forget_tenant(tenant)
+        return deleted
+
+    async def forget_tenant(self, tenant: str) -> None:
+        """Tell every node's cache that the tenant's contacts are gone."""
         await self._call(
             self.redis.publish(keys.INVALIDATE_CHANNEL, keys.invalidation(tenant, None))
         )
-        return deleted
 
     # -- invalidation --------------------------------------------------------------------
     async def follow_invalidations(self, cache: ContactCache, *, ping: float = 5.0) -> None:

@@ -65,6 +65,16 @@ def source(tenant: str, source_id: str) -> str:
     return f"{_tenant(tenant)}:source:{_source(source_id)}"
 
 
+def source_prefix(tenant: str) -> str:
+    """What precedes a source id in its set's key (the erase script appends ids)."""
+    return f"{_tenant(tenant)}:source:"
+
+
+def generations_pattern(tenant: str, source_id: str) -> str:
+    """Every full-sync set of a source, for SCAN."""
+    return f"{_tenant(tenant)}:gen:{_source(source_id)}:*"
+
+
 def generation(tenant: str, source_id: str, gen: str) -> str:
     if not is_generation(gen):
         raise ValueError(f"invalid generation {gen!r}")

@@ -19,10 +19,10 @@ from urllib.parse import quote
 import phonenumbers
 
 from gateway.config.templates import CONTACT_PREFIX, Field, Template
+from gateway.recognition.cache import Scalar
 
 __all__ = ["Scalar", "render", "values_for"]
 
-Scalar = str | int | float | bool | None
 
 _CALL_KEYS = frozenset(
     {"call_id", "conversation_id", "extension", "direction", "tenant", "display"}
