@@ -159,9 +159,15 @@ async def produce(
 ) -> None:
     """Read the bus for one subscriber and queue its frames; ends with a final frame."""
     last = since
-    try:
+
+    async def ready() -> None:
+        # Only now: an event produced after the client sees "ready" is sure to reach it.
         await out.put(control(fmt, {"type": "sipgw.ready", "since": since}))
-        async for seq, event in events_since(bus, tenant, since, accept, maxsize=maxsize):
+
+    try:
+        async for seq, event in events_since(
+            bus, tenant, since, accept, maxsize=maxsize, on_ready=ready
+        ):
             last = seq
             await out.put(
                 Frame("event", cache.get(tenant, seq, fmt, event), seq, str(event.get("type", "")))

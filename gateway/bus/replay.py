@@ -87,13 +87,16 @@ async def events_since(
     maxsize: int | None = None,
     ready_timeout: float = 5.0,
     allow_gap: bool = False,
+    on_ready: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
     """``(seq, event_dict)`` of `tenant` after `since`, each once and in stream order,
     then live ones as they come, until the consumer stops (or the hub closes).
 
     `since` None means "from now on" (no replay); ``"0-0"`` means everything the
     stream still holds (pass ``allow_gap=True`` if it was trimmed). `filters` decides
-    what is yielded; filtered-out events still advance the cursor.
+    what is yielded; filtered-out events still advance the cursor. `on_ready` is awaited
+    once, when the live subscription is confirmed and the cursor fixed: from then on no
+    event of the tenant can be missed (a client may start what it wants to observe).
     Raises ValueError (bad tenant or since), `SubscriberOverflow`, `EventsLost`,
     `BusUnavailable` as described in the module docstring.
     """
@@ -116,6 +119,9 @@ async def events_since(
                 raise BusUnavailable("live subscription not confirmed by redis") from None
             if cursor is None:
                 cursor = await _guard(bus.last_seq(tenant)) or "0-0"
+            if on_ready is not None:
+                await on_ready()
+                on_ready = None
 
             # Replay: everything after the cursor up to the end of the stream.
             while True:

@@ -104,6 +104,23 @@ async def test_since_none_is_live_from_now() -> None:
     assert bus.subs == []  # closing the generator closes its subscription
 
 
+async def test_ready_is_signalled_once_the_cursor_is_fixed() -> None:
+    """What a client does after "ready" is never missed: events appended from the
+    on_ready callback on (as a client reacting to it would) are all delivered."""
+    bus = FakeBus()
+    bus.append()
+    calls: list[int] = []
+
+    async def on_ready() -> None:
+        calls.append(len(bus.stream))
+        bus.append()  # the client starts a call the moment it is told "ready"
+
+    it = events_since(bus, "acme", None, on_ready=on_ready)
+    assert numbers(await take(it, 1)) == [1]
+    assert calls == [1]
+    await it.aclose()
+
+
 async def test_replay_then_live_with_publishing_between_pages() -> None:
     bus = FakeBus()
     for _ in range(10):
