@@ -142,6 +142,10 @@ class Proxy:
         self.client_txns: dict[tuple[str, str], Branch] = {}
         self.draining = False
         self.observer = observer
+        # Elements that originate requests of their own beside the proxy (the user
+        # agent of click-to-dial, the OPTIONS prober) get the responses whose top Via
+        # branch starts with their prefix (BRANCH_PREFIX's length: "z9hG4bK" + 2).
+        self.response_handlers: dict[str, Callable[[Response, Source], None]] = {}
         self._ports: frozenset[int] | None = None
         self.queue.schedule(self.clock() + HOUSEKEEPING_INTERVAL, self._housekeeping)
         # Without an explicit advertise address, the listen address of the right family
@@ -575,6 +579,24 @@ class Proxy:
         # each side's route set then starts with the address it can reach.
         return [inbound, outbound]
 
+    def via_for(self, target: Target, branch: str) -> str | None:
+        """A Via value for a request we originate towards ``target`` (None: we have
+        no listener of that transport to send from)."""
+        family = ip_family(target.host) or 2
+        try:
+            port = self.transport.local_port(target.transport, family)
+        except LookupError:
+            return None
+        sent_by = f"{host_for_uri(self._advertise_for(family))}:{port}"
+        return f"SIP/2.0/{target.transport.upper()} {sent_by};branch={branch};rport"
+
+    def contact_for(self, target: Target, user: str) -> str:
+        """A Contact URI naming ``user`` at the address facing ``target``."""
+        family = ip_family(target.host) or 2
+        port = self.transport.local_port(target.transport, family)
+        param = "" if target.transport == "udp" else f";transport={target.transport}"
+        return f"sip:{user}@{host_for_uri(self._advertise_for(family))}:{port}{param}"
+
     def _advertise_for(self, family: int) -> str:
         if self.sip.advertise:
             advertised_family = ip_family(self.sip.advertise)
@@ -609,7 +631,12 @@ class Proxy:
         except SIPParseError as err:
             self.counters.parse_errors[parse_error_label(0, err.header)] += 1
             return
-        branch = self.client_txns.get((top.branch or "", method))
+        branch_id = top.branch or ""
+        handler = self.response_handlers.get(branch_id[: len(BRANCH_PREFIX)])
+        if handler is not None:
+            handler(resp, source)
+            return
+        branch = self.client_txns.get((branch_id, method))
         if branch is None or branch.txn is None:
             if method == "INVITE" and 200 <= resp.status < 300 and self._is_our_sent_by(top):
                 # A 2xx retransmission after the transaction ended: forward it on the

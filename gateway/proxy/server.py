@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
+from typing import TypeVar
 
 from gateway.config import Settings
 from gateway.proxy.core import Proxy
@@ -21,6 +23,8 @@ from gateway.transport.addresses import Listen, Source
 from gateway.transport.layer import TransportLayer
 
 log = logging.getLogger("sipgw.proxy")
+
+_T = TypeVar("_T")
 
 
 class ProxyServer:
@@ -78,6 +82,14 @@ class ProxyServer:
         if self._timer is not None:
             self._timer.cancel()
         await self.transport.close()
+
+    def run(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` (something that may send requests or arm timers: click-to-dial,
+        the prober) from outside a received message, then re-arm the timer."""
+        try:
+            return fn()
+        finally:
+            self._arm()
 
     def _on_message(self, data: bytes, source: Source) -> None:
         try:
