@@ -45,6 +45,29 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
+# Why a call ended: the `cause.normalized` values of call.cleared / call.failed
+# (gateway/calls/causes.py; this layer may not import it). Anything else is "other".
+CALL_OUTCOMES = frozenset(
+    {
+        "normal",
+        "busy",
+        "no_answer",
+        "cancelled",
+        "rejected",
+        "error",
+        "diverted",
+        "replaced",
+        "timeout",
+    }
+)
+
+
+def outcome_label(normalized: str | None) -> str:
+    if normalized is None:
+        return "unknown"
+    return normalized if normalized in CALL_OUTCOMES else "other"
+
+
 LOOKUP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -93,6 +116,13 @@ class Counters:
     transport: Counter[str] = field(default_factory=Counter)
     # call events emitted, by type
     events: Counter[str] = field(default_factory=Counter)
+    # calls ended (call.cleared / call.failed), by outcome_label(cause.normalized)
+    calls_ended: Counter[str] = field(default_factory=Counter)
+    # confirmed dialogs seen to start (call.established) and to end (call.cleared): the
+    # tracker's model has no other way into or out of established/held, so the
+    # difference is the number of dialogs up (see api/metrics.py for its bounds)
+    dialogs_started: int = 0
+    dialogs_ended: int = 0
     # HEP intake: received, sip, malformed, unknown_source, bad_sip, …
     hep: Counter[str] = field(default_factory=Counter)
     # caller look-ups by (status hit/miss/error/timeout, local cache hit/miss/none)
@@ -112,6 +142,17 @@ class Counters:
 
     def response_out(self, transport: str, status: int) -> None:
         self.responses["out", transport, status_class(status)] += 1
+
+    def event_emitted(self, event_type: str, outcome: str | None = None) -> None:
+        """One call event handed to the bus; `outcome` is its cause.normalized."""
+        self.events[event_type] += 1
+        if event_type == "call.established":
+            self.dialogs_started += 1
+        elif event_type == "call.cleared":
+            self.dialogs_ended += 1
+            self.calls_ended[outcome_label(outcome)] += 1
+        elif event_type == "call.failed":
+            self.calls_ended[outcome_label(outcome)] += 1
 
 
 # Headers whose parse errors get their own label; any other name is "other" so a peer

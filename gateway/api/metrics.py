@@ -7,7 +7,7 @@ work proportional to the number of label sets, never to the traffic.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,7 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.stats import Counters
+from gateway.stats import Counters, Histogram
 
 DEPTH_BUCKETS = (0, 1, 10, 100, 1000, 10000)
 
@@ -41,6 +41,25 @@ class Gauges:
     queue_depths: Callable[[], list[int]] = lambda: []
     bus: BusStats | None = None
     contact_cache: CacheStats | None = None
+    # The trunks the OPTIONS prober watches (gateway/proxy/prober.py Peer).
+    peers: Callable[[], Iterable[PeerStats]] = lambda: ()
+
+
+class PeerStats(Protocol):
+    """One probed trunk (gateway/proxy/prober.py Peer): plain numbers kept by the prober."""
+
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def up(self) -> bool: ...
+    @property
+    def sent(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def rtt(self) -> Histogram: ...
 
 
 class CacheStats(Protocol):
@@ -51,6 +70,21 @@ class CacheStats(Protocol):
     @property
     def misses(self) -> int: ...
     def __len__(self) -> int: ...
+
+
+class HubStats(Protocol):
+    """What the live side of the bus exposes (gateway/bus/live.py LiveHub)."""
+
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def messages(self) -> int: ...
+    @property
+    def overflows(self) -> int: ...
+    @property
+    def resyncs(self) -> int: ...
+    @property
+    def reconnects(self) -> int: ...
 
 
 class BusStats(Protocol):
@@ -67,6 +101,14 @@ class BusStats(Protocol):
     def redis_up(self) -> bool: ...
     @property
     def buffered(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
+    @property
+    def lag(self) -> float: ...
+    @property
+    def publish_latency(self) -> Histogram: ...
+    @property
+    def hub(self) -> HubStats: ...
 
 
 class GatewayCollector(Collector):
@@ -142,8 +184,22 @@ class GatewayCollector(Collector):
         )
         yield self._simple("sipgw_events_emitted", "Call events emitted, by type", "type", c.events)
         yield self._simple("sipgw_hep_packets", "HEP intake packets by outcome", "outcome", c.hep)
+        active_calls = self.gauges.active_calls()
         yield GaugeMetricFamily(
-            "sipgw_calls_active", "Calls the tracker follows", value=self.gauges.active_calls()
+            "sipgw_calls_active",
+            "Calls not ended yet (offered, ringing, established or held)",
+            value=active_calls,
+        )
+        yield GaugeMetricFamily(
+            "sipgw_dialogs_active",
+            "Calls in a confirmed dialog (established or held)",
+            value=dialogs_active(c, active_calls),
+        )
+        yield self._simple(
+            "sipgw_calls_ended",
+            "Calls ended (call.cleared or call.failed), by normalized cause",
+            "outcome",
+            c.calls_ended,
         )
         yield GaugeMetricFamily(
             "sipgw_subscribers",
@@ -152,28 +208,94 @@ class GatewayCollector(Collector):
         )
         yield self._depth_histogram(self.gauges.queue_depths())
         yield from self._recognition()
+        yield from self._peers()
         bus = self.gauges.bus
         if bus is not None:
-            yield CounterMetricFamily(
-                "sipgw_events_published", "Events written to Redis", value=bus.published
-            )
-            yield self._simple(
-                "sipgw_events_dropped",
-                "Events lost before Redis, by reason",
-                "reason",
-                dict(bus.dropped),
-            )
-            yield GaugeMetricFamily(
-                "sipgw_events_buffered", "Events waiting for Redis (bus lag)", value=bus.buffered
-            )
-            yield CounterMetricFamily(
-                "sipgw_redis_errors", "Failed Redis round trips", value=bus.redis_errors
-            )
-            yield GaugeMetricFamily(
-                "sipgw_redis_up",
-                "1 while Redis answers the event bus",
-                value=1 if bus.redis_up else 0,
-            )
+            yield from self._bus(bus)
+
+    @staticmethod
+    def _bus(bus: BusStats) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "sipgw_events_published", "Events written to Redis", value=bus.published
+        )
+        yield GatewayCollector._simple(
+            "sipgw_events_dropped",
+            "Events lost before Redis, by reason",
+            "reason",
+            dict(bus.dropped),
+        )
+        yield GaugeMetricFamily(
+            "sipgw_events_buffered",
+            "Events published but not yet written to Redis (queue and writer's buffer)",
+            value=bus.buffered + bus.queued,
+        )
+        yield folded_histogram(
+            "sipgw_bus_publish_latency_seconds",
+            "Time from an event's publish to Redis confirming it is in the stream",
+            bus.publish_latency,
+        )
+        yield GaugeMetricFamily(
+            "sipgw_bus_lag_seconds",
+            "Age of the oldest event waiting for Redis (0: none waiting)",
+            value=bus.lag,
+        )
+        yield CounterMetricFamily(
+            "sipgw_redis_errors", "Failed Redis round trips", value=bus.redis_errors
+        )
+        hub = bus.hub
+        # Both connections must be fine: the writer learns of an outage only when it
+        # has an event to write, the live connection (pinged) as soon as it happens.
+        yield GaugeMetricFamily(
+            "sipgw_redis_up",
+            "1 while Redis takes the bus's writes and its live (pub/sub) connection is up",
+            value=1 if bus.redis_up and hub.connected else 0,
+        )
+        yield CounterMetricFamily(
+            "sipgw_live_messages",
+            "Live events received from Redis pub/sub for local subscribers",
+            value=hub.messages,
+        )
+        yield CounterMetricFamily(
+            "sipgw_live_reconnects",
+            "Live (pub/sub) connections to Redis re-established after a loss",
+            value=hub.reconnects,
+        )
+        yield CounterMetricFamily(
+            "sipgw_subscriber_overflows",
+            "Subscriptions cut off because their queue was full (the client resumes by replay)",
+            value=hub.overflows,
+        )
+        yield CounterMetricFamily(
+            "sipgw_subscriber_resyncs",
+            "Subscriptions told to replay a gap after the live connection came back",
+            value=hub.resyncs,
+        )
+
+    def _peers(self) -> Iterator[Metric]:
+        # Labelled by the trunk's configured name (and its tenant: names are unique per
+        # tenant only), so the label set is as bounded as the configuration.
+        labels = ["tenant", "peer"]
+        up = GaugeMetricFamily(
+            "sipgw_peer_up", "1 while the trunk answers OPTIONS probes, 0 when down", labels=labels
+        )
+        sent = CounterMetricFamily("sipgw_peer_options_sent", "OPTIONS probes sent", labels=labels)
+        failed = CounterMetricFamily(
+            "sipgw_peer_options_failed",
+            "OPTIONS probes that failed (timeout, transport error, a failure code)",
+            labels=labels,
+        )
+        rtt = HistogramMetricFamily(
+            "sipgw_peer_options_rtt_seconds",
+            "Time from sending an OPTIONS probe to its final response",
+            labels=labels,
+        )
+        for peer in self.gauges.peers():
+            key = [peer.tenant, peer.name]
+            up.add_metric(key, 1 if peer.up else 0)
+            sent.add_metric(key, peer.sent)
+            failed.add_metric(key, peer.failed)
+            rtt.add_metric(key, peer.rtt.cumulative(), sum_value=peer.rtt.sum)
+        yield from (up, sent, failed, rtt)
 
     def _recognition(self) -> Iterator[Metric]:
         c = self.counters
@@ -185,12 +307,11 @@ class GatewayCollector(Collector):
         for (status, cache), value in sorted(c.lookups.items()):
             lookups.add_metric([status, cache], value)
         yield lookups
-        latency = HistogramMetricFamily(
-            "sipgw_lookup_latency_seconds", "Time from the start of a look-up to its answer"
+        yield folded_histogram(
+            "sipgw_lookup_latency_seconds",
+            "Time from the start of a look-up to its answer",
+            c.lookup_seconds,
         )
-        hist = c.lookup_seconds
-        latency.add_metric([], hist.cumulative(), sum_value=hist.sum)
-        yield latency
         contacts = self.gauges.contact_cache
         if contacts is not None:
             yield GaugeMetricFamily(
@@ -229,6 +350,20 @@ class GatewayCollector(Collector):
         for key, value in sorted(values.items()):
             family.add_metric([key], value)
         return family
+
+
+def dialogs_active(counters: Counters, active_calls: int) -> int:
+    """Confirmed dialogs up: established minus cleared, from the events counted. A call
+    the tracker evicts (``max_calls``) ends without an event, so the difference is kept
+    within [0, calls active]: it can never claim more dialogs than calls."""
+    return max(0, min(counters.dialogs_started - counters.dialogs_ended, active_calls))
+
+
+def folded_histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
+    """A plain-int `gateway.stats.Histogram` as a Prometheus histogram family."""
+    family = HistogramMetricFamily(name, doc)
+    family.add_metric([], hist.cumulative(), sum_value=hist.sum)
+    return family
 
 
 def make_registry(collector: GatewayCollector) -> CollectorRegistry:

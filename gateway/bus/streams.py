@@ -50,7 +50,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from gateway.aio import raise_if_cancelled
 from gateway.bus import keys
 from gateway.bus.live import LiveHub, LiveSubscription
-from gateway.stats import Counters
+from gateway.stats import Counters, Histogram
 
 log = logging.getLogger("sipgw.bus")
 
@@ -81,6 +81,10 @@ _TRANSIENT_REPLIES = (
 )
 
 MAX_REPLAY_COUNT = 10_000
+
+# Seconds from publish() to Redis' acknowledgement: milliseconds when Redis is up, up to
+# minutes while it is down (the events wait in the buffer).
+PUBLISH_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0)
 
 
 class Publishable(Protocol):
@@ -120,6 +124,7 @@ class _Item:
     event: Publishable
     tenant: str
     payload: bytes
+    queued_at: float  # time.monotonic() of publish(): for the lag and latency metrics
 
 
 class _TransientReply(RedisError):
@@ -145,7 +150,9 @@ class EventBus:
     buffer_full, bad_tenant, bad_event, encode_error, rejected, stopped, shutdown),
     ``buffered`` events held by the writer (taken off the queue, not yet in Redis),
     ``queued``, ``redis_errors`` failed round trips, ``last_error``, ``redis_up``,
-    ``round_trips``, ``bad_entries``; ``self.hub`` has the live side's.
+    ``round_trips``, ``bad_entries``, ``lag`` (age of the oldest event held),
+    ``publish_latency`` (histogram, publish() to Redis' reply); ``self.hub`` has the
+    live side's.
     """
 
     def __init__(
@@ -193,7 +200,8 @@ class EventBus:
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
         )
-        self._queue: asyncio.Queue[Publishable] = asyncio.Queue(max_queue)
+        # (event, time.monotonic() of publish): one clock read per event buys the lag.
+        self._queue: asyncio.Queue[tuple[Publishable, float]] = asyncio.Queue(max_queue)
         self._pending: deque[_Item] = deque()
         self._drained = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -207,6 +215,7 @@ class EventBus:
         self.redis_up = True
         self.round_trips = 0
         self.bad_entries = 0  # stream entries that did not decode on replay
+        self.publish_latency = Histogram(PUBLISH_LATENCY_BUCKETS)  # publish() -> in Redis
 
     # -- metrics --------------------------------------------------------------------------
     @property
@@ -216,6 +225,14 @@ class EventBus:
     @property
     def queued(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def lag(self) -> float:
+        """Seconds the oldest event held by the writer has waited for Redis (0: none).
+        Events still in the queue are not looked at: a running writer takes them off
+        at once, into the buffer, also while Redis is down."""
+        pending = self._pending
+        return time.monotonic() - pending[0].queued_at if pending else 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -260,7 +277,7 @@ class EventBus:
                 return self._drop("stopped")
             if not keys.is_valid_tenant(event.tenant):
                 return self._drop("bad_tenant")
-            self._queue.put_nowait(event)
+            self._queue.put_nowait((event, time.monotonic()))
             return True
         except asyncio.QueueFull:
             return self._drop("queue_full")
@@ -324,7 +341,8 @@ class EventBus:
             )
         return self._backoff[0] if delay == 0 else min(delay * 2, self._backoff[1])
 
-    def _take(self, event: Publishable) -> None:
+    def _take(self, entry: tuple[Publishable, float]) -> None:
+        event, queued_at = entry
         try:
             payload = keys.encode_payload(event.to_dict())
         except Exception:
@@ -333,7 +351,7 @@ class EventBus:
         if len(self._pending) >= self.max_buffer:
             self._pending.popleft()
             self._drop("buffer_full")
-        self._pending.append(_Item(event, event.tenant, payload))
+        self._pending.append(_Item(event, event.tenant, payload, queued_at))
 
     def _absorb_nowait(self) -> None:
         queue = self._queue
@@ -406,10 +424,12 @@ class EventBus:
 
         again: list[_Item] = []
         transient: ResponseError | None = None
+        acked = time.monotonic()
         for item, result in zip(batch, results, strict=True):
             if isinstance(result, bytes):
                 _set_seq(item.event, result.decode("ascii"))
                 self.published += 1
+                self.publish_latency.observe(acked - item.queued_at)
             elif isinstance(result, NoScriptError):
                 self._need_eval = True  # script cache flushed (e.g. Redis restarted)
                 again.append(item)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.api.metrics import GatewayCollector, Gauges, make_registry, render
-from gateway.stats import Counters
+from gateway.api.metrics import GatewayCollector, Gauges, dialogs_active, make_registry, render
+from gateway.bus.streams import EventBus
+from gateway.calls.events import CAUSES
+from gateway.stats import CALL_OUTCOMES, Counters, Histogram
+from tests.waiting import wait_until
 
 
 def scrape(counters: Counters, gauges: Gauges) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -14,6 +20,15 @@ def scrape(counters: Counters, gauges: Gauges) -> dict[str, list[tuple[dict[str,
         f.name: [(dict(s.labels), s.value) for s in f.samples]
         for f in text_string_to_metric_families(text)
     }
+
+
+@dataclass
+class Ev:
+    tenant: str = "acme"
+    seq: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tenant": self.tenant, "type": "call.offered"}
 
 
 def gauges(**extra: object) -> Gauges:
@@ -53,3 +68,116 @@ def test_subscriber_queue_depths_are_a_histogram_not_a_series_each() -> None:
         "10000": 4.0,
         "+Inf": 4.0,
     }
+
+
+def test_calls_ended_by_outcome_and_dialogs_from_the_events_counted() -> None:
+    counters = Counters()
+    for _ in range(3):
+        counters.event_emitted("call.offered")
+        counters.event_emitted("call.established")
+    counters.event_emitted("call.cleared", "normal")
+    counters.event_emitted("call.failed", "busy")
+    counters.event_emitted("call.failed", "no_answer")
+    counters.event_emitted("call.failed", "something-new")  # folded: bounded labels
+    counters.event_emitted("call.failed", None)
+    families = scrape(counters, gauges(active_calls=lambda: 5))
+    ended = {lb["outcome"]: v for lb, v in families["sipgw_calls_ended"]}
+    assert ended == {"normal": 1.0, "busy": 1.0, "no_answer": 1.0, "other": 1.0, "unknown": 1.0}
+    assert ({"type": "call.established"}, 3.0) in families["sipgw_events_emitted"]
+    # 3 established, 1 cleared: 2 dialogs up (a failed call never had one).
+    assert families["sipgw_dialogs_active"] == [({}, 2.0)]
+
+
+def test_dialogs_active_never_exceeds_calls_active_nor_goes_negative() -> None:
+    counters = Counters()
+    for _ in range(4):
+        counters.event_emitted("call.established")
+    # The tracker evicted calls without an event: only 1 call is left at all.
+    assert dialogs_active(counters, 1) == 1
+    counters.dialogs_ended = 9  # cannot happen by events; the gauge still reads sanely
+    assert dialogs_active(counters, 1) == 0
+
+
+def test_call_outcomes_are_the_event_schema_causes() -> None:
+    # stats may not import gateway.calls (layers): the two lists must agree by test.
+    assert set(CAUSES) == CALL_OUTCOMES
+
+
+@dataclass
+class FakeHub:
+    connected: bool = True
+    messages: int = 7
+    overflows: int = 1
+    resyncs: int = 2
+    reconnects: int = 3
+
+
+@dataclass
+class FakeBus:
+    published: int = 10
+    dropped: dict[str, int] = field(default_factory=lambda: {"buffer_full": 4})
+    redis_errors: int = 0
+    redis_up: bool = True
+    buffered: int = 5
+    queued: int = 2
+    lag: float = 1.5
+    publish_latency: Histogram = field(default_factory=lambda: Histogram((0.01, 0.1)))
+    hub: FakeHub = field(default_factory=FakeHub)
+
+
+def test_bus_families_lag_latency_and_redis_up_from_both_connections() -> None:
+    bus = FakeBus()
+    bus.publish_latency.observe(0.005)
+    bus.publish_latency.observe(0.05)
+    bus.publish_latency.observe(3.0)
+    families = scrape(Counters(), gauges(bus=bus))
+    assert families["sipgw_events_buffered"] == [({}, 7.0)]  # queue + writer's buffer
+    assert families["sipgw_bus_lag_seconds"] == [({}, 1.5)]
+    assert families["sipgw_events_dropped"] == [({"reason": "buffer_full"}, 4.0)]
+    latency = {lb["le"]: v for lb, v in families["sipgw_bus_publish_latency_seconds"] if lb}
+    assert latency == {"0.01": 1.0, "0.1": 2.0, "+Inf": 3.0}
+    assert families["sipgw_redis_up"] == [({}, 1.0)]
+    assert families["sipgw_subscriber_overflows"] == [({}, 1.0)]
+    assert families["sipgw_live_reconnects"] == [({}, 3.0)]
+    # The writer has not noticed (no event to write), the live connection has: down.
+    bus.hub.connected = False
+    assert scrape(Counters(), gauges(bus=bus))["sipgw_redis_up"] == [({}, 0.0)]
+    bus.hub.connected, bus.redis_up = True, False
+    assert scrape(Counters(), gauges(bus=bus))["sipgw_redis_up"] == [({}, 0.0)]
+
+
+async def test_a_real_bus_without_redis_shows_lag_and_redis_down() -> None:
+    bus = EventBus(
+        "redis://127.0.0.1:1/0", counters=Counters(), flush_timeout=0.1, backoff_initial=0.05
+    )
+    await bus.start()
+    try:
+        assert bus.publish(Ev())
+        await wait_until(lambda: bus.redis_errors > 0 and bus.buffered == 1, what="a failed try")
+        await wait_until(lambda: bus.lag > 0.02, what="lag to grow")
+        families = scrape(Counters(), gauges(bus=bus))
+        assert families["sipgw_redis_up"] == [({}, 0.0)]
+        assert families["sipgw_events_buffered"] == [({}, 1.0)]
+        (lag,) = (v for _, v in families["sipgw_bus_lag_seconds"])
+        assert lag > 0.02
+    finally:
+        assert await bus.stop() == 1
+    assert bus.lag == 0.0
+
+
+def test_every_family_is_named_and_documented_as_the_conventions_say() -> None:
+    counters = Counters()
+    counters.request_in("udp", "INVITE")
+    counters.event_emitted("call.failed", "busy")
+    text = render(
+        make_registry(GatewayCollector(counters, gauges(bus=FakeBus()), "node-1"))
+    ).decode()
+    families = list(text_string_to_metric_families(text))
+    assert len(families) > 30
+    assert [f.name for f in families if not f.documentation.strip()] == []
+    assert [f.name for f in families if not f.name.startswith("sipgw_")] == []
+    counters_named = {s.name for f in families if f.type == "counter" for s in f.samples}
+    assert all(name.endswith("_total") for name in counters_named)
+    # Durations are histograms in seconds.
+    timed = [f.name for f in families if "latency" in f.name or "rtt" in f.name]
+    assert timed and all(name.endswith("_seconds") for name in timed)
