@@ -76,7 +76,7 @@ PY
   # A simulated carrier on the demo trunk (127.0.0.1:5080): it answers every call, so a
   # demo phone dialling an outside number gets a connected call.
   if command -v sipp >/dev/null 2>&1; then
-    sipp -sn uas -i 127.0.0.1 -p 5080 -nostdin >run/carrier.log 2>&1 &
+    sipp -sn uas -aa -i 127.0.0.1 -p 5080 -nostdin >run/carrier.log 2>&1 &
     pids+=($!)
     echo "simulated carrier (sipp UAS) answering on the demo trunk 127.0.0.1:5080"
   fi

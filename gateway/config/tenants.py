@@ -7,9 +7,9 @@ identify one tenant (and one trunk); usernames and extensions are unique per ten
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from gateway.config.errors import ConfigError
 from gateway.config.model import (
@@ -333,7 +333,11 @@ def _e164(text: str) -> str:
 
 _TRUNK_KEYS = (
     "name", "host", "port", "transport", "profile", "match", "outbound", "options_interval",
+    "options_down_after", "options_up_after", "options_failure_codes",
 )  # fmt: skip
+# Below this an interval is a unit slip (milliseconds written as seconds), and probing
+# that often would itself load the trunk.
+MIN_OPTIONS_INTERVAL = 0.1
 
 
 def _trunks(v: Value | None, profiles: Mapping[str, Profile]) -> tuple[Trunk, ...]:
@@ -369,13 +373,44 @@ def _trunk(t: Table, profiles: Mapping[str, Profile]) -> Trunk:
     profile = _profile_ref(t, "generic-trunk", "trunk", profiles)
     match = _trunk_match(t, host, port, transport)
     outbound_value = t.get("outbound")
-    interval_value = t.get("options_interval")
     return Trunk(
         name=name, host=host, port=port, transport=transport,
         profile=profile, match=match,
         outbound=True if outbound_value is None else outbound_value.boolean(),
-        options_interval=30.0 if interval_value is None else interval_value.number(allow_zero=True),
+        **_trunk_probing(t),
     )  # fmt: skip
+
+
+def _trunk_probing(t: Table) -> dict[str, Any]:
+    """The OPTIONS health probe keys of a trunk (gateway/proxy/prober.py)."""
+    readers: dict[str, Callable[[Value], Any]] = {
+        "options_interval": _options_interval,
+        "options_down_after": lambda v: v.integer(1, 100),
+        "options_up_after": lambda v: v.integer(1, 100),
+        "options_failure_codes": _failure_codes,
+    }
+    present = ((name, t.get(name)) for name in readers)
+    return {name: readers[name](value) for name, value in present if value is not None}
+
+
+def _options_interval(v: Value) -> float:
+    interval = v.number(allow_zero=True)
+    if 0 < interval < MIN_OPTIONS_INTERVAL:
+        raise v.error(
+            f"must be 0 (no probing) or at least {MIN_OPTIONS_INTERVAL:g} seconds, got {interval:g}"
+        )
+    return interval
+
+
+def _failure_codes(v: Value) -> tuple[int, ...]:
+    """Final status codes (300-699) that count as a failed probe; [] = none does."""
+    codes: list[int] = []
+    for item in v.items():
+        code = item.integer(300, 699)
+        if code in codes:
+            raise item.error(f"duplicate of {v.key}[{codes.index(code)}] ({code})")
+        codes.append(code)
+    return tuple(codes)
 
 
 def _trunk_match(t: Table, host: str, port: int, transport: str) -> tuple[str, ...]:

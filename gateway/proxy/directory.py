@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.config import Profile, Settings, Tenant, Trunk, User
 from gateway.config.syntax import IPNetwork, parse_match
@@ -34,9 +35,17 @@ class _SourceRule:
     trunk: Trunk
 
 
+class TrunkHealth(Protocol):
+    """Who knows whether a trunk answers (the OPTIONS prober, gateway/proxy/prober.py)."""
+
+    def is_down(self, tenant: str, trunk: str) -> bool: ...
+
+
 class Directory:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Set by the OPTIONS prober when it starts; None: every trunk counts as up.
+        self.health: TrunkHealth | None = None
         self._dids: dict[str, tuple[Tenant, str]] = {}
         # The loader refuses overlapping match entries, so the first rule that matches
         # is the only one.
@@ -82,5 +91,18 @@ class Directory:
         return None
 
     @staticmethod
-    def outbound_trunk(tenant: Tenant) -> Trunk | None:
-        return next((trunk for trunk in tenant.trunks if trunk.outbound), None)
+    def outbound_trunks(tenant: Tenant) -> tuple[Trunk, ...]:
+        """The trunks a user's call to a number may leave through, in file order."""
+        return tuple(trunk for trunk in tenant.trunks if trunk.outbound)
+
+    def outbound_trunk(self, tenant: Tenant) -> Trunk | None:
+        """The first outbound trunk that is not down. When every one is down, the first
+        anyway: a probe can be wrong (OPTIONS filtered, a far end that answers INVITE
+        only), and trying costs less than refusing every call."""
+        candidates = self.outbound_trunks(tenant)
+        health = self.health
+        if health is not None:
+            for trunk in candidates:
+                if not health.is_down(tenant.id, trunk.name):
+                    return trunk
+        return candidates[0] if candidates else None

@@ -2,7 +2,8 @@
 
 - from a trunk to a DID → the phones of the extension that owns it;
 - from a phone to an extension of its tenant → that extension's phones;
-- from a phone to any other number → the tenant's outbound trunk;
+- from a phone to any other number → the tenant's first outbound trunk that the
+  OPTIONS prober does not report down (the first one if all are);
 - REGISTER → the registrar; OPTIONS without a user → answered here.
 Anything else is refused with a reason: the gateway is not an open relay.
 """

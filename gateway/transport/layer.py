@@ -73,6 +73,7 @@ class TransportLayer:
         max_connections: int = 4096,
         idle_timeout: float = 300.0,
     ) -> None:
+        self.after_deferred_errors: Callable[[], None] | None = None
         self.handler = handler
         self.limits = limits
         self.counters = counters
@@ -216,6 +217,7 @@ class TransportLayer:
         self.counters.transport["resolve_failed"] += 1
         if on_error is not None:
             on_error()
+            self._after_deferred_errors()
 
     # -- streams -------------------------------------------------------------------------
     def _send_stream(self, data: bytes, target: Target, on_error: ErrorCallback | None) -> None:
@@ -283,6 +285,13 @@ class TransportLayer:
         for _data, on_error in self._connecting.pop(key, []):
             if on_error is not None:
                 on_error()
+        self._after_deferred_errors()
+
+    def _after_deferred_errors(self) -> None:
+        # Errors found later (a connect refused, a name unresolved) run their callbacks
+        # outside any received message: whoever armed timers in them must re-arm.
+        if self.after_deferred_errors is not None:
+            self.after_deferred_errors()
 
     # -- connection bookkeeping (called by StreamConnection) ------------------------------
     def next_conn_id(self) -> int:
