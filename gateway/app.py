@@ -12,23 +12,27 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import uvicorn
 
+from gateway.api.calls import calls_router
 from gateway.api.contacts import contacts_router
 from gateway.api.events import Subscribers, events_router
 from gateway.api.http import Readiness, create_app
 from gateway.api.metrics import GatewayCollector, Gauges, make_registry
 from gateway.bus.streams import EventBus
-from gateway.calls.events import CallEvent
+from gateway.calls.events import CallEvent, Peer, rfc3339
+from gateway.calls.originate import DialRequest, Originator
 from gateway.calls.tracker import CallTracker
 from gateway.config import Settings
 from gateway.enrichment import Enricher
 from gateway.proxy.hep import HepIntake, HepPacket
 from gateway.proxy.observe import Observed
+from gateway.proxy.prober import OptionsProber, PeerChange
 from gateway.proxy.server import ProxyServer
+from gateway.proxy.ua import UserAgent
 from gateway.recognition import numbers
 from gateway.recognition.cache import ContactCache
 from gateway.recognition.index import ContactIndex
@@ -81,7 +85,9 @@ class Gateway:
         self.recognizer = Recognizer(self.contacts, self.contact_cache, self.counters)
         self.enricher = Enricher(settings, self.recognizer, self._publish)
         self.sip: ProxyServer | None = None
+        self.originator: Originator | None = None  # click-to-dial, once SIP is up
         self.hep: HepIntake | None = None
+        self.prober: OptionsProber | None = None
         self.http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -106,6 +112,18 @@ class Gateway:
             observer=self._observe,
         )
         await self.sip.start()
+        self.originator = Originator(
+            self.sip.proxy,
+            UserAgent(self.sip.proxy),
+            self.tracker,
+            self._emit,
+            self.settings.dial,
+            self.settings.node.name,
+        )
+        # OPTIONS health probes of the trunks: routing skips a trunk that is down, and a
+        # change becomes a peer.down/peer.up event of the trunk's tenant.
+        self.prober = OptionsProber(self.sip.proxy, on_change=self._peer_changed, run=self.sip.run)
+        self.sip.run(self.prober.start)
         await self._start_hep()
         self._background.append(asyncio.create_task(self._expire_calls()))
         await self._start_http()
@@ -124,8 +142,18 @@ class Gateway:
         for event in events:
             self.enricher.submit(event)
 
+    def _peer_changed(self, change: PeerChange) -> None:
+        """A trunk went down or came back: an event of the trunk's tenant."""
+        kind = "peer.up" if change.up else "peer.down"
+        peer = Peer(change.peer, address=change.address, reason=change.reason)
+        node = self.settings.node.name
+        self._emit([CallEvent(kind, rfc3339(time.time()), node, change.tenant, peer=peer)])
+
     def _publish(self, event: CallEvent) -> None:
-        self.counters.events[event.type] += 1
+        # Counted here, after enrichment, so /metrics and the stream see the same events;
+        # the outcome and dialog counts of /metrics come from the same place.
+        cause = event.cause
+        self.counters.event_emitted(event.type, cause.normalized if cause else None)
         self.bus.publish(event)
 
     def _e164_of(self, tenant: str, uri: URI, region: str | None) -> str | None:
@@ -203,6 +231,7 @@ class Gateway:
             queue_depths=self.bus.hub.queue_depths,
             bus=self.bus,
             contact_cache=self.contact_cache,
+            peers=lambda: self.prober.peers if self.prober is not None else (),
         )
         registry = make_registry(GatewayCollector(self.counters, gauges, self.settings.node.name))
         readiness = Readiness(
@@ -214,6 +243,12 @@ class Gateway:
             lambda: self.bus, lambda: self.directory, self.settings.events, self._extensions_of
         )
         app.include_router(router)
+        app.include_router(
+            calls_router(
+                lambda: self.originator, self._run_sip, self.directory, self.settings,
+                self.recognizer,
+            )
+        )  # fmt: skip
         app.include_router(
             contacts_router(
                 lambda: self.contacts, lambda: self.bus, self.directory, self.settings,
@@ -247,6 +282,11 @@ class Gateway:
                 raise RuntimeError("HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
 
+    def _run_sip(self, action: Callable[[], DialRequest]) -> DialRequest:
+        """Run click-to-dial work in the SIP core (it may send, and arm timers)."""
+        assert self.sip is not None
+        return self.sip.run(action)
+
     @property
     def http_port(self) -> int:
         assert self.http is not None
@@ -276,6 +316,8 @@ class Gateway:
         if self._http_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._http_task
+        if self.prober is not None:
+            self.prober.stop()
         if self.sip is not None:
             await self.sip.stop()
         if self.hep is not None:

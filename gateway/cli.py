@@ -17,7 +17,7 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
-from gateway import __version__, cli_admin, cli_sync
+from gateway import __version__, cli_admin, cli_dial, cli_sync
 from gateway.app import DEFAULT_STATE_DIR, Gateway, install_uvloop
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.logs import setup_logging
@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
     cli_admin.register(sub)
     cli_sync.register(sub)
+    cli_dial.register(sub)
 
     watch_cmd = sub.add_parser("watch", help="print live call events as a table")
     watch_cmd.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's HTTP API")

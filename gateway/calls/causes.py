@@ -42,6 +42,7 @@ from __future__ import annotations
 from gateway.sip.headers import parse_params, split_values, unquote
 
 __all__ = [
+    "CANCEL_CAUSES",
     "MISSED_CAUSES",
     "STATUS_CAUSES",
     "Reason",
@@ -70,6 +71,11 @@ STATUS_CAUSES: dict[int, str] = {
     485: "rejected",
     604: "rejected",
 }
+
+# Reason causes on a CANCEL that say more than "the caller hung up": the 487 that
+# follows ends the call with this cause instead of `cancelled` (no answer in time,
+# busy elsewhere, declined by the canceller's user).
+CANCEL_CAUSES = frozenset({408, 480, 486, 600, 603})
 
 _CLASS_CAUSES = {3: "diverted", 4: "error", 5: "error", 6: "rejected"}
 

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
-from gateway.calls.events import Cause, Device, Diversion, Party, Transfer
+from gateway.calls.events import Cause, Device, Diversion, Originate, Party, Transfer
 
 __all__ = [
     "ACTIVE",
@@ -144,12 +144,14 @@ class Call:
     missed: bool | None = None
     transfer: Transfer | None = None
     diversion: Diversion | None = None
+    originate: Originate | None = None  # click-to-dial: the request this call serves
     # --- bookkeeping, never on the wire -------------------------------------------------
     early: set[str] = field(default_factory=set)  # To tags of branches ringing, no final
     diverted_by: set[str] = field(default_factory=set)  # 181 branches already reported
     cancelled: bool = False  # a CANCEL of the initial INVITE was seen
     completed_elsewhere: bool = False  # … with Reason: SIP;cause=200
     cancel_reason: str | None = None
+    cancel_cause: str | None = None  # normalized, from the CANCEL's Reason (cause=480 …)
     replaced: bool = False  # an INVITE with Replaces named this call's dialog
     retry: tuple[int, str | None, float] | None = None  # (status, reason, when) of a
     # final the caller is expected to retry (401/407/422/494), waiting for that retry

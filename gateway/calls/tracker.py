@@ -97,6 +97,7 @@ from gateway.calls.events import (
     Cause,
     Device,
     Diversion,
+    Originate,
     Party,
     Transfer,
     rfc3339,
@@ -117,7 +118,15 @@ from gateway.sip.headers import NameAddr, parse_name_addr, parse_params, unquote
 from gateway.sip.message import Request, Response
 from gateway.sip.uri import URI, SipURI, TelURI
 
-__all__ = ["CALLEE", "CALLER", "RETRY_STATUSES", "CallTracker", "Meta", "MetaLike"]
+__all__ = [
+    "CALLEE",
+    "CALLER",
+    "RETRY_STATUSES",
+    "CallTracker",
+    "Meta",
+    "MetaLike",
+    "Origination",
+]
 
 CALLER, CALLEE = "caller", "callee"
 
@@ -126,6 +135,7 @@ RETRY_STATUSES = frozenset({401, 407, 422, 494})
 
 SESSION_GRACE = 32.0  # RFC 4028 §10: the refresher sends its BYE up to 32 s early
 MAX_TRANSFERS_PER_TENANT = 1024
+MAX_EXPECTED = 4096
 _MAX_TEXT = 512
 _MAX_EARLY = 16
 _MAX_PENDING = 8
@@ -184,6 +194,22 @@ class Meta:
     region: str | None = None  # the peer's region for national numbers (else the tenant's)
 
 
+@dataclass(frozen=True, slots=True)
+class Origination:
+    """What the gateway knows of a call it places itself (click-to-dial) before the
+    INVITE is observed: its ids, the request it serves, and its parties as the user
+    sees them (the From of an INVITE to the user's phone names the destination)."""
+
+    call_id: str
+    conversation_id: str
+    originate: Originate
+    direction: str = "outbound"
+    extension: str | None = None
+    calling: Party | None = None
+    called: Party | None = None
+    parent_call_id: str | None = None
+
+
 @dataclass(slots=True, eq=False)
 class _PendingTransfer:
     """A REFER waiting for the transferee's new call."""
@@ -198,14 +224,15 @@ class _PendingTransfer:
     replaces: tuple[str, frozenset[str]] | None
     deadline: float
     owner: tuple[tuple[str, str], tuple[str, int]]  # (call key, REFER key)
+    originate: Originate | None = None
 
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
-def _bounded_put(table: dict[_K, _V], key: _K, value: _V) -> None:
-    if len(table) >= _MAX_PENDING:
+def _bounded_put(table: dict[_K, _V], key: _K, value: _V, limit: int = _MAX_PENDING) -> None:
+    if len(table) >= limit:
         del table[next(iter(table))]
     table[key] = value
 
@@ -244,6 +271,7 @@ class CallTracker:
         self._deadlines: list[tuple[float, int, Call]] = []  # heap, stale entries skipped
         self._order = itertools.count()
         self._transfers: dict[str, list[_PendingTransfer]] = {}  # by tenant, oldest first
+        self._expected: dict[tuple[str, str], Origination] = {}  # by (Call-ID, From tag)
 
     # ----------------------------------------------------------------- public API ---
     @property
@@ -301,6 +329,11 @@ class CallTracker:
             self.errors += 1
             return []
 
+    def expect(self, sip_call_id: str, from_tag: str, origination: Origination) -> None:
+        """The INVITE with this Call-ID and From tag, when it is observed, is the call
+        the gateway places itself: it takes these ids, parties and `originate`."""
+        _bounded_put(self._expected, (sip_call_id, from_tag), origination, MAX_EXPECTED)
+
     def expire(self, now: float) -> list[CallEvent]:
         """Fire due deadlines (events), forget calls ended `linger` ago, drop old REFERs."""
         events: list[CallEvent] = []
@@ -355,7 +388,10 @@ class CallTracker:
             self._forget(parent)  # the ended attempt makes room for the next one
             if parent.tenant != tenant:
                 parent = None
+        expected = self._expected.pop(key, None)
         direction = meta.direction if meta.direction in DIRECTIONS else "internal"
+        if expected is not None:
+            direction = expected.direction
         assert direction is not None
         calling_uri, calling = _calling(req, direction, meta.caller_id)
         called_uri, called = _called(req, direction)
@@ -363,7 +399,14 @@ class CallTracker:
             calling = self._normalized(calling, calling_uri, tenant, meta.region)
             called = self._normalized(called, called_uri, tenant, meta.region)
         transfer: Transfer | None = None
-        if parent is not None:
+        originate: Originate | None = None
+        call_uuid = uuid7(now)
+        if expected is not None:
+            call_uuid, originate = expected.call_id, expected.originate
+            conversation_id, parent_call_id = expected.conversation_id, expected.parent_call_id
+            calling = expected.calling or calling
+            called = expected.called or called
+        elif parent is not None:
             conversation_id, parent_call_id = parent.conversation_id, parent.call_id
         else:
             replaces_value = req.get("Replaces")
@@ -374,20 +417,20 @@ class CallTracker:
             link = self._match_transfer(req, tenant, replaces, now)
             if link is not None:
                 conversation_id, parent_call_id = link.conversation_id, link.call_id
-                transfer = link.transfer
+                transfer, originate = link.transfer, link.originate
             elif replaced is not None:
                 conversation_id, parent_call_id = replaced.conversation_id, replaced.call_id
             else:
                 conversation_id, parent_call_id = uuid7(now), None
         self._make_room()
         call = Call(
-            call_id=uuid7(now),
+            call_id=call_uuid,
             tenant=tenant,
             sip_call_id=call_id,
             from_tag=from_tag,
             conversation_id=conversation_id,
             direction=direction,
-            extension=meta.extension,
+            extension=expected.extension if expected is not None else meta.extension,
             calling=calling,
             called=called,
             created=now,
@@ -397,6 +440,7 @@ class CallTracker:
             transfer=transfer,
             device=_device(req, meta) if direction == "outbound" else None,
             diversion=_invite_diversion(req),
+            originate=originate,
         )
         self._calls[key] = call
         self._arm(call, now + self.setup_timeout)
@@ -428,6 +472,9 @@ class CallTracker:
             reason = causes.parse_reason(reasons)
             if reason is not None and reason.completed_elsewhere:
                 call.completed_elsewhere = True
+            elif reason is not None and reason.cause in causes.CANCEL_CAUSES:
+                # The canceller says why (RFC 3326): 480/408 = nobody answered in time.
+                call.cancel_cause = causes.from_status(reason.cause)
             call.cancel_reason = _text(causes.reason_text(reasons))
         return []
 
@@ -508,6 +555,7 @@ class CallTracker:
                 replaces=_replaces_key(replaces) if replaces else None,
                 deadline=now + self.transfer_window,
                 owner=(call.key, key),
+                originate=call.originate,
             )
         )
         return []
@@ -566,6 +614,8 @@ class CallTracker:
             call.diversion = _response_diversion(resp, call, redirect=True)
             events.extend(_some(self._fire(call, Signal.DIVERT, now)))
         normalized = "replaced" if call.replaced else causes.from_status(status)
+        if status == 487 and call.cancel_cause is not None:
+            normalized = call.cancel_cause
         reason = _text(causes.reason_text(resp.get_all("Reason")))
         if reason is None and status == 487:
             reason = call.cancel_reason
@@ -703,6 +753,7 @@ class CallTracker:
             missed=call.missed,
             transfer=call.transfer,
             diversion=call.diversion,
+            originate=call.originate,
         )
 
     def _refresh(self, call: Call, resp: Response, now: float) -> None:

@@ -9,6 +9,7 @@ from gateway.config.loader import CONFIG_ENV, DEFAULT_PROFILES_DIR, load_setting
 from gateway.config.model import (
     DEFAULT_TLS_CIPHERS,
     AutoAnswer,
+    DialSettings,
     Did,
     EventsSettings,
     HttpSettings,
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_TLS_CIPHERS",
     "AutoAnswer",
     "ConfigError",
+    "DialSettings",
     "Did",
     "EventsSettings",
     "HttpSettings",

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.errors import ConfigError
 from gateway.config.model import (
+    DialSettings,
     EventsSettings,
     HttpSettings,
     ListenSpec,
@@ -56,7 +57,7 @@ EMBEDDED_DEFAULT = "<embedded gateway/default.toml>"
 
 TOP_LEVEL_KEYS = (
     "node", "sip", "http", "redis", "log", "events", "security", "monitor", "recognition",
-    "profiles_dir",
+    "dial", "profiles_dir",
     "default_tenant", "tenants",
 )  # fmt: skip
 
@@ -136,6 +137,7 @@ def _settings(root: Table, source: str) -> Settings:
     events = EventsSettings(**root.table("events").read(_EVENTS_READERS))
     security = SecuritySettings(**root.table("security").read(_SECURITY_READERS))
     recognition = RecognitionSettings(**root.table("recognition").read(_RECOGNITION_READERS))
+    dial = DialSettings(**root.table("dial").read(_DIAL_READERS))
     dir_value = root.get("profiles_dir")
     profiles_dir = DEFAULT_PROFILES_DIR if dir_value is None else dir_value.path()
     profiles = load_profiles(profiles_dir, "profiles_dir")
@@ -144,8 +146,8 @@ def _settings(root: Table, source: str) -> Settings:
     monitor = _monitor(root.table("monitor"), all_tenants, sip)
     return Settings(
         node=node, sip=sip, http=http, redis=redis, log=log, events=events,
-        security=security, monitor=monitor, recognition=recognition, tenants=all_tenants,
-        profiles=profiles,
+        security=security, monitor=monitor, recognition=recognition, dial=dial,
+        tenants=all_tenants, profiles=profiles,
         default_tenant=fallback, profiles_dir=profiles_dir, source=source,
     )  # fmt: skip
 
@@ -185,6 +187,9 @@ def _sip(table: Table) -> SipSettings:
         "auth_secret": _auth_secret,
         "fork_timeout": lambda v: v.number(),
         "user_agent": plain_text,
+        "flood_max_requests": lambda v: v.integer(0),
+        "flood_window": lambda v: v.number(),
+        "flood_exempt": _trusted_proxies,  # the same forms: "ip" or a CIDR network
     }
     sip = SipSettings(**table.read(readers))
     _check_order(table, ("t1", sip.t1), ("t2", sip.t2))
@@ -363,6 +368,15 @@ _SECURITY_READERS: dict[str, Callable[[Value], Any]] = {
     "trusted_proxies": _trusted_proxies,
 }
 
+
+_DIAL_READERS: dict[str, Callable[[Value], Any]] = {
+    "ring_timeout": lambda v: v.number(),
+    "connect_timeout": lambda v: v.number(),
+    "rate_per_minute": lambda v: v.integer(1, 10_000),
+    "burst": lambda v: v.integer(1, 10_000),
+    "max_requests": lambda v: v.integer(1, 1_000_000),
+    "keep_finished": lambda v: v.number(),
+}
 
 _RECOGNITION_READERS: dict[str, Callable[[Value], Any]] = {
     "cache_size": lambda v: v.integer(0, 10_000_000),

@@ -151,6 +151,14 @@ class SipSettings:
     auth_secret: str | None = field(default=None, metadata=_SECRET)
     fork_timeout: float = 180.0
     user_agent: str = "sipgw/0.1"
+    # Flood protection (gateway/proxy/flood.py): requests counted per source address
+    # (IPv6: per /64) in windows of flood_window seconds; beyond flood_max_requests the
+    # source's requests are dropped until the window ends. 0 = off. Configured trunks'
+    # source addresses are never counted, nor flood_exempt ("ip" or CIDR): by default
+    # the loopback, where only our own host's processes (a co-located SBC) send from.
+    flood_max_requests: int = 200
+    flood_window: float = 2.0
+    flood_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1")
 
     __repr__ = _masked_repr
 
@@ -290,8 +298,13 @@ class Trunk:
     transport: Transport = "udp"
     profile: str = "generic-trunk"
     match: tuple[str, ...] = ()  # "ip", "ip:port", "[v6]:port" or CIDR; normalized
-    outbound: bool = True
+    outbound: bool = True  # candidate for users' calls out (file order, skipped while down)
     options_interval: float = 30.0  # seconds between OPTIONS probes; 0 = no probing
+    options_down_after: int = 3  # failed probes in a row that mark the trunk down
+    options_up_after: int = 2  # answered probes in a row that mark it up again
+    # Final responses that count as a failed probe. Any other final response proves the
+    # trunk is there (RFC 3261 §11.2); 503 says it cannot take requests now (§21.5.4).
+    options_failure_codes: tuple[int, ...] = (503,)
 
     def matches(self, address: str, port: int) -> bool:
         """True when a message from ``address``:``port`` comes from this trunk."""
@@ -403,6 +416,20 @@ class RecognitionSettings:
 
 
 @dataclass(frozen=True)
+class DialSettings:
+    """Click-to-dial (`POST /v1/calls`): how long each step may take, and the limits."""
+
+    ring_timeout: float = 30.0  # seconds the user's phone may ring before we give up
+    # Seconds from the phone's answer until the destination answers (REFER: the final
+    # NOTIFY; 3PCC: the destination's 2xx, at most 30 s, see docs/click-to-dial.md).
+    connect_timeout: float = 120.0
+    rate_per_minute: int = 10  # dial requests per user per minute (token bucket) ...
+    burst: int = 5  # ... of this depth
+    max_requests: int = 10_000  # dial requests kept in memory per node
+    keep_finished: float = 3600.0  # seconds a finished request stays readable (GET)
+
+
+@dataclass(frozen=True)
 class SecuritySettings:
     """HTTP API logins, tokens, audit log and brute-force throttling."""
 
@@ -485,6 +512,7 @@ class Settings:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     recognition: RecognitionSettings = field(default_factory=RecognitionSettings)
+    dial: DialSettings = field(default_factory=DialSettings)
     tenants: tuple[Tenant, ...] = ()
     profiles: Mapping[str, Profile] = field(default_factory=lambda: types.MappingProxyType({}))
     default_tenant: str | None = None  # used when a request's domain matches no tenant

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.config import Settings, Tenant, User
 from gateway.proxy.auth import Authenticator
@@ -57,6 +57,9 @@ from gateway.transport.addresses import (
     ip_family,
     same_host,
 )
+
+if TYPE_CHECKING:
+    from gateway.proxy.ua import UserAgent
 
 log = logging.getLogger("sipgw.proxy")
 
@@ -146,6 +149,7 @@ class Proxy:
         # agent of click-to-dial, the OPTIONS prober) get the responses whose top Via
         # branch starts with their prefix (BRANCH_PREFIX's length: "z9hG4bK" + 2).
         self.response_handlers: dict[str, Callable[[Response, Source], None]] = {}
+        self.ua: UserAgent | None = None  # set by UserAgent(proxy): the gateway's own calls
         self._ports: frozenset[int] | None = None
         self.queue.schedule(self.clock() + HOUSEKEEPING_INTERVAL, self._housekeeping)
         # Without an explicit advertise address, the listen address of the right family
@@ -187,6 +191,8 @@ class Proxy:
                 self._reply_stateless(req, source, err.status, str(err))
             return
         self._stamp_received(req, source)
+        if self.ua is not None and req.to.tag and self.ua.handles(req, source):
+            return  # in a dialog the gateway is a party to (click-to-dial)
         if req.method == "ACK":
             self._on_ack(req, source)
             return
@@ -217,7 +223,7 @@ class Proxy:
         txn = ServerTransaction(
             invite=req.method == "INVITE", reliable=source.reliable, timers=self.timers, now=now
         )
-        ctx = ServerContext(req, source, txn, key, self._response_target(req, source))
+        ctx = ServerContext(req, source, txn, key, self.response_target(req, source))
         self.server_txns[key] = ctx
         self.counters.transactions_created["server"] += 1
         if source.reliable and source.conn_id is not None:
@@ -237,7 +243,7 @@ class Proxy:
         req.pop_first_value("Via")
         req.prepend("Via", _format_via(via, params))
 
-    def _response_target(self, req: Request, source: Source) -> Target:
+    def response_target(self, req: Request, source: Source) -> Target:
         """Where responses to this request go (RFC 3261 §18.2.2, RFC 3581 §4)."""
         via = req.top_via
         if source.reliable:

@@ -28,7 +28,9 @@ _ECHO_HEADERS = {
 _SAFE_REASON = re.compile(rb"[^\x20-\x7e]")
 
 
-def _hop_request(branch_request: bytes, method: str, to_value: str | None) -> bytes:
+def _hop_request(
+    branch_request: bytes, method: str, to_value: str | None, reason: str | None = None
+) -> bytes:
     req = parse_message(branch_request)
     assert isinstance(req, Request)
     lines = [f"{method} {req.uri_raw} SIP/2.0"]
@@ -40,6 +42,8 @@ def _hop_request(branch_request: bytes, method: str, to_value: str | None) -> by
     lines.append(f"To: {to_value if to_value is not None else req.get('To')}")
     lines.append(f"Call-ID: {req.call_id}")
     lines.append(f"CSeq: {req.cseq.number} {method}")
+    if reason:
+        lines.append(f"Reason: {reason}")
     lines.append("Content-Length: 0")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
@@ -54,8 +58,9 @@ def build_ack(branch_request: bytes, response: bytes) -> bytes:
     return _hop_request(branch_request, "ACK", to_value)
 
 
-def build_cancel(branch_request: bytes) -> bytes:
-    return _hop_request(branch_request, "CANCEL", None)
+def build_cancel(branch_request: bytes, reason: str | None = None) -> bytes:
+    """CANCEL for ``branch_request``; ``reason`` is a Reason header value (RFC 3326)."""
+    return _hop_request(branch_request, "CANCEL", None, reason)
 
 
 def last_resort_response(data: bytes, status: int, reason: str) -> bytes | None:

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from gateway.config import Settings
 from gateway.proxy.core import Proxy
+from gateway.proxy.flood import FloodGuard
 from gateway.proxy.location import Location
 from gateway.proxy.observe import Observer
 from gateway.sip.message import Limits
@@ -65,8 +66,17 @@ class ProxyServer:
             auth_secret=secret,
             observer=observer,
         )
+        directory = self.proxy.directory
+        self.flood = FloodGuard(
+            sip.flood_max_requests,
+            sip.flood_window,
+            clock=self.loop.time,
+            is_peer=lambda host, port: directory.trunk_for_source(host, port) is not None,
+            exempt=sip.flood_exempt,
+        )
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self.transport.after_deferred_errors = self._arm
 
     async def start(self) -> None:
         await self.transport.start(
@@ -92,6 +102,9 @@ class ProxyServer:
             self._arm()
 
     def _on_message(self, data: bytes, source: Source) -> None:
+        if not self.flood.admit(data, source):
+            self.counters.transport["flood_dropped"] += 1
+            return
         try:
             self.proxy.receive(data, source)
         finally:

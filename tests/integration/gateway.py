@@ -31,6 +31,7 @@ PASSWORDS = {
     "204": "Pass-204-word!",
     "205": "Pass-205-word!",
     "206": "Pass-206-word!",
+    "207": "Pass-207-word!",
 }
 # sipp (201, 202) reads only the first digest challenge and knows only MD5.
 PROFILES = {
@@ -40,6 +41,7 @@ PROFILES = {
     "204": "pjsua",
     "205": "linphone",
     "206": "baresip",
+    "207": "no-refer-phone",  # a PJSIP phone click-to-dial must bridge, never REFER
 }
 API_PASSWORDS = {user: f"Api-{user}-secret!" for user in [*PASSWORDS, "301"]}
 ADMIN = "203"
@@ -93,7 +95,12 @@ def render_config(
     subscriber_queue: int = 1000,
     recognition: str = RECOGNITION,
     http_tls: bool = False,
+    trunk_extra: str = "options_interval = 0",
+    more_trunks: str = "",
 ) -> str:
+    # trunk_extra: more keys of the "carrier" trunk. Its OPTIONS probing is off unless a
+    # test asks for it: a sipp UAS playing the trunk would take a probe for a call it
+    # does not expect. more_trunks: further [[tenants.trunks]] of tenant acme.
     pair = make_self_signed(workdir, name="sipgw")
     users = "\n".join(
         f"""
@@ -158,6 +165,8 @@ host = "127.0.0.1"
 port = {ports.trunk}
 transport = "{trunk_transport}"
 match = {json.dumps(match)}
+{trunk_extra}
+{more_trunks}
 
 # A second tenant: nothing of acme may ever reach it, and the reverse.
 [[tenants]]

@@ -512,13 +512,15 @@ ERRORS = [
         TENANT + 'profile = "nokia"\n',
         {},
         'tenants[0].users[0].profile: unknown profile "nokia" '
-        "(known phone profiles: baresip, generic-phone, legacy-md5, linphone, pjsua)",
+        "(known phone profiles: baresip, generic-phone, legacy-md5, linphone, "
+        "no-refer-phone, pjsua)",
     ),
     (
         TENANT + 'profile = "generic-trunk"\n',
         {},
         'tenants[0].users[0].profile: "generic-trunk" is a trunk profile, a phone profile is '
-        "needed (known phone profiles: baresip, generic-phone, legacy-md5, linphone, pjsua)",
+        "needed (known phone profiles: baresip, generic-phone, legacy-md5, linphone, "
+        "no-refer-phone, pjsua)",
     ),
     (
         '[[tenants]]\nid = "a"\nname = "A"\ndomains = ["a.example"]\n'
@@ -1006,8 +1008,10 @@ def test_profiles_are_loaded() -> None:
         "generic-phone",
         "generic-trunk",
         "legacy-md5",
+        "no-refer-phone",
     }
     assert profiles["legacy-md5"].digest_algorithms == ("MD5",)
+    assert not profiles["no-refer-phone"].supports_refer
     assert profiles["generic-phone"].digest_algorithms == ("SHA-256", "MD5")
 
     linphone = profiles["linphone"]

@@ -1,0 +1,293 @@
+"""Click-to-dial over HTTP: a CRM user clicks a number, their own phone rings.
+
+    POST   /v1/calls        start a dial request (user or admin token)        → 202
+    GET    /v1/calls/{id}   its state (calling_phone … connected, failed)     → 200
+    DELETE /v1/calls/{id}   cancel it, at any stage until it is finished      → 200
+
+A "user" dials from their own extension only; an "admin" from any extension of the
+tenant. The same `request_id` (idempotency key) twice gives the one request it started.
+Requests are rate-limited per user (token bucket, `[dial] rate_per_minute` / `burst`).
+Whatever is not the caller's — another tenant's request, another user's — answers 404,
+exactly like an id that does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from gateway.api.auth import client_address, require_principal
+from gateway.calls.originate import Destination, DialError, DialOrder, DialRequest, Originator
+from gateway.config import Settings, Tenant
+from gateway.recognition.lookup import Recognizer
+from gateway.recognition.numbers import normalize
+from gateway.security.directory import Directory
+from gateway.security.principal import Principal
+from gateway.security.ratelimit import TokenBuckets
+
+_T = TypeVar("_T")
+Run = Callable[[Callable[[], _T]], _T]
+
+MAX_BODY = 4096
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:~-]{1,128}")
+NAME_LOOKUP_TIMEOUT = 0.2  # seconds: the phone's display name is nice, not essential
+
+DIAL_EXAMPLE = {"to": "06 1234 5678", "from": "201", "auto_answer": True, "request_id": "crm-42"}
+ACCEPTED_EXAMPLE = {
+    "id": "019378a2-5c1e-7d3a-9a51-2f0c5e1d4b77",
+    "state": "calling_phone",
+    "finished": False,
+    "mode": "refer",
+    "from": "201",
+    "to": {"raw": "06 1234 5678", "dialled": "+31612345678", "e164": "+31612345678"},
+    "auto_answer": "answer-mode",
+    "requested_by": "piet",
+    "conversation_id": "019378a2-5c1e-7d3a-9a51-2f0c5e1d4b78",
+    "phone_call_id": "019378a2-5c1e-7d3a-9a51-2f0c5e1d4b79",
+    "created_at": "2026-11-22T10:15:00.000000Z",
+    "updated_at": "2026-11-22T10:15:00.000000Z",
+    "request_id": "crm-42",
+    "links": {
+        "self": "/v1/calls/019378a2-5c1e-7d3a-9a51-2f0c5e1d4b77",
+        "events": "/v1/events",
+    },
+}
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+
+
+def _error(refused: _Refused) -> JSONResponse:
+    return JSONResponse(
+        {"detail": refused.detail}, status_code=refused.status, headers=refused.headers
+    )
+
+
+def _view(
+    request: DialRequest,
+    status: int = 200,
+    replayed: bool = False,
+    body: dict[str, Any] | None = None,
+) -> JSONResponse:
+    """The request as JSON; `body`: its state captured earlier (the SIP side moves on
+    while the response is being written)."""
+    body = request.to_dict() if body is None else body
+    link = f"/v1/calls/{request.id}"
+    body["links"] = {"self": link, "events": "/v1/events"}
+    headers = {"Location": link}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise _Refused(415, "Content-Type must be application/json")
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise _Refused(413, f"request body larger than {MAX_BODY} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise _Refused(400, "request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise _Refused(422, "body: expected a JSON object")
+    unknown = sorted(set(data) - {"to", "from", "auto_answer", "request_id"})
+    if unknown:
+        raise _Refused(422, f"{unknown[0]}: unknown field")
+    return data
+
+
+def _text(data: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise _Refused(422, f"{name}: required")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _Refused(422, f"{name}: expected a non-empty string")
+    if len(value) > 64 and name != "request_id":
+        raise _Refused(422, f"{name}: longer than 64 characters")
+    return value.strip()
+
+
+def calls_router(
+    originator_getter: Callable[[], Originator | None],
+    run: Callable[[Callable[[], DialRequest]], DialRequest],
+    directory: Directory,
+    settings: Settings,
+    recognizer: Recognizer | None = None,
+) -> APIRouter:
+    router = APIRouter(tags=["click-to-dial"])
+    dialer = require_principal(roles=("user", "admin"), directory=directory)
+    dial = settings.dial
+    buckets = TokenBuckets(rate=dial.rate_per_minute / 60.0, burst=dial.burst)
+
+    def originator() -> Originator:
+        found = originator_getter()
+        if found is None:
+            raise _Refused(503, "SIP is not running yet; retry", {"Retry-After": "1"})
+        return found
+
+    def sip_tenant(principal: Principal) -> Tenant:
+        tenant = settings.tenant_by_id(principal.tenant)
+        if tenant is None:
+            raise _Refused(409, "this tenant has no phones (no SIP configuration)")
+        return tenant
+
+    def visible(principal: Principal, request: DialRequest | None) -> DialRequest:
+        if request is None or request.tenant != principal.tenant:
+            raise _Refused(404, "no such dial request")
+        mine = request.order.requested_by == principal.user
+        if not (
+            principal.is_admin or mine or principal.may_see_extension(request.order.user.extension)
+        ):
+            raise _Refused(404, "no such dial request")
+        return request
+
+    async def contact_name(tenant: Tenant, e164: str | None) -> str | None:
+        if recognizer is None or e164 is None or not tenant.recognition.enabled:
+            return None
+        try:
+            found = await asyncio.wait_for(recognizer.lookup(tenant.id, e164), NAME_LOOKUP_TIMEOUT)
+        except TimeoutError:
+            return None
+        fields = found.contact.fields if found.contact is not None else {}
+        name = fields.get("name")
+        return name if isinstance(name, str) and name else None
+
+    @router.post(
+        "/v1/calls",
+        status_code=202,
+        summary="Click-to-dial: ring the user's own phone, then connect it to `to`",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"example": DIAL_EXAMPLE}},
+            }
+        },
+        responses={
+            202: {
+                "description": "Accepted: the phone is being called",
+                "content": {"application/json": {"example": ACCEPTED_EXAMPLE}},
+            },
+            403: {"description": "`from` is another user's extension (users dial from their own)"},
+            409: {"description": "The extension has no registered phone, or the key was reused"},
+            422: {"description": "A field is invalid (the message names it)"},
+            429: {"description": "Too many dial requests: see Retry-After"},
+        },
+    )
+    async def create(request: Request, principal: Principal = Depends(dialer)) -> JSONResponse:  # noqa: B008
+        try:
+            data = await _body(request)
+            tenant = sip_tenant(principal)
+            to_text = _text(data, "to", required=True)
+            assert to_text is not None
+            request_id = _text(data, "request_id")
+            if request_id is not None and not _REQUEST_ID.fullmatch(request_id):
+                raise _Refused(422, "request_id: 1-128 characters of A-Z a-z 0-9 . _ : ~ -")
+            auto_answer = data.get("auto_answer", True)
+            if not isinstance(auto_answer, bool):
+                raise _Refused(422, "auto_answer: expected true or false")
+            own = tenant.user_by_username(principal.user or "")
+            from_ext = _text(data, "from") or (own.extension if own is not None else None)
+            if from_ext is None:
+                raise _Refused(422, "from: required (this user has no extension of its own)")
+            if not principal.is_admin and (own is None or from_ext != own.extension):
+                raise _Refused(403, "from: you may dial only from your own extension")
+            phone_user = tenant.user_by_extension(from_ext)
+            if phone_user is None:
+                raise _Refused(422, f"from: no extension {from_ext} in this tenant")
+            found = originator().existing(tenant.id, principal.user or "", request_id)
+            if found is not None:
+                if found.order.to.raw != to_text or found.order.user.extension != from_ext:
+                    raise _Refused(409, "request_id: already used for another dial request")
+                return _view(found, 202, replayed=True)
+            destination = await _destination(tenant, to_text, contact_name)
+            # Counted once the request is valid: a typo does not cost a dial.
+            wait = buckets.take((tenant.id, principal.user or ""))
+            if wait is not None:
+                retry = str(max(1, round(wait)))
+                raise _Refused(429, "too many dial requests; slow down", {"Retry-After": retry})
+            order = DialOrder(
+                tenant=tenant,
+                user=phone_user,
+                requested_by=principal.user or "",
+                to=destination,
+                auto_answer=auto_answer,
+                request_id=request_id,
+            )
+            try:
+                started = run(lambda: originator().dial(order))
+            except DialError:
+                buckets.refund((tenant.id, principal.user or ""))  # nothing was started
+                raise
+            accepted = started.to_dict()  # the state it was accepted in
+        except _Refused as refused:
+            return _error(refused)
+        except DialError as err:
+            return _error(_Refused(err.status, err.message))
+        await directory.audit.record(
+            principal.tenant, "dial", "ok", user=principal.user or "",
+            source=client_address(request, directory.security), detail=f"id={started.id}",
+        )  # fmt: skip
+        return _view(started, 202, body=accepted)
+
+    @router.get("/v1/calls/{dial_id}", summary="The state of a dial request")
+    async def read(dial_id: str, principal: Principal = Depends(dialer)) -> JSONResponse:  # noqa: B008
+        try:
+            return _view(visible(principal, originator().get(principal.tenant, dial_id)))
+        except _Refused as refused:
+            return _error(refused)
+
+    @router.delete(
+        "/v1/calls/{dial_id}",
+        summary="Cancel a dial request (rings no more, or hangs up the legs the gateway holds)",
+        responses={409: {"description": "The request is already finished"}},
+    )
+    async def cancel(dial_id: str, principal: Principal = Depends(dialer)) -> JSONResponse:  # noqa: B008
+        try:
+            found = visible(principal, originator().get(principal.tenant, dial_id))
+            cancelled = run(lambda: originator().cancel(found.tenant, found.id))
+            return _view(cancelled, body=cancelled.to_dict())
+        except _Refused as refused:
+            return _error(refused)
+        except DialError as err:
+            return _error(_Refused(err.status, err.message))
+
+    return router
+
+
+async def _destination(
+    tenant: Tenant,
+    text: str,
+    contact_name: Callable[[Tenant, str | None], Any],
+) -> Destination:
+    """What the user typed → the number to dial, or a 422 naming `to`."""
+    extensions = frozenset(u.extension for u in tenant.users)
+    number = normalize(text, tenant.region, extensions=extensions)
+    if number.kind == "e164":
+        assert number.e164 is not None
+        name = await contact_name(tenant, number.e164)
+        return Destination(dial=number.e164, raw=text, e164=number.e164, name=name)
+    if number.kind == "extension":
+        user = tenant.user_by_extension(number.raw.strip())
+        name = user.display_name if user is not None and user.display_name else None
+        return Destination(dial=number.raw.strip(), raw=text, name=name)
+    if number.kind == "short":
+        digits = re.sub(r"[\s().-]", "", number.raw)
+        if re.fullmatch(r"[0-9*#]{2,16}", digits):
+            return Destination(dial=digits, raw=text)
+    raise _Refused(422, f"to: not a number that can be dialled ({number.reason or number.kind})")
