@@ -86,6 +86,10 @@ Try caller recognition:
   register a softphone as 201 (see above), dial 0612345678: the call goes out through the
   demo trunk, and its call.offered event names Jane Example (Example BV) with the screen
   pop https://crm.example.com/contacts/C-1001. Watch it with the `sipgw watch` line above.
+
+Try click-to-dial (your phone rings first, then it is connected to the number):
+  with a softphone registered as 201 (answer it, or turn its auto-answer on):
+  SIPGW_PASSWORD='Demo-Api-201!' .venv/bin/sipgw dial 201 0612345678 --tenant demo --username 201
 EOF
 fi
 

@@ -31,6 +31,10 @@ Not from a status code:
                                                          call with no BYE and no sign of
                                                          life (session timer expired)
 
+A CANCEL whose Reason (RFC 3326) carries cause 408, 480, 486, 600 or 603 says why the
+canceller gave up: the 487 that follows ends the call with that cause's normalized value
+(click-to-dial's `SIP;cause=480;text="Phone did not answer"` → `no_answer`).
+
 `sip_reason` is the `text` of the Reason header (RFC 3326) when there is one, else the
 Reason header as written, else (for a final response) its reason phrase. A CANCEL whose
 Reason says `SIP;cause=200` ("call completed elsewhere") means the call was answered by
