@@ -119,6 +119,7 @@ class Gateway:
             self._emit,
             self.settings.dial,
             self.settings.node.name,
+            counts=self.counters.dial_requests,
         )
         # OPTIONS health probes of the trunks: routing skips a trunk that is down, and a
         # change becomes a peer.down/peer.up event of the trunk's tenant.
@@ -232,6 +233,7 @@ class Gateway:
             bus=self.bus,
             contact_cache=self.contact_cache,
             peers=lambda: self.prober.peers if self.prober is not None else (),
+            dial_active=lambda: self.originator.active if self.originator is not None else 0,
         )
         registry = make_registry(GatewayCollector(self.counters, gauges, self.settings.node.name))
         readiness = Readiness(

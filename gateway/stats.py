@@ -130,6 +130,9 @@ class Counters:
     lookup_seconds: Histogram = field(default_factory=lambda: Histogram(LOOKUP_BUCKETS))
     # contact sync: numbers upserted / deleted through the API, sources removed
     contacts: Counter[str] = field(default_factory=Counter)
+    # click-to-dial requests: "accepted", then how each finished (connected, ended,
+    # failed, cancelled)
+    dial_requests: Counter[str] = field(default_factory=Counter)
 
     def request_in(self, transport: str, method: str) -> None:
         self.requests["in", transport, method_label(method)] += 1

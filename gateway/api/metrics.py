@@ -43,6 +43,7 @@ class Gauges:
     contact_cache: CacheStats | None = None
     # The trunks the OPTIONS prober watches (gateway/proxy/prober.py Peer).
     peers: Callable[[], Iterable[PeerStats]] = lambda: ()
+    dial_active: Callable[[], int] = lambda: 0  # click-to-dial requests not finished
 
 
 class PeerStats(Protocol):
@@ -184,6 +185,17 @@ class GatewayCollector(Collector):
         )
         yield self._simple("sipgw_events_emitted", "Call events emitted, by type", "type", c.events)
         yield self._simple("sipgw_hep_packets", "HEP intake packets by outcome", "outcome", c.hep)
+        yield self._simple(
+            "sipgw_dial_requests",
+            "Click-to-dial requests: accepted, and how they finished",
+            "outcome",
+            c.dial_requests,
+        )
+        yield GaugeMetricFamily(
+            "sipgw_dial_requests_active",
+            "Click-to-dial requests not finished yet",
+            value=self.gauges.dial_active(),
+        )
         active_calls = self.gauges.active_calls()
         yield GaugeMetricFamily(
             "sipgw_calls_active",

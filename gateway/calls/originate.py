@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -158,6 +159,7 @@ class Originator:
         settings: DialSettings,
         node: str,
         *,
+        counts: Counter[str] | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.proxy = proxy
@@ -169,7 +171,7 @@ class Originator:
         self.wall_clock = wall_clock
         self._requests: dict[str, DialRequest] = {}  # by id, oldest first
         self._by_key: dict[tuple[str, str, str], str] = {}  # (tenant, user, request_id)
-        self.counts: dict[str, int] = {}  # outcomes, for metrics
+        self.counts: Counter[str] = Counter() if counts is None else counts  # for metrics
 
     # ------------------------------------------------------------------- the API side ---
     def existing(
@@ -212,6 +214,7 @@ class Originator:
             created_at=rfc3339(wall),
         )
         self._remember(request)
+        self.counts["accepted"] += 1
         self.emit([self._originated(request, wall)])
         lines = profile.auto_answer_headers if order.auto_answer else ()
         host = host_for_uri(self.proxy.advertise)
@@ -585,7 +588,7 @@ class Originator:
         request.cause = cause
         request.finished_at = self.proxy.clock()
         self._set(request, state)
-        self.counts[state] = self.counts.get(state, 0) + 1
+        self.counts[state] += 1
         log.info(
             "dial request finished",
             extra={

@@ -591,9 +591,12 @@ class UserAgent:
         self.proxy.queue.schedule(self.proxy.clock() + interval, again)
 
     def _on_ack(self, dialog: Dialog, req: Request) -> None:
-        for served in dialog._responses.values():
-            if served.key[1] == "INVITE":
+        now = self.proxy.clock()
+        for served in list(dialog._responses.values()):
+            if served.key[1] == "INVITE" and not served.acked:
                 served.acked = True
+                # The ACK of a non-2xx is the transaction's (§17.2.1); of a 2xx, ours.
+                self._run_served(served, served.txn.on_request(now, is_ack=True))
         self._observe_message(req)
 
     def _reply(self, req: Request, target: Target, status: int, reason: str) -> None:

@@ -119,6 +119,10 @@ async def test_pjsip_phone_answers_is_referred_and_reaches_the_destination(
         (await trunk.wait(timeout=20)).check(calls=1)
         events = await events_until(ws, cleared(2))
     await ws.close()
+    metrics = await gateway.metrics()
+    assert 'sipgw_dial_requests_total{outcome="accepted"} 1.0' in metrics
+    assert 'sipgw_dial_requests_total{outcome="connected"} 1.0' in metrics
+    assert "sipgw_dial_requests_active 0.0" in metrics
     check_stream(events)
     assert events[0]["type"] == "call.originated"
     assert events[0]["originate"] == {
@@ -353,3 +357,10 @@ async def test_refusals(gateway_factory: GatewayFactory) -> None:
         await gateway.http("DELETE", f"/v1/calls/{started['id']}", token=admin)
         codes = [(await dial(gateway, token, to="0612345678"))[0] for _ in range(3)]
         assert codes == [202, 202, 429], codes
+    # The contract for CRM integrators: documented, with examples.
+    status, raw = await gateway.http("GET", "/openapi.json")
+    paths = json.loads(raw)["paths"]
+    post = paths["/v1/calls"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["example"]["to"]
+    assert {"202", "403", "409", "422", "429"} <= set(post["responses"])
+    assert set(paths["/v1/calls/{dial_id}"]) == {"get", "delete"}
