@@ -9,6 +9,9 @@ The summary added to each document (``doc["summary"]``):
   below everyone's limit); if there is none, the lowest rate offered;
 - ratios sipgw / each Kamailio configuration: max clean rate (higher is better for
   sipgw when > 1) and CPU per call at the common rate (lower is better when < 1).
+
+The scenarios of fixed work (recognition here; invite-event-latency and fan-out in
+bench/report_events.py) have their own summary, table, section and plots: `FIXED`.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from . import report_events
 from .steps import spread
 
 Doc = dict[str, Any]
@@ -57,8 +61,8 @@ def _first_unclean(rep: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def summarize(doc: Doc) -> Doc:
-    if doc["scenario"] == RECOGNITION:
-        return summarize_recognition(doc)
+    if doc["scenario"] in FIXED:
+        return FIXED[doc["scenario"]].summarize(doc)
     rate, clean_everywhere = common_rate(doc)
     cores = doc["machine"].get("cores") or 1
     rows = []
@@ -217,8 +221,8 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 def headline_table(doc: Doc) -> str:
     """Markdown table (also readable as plain text on stdout)."""
-    if doc["scenario"] == RECOGNITION:
-        return recognition_table(doc)
+    if doc["scenario"] in FIXED:
+        return FIXED[doc["scenario"]].table(doc)
     s = doc["summary"]
     rate = s["common_rate"]
     unit = doc["unit"]
@@ -265,9 +269,9 @@ def markdown(docs: list[Doc], images: Mapping[str, list[Path]]) -> str:
     first = docs[0]
     m = first["machine"]
     v: dict[str, str] = {}
-    for doc in docs:  # the recognition scenario has its own (redis-server, redis-py)
+    for doc in docs:  # the fixed-work scenarios have their own (redis-server, websockets)
         v.update(doc["versions"])
-    step_docs = [d for d in docs if d["scenario"] != RECOGNITION]
+    step_docs = [d for d in docs if d["scenario"] not in FIXED]
     lines = [
         f"# sipgw benchmark {'(quick) ' if first['quick'] else ''}— {first['started_at']}",
         "",
@@ -289,9 +293,7 @@ def markdown(docs: list[Doc], images: Mapping[str, list[Path]]) -> str:
             "single-threaded proxy was CPU-bound. See bench/README.md.",
             "",
         ]
-    for doc in docs:
-        if doc["scenario"] == RECOGNITION:
-            continue  # after the step scenarios, below
+    for doc in step_docs:
         lines += [f"## {doc['scenario']}", "", headline_table(doc), ""]
         for row in doc["summary"]["rows"]:
             for reasons in row["first_unclean_reasons"][:1]:
@@ -317,9 +319,9 @@ def markdown(docs: list[Doc], images: Mapping[str, list[Path]]) -> str:
             lines += [f"![{path.stem}]({path.name})", ""]
         lines.append(f"Wall time of the scenario: {doc['wall_time_s']} s.")
         lines.append("")
-    for doc in docs:
-        if doc["scenario"] == RECOGNITION:
-            lines += recognition_markdown(doc, images.get(RECOGNITION, []))
+    for doc in docs:  # after the step scenarios, in the order they ran
+        if doc["scenario"] in FIXED:
+            lines += FIXED[doc["scenario"]].markdown(doc, images.get(doc["scenario"], []))
     return "\n".join(lines)
 
 
@@ -328,9 +330,9 @@ def markdown(docs: list[Doc], images: Mapping[str, list[Path]]) -> str:
 
 def plot(doc: Doc, prefix: Path) -> list[Path]:
     """Achieved vs offered rate, CPU ms per call vs rate, response time p99 vs rate (the
-    recognition scenario: look-up latency percentiles, sync times)."""
-    if doc["scenario"] == RECOGNITION:
-        return plot_recognition(doc, prefix)
+    scenarios of fixed work: their own, see `FIXED`)."""
+    if doc["scenario"] in FIXED:
+        return FIXED[doc["scenario"]].plot(doc, prefix)
     import matplotlib
 
     matplotlib.use("Agg")  # no display; must precede pyplot
@@ -650,3 +652,34 @@ def plot_recognition(doc: Doc, prefix: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+# -- the scenarios of fixed work ----------------------------------------------------------------
+
+
+class Section(NamedTuple):
+    """How a scenario of fixed work is summarized and shown."""
+
+    summarize: Callable[[Doc], Doc]
+    table: Callable[[Doc], str]
+    markdown: Callable[[Doc, Sequence[Path]], list[str]]
+    plot: Callable[[Doc, Path], list[Path]]
+
+
+FIXED: dict[str, Section] = {
+    report_events.LATENCY: Section(
+        report_events.summarize_latency,
+        report_events.latency_table,
+        report_events.latency_markdown,
+        report_events.plot_latency,
+    ),
+    report_events.FANOUT: Section(
+        report_events.summarize_fanout,
+        report_events.fanout_table,
+        report_events.fanout_markdown,
+        report_events.plot_fanout,
+    ),
+    RECOGNITION: Section(
+        summarize_recognition, recognition_table, recognition_markdown, plot_recognition
+    ),
+}

@@ -20,6 +20,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -31,10 +32,26 @@ REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "Pass-201-word!"  # bench-only; the gateway keeps only its HA1 hashes
 
 
+def render_events(events: Mapping[str, int | float] | None) -> str:
+    """An ``[events]`` table (the gateway's subscription limits), or nothing."""
+    if not events:
+        return ""
+    lines = "".join(f"{key} = {value}\n" for key, value in events.items())
+    return f"\n[events]\n{lines}"
+
+
 def render_config(
-    sip_port: int, http_port: int, trunk_port: int, uac_port: int, redis_url: str
+    sip_port: int,
+    http_port: int,
+    trunk_port: int,
+    uac_port: int,
+    redis_url: str,
+    *,
+    events: Mapping[str, int | float] | None = None,
 ) -> str:
-    return textwrap.dedent(
+    """The bench gateway's TOML; `events` overrides settings of its ``[events]`` table
+    (the fan-out scenario raises ``max_subscribers_per_tenant``)."""
+    head = textwrap.dedent(
         f"""\
         # Written by bench/sipgw.py for one benchmark repetition.
         default_tenant = "acme"
@@ -55,7 +72,10 @@ def render_config(
         [log]
         level = "WARNING"
         format = "json"
-
+        """
+    )
+    tenant = textwrap.dedent(
+        f"""
         [[tenants]]
         id = "acme"
         name = "Acme"
@@ -83,6 +103,7 @@ def render_config(
         options_interval = 0
         """
     )
+    return head + render_events(events) + tenant
 
 
 def start_redis(workdir: Path) -> tuple[Managed, int]:
@@ -134,6 +155,18 @@ class SipgwTarget(Target):
         self.register_auth = (EXTENSION, PASSWORD)
         self.register_domain = DOMAIN
         self.redis: Managed | None = None
+        self.config = Path()
+
+    def config_text(
+        self, sip_port: int, http_port: int, trunk_port: int, uac_port: int, redis_url: str
+    ) -> str:
+        """The TOML the gateway runs with (a subclass adds sections)."""
+        return render_config(sip_port, http_port, trunk_port, uac_port, redis_url)
+
+    @property
+    def url(self) -> str:
+        """Base URL of its HTTP API."""
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def aux_pids(self) -> list[int]:
@@ -145,13 +178,13 @@ class SipgwTarget(Target):
         self.sip_port = free_port()
         self.http_port = free_port(udp=False)
         self.uac_port = free_port()
-        config = workdir / "sipgw.toml"
+        self.config = workdir / "sipgw.toml"
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         ports = (self.sip_port, self.http_port, free_port(), self.uac_port)
-        config.write_text(render_config(*ports, redis_url))
+        self.config.write_text(self.config_text(*ports, redis_url))
         argv = [
             sys.executable, "-m", "gateway.cli", "run",
-            "--config", str(config),
+            "--config", str(self.config),
             "--state-dir", str(workdir / "state"),
             "--quiet",
         ]  # fmt: skip
@@ -166,9 +199,17 @@ class SipgwTarget(Target):
             if self.redis is not None:  # after the gateway: it flushes events on stop
                 self.redis.stop(grace=5)
 
+    def wait_http_ready(self, timeout: float) -> None:
+        """Return once /readyz answers 200 (the directory is loaded, Redis reachable)."""
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline or not self.alive():
+                raise RuntimeError(f"sipgw's HTTP API did not become ready within {timeout}s")
+            time.sleep(0.1)
+
     def ready(self) -> bool:
         try:
-            url = f"http://127.0.0.1:{self.http_port}/readyz"
+            url = f"{self.url}/readyz"
             with urllib.request.urlopen(url, timeout=2) as resp:
                 return int(resp.status) == 200
         except (urllib.error.URLError, OSError):
