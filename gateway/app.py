@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -32,6 +34,7 @@ from gateway.proxy.hep import HepIntake, HepPacket
 from gateway.proxy.observe import Observed
 from gateway.proxy.prober import OptionsProber, PeerChange
 from gateway.proxy.server import ProxyServer
+from gateway.proxy.shared_location import SharedLocation
 from gateway.proxy.ua import UserAgent
 from gateway.recognition import numbers
 from gateway.recognition.cache import ContactCache
@@ -43,6 +46,7 @@ from gateway.sip.message import Request, Response, parse_message
 from gateway.sip.uri import URI
 from gateway.stats import Counters
 from gateway.transport import tls
+from gateway.transport.relay import WorkerPlan
 
 log = logging.getLogger("sipgw.app")
 
@@ -58,9 +62,20 @@ class _EmbeddedUvicorn(uvicorn.Server):
 
 
 class Gateway:
-    def __init__(self, settings: Settings, *, state_dir: Path = DEFAULT_STATE_DIR) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        state_dir: Path = DEFAULT_STATE_DIR,
+        plan: WorkerPlan | None = None,
+    ) -> None:
         self.settings = settings
         self.state_dir = state_dir
+        # One of several worker processes (supervisor.py): all serve SIP; worker 0 also
+        # serves HTTP, probes trunks and takes HEP, and sums every worker's counters.
+        self.plan = plan
+        self.serves_http = plan is None or plan.index == 0
+        self._worker_stats: dict[int, dict[str, object]] = {}
         self.counters = Counters()
         self._extensions = {t.id: frozenset(u.extension for u in t.users) for t in settings.tenants}
         self.tracker = CallTracker(settings.node.name, e164=self._e164_of)
@@ -85,6 +100,7 @@ class Gateway:
         self.recognizer = Recognizer(self.contacts, self.contact_cache, self.counters)
         self.enricher = Enricher(settings, self.recognizer, self._publish)
         self.sip: ProxyServer | None = None
+        self.location: SharedLocation | None = None
         self.originator: Originator | None = None  # click-to-dial, once SIP is up
         self.hep: HepIntake | None = None
         self.prober: OptionsProber | None = None
@@ -100,9 +116,17 @@ class Gateway:
     async def start(self) -> None:
         server_ssl, client_ssl = self._tls_contexts()
         await self.bus.start()
-        self._background.append(asyncio.create_task(self.directory.seed_when_available()))
+        if self.serves_http:  # one seeding (and one audit line per user) is enough
+            self._background.append(asyncio.create_task(self.directory.seed_when_available()))
         self._background.append(
             asyncio.create_task(self.contacts.follow_invalidations(self.contact_cache))
+        )
+        # Registrations live in Redis, copied in memory: every worker (and node) reaches
+        # every phone, and a restart keeps them (docs/workers.md).
+        self.location = SharedLocation()
+        origin = f"{self.settings.node.name}/{self.plan.index if self.plan else 0}/{os.getpid()}"
+        self._background.append(
+            asyncio.create_task(self.location.run(self.settings.redis.url, origin))
         )
         self.sip = ProxyServer(
             self.settings,
@@ -110,6 +134,9 @@ class Gateway:
             server_ssl=server_ssl,
             client_ssl=client_ssl,
             observer=self._observe,
+            plan=self.plan,
+            on_stats=self._on_worker_stats,
+            location=self.location,
         )
         await self.sip.start()
         self.originator = Originator(
@@ -123,11 +150,17 @@ class Gateway:
         )
         # OPTIONS health probes of the trunks: routing skips a trunk that is down, and a
         # change becomes a peer.down/peer.up event of the trunk's tenant.
-        self.prober = OptionsProber(self.sip.proxy, on_change=self._peer_changed, run=self.sip.run)
-        self.sip.run(self.prober.start)
-        await self._start_hep()
+        if self.serves_http:
+            self.prober = OptionsProber(
+                self.sip.proxy, on_change=self._peer_changed, run=self.sip.run
+            )
+            self.sip.run(self.prober.start)
+            await self._start_hep()
         self._background.append(asyncio.create_task(self._expire_calls()))
-        await self._start_http()
+        if self.serves_http:
+            await self._start_http()
+        else:
+            self._background.append(asyncio.create_task(self._report_stats()))
         log.info("gateway started", extra={"node": self.settings.node.name})
 
     def _extensions_of(self, tenant: str) -> frozenset[str] | None:
@@ -222,20 +255,35 @@ class Gateway:
         assert sip is not None
         proxy = sip.proxy
         gauges = Gauges(
-            server_transactions=lambda: proxy.active_transactions[0],
-            client_transactions=lambda: proxy.active_transactions[1],
+            server_transactions=self._summed(
+                "server_transactions", lambda: proxy.active_transactions[0]
+            ),
+            client_transactions=self._summed(
+                "client_transactions", lambda: proxy.active_transactions[1]
+            ),
             registered_contacts=lambda: proxy.location.count(proxy.clock()),
-            stream_connections=lambda: sip.transport.connection_count,
+            stream_connections=self._summed(
+                "stream_connections", lambda: sip.transport.connection_count
+            ),
             draining=lambda: proxy.draining,
-            active_calls=lambda: self.tracker.active_calls,
+            active_calls=self._summed("active_calls", lambda: self.tracker.active_calls),
             subscribers=lambda: self.subscribers.total if self.subscribers else 0,
             queue_depths=self.bus.hub.queue_depths,
             bus=self.bus,
             contact_cache=self.contact_cache,
             peers=lambda: self.prober.peers if self.prober is not None else (),
-            dial_active=lambda: self.originator.active if self.originator is not None else 0,
+            dial_active=self._summed(
+                "dial_active", lambda: self.originator.active if self.originator else 0
+            ),
         )
-        registry = make_registry(GatewayCollector(self.counters, gauges, self.settings.node.name))
+        registry = make_registry(
+            GatewayCollector(
+                self.counters,
+                gauges,
+                self.settings.node.name,
+                workers=self._siblings if self.plan is not None else None,
+            )
+        )
         readiness = Readiness(
             sip_listening=lambda: bool(sip.transport.listening),
             draining=lambda: proxy.draining,
@@ -271,6 +319,10 @@ class Gateway:
             # 0.54's sans-I/O one does; frames are small: subscribers only ping.
             ws="websockets",
             ws_max_size=64 * 1024,
+            # No permessage-deflate: an event is encoded once and the same bytes go to
+            # every subscriber; compressing per subscriber costs CPU per event and
+            # ~100 KiB of zlib state per connection (measured by bench fan-out).
+            ws_per_message_deflate=False,
             ssl_certfile=self.settings.http.tls_cert,
             ssl_keyfile=self.settings.http.tls_key,
             # TLS 1.2+ with the same strong suites as SIP over TLS.
@@ -283,6 +335,58 @@ class Gateway:
                 self._http_task.result()  # re-raise: port in use and the like
                 raise RuntimeError("HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
+
+    # -- worker processes ------------------------------------------------------------
+    async def _report_stats(self) -> None:
+        """A worker other than 0: send its counters to worker 0 every second."""
+        assert self.sip is not None and self.plan is not None
+        proxy = self.sip.proxy
+        while True:
+            server, client = proxy.active_transactions
+            self.sip.send_stats(
+                {
+                    "worker": self.plan.index,
+                    "at": time.time(),
+                    "counters": self.counters.snapshot(),
+                    "gauges": {
+                        "server_transactions": server,
+                        "client_transactions": client,
+                        "stream_connections": self.sip.transport.connection_count,
+                        "active_calls": self.tracker.active_calls,
+                        "dial_active": self.originator.active if self.originator else 0,
+                    },
+                }
+            )
+            await asyncio.sleep(1.0)
+
+    def _on_worker_stats(self, index: int, stats: dict[str, object]) -> None:
+        if self.plan is not None and self.plan.index == 0 and 0 < index < self.plan.count:
+            self._worker_stats[index] = stats
+
+    def _siblings(self) -> dict[int, dict[str, Any]]:
+        """The latest counters of each sibling that reported in the last 5 seconds."""
+        now = time.time()
+        fresh: dict[int, dict[str, Any]] = {}
+        for index, stats in self._worker_stats.items():
+            at = stats.get("at")
+            if isinstance(at, int | float) and now - at < 5.0:
+                fresh[index] = stats
+        return fresh
+
+    def _summed(self, name: str, own: Callable[[], int]) -> Callable[[], int]:
+        """A gauge of this process plus the same gauge of every sibling worker."""
+        if self.plan is None:
+            return own
+
+        def total() -> int:
+            others = 0
+            for stats in self._siblings().values():
+                gauges = stats.get("gauges")
+                value = gauges.get(name, 0) if isinstance(gauges, dict) else 0
+                others += value if isinstance(value, int) else 0
+            return own() + others
+
+        return total
 
     def _run_sip(self, action: Callable[[], DialRequest]) -> DialRequest:
         """Run click-to-dial work in the SIP core (it may send, and arm timers)."""
@@ -322,6 +426,8 @@ class Gateway:
             self.prober.stop()
         if self.sip is not None:
             await self.sip.stop()
+        if self.location is not None:
+            await self.location.stop()
         if self.hep is not None:
             self.hep.close()
         for task in self._background:

@@ -21,6 +21,8 @@ from gateway import __version__, cli_admin, cli_dial, cli_sync
 from gateway.app import DEFAULT_STATE_DIR, Gateway, install_uvloop
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.logs import setup_logging
+from gateway.supervisor import run_workers
+from gateway.transport.relay import WorkerPlan
 from gateway.watch import WatchError, WatchOptions, watch
 
 
@@ -119,8 +121,10 @@ def banner(settings: Settings, gateway: Gateway) -> str:
     return "\n".join(lines)
 
 
-async def _run(settings: Settings, state_dir: Path, quiet: bool) -> None:
-    gateway = Gateway(settings, state_dir=state_dir)
+async def _run(
+    settings: Settings, state_dir: Path, quiet: bool, plan: WorkerPlan | None = None
+) -> None:
+    gateway = Gateway(settings, state_dir=state_dir, plan=plan)
     gateway.install_signal_handlers()
     await gateway.start()
     if not quiet:
@@ -131,9 +135,15 @@ async def _run(settings: Settings, state_dir: Path, quiet: bool) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     setup_logging(settings.log.level, settings.log.format)
+    plan = WorkerPlan.from_env()
+    if settings.node.workers > 1 and plan is None:
+        argv = ["run", "--state-dir", args.state_dir]
+        argv += ["--config", args.config] if args.config else []
+        argv += ["--quiet"] if args.quiet else []
+        return run_workers(settings, argv, Path(args.state_dir))
     install_uvloop()
     try:
-        asyncio.run(_run(settings, Path(args.state_dir), args.quiet))
+        asyncio.run(_run(settings, Path(args.state_dir), args.quiet, plan))
     except OSError as err:
         print(f"sipgw: cannot start: {err}", file=sys.stderr)
         return 1

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 # Methods we name in metrics; anything else is folded into "other" so a peer sending
 # invented methods cannot grow the label set.
@@ -133,6 +134,42 @@ class Counters:
     # click-to-dial requests: "accepted", then how each finished (connected, ended,
     # failed, cancelled)
     dial_requests: Counter[str] = field(default_factory=Counter)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter as JSON-able data (what a worker sends to the one scraped)."""
+        out: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Counter):
+                out[item.name] = [
+                    [list(key) if isinstance(key, tuple) else key, count]
+                    for key, count in value.items()
+                ]
+            elif isinstance(value, Histogram):
+                out[item.name] = {"counts": value.counts, "sum": value.sum}
+            else:
+                out[item.name] = value
+        return out
+
+    def merge(self, snapshot: dict[str, Any]) -> None:
+        """Add another worker's `snapshot()` to these counters."""
+        for item in fields(self):
+            theirs = snapshot.get(item.name)
+            if theirs is None:
+                continue
+            mine = getattr(self, item.name)
+            if isinstance(mine, Counter):
+                for key, count in theirs:
+                    mine[tuple(key) if isinstance(key, list) else key] += int(count)
+            elif isinstance(mine, Histogram):
+                if len(theirs["counts"]) == len(mine.counts):
+                    mine.counts = [
+                        a + int(b) for a, b in zip(mine.counts, theirs["counts"], strict=True)
+                    ]
+                    mine.sum += float(theirs["sum"])
+                    mine.count = sum(mine.counts)
+            elif isinstance(mine, int):
+                setattr(self, item.name, mine + int(theirs))
 
     def request_in(self, transport: str, method: str) -> None:
         self.requests["in", transport, method_label(method)] += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -113,13 +113,25 @@ class BusStats(Protocol):
 
 
 class GatewayCollector(Collector):
-    def __init__(self, counters: Counters, gauges: Gauges, node: str) -> None:
+    def __init__(
+        self,
+        counters: Counters,
+        gauges: Gauges,
+        node: str,
+        workers: Callable[[], dict[int, dict[str, Any]]] | None = None,
+    ) -> None:
         self.counters = counters
         self.gauges = gauges
         self.node = node
+        # Worker processes: the latest counters of each sibling, summed into this
+        # scrape (every worker's counters, one set of series; docs/workers.md).
+        self.workers = workers
 
     def collect(self) -> Iterator[Metric]:
         c = self.counters
+        if self.workers is not None:
+            yield from self._workers(self.workers())
+            c = merged(c, self.workers())
         info = GaugeMetricFamily(
             "sipgw_build_info", "Version and node of this gateway", labels=["version", "node"]
         )
@@ -356,12 +368,41 @@ class GatewayCollector(Collector):
         family.add_metric([], buckets, sum_value=sum(depths))
         return family
 
+    def _workers(self, siblings: dict[int, dict[str, Any]]) -> Iterator[Metric]:
+        """Which worker processes report, and how much SIP each one takes in."""
+        up = GaugeMetricFamily(
+            "sipgw_worker_up", "1 for each worker process whose counters are in", labels=["worker"]
+        )
+        taken = CounterMetricFamily(
+            "sipgw_worker_requests",
+            "SIP requests received, by worker process (how the kernel spreads them)",
+            labels=["worker"],
+        )
+        own = sum(n for (d, _, _), n in self.counters.requests.items() if d == "in")
+        up.add_metric(["0"], 1)
+        taken.add_metric(["0"], own)
+        for index, stats in sorted(siblings.items()):
+            up.add_metric([str(index)], 1)
+            requests = stats.get("counters", {}).get("requests", [])
+            taken.add_metric([str(index)], sum(n for key, n in requests if key[0] == "in"))
+        yield up
+        yield taken
+
     @staticmethod
     def _simple(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
         family = CounterMetricFamily(name, doc, labels=[label])
         for key, value in sorted(values.items()):
             family.add_metric([key], value)
         return family
+
+
+def merged(own: Counters, workers: dict[int, dict[str, Any]]) -> Counters:
+    """This process's counters plus every sibling worker's latest snapshot."""
+    total = Counters()
+    total.merge(own.snapshot())
+    for stats in workers.values():
+        total.merge(stats.get("counters", {}))
+    return total
 
 
 def dialogs_active(counters: Counters, active_calls: int) -> int:

@@ -123,7 +123,15 @@ def _parse_toml(source: _Source) -> dict[str, Any]:
 
 def _settings(root: Table, source: str) -> Settings:
     root.check_keys(TOP_LEVEL_KEYS)
-    node = NodeSettings(**root.table("node").read({"name": _node_name}))
+    node = NodeSettings(
+        **root.table("node").read(
+            {
+                "name": _node_name,
+                "workers": lambda v: v.integer(1, 64),
+                "worker_port_step": lambda v: v.integer(0, 10_000),
+            }
+        )
+    )
     sip = _sip(root.table("sip"))
     http_table = root.table("http")
     http = HttpSettings(

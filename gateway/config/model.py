@@ -122,6 +122,11 @@ class NodeSettings:
     """This gateway instance; ``name`` goes into every event's ``node``."""
 
     name: str = field(default_factory=socket.gethostname)
+    # Worker processes sharing the SIP ports (SO_REUSEPORT); see docs/workers.md.
+    workers: int = 1
+    # Each worker's own ports (in its Via and Record-Route): listen port + step * (i+1);
+    # 0 = free ports picked at start (fine on loopback, not behind a firewall).
+    worker_port_step: int = 0
 
 
 @dataclass(frozen=True, repr=False)

@@ -100,6 +100,12 @@ def _server_key(req: Request, method: str) -> ServerKey:
     )
 
 
+def _back_to(source: Source) -> Target:
+    """Straight back to where a message came from, from the port it came to."""
+    local_port = source.local[1] if source.transport == "udp" else None
+    return Target(source.transport, *source.remote, source.conn_id, local_port)
+
+
 def _format_via(via: Via, params: dict[str, str | None]) -> str:
     host = via.host if via.port is None else f"{via.host}:{via.port}"
     text = f"{via.protocol}/{via.transport} {host}"
@@ -132,7 +138,7 @@ class Proxy:
         )
         self.timers = Timers(t1=self.sip.t1, t2=self.sip.t2, t4=self.sip.t4)
         self.directory = Directory(settings)
-        self.location = location or Location()
+        self.location = location if location is not None else Location()
         self.registrar = Registrar(self.location, self.sip)
         self.auth = Authenticator(
             self.directory,
@@ -150,6 +156,11 @@ class Proxy:
         # branch starts with their prefix (BRANCH_PREFIX's length: "z9hG4bK" + 2).
         self.response_handlers: dict[str, Callable[[Response, Source], None]] = {}
         self.ua: UserAgent | None = None  # set by UserAgent(proxy): the gateway's own calls
+        # Worker processes (transport/relay.py): a sibling's own port → its index, every
+        # worker's own ports (they are all "us"), and how to hand a message over.
+        self.siblings: dict[int, int] = {}
+        self.worker_ports: frozenset[int] = frozenset()
+        self.relay: Callable[[int, bytes, Source], None] | None = None
         self._ports: frozenset[int] | None = None
         self.queue.schedule(self.clock() + HOUSEKEEPING_INTERVAL, self._housekeeping)
         # Without an explicit advertise address, the listen address of the right family
@@ -166,6 +177,14 @@ class Proxy:
         except SIPParseError as err:
             self._parse_error(data, source, err)
             return
+        if self.siblings and source.transport == "udp":
+            owner = self._owner(msg)
+            if owner is not None and self.relay is not None:
+                # Meant for a sibling worker (its port is in the Via or the Route): the
+                # transaction and the call are there.
+                self.counters.transport["relayed_to_worker"] += 1
+                self.relay(owner, data, source)
+                return
         if isinstance(msg, Request):
             self.counters.request_in(source.transport, msg.method)
             self._on_request(msg, source)
@@ -173,13 +192,34 @@ class Proxy:
             self.counters.response_in(source.transport, msg.status)
             self._on_response(msg, source)
 
+    def _owner(self, msg: Request | Response) -> int | None:
+        """The sibling worker a message belongs to, or None when it is ours to handle."""
+        try:
+            if isinstance(msg, Response):
+                via = msg.top_via
+                host, port = via.host, via.port or 5060
+            elif msg.to.tag:
+                routes = msg.routes
+                uri = routes[0].uri if routes else msg.uri
+                if not isinstance(uri, SipURI):
+                    return None
+                host, port = uri.host, uri.port or 5060
+            else:
+                return None
+        except SIPParseError:
+            return None
+        owner = self.siblings.get(port)
+        if owner is None or not any(same_host(host, ours) for ours in self._our_hosts):
+            return None
+        return owner
+
     def _parse_error(self, data: bytes, source: Source, err: SIPParseError) -> None:
         self.counters.parse_errors[parse_error_label(err.status, err.header)] += 1
         if err.status == 0:
             return
         reply = last_resort_response(data, err.status, str(err))
         if reply is not None:
-            self._send_raw(reply, Target(source.transport, *source.remote, source.conn_id))
+            self._send_raw(reply, _back_to(source))
 
     # ===================================================================== requests ===
     def _on_request(self, req: Request, source: Source) -> None:
@@ -252,10 +292,12 @@ class Proxy:
             default = DEFAULT_PORTS.get(source.transport, 5060)
             host = via.params.get("received") or via.host
             return Target(source.transport, host, via.port or default, source.conn_id)
+        # From the port the request came to: a NAT in front of the client lets in only
+        # what comes from there (and with workers, that is the port it knows).
         if via.params.get("rport"):
-            return Target("udp", *source.remote)
+            return Target("udp", *source.remote, local_port=source.local[1])
         host = via.params.get("received") or via.host
-        return Target("udp", host, via.port or 5060)
+        return Target("udp", host, via.port or 5060, local_port=source.local[1])
 
     def _alias_connection(self, req: Request, source: Source) -> None:
         # Requests to the phone's advertised Contact must reuse its connection.
@@ -885,7 +927,7 @@ class Proxy:
             data = built
         self.counters.local_replies[f"{status // 100}xx"] += 1
         self.counters.response_out(source.transport, status)
-        self._send_raw(data, Target(source.transport, *source.remote, source.conn_id))
+        self._send_raw(data, _back_to(source))
 
     # ===================================================================== CANCEL ===
     def _cancel_branch(self, branch: Branch) -> None:
@@ -964,8 +1006,8 @@ class Proxy:
         if self._ports is None:
             listening = getattr(self.transport, "listening", None)
             if not listening:
-                return frozenset(spec.port for spec in self.sip.listen)
-            self._ports = frozenset(spec.port for spec in listening)
+                return frozenset(spec.port for spec in self.sip.listen) | self.worker_ports
+            self._ports = frozenset(spec.port for spec in listening) | self.worker_ports
         return self._ports
 
     @property

@@ -1,7 +1,8 @@
 """The location service: where each extension's phones can be reached (RFC 3261 §10).
 
-In-memory and per node for now; the interface is what a Redis-backed store will
-implement for several nodes (issue: multi-core workers).
+In memory, per process. `gateway.proxy.shared_location.SharedLocation` keeps the same
+synchronous interface and replicates the bindings between worker processes and nodes
+through Redis.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class Binding:
     behind_nat: bool  # the phone asked for rport and its Contact differs from its source
     user_agent: str = ""
     instance: str | None = None  # +sip.instance (RFC 5626), when the phone gives one
+    # The process whose REGISTER made this binding (SharedLocation's origin id); None:
+    # this process. A binding of another process has no connection (conn_id None) here.
+    origin: str | None = None
 
     def remaining(self, now: float) -> int:
         return max(0, round(self.expires_at - now))

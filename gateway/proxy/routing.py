@@ -184,7 +184,8 @@ class Router:
             if uri is None:
                 continue
             if binding.behind_nat:
-                target = Target(binding.source.transport, *binding.source.remote)
+                source = binding.source
+                target = Target(source.transport, *source.remote, local_port=source.local[1])
             else:
                 target = self.proxy.target_for_uri(uri, binding.source)
             targets.append((binding.contact_uri, target))

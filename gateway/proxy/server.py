@@ -20,8 +20,9 @@ from gateway.proxy.location import Location
 from gateway.proxy.observe import Observer
 from gateway.sip.message import Limits
 from gateway.stats import Counters
-from gateway.transport.addresses import Listen, Source
+from gateway.transport.addresses import Listen, Source, ip_family
 from gateway.transport.layer import TransportLayer
+from gateway.transport.relay import STATS, WorkerPlan, open_stats, seal_stats, unwrap, wrap
 
 log = logging.getLogger("sipgw.proxy")
 
@@ -38,8 +39,12 @@ class ProxyServer:
         client_ssl: ssl.SSLContext | None = None,
         location: Location | None = None,
         observer: Observer | None = None,
+        plan: WorkerPlan | None = None,
+        on_stats: Callable[[int, dict[str, object]], None] | None = None,
     ) -> None:
         sip = settings.sip
+        self.plan = plan
+        self.on_stats = on_stats
         self.settings = settings
         self.counters = counters
         self.loop = asyncio.get_running_loop()
@@ -77,10 +82,22 @@ class ProxyServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.transport.after_deferred_errors = self._arm
+        if plan is not None:
+            self.transport.on_envelope = self._on_envelope
+            self.proxy.siblings = plan.siblings()
+            self.proxy.worker_ports = plan.all_ports()
+            self.proxy.relay = self._relay
 
     async def start(self) -> None:
+        specs = self.settings.sip.listen
+        own: list[Listen] = []
+        if self.plan is not None:
+            ports = self.plan.own_ports
+            own = [Listen(s.transport, s.host, ports[j]) for j, s in enumerate(specs)]
         await self.transport.start(
-            [Listen(spec.transport, spec.host, spec.port) for spec in self.settings.sip.listen]
+            [Listen(spec.transport, spec.host, spec.port) for spec in specs],
+            reuse_port=self.plan is not None,
+            own=own,
         )
         for spec in self.transport.listening:
             log.info(
@@ -100,6 +117,55 @@ class ProxyServer:
             return fn()
         finally:
             self._arm()
+
+    # -- worker processes (transport/relay.py) ------------------------------------------
+    def _relay(self, worker: int, data: bytes, source: Source) -> None:
+        """Hand a datagram to the sibling worker it belongs to, at that worker's port."""
+        assert self.plan is not None
+        spec_index = self._udp_spec(source.local[0])
+        if spec_index is None:
+            return
+        packet = wrap(self.plan.secret, source, data)
+        host = self.settings.sip.listen[spec_index].host
+        self.transport.send_envelope(packet, host, self.plan.ports[worker][spec_index])
+
+    def send_stats(self, stats: dict[str, object]) -> None:
+        """This worker's counters, to worker 0 (which answers /metrics for all)."""
+        assert self.plan is not None
+        spec_index = self._udp_spec(None)
+        if spec_index is None:
+            return
+        host = self.settings.sip.listen[spec_index].host
+        packet = seal_stats(self.plan.secret, stats)
+        self.transport.send_envelope(packet, host, self.plan.ports[0][spec_index])
+
+    def _udp_spec(self, local_host: str | None) -> int | None:
+        """The first UDP listen entry (of the family of ``local_host``, if given)."""
+        family = ip_family(local_host) if local_host else None
+        fallback: int | None = None
+        for index, spec in enumerate(self.settings.sip.listen):
+            if spec.transport != "udp":
+                continue
+            if fallback is None:
+                fallback = index
+            if family is None or (ip_family(spec.host) or 2) == family:
+                return index
+        return fallback
+
+    def _on_envelope(self, packet: bytes) -> None:
+        assert self.plan is not None
+        if packet.startswith(STATS):
+            stats = open_stats(self.plan.secret, packet)
+            index = stats.get("worker") if stats is not None else None
+            if stats is not None and isinstance(index, int) and self.on_stats is not None:
+                self.on_stats(index, stats)
+            return
+        opened = unwrap(self.plan.secret, packet)
+        if opened is None:
+            self.counters.transport["bad_envelope"] += 1
+            return
+        source, data = opened
+        self._on_message(data, source)
 
     def _on_message(self, data: bytes, source: Source) -> None:
         if not self.flood.admit(data, source):

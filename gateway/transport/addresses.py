@@ -42,13 +42,17 @@ class Target:
     """A destination: a transport, a host (IP literal or name) and a port.
 
     With ``conn_id`` set the transport layer prefers that connection and falls back to
-    the address when it has gone away.
+    the address when it has gone away. With ``local_port`` set a UDP datagram leaves
+    from the socket bound to that port: a response from the port its request came to,
+    a request to a phone behind NAT from the port its registration came to (the only
+    one its NAT lets in).
     """
 
     transport: str
     host: str
     port: int
     conn_id: int | None = None
+    local_port: int | None = None
 
     @property
     def reliable(self) -> bool:

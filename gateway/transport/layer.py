@@ -41,9 +41,10 @@ def _addr_key(transport: str, host: str, port: int) -> tuple[str, str, int]:
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, layer: TransportLayer, local: tuple[str, int]) -> None:
+    def __init__(self, layer: TransportLayer, local: tuple[str, int], own: bool = False) -> None:
         self.layer = layer
         self.local = local
+        self.own = own  # a worker's own port: sibling workers send envelopes here
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -53,6 +54,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self.local = (str(sock[0]), int(sock[1]))
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.own and data[:1] == b"\x00" and self.layer.on_envelope is not None:
+            self.layer.on_envelope(data)
+            return
         self.layer.deliver(data, Source("udp", (str(addr[0]), int(addr[1])), self.local, None))
 
     def error_received(self, exc: Exception) -> None:
@@ -81,8 +85,12 @@ class TransportLayer:
         self.client_ssl = client_ssl
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
-        self.listening: list[Listen] = []
-        self._udp: dict[socket.AddressFamily, UdpEndpoint] = {}
+        self.listening: list[Listen] = []  # the shared ports, as bound
+        self.own: list[Listen] = []  # this worker's own ports (multi-worker only)
+        self.on_envelope: Callable[[bytes], None] | None = None  # from a sibling worker
+        self._udp: dict[socket.AddressFamily, UdpEndpoint] = {}  # shared, by family
+        self._own_udp: dict[socket.AddressFamily, UdpEndpoint] = {}
+        self._udp_by_port: dict[tuple[socket.AddressFamily, int], UdpEndpoint] = {}
         self._servers: list[asyncio.base_events.Server] = []
         self._conns: dict[int, StreamConnection] = {}
         self._by_addr: dict[tuple[str, str, int], int] = {}
@@ -92,39 +100,47 @@ class TransportLayer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
-    async def start(self, listens: Sequence[Listen]) -> None:
-        loop = asyncio.get_running_loop()
+    async def start(
+        self, listens: Sequence[Listen], *, reuse_port: bool = False, own: Sequence[Listen] = ()
+    ) -> None:
+        """Listen on ``listens`` (with SO_REUSEPORT when worker processes share them)
+        and on this worker's ``own`` ports, which then go into Via and Record-Route."""
         for spec in listens:
-            host = strip_brackets(spec.host)
-            family = ip_family(host) or socket.AF_INET
-            if spec.transport == "udp":
-                local = (host, spec.port)
-                _, proto = await loop.create_datagram_endpoint(
-                    functools.partial(UdpEndpoint, self, local),
-                    local_addr=(host, spec.port),
-                    family=family,
-                )
-                endpoint = proto
-                self._udp.setdefault(family, endpoint)
-                self._tune_udp_socket(endpoint)
-                self.listening.append(Listen("udp", spec.host, endpoint.local[1]))
-                continue
-            if spec.transport == "tls" and self.server_ssl is None:
-                raise ValueError("a TLS listener needs a certificate (sip.tls_cert/sip.tls_key)")
-            name = spec.transport
-            server = await loop.create_server(
-                functools.partial(StreamConnection, self, name, self.limits),
-                host,
-                spec.port,
-                family=family,
-                ssl=self.server_ssl if name == "tls" else None,
-                reuse_address=True,
-                backlog=1024,
-            )
-            self._servers.append(server)
-            port = server.sockets[0].getsockname()[1]
-            self.listening.append(Listen(name, spec.host, port))
+            self.listening.append(await self._listen(spec, reuse_port=reuse_port, own=False))
+        for spec in own:
+            self.own.append(await self._listen(spec, reuse_port=False, own=True))
         self._sweeper = asyncio.create_task(self._sweep_idle())
+
+    async def _listen(self, spec: Listen, *, reuse_port: bool, own: bool) -> Listen:
+        loop = asyncio.get_running_loop()
+        host = strip_brackets(spec.host)
+        family = ip_family(host) or socket.AF_INET
+        if spec.transport == "udp":
+            _, endpoint = await loop.create_datagram_endpoint(
+                functools.partial(UdpEndpoint, self, (host, spec.port), own),
+                local_addr=(host, spec.port),
+                family=family,
+                reuse_port=reuse_port or None,
+            )
+            (self._own_udp if own else self._udp).setdefault(family, endpoint)
+            self._udp_by_port[family, endpoint.local[1]] = endpoint
+            self._tune_udp_socket(endpoint)
+            return Listen("udp", spec.host, endpoint.local[1])
+        if spec.transport == "tls" and self.server_ssl is None:
+            raise ValueError("a TLS listener needs a certificate (sip.tls_cert/sip.tls_key)")
+        name = spec.transport
+        server = await loop.create_server(
+            functools.partial(StreamConnection, self, name, self.limits),
+            host,
+            spec.port,
+            family=family,
+            ssl=self.server_ssl if name == "tls" else None,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+        )
+        self._servers.append(server)
+        return Listen(name, spec.host, server.sockets[0].getsockname()[1])
 
     @staticmethod
     def _tune_udp_socket(endpoint: UdpEndpoint) -> None:
@@ -144,7 +160,7 @@ class TransportLayer:
             server.close()
         for conn in list(self._conns.values()):
             conn.close()
-        for endpoint in self._udp.values():
+        for endpoint in self._udp_by_port.values():
             if endpoint.transport is not None:
                 endpoint.transport.close()
         for server in self._servers:
@@ -154,14 +170,23 @@ class TransportLayer:
 
     # -- what the layer offers ----------------------------------------------------------
     def local_port(self, transport: str, family: int = socket.AF_INET) -> int:
-        """The port we listen on for ``transport`` (for Via sent-by and Record-Route)."""
-        candidates = [spec for spec in self.listening if spec.transport == transport]
+        """The port we listen on for ``transport`` (for Via sent-by and Record-Route):
+        this worker's own port when it has one, so what comes back comes here."""
+        candidates = [spec for spec in self.own if spec.transport == transport]
+        candidates = candidates or [s for s in self.listening if s.transport == transport]
         for spec in candidates:
             if (ip_family(spec.host) or socket.AF_INET) == family:
                 return spec.port
         if candidates:
             return candidates[0].port
         raise LookupError(f"no {transport} listener")
+
+    def send_envelope(self, packet: bytes, host: str, port: int) -> None:
+        """Hand a message to a sibling worker at its own port (see transport/relay.py)."""
+        family = ip_family(host) or socket.AF_INET
+        endpoint = self._own_udp.get(family) or self._udp.get(family)
+        if endpoint is not None and endpoint.transport is not None:
+            endpoint.transport.sendto(packet, (strip_brackets(host), port))
 
     def supports(self, transport: str) -> bool:
         return any(spec.transport == transport for spec in self.listening)
@@ -193,7 +218,11 @@ class TransportLayer:
         if family is None:
             self._spawn(self._resolve_then_send(data, target, on_error))
             return
-        endpoint = self._udp.get(family)
+        endpoint = None
+        if target.local_port is not None:
+            endpoint = self._udp_by_port.get((family, target.local_port))
+        if endpoint is None:
+            endpoint = self._own_udp.get(family) or self._udp.get(family)
         if endpoint is None or endpoint.transport is None:
             self.counters.transport["udp_no_endpoint"] += 1
             if on_error is not None:

@@ -97,6 +97,7 @@ def render_config(
     http_tls: bool = False,
     trunk_extra: str = "options_interval = 0",
     more_trunks: str = "",
+    workers: int = 1,
 ) -> str:
     # trunk_extra: more keys of the "carrier" trunk. Its OPTIONS probing is off unless a
     # test asks for it: a sipp UAS playing the trunk would take a probe for a call it
@@ -121,6 +122,7 @@ default_tenant = "acme"
 
 [node]
 name = "{node or f"it-{ports.sip}"}"
+workers = {workers}
 
 [sip]
 listen = ["udp:127.0.0.1:{ports.sip}", "tcp:127.0.0.1:{ports.sip}", "tls:127.0.0.1:{ports.tls}"]
