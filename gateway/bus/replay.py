@@ -46,7 +46,12 @@ _T = TypeVar("_T")
 class BusReader(Protocol):
     """What events_since needs of a bus (EventBus is one; tests use a fake)."""
 
-    def subscribe(self, tenant: str, maxsize: int | None = None) -> LiveSubscription: ...
+    def subscribe(
+        self,
+        tenant: str,
+        maxsize: int | None = None,
+        accept: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> LiveSubscription: ...
 
     async def replay_page(
         self, tenant: str, after: str | None, *, count: int = ..., check_gap: bool = ...
@@ -108,7 +113,7 @@ async def events_since(
         while True:
             # The new subscription before the old one goes: the hub keeps the channel
             # subscribed instead of leaving and joining it again.
-            fresh = bus.subscribe(tenant, maxsize)
+            fresh = bus.subscribe(tenant, maxsize, filters)
             if sub is not None:
                 sub.close()
             sub = fresh

@@ -513,9 +513,14 @@ class EventBus:
             raise_if_cancelled()
         return deleted
 
-    def subscribe(self, tenant: str, maxsize: int | None = None) -> LiveSubscription:
+    def subscribe(
+        self,
+        tenant: str,
+        maxsize: int | None = None,
+        accept: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> LiveSubscription:
         """A live subscription from the node's hub (see live.py)."""
-        return self.hub.subscribe(tenant, maxsize)
+        return self.hub.subscribe(tenant, maxsize, accept)
 
 
 def _trimmed_after(info: object, after: keys.SeqKey) -> str | None:

@@ -52,9 +52,16 @@ class FakeBus:
             self.max_deleted = parse_seq(cut[-1][0])
         self.stream = self.stream[len(self.stream) - keep :]
 
-    def subscribe(self, tenant: str, maxsize: int | None = None) -> LiveSubscription:
+    def subscribe(
+        self,
+        tenant: str,
+        maxsize: int | None = None,
+        accept: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> LiveSubscription:
         self.subscribes += 1
-        sub = LiveSubscription(maxsize or 1000, tenant=tenant, on_end=self.subs.remove)
+        sub = LiveSubscription(
+            maxsize or 1000, tenant=tenant, on_end=self.subs.remove, accept=accept
+        )
         self.subs.append(sub)
         if self.ready:
             sub.mark_ready()

@@ -134,3 +134,16 @@ async def test_a_swallowed_cancellation_is_raised_again() -> None:
 
     with pytest.raises(asyncio.CancelledError):
         await asyncio.create_task(body())
+
+
+async def test_unwanted_events_take_no_place_in_the_queue() -> None:
+    # A subscriber of call.offered only, behind a tenant busy with other event types:
+    # its queue of 2 holds what it wants, and it is never cut off for the rest.
+    sub = LiveSubscription(2, accept=lambda event: event["type"] == "call.offered")
+    for n in range(100):
+        assert sub.offer(f"{n}-0", {"type": "call.cleared"})
+    assert sub.offer("100-0", {"type": "call.offered"})
+    assert sub.offer("101-0", {"type": "call.offered"})
+    assert not sub.overflowed and sub.depth == 2
+    assert not sub.offer("102-0", {"type": "call.offered"})  # a third wanted one: full
+    assert sub.overflowed
