@@ -614,8 +614,12 @@ class CallTracker:
             call.diversion = _response_diversion(resp, call, redirect=True)
             events.extend(_some(self._fire(call, Signal.DIVERT, now)))
         normalized = "replaced" if call.replaced else causes.from_status(status)
-        if status == 487 and call.cancel_cause is not None:
-            normalized = call.cancel_cause
+        if status == 487:
+            # Why the attempt was cancelled: the CANCEL's Reason, else the 487's own
+            # (a proxy whose Timer C fired says cause=408).
+            cancel_cause = call.cancel_cause or _reason_cause(resp)
+            if cancel_cause is not None and not call.replaced:
+                normalized = cancel_cause
         reason = _text(causes.reason_text(resp.get_all("Reason")))
         if reason is None and status == 487:
             reason = call.cancel_reason
@@ -863,6 +867,13 @@ class CallTracker:
 
 
 # --- reading SIP ------------------------------------------------------------------------
+
+
+def _reason_cause(resp: Response) -> str | None:
+    reason = causes.parse_reason(resp.get_all("Reason"))
+    if reason is None or reason.cause not in causes.CANCEL_CAUSES:
+        return None
+    return causes.from_status(reason.cause)
 
 
 def _some(event: CallEvent | None) -> list[CallEvent]:

@@ -51,6 +51,7 @@ class Branch:
     cancel_pending: bool = False
     cancel_sent: bool = False
     is_cancel: bool = False
+    rang_out: bool = False  # cancelled by Timer C: the callee did not answer in time
     timer_c: TimerHandle | None = None
     timer_at: float | None = None  # the transaction deadline already in the TimerQueue
 

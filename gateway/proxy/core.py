@@ -67,6 +67,7 @@ BRANCH_PREFIX = "z9hG4bKsg"
 SUPPORTED_PROXY_REQUIRE: frozenset[str] = frozenset()
 RECORD_ROUTE_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 DRAIN_RETRY_AFTER = 30
+RANG_OUT = 'SIP;cause=408;text="No answer"'
 HOUSEKEEPING_INTERVAL = 30.0
 
 ServerKey = tuple[str, ...]
@@ -766,6 +767,10 @@ class Proxy:
             self._respond(ctx, best.final, best.local_reason)
             return
         resp = best.response
+        if resp.status == 487 and best.rang_out and not resp.get("Reason"):
+            # §16.8 forwards the 487 of our Timer C CANCEL; the Reason tells the caller
+            # (and the call events) it rang out rather than being cancelled.
+            resp.append("Reason", RANG_OUT)
         if resp.status in (401, 407):
             self._merge_challenges(ctx, resp)
         if resp.status == 503:
@@ -938,7 +943,7 @@ class Proxy:
             branch.cancel_pending = True
             return
         branch.cancel_sent = True
-        data = build_cancel(branch.request)
+        data = build_cancel(branch.request, reason=RANG_OUT if branch.rang_out else None)
         txn = ClientTransaction(
             data,
             invite=False,
@@ -959,6 +964,7 @@ class Proxy:
         # Timer C (§16.6 item 11): the branch rang too long.
         if branch.final:
             return
+        branch.rang_out = True
         if branch.provisional:
             self._cancel_branch(branch)
         else:

@@ -101,3 +101,24 @@ def test_a_failing_observer_never_costs_the_call(tmp_path: Path) -> None:
     register(h, "201", PHONE_201)
     assert only(invite_from_trunk(h, call_id="obs-7"), method="INVITE")
     assert h.counters.transport["observer_error"] == 1
+
+
+def test_timer_c_rings_out_as_no_answer(h: Harness) -> None:
+    from gateway.calls.tracker import CallTracker
+
+    tracker = CallTracker("unit", clock=lambda: h.clock.now)
+    events = []
+    h.proxy.observer = lambda msg, info: events.extend(tracker.observe(msg, info))
+    register(h, "201", PHONE_201)
+    fwd = only(invite_from_trunk(h, call_id="obs-tc"), method="INVITE").msg
+    assert isinstance(fwd, Request)
+    h.feed(response_to(fwd, 180, "Ringing"), PHONE_201)
+    sent = h.advance(h.proxy.sip.fork_timeout + 0.1)
+    cancel = only(sent, method="CANCEL").msg
+    assert cancel.get("Reason") == 'SIP;cause=408;text="No answer"'
+    up = h.feed(response_to(fwd, 487, "Request Terminated"), PHONE_201)
+    final = [s.msg for s in up if not isinstance(s.msg, Request) and s.msg.status == 487]
+    assert final and final[0].get("Reason") == 'SIP;cause=408;text="No answer"'
+    failed = events[-1]
+    assert failed.type == "call.failed" and failed.cause is not None
+    assert (failed.cause.normalized, failed.cause.sip_code) == ("no_answer", 487)
