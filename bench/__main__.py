@@ -28,28 +28,28 @@ FIXED: dict[str, Callable[[bool, float, Path], dict[str, Any]]] = {
 ALL = (*SCENARIOS, *FIXED)
 # Share of the run's time budget per scenario: its weight over the weights of itself and
 # the scenarios after it, times the time left (what earlier scenarios leave unused goes
-# to the later ones). The call scenario has the longer steps (the call hold, 6 messages
-# per call) and matters most.
-# Full run, when every scenario uses its whole share: calls ~505 s (was ~600: sipgw's
-# turns still offer 400/s, no longer 600/s; Kamailio's searches are cut shorter, their
-# max clean rates were and are lower bounds), options ~295 s (its first turn, sipgw's,
-# needs 291 s to run), invite-event-latency ~42 s (it takes ~42 s: three steps, and the
-# 10 s drain of a gateway that lost calls at 1000/s), fan-out ~95 s (~95 s, half of it
-# the 10 000 handshakes) and recognition ~228 s (200-260 s, measured whole even past
-# its share: its report says by how much). Typically ~19.3 min in all: the budget is
-# 25 s more than before the two event scenarios, and ~95 s were taken from the calls
-# search.
-# --quick: the fixed-work scenarios have no weight: the step searches keep the whole
-# budget they had before they existed (the calls search needs 113 s of its 165 s for
-# sipgw's turn to reach 600/s) and usually leave ~75 s unused, in which they run in
-# order (latency ~10 s, fan-out ~14 s, recognition ~35 s); a part that does not fit in
-# what is left is skipped, so the run stays within budget.
+# to the later ones). The weights are the seconds each takes in a full run (x 1000).
+# Full run, four implementations (sipgw, sipgw-2w, kamailio-1w, kamailio-2w), 3
+# repetitions (measured on the 2-core bench machine):
+# - proxied-calls ~585 s: per repetition sipgw ~35 s (its steps to 800/s, unclean, and
+#   the ~13 s drain of the requests the overload left pending), sipgw-2w ~30 s (to
+#   1000/s), each Kamailio ~29 s (the ladder to 8000/s); then the four sustained checks
+#   of 34 s, ~50 s each with start and stop;
+# - options ~235 s: ~50 s per repetition (1 s steps), the four 10 s sustained checks;
+# - invite-event-latency ~40 s, fan-out ~70 s, recognition 200-260 s (measured whole
+#   even past its share: its report says by how much).
+# ~19.4 min in all. (With three implementations the steps were 4 s and 2 s long, the
+# sustained checks 40 s and 20 s, and the ladders longer: see bench/README.md.)
+# --quick: the fixed-work scenarios have no weight: the step searches (1 repetition,
+# short ladders, sipgw's 8 s sustained check) take ~125 s of the 165 and leave the rest,
+# in which the others run in order (latency ~10 s, fan-out ~14 s, recognition ~35 s); a
+# part that does not fit in what is left is skipped, so the run stays within budget.
 SHARES = {
-    "proxied-calls": 0.505,
-    "options": 0.295,
-    latency.NAME: 0.042,
-    fanout.NAME: 0.095,
-    recognition.NAME: 0.228,
+    "proxied-calls": 0.585,
+    "options": 0.245,
+    latency.NAME: 0.040,
+    fanout.NAME: 0.070,
+    recognition.NAME: 0.225,
 }
 SHARES_QUICK = {
     "proxied-calls": 0.7,

@@ -59,12 +59,8 @@ class EventsGateway(SipgwTarget):
         super().__init__()
         self.events = dict(events or {})
 
-    def config_text(
-        self, sip_port: int, http_port: int, trunk_port: int, uac_port: int, redis_url: str
-    ) -> str:
-        base = render_config(
-            sip_port, http_port, trunk_port, uac_port, redis_url, events=self.events
-        )
+    def config_text(self, sip_port: int, http_port: int, trunk_port: int, redis_url: str) -> str:
+        base = render_config(sip_port, http_port, trunk_port, redis_url, events=self.events)
         return base + recognition.RECOGNITION_TOML
 
     def start(self, workdir: Path) -> None:

@@ -48,6 +48,8 @@ class KamailioTarget(Target):
         "(not even on REGISTER); DID rewritten to the extension before lookup()"
     )
 
+    expected_idle_stop_s = 0.5  # measured: 0.02 s after OPTIONS, 0.3-1 s after calls
+
     def __init__(self, workers: int) -> None:
         super().__init__()
         self.workers = workers

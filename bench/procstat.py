@@ -192,6 +192,53 @@ def udp_sockets() -> dict[int, int]:
     return parse_udp_sockets(_read("/proc/net/udp"))
 
 
+def parse_udp_socket_drops(proc_net_udp: str) -> dict[int, int]:
+    """Socket inode -> datagrams dropped, for every socket in /proc/net/udp."""
+    drops: dict[int, int] = {}
+    for line in proc_net_udp.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 13 and fields[9].isdigit() and fields[-1].isdigit():
+            drops[int(fields[9])] = int(fields[-1])
+    return drops
+
+
+def socket_inodes(pids: list[int]) -> set[int]:
+    """Inodes of the sockets the processes hold open (a socket inherited by forked
+    workers, as Kamailio's, counts once)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            fds = list((PROC / str(pid) / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    return inodes
+
+
+def tree_udp_drops(root: int) -> int:
+    """Datagrams dropped (receive buffer full) at every UDP socket of the process tree
+    under `root`: the shared SIP port and, with sipgw's workers, each worker's own
+    port, where the responses to the requests it forwarded arrive."""
+    drops = parse_udp_socket_drops(_read("/proc/net/udp"))
+    return sum(drops.get(inode, 0) for inode in socket_inodes(tree_pids(root, all_stats())))
+
+
+def udp_port_socket_count(port: int) -> int:
+    """How many UDP sockets are bound to `port` (workers sharing it with SO_REUSEPORT)."""
+    count = 0
+    for line in _read("/proc/net/udp").splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 1 and ":" in fields[1] and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            count += 1
+    return count
+
+
 def udp_port_bound(port: int) -> bool:
     """Whether some socket is bound to UDP `port` (IPv4), without binding it ourselves
     (a test bind could make the very process we wait for fail to bind)."""

@@ -564,7 +564,7 @@ class RecognitionGateway(SipgwTarget):
         self.uac_port = free_port()
         self.config = workdir / "sipgw.toml"
         redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
-        ports = (self.sip_port, self.http_port, free_port(), self.uac_port)
+        ports = (self.sip_port, self.http_port, free_port())
         self.config.write_text(render_config(*ports, redis_url) + RECOGNITION_TOML)
         argv = [
             *sipgw_cli(), "run", "--config", str(self.config),

@@ -16,6 +16,7 @@ bench/report_events.py) have their own summary, table, section and plots: `FIXED
 
 from __future__ import annotations
 
+import signal
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -123,6 +124,7 @@ def summarize(doc: Doc) -> Doc:
                 (r["stop_s"] for r in runs if r.get("stop_s") is not None), default=None
             ),
             "errors": [r["error"] for r in impl["repetitions"] if r.get("error")],
+            **_worker_spread(runs),
         }
         rows.append(row)
     doc["summary"] = {
@@ -132,6 +134,26 @@ def summarize(doc: Doc) -> Doc:
         "ratios": ratios(rows),
     }
     return doc
+
+
+def _worker_spread(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """With workers: how the kernel spread the requests (each worker's share, median
+    over the runs) and how many messages a worker handed to another (envelopes)."""
+    counters = [r["counters"] for r in runs if r.get("counters")]
+    if not counters:
+        return {}
+    workers = sorted({w for c in counters for w in c.get("worker_request_shares", {})}, key=int)
+    events: dict[str, float] = {}
+    for c in counters:
+        for name, value in c.get("transport_events", {}).items():
+            events[name] = events.get(name, 0.0) + value
+    return {
+        "worker_request_shares": {
+            w: _median(c.get("worker_request_shares", {}).get(w) for c in counters) for w in workers
+        },
+        "worker_requests_total": sum(sum(c.get("worker_requests", {}).values()) for c in counters),
+        "transport_events": events,
+    }
 
 
 def _net_cpu_ms(step: Mapping[str, Any], idle_cores: float | None) -> float | None:
@@ -187,27 +209,52 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
+def ratio_pairs(
+    rows: Sequence[Mapping[str, Any]],
+) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """(ours, reference) pairs: sipgw (one process) / each Kamailio configuration; sipgw
+    with N workers / Kamailio with N workers, and / sipgw in one process (what the
+    workers bring)."""
+    ours = [r for r in rows if r["implementation"] == "sipgw"]
+    kamailio = [r for r in rows if r["implementation"] == "kamailio"]
+    single = next((r for r in ours if r["workers"] == 1), None)
+    pairs = []
+    for row in ours:
+        if row["workers"] == 1:
+            pairs += [(row, ref) for ref in kamailio]
+        else:
+            pairs += [(row, ref) for ref in kamailio if ref["workers"] == row["workers"]]
+            if single is not None:
+                pairs.append((row, single))
+    return pairs
+
+
+def _bound(ours: Mapping[str, Any], ref: Mapping[str, Any]) -> str | None:
+    """What the rate ratio is when a search never met an unclean step (its max clean
+    rate is a lower bound): "upper" (only the reference's is), "lower" (only ours), or
+    "unknown" (both); None when both are measured limits."""
+    ours_low, ref_low = ours.get("max_clean_is_lower_bound"), ref.get("max_clean_is_lower_bound")
+    if ours_low and ref_low:
+        return "unknown"
+    return "upper" if ref_low else "lower" if ours_low else None
+
+
 def ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """sipgw / each Kamailio row."""
-    ours = next((r for r in rows if r["implementation"] == "sipgw"), None)
-    if ours is None:
-        return []
-    out = []
-    for ref in rows:
-        if ref["implementation"] != "kamailio":
-            continue
-        out.append(
-            {
-                "reference": ref["label"],
-                "max_clean_rate": _ratio(
-                    ours["max_clean_rate"]["median"], ref["max_clean_rate"]["median"]
-                ),
-                "cpu_ms_per_call": _ratio(
-                    ours["cpu_ms_per_call_at_common_rate"], ref["cpu_ms_per_call_at_common_rate"]
-                ),
-            }
-        )
-    return out
+    """max clean rate and CPU per call at the common rate, ours / reference."""
+    return [
+        {
+            "label": ours["label"],
+            "reference": ref["label"],
+            "max_clean_rate": _ratio(
+                ours["max_clean_rate"]["median"], ref["max_clean_rate"]["median"]
+            ),
+            "cpu_ms_per_call": _ratio(
+                ours["cpu_ms_per_call_at_common_rate"], ref["cpu_ms_per_call_at_common_rate"]
+            ),
+            "max_clean_rate_bound": _bound(ours, ref),
+        }
+        for ours, ref in ratio_pairs(rows)
+    ]
 
 
 # -- text -----------------------------------------------------------------------------------
@@ -258,8 +305,14 @@ def headline_table(doc: Doc) -> str:
         )
     lines.append("")
     for r in s["ratios"]:
+        bound = r.get("max_clean_rate_bound")
+        rate = f"{ {'upper': '≤ ', 'lower': '≥ '}.get(bound or '', '')}" + _fmt(
+            r["max_clean_rate"], 2
+        )
+        if bound == "unknown":
+            rate += " (both are lower bounds)"
         lines.append(
-            f"- sipgw / {r['reference']}: max clean rate x {_fmt(r['max_clean_rate'], 2)}, "
+            f"- {r.get('label', 'sipgw')} / {r['reference']}: max clean rate x {rate}, "
             f"CPU per call x {_fmt(r['cpu_ms_per_call'], 2)}"
         )
     return "\n".join(lines)
@@ -290,11 +343,13 @@ def markdown(docs: list[Doc], images: Mapping[str, list[Path]]) -> str:
             "Kamailio reference does no authentication at all. sipp runs on the same "
             "cores: a bench CPU share near 100 % at the first unclean step means the machine, "
             "not the proxy, may have set the limit; proxy cores near 1.0 means a "
-            "single-threaded proxy was CPU-bound. See bench/README.md.",
+            "single-threaded proxy was CPU-bound (2.0: two workers, the whole machine). "
+            "See bench/README.md.",
             "",
         ]
     for doc in step_docs:
-        lines += [f"## {doc['scenario']}", "", headline_table(doc), ""]
+        lines += [f"## {doc['scenario']}", "", f"Transport: {transport_line(doc)}.", ""]
+        lines += [headline_table(doc), ""]
         for row in doc["summary"]["rows"]:
             for reasons in row["first_unclean_reasons"][:1]:
                 lines.append(f"- {row['label']} first unclean step: {'; '.join(reasons)}")
@@ -304,12 +359,31 @@ def markdown(docs: list[Doc], images: Mapping[str, list[Path]]) -> str:
                     f"{row['log_errors']} errors and {row['log_other']} lines outside its "
                     "log format (see the JSON: repetitions[].log.top)"
                 )
-            killed = sum(1 for code in row["exit_codes"] if code is not None and code < 0)
+            killed = sum(1 for code in row["exit_codes"] if code == -9)
             if killed:
                 lines.append(
                     f"- {row['label']} did not exit after SIGTERM in {killed} of "
                     f"{len(row['exit_codes'])} runs (killed; slowest stop "
                     f"{_fmt(row['stop_s_max'], 1)} s)"
+                )
+            other = [c for c in row["exit_codes"] if c is not None and c < 0 and c != -9]
+            if other:
+                names = ", ".join(sorted({_signal_name(-c) for c in other}))
+                lines.append(
+                    f"- {row['label']} ended on a signal ({names}) after SIGTERM in "
+                    f"{len(other)} of {len(row['exit_codes'])} runs, not killed by the harness"
+                )
+            if row.get("worker_request_shares"):
+                shares = ", ".join(
+                    f"worker {w} {share:.1%}"
+                    for w, share in row["worker_request_shares"].items()
+                    if share is not None
+                )
+                relayed = row["transport_events"].get("relayed_to_worker", 0)
+                lines.append(
+                    f"- {row['label']}: SIP requests per worker (median over the runs): "
+                    f"{shares}; handed to another worker: {relayed:.0f} of "
+                    f"{row['worker_requests_total']:.0f}"
                 )
             for err in row["errors"]:
                 summary_line = err.splitlines()[0] if err else ""
@@ -323,6 +397,18 @@ def markdown(docs: list[Doc], images: Mapping[str, list[Path]]) -> str:
         if doc["scenario"] in FIXED:
             lines += FIXED[doc["scenario"]].markdown(doc, images.get(doc["scenario"], []))
     return "\n".join(lines)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def transport_line(doc: Doc) -> str:
+    """The load generator's transport, from the method (older documents: one socket)."""
+    return str(doc["method"].get("transport", "UDP, one socket per sipp (-t u1)"))
 
 
 # -- plots ----------------------------------------------------------------------------------
@@ -383,7 +469,8 @@ def plot(doc: Doc, prefix: Path) -> list[Path]:
         ax.set_ylabel(ylabel)
         ax.set_title(f"{doc['scenario']}: {ylabel} (x = unclean step)")
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
         if key == "latency":
             ax.set_yscale("symlog", linthresh=10)
         fig.tight_layout()

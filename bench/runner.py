@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -32,13 +32,15 @@ from typing import Any
 
 from . import SCHEMA, procstat
 from .kamailio import KamailioTarget
-from .scenarios import Plan, Scenario
+from .scenarios import UAC_TRANSPORT, Plan, Scenario
 from .sipgw import SipgwTarget
+from .sipp import MAX_SOCKET, ONE_SOCKET, PER_CALL
 from .steps import Criteria, StepFigures, search
 from .targets import Target
 
 TARGETS: dict[str, Callable[[], Target]] = {
     "sipgw": SipgwTarget,
+    "sipgw-2w": lambda: SipgwTarget(2),
     "kamailio-1w": lambda: KamailioTarget(1),
     "kamailio-2w": lambda: KamailioTarget(2),
 }
@@ -109,7 +111,7 @@ def _step_line(label: str, step: StepFigures, unit: str) -> str:
     )
 
 
-IDLE_SAMPLE_S = 1.0
+IDLE_SAMPLE_S = 0.5
 # --quick runs the sustained check for the product only: it is a smoke test, and three
 # more starts, long steps and stops would not fit in its 3 minutes.
 QUICK_SUSTAINED = ("sipgw",)
@@ -129,6 +131,7 @@ def run_turn(
     until one is unclean (or the deadline), stop it. Never raises for a failed start or
     step: the error goes into the record, so one broken turn loses no other results."""
     record: dict[str, Any] = {"started_at": utc_now().isoformat(), "error": None}
+    t0 = time.monotonic()
     try:
         target.start(workdir)
         record["command"] = target.argv
@@ -160,6 +163,9 @@ def run_turn(
             on_step=lambda s: _log(_step_line(target.label, s, scenario.unit)),
         )
         record.update(result.to_json())
+        record["search_s"] = round(time.monotonic() - t0, 1)  # start and steps, no stop
+        if target.alive():
+            record["counters"] = target.turn_counters()
         if not target.alive():
             record["error"] = f"{target.label} exited during the run"
     except Exception as err:
@@ -175,6 +181,16 @@ def run_turn(
         record["log"] = target.log_summary().to_json()
         record["finished_at"] = utc_now().isoformat()
     return record
+
+
+def search_share(left_s: float, remaining: Sequence[str], needs: Mapping[str, float]) -> float:
+    """Search time of the next turn, `remaining[0]`: what is left for the searches
+    (`left_s`), shared among the remaining turns in proportion to what each one's
+    implementation needs (`needs`, seconds). An implementation whose search ends early
+    (sipgw, at its first unclean step) thus leaves the rest to the ones that climb
+    further (Kamailio), and a shortfall shortens every remaining turn alike."""
+    total = sum(needs[label] for label in remaining)
+    return max(0.0, left_s) * needs[remaining[0]] / total if total > 0 else 0.0
 
 
 def _skipped(reason: str, **extra: Any) -> dict[str, Any]:
@@ -210,20 +226,32 @@ def run_scenario(
         }
         for label, t in targets.items()
     }
+
+    def stop_s(label: str) -> float:
+        return targets[label].expected_stop(scenario.leaves_requests_pending)
+
     # Time kept back for the sustained checks (start, register, idle sample, the step,
-    # the stop).
+    # the workers' counters and a little slack, the stop).
     sustained = [label for label in labels if not opts.quick or label in QUICK_SUSTAINED]
     reserve = (
-        sum(sustain_plan.step_cost_s() + 6 + targets[label].expected_stop_s for label in sustained)
+        sum(sustain_plan.step_cost_s() + scenario.start_s + 1.5 + stop_s(label)
+            for label in sustained)
         if sustain_s
         else 0.0
-    )
+    )  # fmt: skip
+    rates = scenario.rates(opts.quick)
+    # What each implementation's search needs: the whole ladder until one has run (or
+    # when its last search was cut short by the budget), then what its last search took.
+    ladder_s = scenario.start_s + len(rates) * plan.step_cost_s()
+    needs = dict.fromkeys(labels, ladder_s)
     turns = [(rep, label) for rep in range(opts.repetitions) for label in labels]
     _log(f"== {scenario.name}: {scenario.title}")
     for done, (rep, label) in enumerate(turns):
-        share = (end - reserve - time.monotonic()) / (len(turns) - done)
-        # The search must end early enough for the implementation to stop in its share.
-        share -= targets[label].expected_stop_s
+        remaining = [lab for _, lab in turns[done:]]
+        # The stops are kept out of the division: sipgw's drain after an unclean step
+        # must not shorten its search.
+        left = end - reserve - time.monotonic() - sum(stop_s(lab) for lab in remaining)
+        share = search_share(left, remaining, needs)
         if share < plan.step_cost_s() + 5:
             _log(f"  {label} repetition {rep + 1}: skipped, time budget exhausted")
             impls[label]["repetitions"].append(_skipped("time budget exhausted", repetition=rep))
@@ -233,10 +261,14 @@ def run_scenario(
         workdir.mkdir(parents=True)
         record = run_turn(
             scenario, TARGETS[label](), workdir, opts,
-            rates=scenario.rates(opts.quick), plan=plan, deadline=time.monotonic() + share,
+            rates=rates, plan=plan, deadline=time.monotonic() + share,
         )  # fmt: skip
         record["repetition"] = rep
+        record["search_budget_s"] = round(share, 1)
         impls[label]["repetitions"].append(record)
+        cut = str(record.get("stop_reason", "")).startswith("time budget")
+        if record.get("search_s") is not None and not cut and not record.get("error"):
+            needs[label] = record["search_s"]
         _log(
             f"   max clean {record.get('max_clean_rate')} {scenario.unit}: "
             f"{record.get('stop_reason', record.get('error'))}"
@@ -247,7 +279,7 @@ def run_scenario(
         for label in sustained:
             impls[label]["sustained"] = _sustain(
                 scenario, label, impls[label]["repetitions"], opts, sustain_plan,
-                workroot, deadline=end - targets[label].expected_stop_s,
+                workroot, deadline=end - stop_s(label),
             )  # fmt: skip
     return {
         "schema": SCHEMA,
@@ -271,7 +303,15 @@ def run_scenario(
             "repetitions": opts.repetitions,
             "messages_per_call": scenario.messages_per_call,
             "criteria": opts.criteria.to_json(),
-            "transport": "UDP over loopback, one socket per sipp (-t u1)",
+            "transport": (
+                f"UDP over loopback; the UAC sends each call (OPTIONS: each request) from a "
+                f"socket of its own (sipp -t {UAC_TRANSPORT} -max_socket {MAX_SOCKET}), the "
+                f"UAS and its REGISTER from one socket (-t {ONE_SOCKET}); the same for every "
+                "implementation"
+            ),
+            "uac_transport": UAC_TRANSPORT,
+            "uac_max_socket": MAX_SOCKET if UAC_TRANSPORT == PER_CALL else None,
+            "uas_transport": ONE_SOCKET,
             "cpu": "user+system time of the implementation's process tree (/proc), "
             "from the UAC's start to its exit",
         },
@@ -300,7 +340,7 @@ def _sustain(
     rate = _median_rate(reps)
     if rate is None:
         return _skipped("no clean rate to sustain")
-    if time.monotonic() + plan.step_cost_s() + 6 > deadline:
+    if time.monotonic() + plan.step_cost_s() + scenario.start_s > deadline:
         _log(f"  {label} sustained: skipped, time budget exhausted")
         return _skipped("time budget exhausted", rate=rate)
     _log(f"-- {label}, sustained {plan.step_duration_s:.0f}s at {rate} {scenario.unit}")

@@ -11,17 +11,30 @@ from __future__ import annotations
 import signal
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import procstat
 from .ports import free_port
 from .process import Exit, Managed
-from .sipp import SippCommand, SippCounts, achieved_rate, read_counts, read_rtt, sipp_binary
+from .sipp import (
+    PER_CALL,
+    SippCommand,
+    SippCounts,
+    achieved_rate,
+    read_counts,
+    read_rtt,
+    sipp_binary,
+)
 from .steps import StepFigures, response_summary
 from .targets import DID, EXTENSION, Target
 
 CALLER = "+31612345678"
+# The UAC (the trunk) sends each call from a socket of its own, for every implementation
+# alike: many flows, which the kernel spreads over the workers of a proxy whose workers
+# share its port with SO_REUSEPORT (sipgw-2w). From one socket (-t u1) all calls would be
+# one flow, served by one worker. The UAS (a registered phone) keeps its one socket.
+UAC_TRANSPORT = PER_CALL
 
 
 @dataclass(frozen=True)
@@ -31,7 +44,7 @@ class Plan:
     step_duration_s: float
     hold_ms: int  # call hold between ACK and BYE (sipp -d)
     recv_timeout_ms: int = 4000  # a message lost for good fails its call after this
-    settle_s: float = 0.5  # pause after a step, so the next starts on a quiet proxy
+    settle_s: float = 0.3  # pause after a step, so the next starts on a quiet proxy
 
     def requested(self, rate: int) -> int:
         return max(1, round(rate * self.step_duration_s))
@@ -46,8 +59,10 @@ class Plan:
         return self.step_duration_s + self.hold_ms / 1000 + 2 * self.recv_timeout_ms / 1000 + 5
 
     def step_cost_s(self) -> float:
-        """What a clean step usually takes, start to settled (for the time budget)."""
-        return self.step_duration_s + self.hold_ms / 1000 + self.settle_s + 1.0
+        """What a clean step usually takes, start to settled (for the time budget):
+        measured, ~0.5 s beyond the load, the hold and the pause (starting the sipps,
+        waiting for the UAS to bind, reading their files)."""
+        return self.step_duration_s + self.hold_ms / 1000 + self.settle_s + 0.5
 
 
 class Scenario(ABC):
@@ -62,6 +77,12 @@ class Scenario(ABC):
     # The sustained check (see runner.py): one long step at the max clean rate. 0: none.
     sustain_full_s: float
     sustain_quick_s: float
+    # Whether an unclean step leaves requests pending at the proxy (INVITEs nobody
+    # answers before Timer C): sipgw then drains for up to 10 s when it is stopped.
+    leaves_requests_pending: bool = False
+    # What a turn takes before its first step: starting the implementation (sipgw with
+    # two workers ~3 s), registering the UAS (calls), the idle sample.
+    start_s: float = 2.5
 
     def rates(self, quick: bool) -> tuple[int, ...]:
         return self.rates_quick if quick else self.rates_full
@@ -111,7 +132,7 @@ class Window:
     wall_s: float
     host_busy: float
     udp_rcvbuf_errors: int  # the whole host
-    proxy_socket_drops: int  # the proxy's own SIP socket
+    proxy_socket_drops: int  # the proxy's own UDP sockets (its whole process tree)
 
 
 def _measure_uac(
@@ -121,7 +142,7 @@ def _measure_uac(
     exactly the UAC's life."""
     host_before = procstat.host_cpu()
     udp_before = procstat.udp_counters().get("RcvbufErrors", 0)
-    sock_before = procstat.udp_sockets().get(target.sip_port, 0)
+    sock_before = procstat.tree_udp_drops(target.pid)
     cpu_before = procstat.tree_cpu_seconds(target.pid)
     aux_before = sum(procstat.tree_cpu_seconds(pid) for pid in target.aux_pids)
     t0 = time.monotonic()
@@ -131,7 +152,7 @@ def _measure_uac(
     aux = sum(procstat.tree_cpu_seconds(pid) for pid in target.aux_pids) - aux_before
     busy = procstat.busy_fraction(host_before, procstat.host_cpu())
     drops = procstat.udp_counters().get("RcvbufErrors", 0) - udp_before
-    sock_drops = procstat.udp_sockets().get(target.sip_port, 0) - sock_before
+    sock_drops = procstat.tree_udp_drops(target.pid) - sock_before
     return proc, result, Window(cpu, aux, wall, busy, drops, sock_drops)
 
 
@@ -191,14 +212,16 @@ class ProxiedCalls(Scenario):
     unit = "calls/s"
     # UAC: INVITE, ACK, BYE; UAS: 180, 200 (INVITE), 200 (BYE).
     messages_per_call = 6
-    rates_full = (100, 200, 300, 400, 600, 800, 1000, 2000, 3000, 4000, 6000, 8000, 10000)
-    rates_quick = (100, 300, 600, 1000, 3000)
-    duration_full_s = 4.0
-    duration_quick_s = 2.0
+    rates_full = (100, 300, 400, 600, 800, 1000, 2000, 6000, 8000)
+    rates_quick = (100, 400, 1000)
+    duration_full_s = 2.0
+    duration_quick_s = 1.5
     # Longer than the ~32 s (64 x T1) a UDP transaction's state may be kept, so the
     # proxy reaches its steady-state heap and timer load.
-    sustain_full_s = 40.0
+    sustain_full_s = 34.0
     sustain_quick_s = 8.0
+    leaves_requests_pending = True
+    start_s = 4.5
 
     def __init__(self) -> None:
         self.uas_port = 0
@@ -257,6 +280,7 @@ class ProxiedCalls(Scenario):
                 recv_timeout_ms=plan.recv_timeout_ms,
                 rtt=True,
                 keys={"domain": "127.0.0.1", "caller": CALLER},
+                transport=UAC_TRANSPORT,
             )
             uac_proc, uac_exit, window = _measure_uac(target, uac, plan, "sipp-uac")
             # The UAS ends by itself once it has seen `requested` calls through; after
@@ -278,12 +302,16 @@ class OptionsPing(Scenario):
     title = "OPTIONS/s answered by the proxy itself, sipp UAC → proxy over UDP"
     unit = "requests/s"
     messages_per_call = 1  # the OPTIONS
-    rates_full = (1000, 2000, 4000, 8000, 12000, 16000, 20000, 30000, 40000)
-    rates_quick = (1000, 2000, 4000, 8000, 16000)
-    duration_full_s = 2.0
-    duration_quick_s = 1.5
-    sustain_full_s = 20.0
+    rates_full = (1000, 2000, 4000, 6000, 8000, 16000, 32000)
+    rates_quick = (1000, 4000, 16000)
+    duration_full_s = 1.0
+    duration_quick_s = 1.0
+    sustain_full_s = 10.0
     sustain_quick_s = 0.0
+
+    def plan(self, quick: bool, duration_s: float | None = None, hold_ms: int = 100) -> Plan:
+        """No call hold: an OPTIONS is over with its answer."""
+        return replace(super().plan(quick, duration_s, hold_ms), hold_ms=0)
 
     def run_step(self, target: Target, workdir: Path, rate: int, plan: Plan) -> StepFigures:
         uac = SippCommand(
@@ -299,6 +327,7 @@ class OptionsPing(Scenario):
             recv_timeout_ms=plan.recv_timeout_ms,
             rtt=True,
             keys={"domain": target.remote, "caller": "bench"},
+            transport=UAC_TRANSPORT,
         )
         uac_proc, uac_exit, window = _measure_uac(target, uac, plan, "sipp-options")
         return _figures(

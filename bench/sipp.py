@@ -11,6 +11,12 @@ the default 8888 collides between instances) and media port (-mp), never reads s
   errors.log  -trace_err: unexpected messages.
 The same socket buffer size (-buff_size) is given to every sipp, whichever proxy is
 under test.
+
+Transport: a UAC that plays the trunk sends each call from a socket of its own (`-t un`,
+at most `MAX_SOCKET` sockets, then sipp shares them between calls), so its calls are
+many flows (source address and port) and a proxy whose workers share the port with
+SO_REUSEPORT gets them spread over its workers by the kernel; with `-t u1` every call
+would be one flow, served by one worker. The UAS, a registered phone, keeps one socket.
 """
 
 from __future__ import annotations
@@ -28,6 +34,13 @@ from .ports import free_port
 SCENARIOS = Path(__file__).with_name("scenarios")
 # Asked of the kernel for each sipp socket; Linux caps it at net.core.rmem_max/wmem_max.
 BUFF_SIZE = 1 << 20
+# -t un: one socket per call, at most this many open at once (then calls share them,
+# round robin). sipp's default, 50000, is refused where RLIMIT_NOFILE is lower (20 000
+# on the bench machine): "Maximum number of open sockets (50000) should be less than the
+# maximum number of open files (20000)". 2000 flows are plenty for the kernel's hash.
+MAX_SOCKET = 2000
+PER_CALL = "un"  # -t: one socket per call
+ONE_SOCKET = "u1"  # -t: one socket for everything
 
 
 def scenario_path(name: str) -> Path:
@@ -63,6 +76,7 @@ class SippCommand:
     auth: tuple[str, str] | None = None  # -au/-ap
     keys: Mapping[str, str] = field(default_factory=dict)
     extra: Sequence[str] = ()
+    transport: str = ONE_SOCKET  # -t u1, or un (with -max_socket MAX_SOCKET)
     control_port: int = field(default_factory=lambda: free_port(udp=True, tcp=True))
     media_port: int = field(default_factory=lambda: free_port(udp=True, tcp=False, span=4))
 
@@ -78,7 +92,10 @@ class SippCommand:
         argv = [binary, "-sf", str(scenario_path(self.scenario))]
         if self.remote:
             argv.append(self.remote)
-        argv += ["-t", "u1", "-i", "127.0.0.1", "-mi", "127.0.0.1"]
+        argv += ["-t", self.transport]
+        if self.transport == PER_CALL:
+            argv += ["-max_socket", str(MAX_SOCKET)]
+        argv += ["-i", "127.0.0.1", "-mi", "127.0.0.1"]
         if self.local_port is not None:
             argv += ["-p", str(self.local_port)]
         argv += ["-cp", str(self.control_port), "-mp", str(self.media_port), "-nostdin"]
@@ -102,11 +119,18 @@ class SippCommand:
         argv += ["-trace_stat", "-stf", str(self.stats_path), "-fd", "1"]
         argv += ["-trace_err", "-error_file", str(self.workdir / "errors.log")]
         if self.rtt:
-            argv += ["-trace_rtt", "-rtt_freq", "200"]
+            argv += ["-trace_rtt", "-rtt_freq", str(rtt_freq(self.calls))]
         for key, value in self.keys.items():
             argv += ["-key", key, value]
         argv += list(self.extra)
         return argv
+
+
+def rtt_freq(calls: int | None, most: int = 200) -> int:
+    """sipp -rtt_freq: it writes the response times every that many calls, and the
+    calls after the last multiple never (sipp 3.6.1 has no final dump): a divisor of
+    `calls`, so that every call's response time is written."""
+    return math.gcd(calls, most) if calls else most
 
 
 # -- the stat CSV -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .process import Managed
 
@@ -70,6 +71,11 @@ class Target(ABC):
     # it usually takes (kept free in the time budget).
     stop_grace_s: float = 10.0
     expected_stop_s: float = 1.0
+    # ... and when no request is left pending (the OPTIONS scenario: answered at once).
+    expected_idle_stop_s: float = 1.0
+
+    def expected_stop(self, requests_pending: bool) -> float:
+        return self.expected_stop_s if requests_pending else self.expected_idle_stop_s
 
     def __init__(self) -> None:
         self.proc: Managed | None = None
@@ -85,7 +91,10 @@ class Target(ABC):
 
     @property
     def label(self) -> str:
-        return f"{self.impl}-{self.workers}w" if self.impl == "kamailio" else self.impl
+        """kamailio-1w, kamailio-2w; sipgw (one process), sipgw-2w."""
+        if self.impl == "kamailio" or self.workers > 1:
+            return f"{self.impl}-{self.workers}w"
+        return self.impl
 
     @property
     def remote(self) -> str:
@@ -99,6 +108,11 @@ class Target(ABC):
     @property
     def argv(self) -> list[str]:
         return self.proc.argv if self.proc is not None else []
+
+    def turn_counters(self) -> dict[str, Any]:
+        """The implementation's own counters at the end of a turn (sipgw: how its
+        workers shared the requests), kept in the record; {} when it has none."""
+        return {}
 
     @abstractmethod
     def start(self, workdir: Path) -> None:

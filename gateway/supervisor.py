@@ -100,6 +100,9 @@ class Supervisor:
                 continue
             time.sleep(1.0)
             self._start(index)
+        # The kill timer of _stop must not outlive the workers: a SIGALRM arriving while
+        # the interpreter exits would end the supervisor "by a signal".
+        signal.setitimer(signal.ITIMER_REAL, 0)
         return status
 
     def _start(self, index: int) -> None:

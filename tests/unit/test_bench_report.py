@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,17 @@ import pytest
 
 from bench import SCHEMA, procstat, report
 from bench.kamailio import parse_kamailio_log
-from bench.sipgw import parse_json_log, render_config
+from bench.sipgw import parse_json_log, parse_labelled, render_config
 from bench.sipp import (
+    MAX_SOCKET,
+    PER_CALL,
     SippCommand,
     SippCounts,
     achieved_rate,
     hms_to_ms,
     parse_rtt_csv,
     parse_stat_csv,
+    rtt_freq,
     scenario_path,
 )
 from bench.steps import (
@@ -150,9 +154,27 @@ def test_sipp_command_has_the_harness_options(tmp_path: Path) -> None:
         "-t u1", "-i 127.0.0.1", "-p 15000", "-nostdin", "-m 400", "-r 200", "-l 200",
         "-d 100", "-timeout 13s -timeout_error", "-recv_timeout 4000", "-trace_rtt",
         f"-stf {tmp_path / 'stats.csv'}", "-key domain 127.0.0.1", "-buff_size",
+        "-rtt_freq 200",
     ):  # fmt: skip
         assert expected in joined
-    assert "-au" not in argv
+    assert "-au" not in argv and "-max_socket" not in argv
+
+
+def test_the_uac_sends_each_call_from_its_own_socket_for_every_implementation() -> None:
+    from bench.scenarios import UAC_TRANSPORT
+
+    assert UAC_TRANSPORT == PER_CALL == "un"
+    cmd = SippCommand(scenario="uac", workdir=Path("/x"), remote="127.0.0.1:5060",
+                      calls=300, rtt=True, transport=UAC_TRANSPORT)  # fmt: skip
+    joined = " ".join(cmd.argv("sipp"))
+    # sipp's default of 50000 sockets is refused under RLIMIT_NOFILE 20000.
+    assert f"-t un -max_socket {MAX_SOCKET}" in joined and MAX_SOCKET < 20000
+    assert "-rtt_freq 100" in joined  # a divisor of 300: every call's time is written
+
+
+def test_rtt_freq_divides_the_calls() -> None:
+    assert rtt_freq(400) == 200 and rtt_freq(150) == 50 and rtt_freq(1500) == 100
+    assert rtt_freq(7) == 1 and rtt_freq(None) == 200 and rtt_freq(0) == 200
 
 
 # -- the step method ------------------------------------------------------------------------
@@ -360,6 +382,8 @@ def test_small_proc_parsers() -> None:
         "        0 150011 2 00000000c6a905a8 3\n"
     )
     assert procstat.parse_udp_sockets(net_udp) == {15000: 20, 5060: 0}
+    # By socket inode: the sockets a process tree holds (workers' own ports included).
+    assert procstat.parse_udp_socket_drops(net_udp) == {150014: 17, 150010: 0, 150011: 3}
     ss = (
         "State  Recv-Q Send-Q Local Address:Port  Peer Address:PortProcess\n"
         "UNCONN 0      0          127.0.0.1:15186      0.0.0.0:*\n"
@@ -406,14 +430,57 @@ def test_kamailio_log_lines_group_by_message() -> None:
     assert records[0][1] == records[1][1]  # pointers and sizes normalized away
 
 
-def test_sipgw_config_trusts_the_uac_port_and_uses_md5_for_201() -> None:
-    config = render_config(5060, 8080, 5080, 5090, "redis://127.0.0.1:6400/0")
+def test_sipgw_config_trusts_the_uac_address_and_uses_md5_for_201() -> None:
+    config = render_config(5060, 8080, 5080, "redis://127.0.0.1:6400/0")
     assert 'url = "redis://127.0.0.1:6400/0"' in config
     assert 'listen = ["udp:127.0.0.1:5060"]' in config
-    assert '"127.0.0.1:5090"' in config
+    # By address alone: the UAC sends each call from a port of its own (sipp -t un).
+    assert tomllib.loads(config)["tenants"][0]["trunks"][0]["match"] == ["127.0.0.1"]
     assert 'profile = "legacy-md5"' in config
     assert 'level = "WARNING"' in config
     assert "options_interval = 0" in config
+    assert tomllib.loads(config)["node"] == {"name": "bench-5060"}
+
+
+def test_sipgw_2w_runs_two_workers_on_free_own_ports() -> None:
+    from bench.runner import TARGETS
+
+    config = tomllib.loads(render_config(5060, 8080, 5080, "redis://x", workers=2))
+    assert config["node"] == {"name": "bench-5060", "workers": 2, "worker_port_step": 0}
+    target = TARGETS["sipgw-2w"]()
+    assert (target.label, target.impl, target.workers) == ("sipgw-2w", "sipgw", 2)
+    assert "worker processes" in target.notes
+    assert tomllib.loads(target.config_text(5060, 8080, 5080, "redis://x"))["node"]["workers"] == 2
+    assert [TARGETS[label]().label for label in TARGETS] == list(TARGETS)
+
+
+def test_worker_metrics_by_label() -> None:
+    text = (
+        "# HELP sipgw_worker_up 1 for each worker process whose counters are in\n"
+        'sipgw_worker_up{worker="0"} 1.0\n'
+        'sipgw_worker_up{worker="1"} 1.0\n'
+        'sipgw_worker_requests_total{worker="0"} 14476.0\n'
+        'sipgw_worker_requests_total{worker="1"} 15283.0\n'
+        'sipgw_worker_requests_created{worker="1"} 1.7e9\n'
+        'sipgw_transport_events_total{event="relayed_to_worker",transport="udp"} 3.0\n'
+    )
+    assert parse_labelled(text, "sipgw_worker_requests_total", "worker") == {
+        "0": 14476.0, "1": 15283.0,
+    }  # fmt: skip
+    assert parse_labelled(text, "sipgw_worker_up", "worker") == {"0": 1.0, "1": 1.0}
+    assert parse_labelled(text, "sipgw_transport_events_total", "event") == {
+        "relayed_to_worker": 3.0
+    }
+    assert parse_labelled(text, "sipgw_nothing", "worker") == {}
+
+
+def test_search_shares_follow_what_each_search_needs() -> None:
+    from bench.runner import search_share
+
+    needs = {"sipgw": 20.0, "kamailio-1w": 30.0}
+    assert search_share(100.0, ["sipgw", "kamailio-1w"], needs) == pytest.approx(40.0)
+    assert search_share(100.0, ["kamailio-1w", "sipgw"], needs) == pytest.approx(60.0)
+    assert search_share(-5.0, ["sipgw"], needs) == 0.0
 
 
 # -- the result document --------------------------------------------------------------------
@@ -476,8 +543,9 @@ def test_summary_medians_common_rate_and_ratios() -> None:
     assert sipgw["sustained"]["clean"] is False and sipgw["sustained"]["rate"] == 200
     assert sipgw["log_warnings"] == 3
     assert summary["ratios"] == [
-        {"reference": "kamailio-1w", "max_clean_rate": 0.5, "cpu_ms_per_call": 5.0}
-    ]
+        {"label": "sipgw", "reference": "kamailio-1w", "max_clean_rate": 0.5,
+         "cpu_ms_per_call": 5.0, "max_clean_rate_is_upper_bound": False}
+    ]  # fmt: skip
     json.dumps(doc)  # the whole document stays JSON
 
 
