@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +115,45 @@ async def test_two_workers_share_the_calls(gateway_factory: GatewayFactory, nat:
         flow == ["call.offered", "call.delivered", "call.established", "call.cleared"]
         for flow in flows.values()
     ), json.dumps(flows)[:2000]
+
+
+async def test_a_worker_that_dies_is_restarted_and_stop_is_clean(tmp_path: Path) -> None:
+    gw = await GatewayProcess(tmp_path, workers=2).start()
+    try:
+        await _kill_and_watch_the_restart(gw)
+        assert await gw.stop() == 0  # SIGTERM: the workers drain and stop, then it exits
+        errors = [e["msg"] for e in gw.errors()]
+        assert errors == ["worker exited"], gw.log_tail()
+    finally:
+        await gw.stop()
+
+
+async def _kill_and_watch_the_restart(gw: GatewayProcess) -> None:
+    assert gw.proc is not None
+    supervisor = gw.proc.pid
+
+    def workers() -> list[int]:
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text()
+        return [int(pid) for pid in children.split()]
+
+    async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+        for _ in range(100):  # 20 s, polled: the state is in another process
+            if await check():
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def worker_1_reports() -> bool:
+        return total(samples(await gw.metrics()), "sipgw_worker_up", worker="1") == 1
+
+    await until(worker_1_reports, "worker 1's counters")
+    first = workers()
+    assert len(first) == 2
+    os.kill(first[1], signal.SIGKILL)  # worker 1: not the one serving HTTP
+
+    async def replaced() -> bool:
+        now = workers()
+        return len(now) == 2 and set(now) != set(first)
+
+    await until(replaced, "a new worker 1")
+    await until(worker_1_reports, "the new worker 1's counters")
