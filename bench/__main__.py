@@ -31,25 +31,25 @@ ALL = (*SCENARIOS, *FIXED)
 # to the later ones). The weights are the seconds each takes in a full run (x 1000).
 # Full run, four implementations (sipgw, sipgw-2w, kamailio-1w, kamailio-2w), 3
 # repetitions (measured on the 2-core bench machine):
-# - proxied-calls ~585 s: per repetition sipgw ~35 s (its steps to 800/s, unclean, and
-#   the ~13 s drain of the requests the overload left pending), sipgw-2w ~30 s (to
-#   1000/s), each Kamailio ~29 s (the ladder to 8000/s); then the four sustained checks
-#   of 34 s, ~50 s each with start and stop;
-# - options ~235 s: ~50 s per repetition (1 s steps), the four 10 s sustained checks;
-# - invite-event-latency ~40 s, fan-out ~70 s, recognition 200-260 s (measured whole
-#   even past its share: its report says by how much).
-# ~19.4 min in all. (With three implementations the steps were 4 s and 2 s long, the
+# - proxied-calls ~600 s: per repetition sipgw ~20-30 s (its steps to 600 or 800/s,
+#   unclean, and the ~13 s drain of the requests an overload left pending), sipgw-2w
+#   ~40 s (to 2000/s, the drain), each Kamailio ~25-35 s (the ladder to 8000/s); then
+#   the four sustained checks of 34 s, ~40-57 s each with start and stop;
+# - options ~230 s: ~50 s per repetition (1 s steps), the four 10 s sustained checks;
+# - invite-event-latency 30-40 s, fan-out 55-70 s, recognition 160-260 s (measured
+#   whole even past its share: its report says by how much).
+# 17-19.5 min in all. (With three implementations the steps were 4 s and 2 s long, the
 # sustained checks 40 s and 20 s, and the ladders longer: see bench/README.md.)
 # --quick: the fixed-work scenarios have no weight: the step searches (1 repetition,
 # short ladders, sipgw's 8 s sustained check) take ~125 s of the 165 and leave the rest,
 # in which the others run in order (latency ~10 s, fan-out ~14 s, recognition ~35 s); a
 # part that does not fit in what is left is skipped, so the run stays within budget.
 SHARES = {
-    "proxied-calls": 0.585,
+    "proxied-calls": 0.605,
     "options": 0.245,
     latency.NAME: 0.040,
-    fanout.NAME: 0.070,
-    recognition.NAME: 0.225,
+    fanout.NAME: 0.060,
+    recognition.NAME: 0.215,
 }
 SHARES_QUICK = {
     "proxied-calls": 0.7,

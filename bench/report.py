@@ -229,6 +229,9 @@ def ratio_pairs(
     return pairs
 
 
+BOUND_PREFIX = {"upper": "≤ ", "lower": "≥ "}
+
+
 def _bound(ours: Mapping[str, Any], ref: Mapping[str, Any]) -> str | None:
     """What the rate ratio is when a search never met an unclean step (its max clean
     rate is a lower bound): "upper" (only the reference's is), "lower" (only ours), or
@@ -306,9 +309,7 @@ def headline_table(doc: Doc) -> str:
     lines.append("")
     for r in s["ratios"]:
         bound = r.get("max_clean_rate_bound")
-        rate = f"{ {'upper': '≤ ', 'lower': '≥ '}.get(bound or '', '')}" + _fmt(
-            r["max_clean_rate"], 2
-        )
+        rate = BOUND_PREFIX.get(bound or "", "") + _fmt(r["max_clean_rate"], 2)
         if bound == "unknown":
             rate += " (both are lower bounds)"
         lines.append(

@@ -1,13 +1,15 @@
 """Run scenarios against every implementation and collect one JSON-ready document each.
 
-For each repetition, the implementations take turns (sipgw, Kamailio 1 worker, Kamailio
-2 workers, then again), so a slow drift of the shared machine's load affects them alike
-instead of penalizing whichever ran last. Each turn starts the implementation afresh,
-runs the step search, and stops it. Then each implementation gets its sustained check
-(one long step at its median max clean rate, on a fresh process).
+For each repetition, the implementations take turns (sipgw, sipgw with 2 workers,
+Kamailio 1 worker, Kamailio 2 workers, then again), so a slow drift of the shared
+machine's load affects them alike instead of penalizing whichever ran last. Each turn
+starts the implementation afresh, runs the step search, and stops it. Then each
+implementation gets its sustained check (one long step at its median max clean rate, on
+a fresh process).
 
-The run has a time budget. The sustained checks' time is kept back first; each
-(repetition, implementation) turn gets a fair share of the rest of what remains; a
+The run has a time budget. The sustained checks' and the stops' time is kept back
+first; each (repetition, implementation) turn gets a share of the rest by what its
+implementation's search needs (`search_share`: sipgw's first when time is short); a
 search that reaches its share stops stepping and says so (its max clean rate is then a
 lower bound), so `--quick` stays under 3 minutes and a full run under 20 on a 2-core
 machine, whatever the results.
@@ -183,14 +185,29 @@ def run_turn(
     return record
 
 
-def search_share(left_s: float, remaining: Sequence[str], needs: Mapping[str, float]) -> float:
-    """Search time of the next turn, `remaining[0]`: what is left for the searches
-    (`left_s`), shared among the remaining turns in proportion to what each one's
-    implementation needs (`needs`, seconds). An implementation whose search ends early
-    (sipgw, at its first unclean step) thus leaves the rest to the ones that climb
-    further (Kamailio), and a shortfall shortens every remaining turn alike."""
+def search_share(
+    left_s: float,
+    remaining: Sequence[str],
+    needs: Mapping[str, float],
+    priority: Mapping[str, int],
+) -> float:
+    """Search time of the next turn, `remaining[0]`, out of what is left for the searches
+    (`left_s`), given what each implementation's search needs (`needs`, seconds).
+
+    When there is enough, every remaining turn gets its need and the spare in proportion.
+    When there is not, the turns of a higher `priority` (a lower number: sipgw's) keep
+    their needs and the others share the rest in proportion to theirs: the Kamailio
+    searches, which climb furthest, are cut short (their rates become lower bounds)
+    before sipgw's are.
+    """
+    left_s = max(0.0, left_s)
+    this = remaining[0]
     total = sum(needs[label] for label in remaining)
-    return max(0.0, left_s) * needs[remaining[0]] / total if total > 0 else 0.0
+    if total <= left_s:
+        return left_s * needs[this] / total if total > 0 else 0.0
+    ahead = sum(needs[label] for label in remaining if priority[label] < priority[this])
+    peers = sum(needs[label] for label in remaining if priority[label] == priority[this])
+    return min(needs[this], max(0.0, left_s - ahead) * needs[this] / peers)
 
 
 def _skipped(reason: str, **extra: Any) -> dict[str, Any]:
@@ -241,9 +258,12 @@ def run_scenario(
     )  # fmt: skip
     rates = scenario.rates(opts.quick)
     # What each implementation's search needs: the whole ladder until one has run (or
-    # when its last search was cut short by the budget), then what its last search took.
+    # when its last search was cut short by the budget), then what its last search took
+    # and room for two more steps (the next search may climb further), unless it
+    # offered every rate.
     ladder_s = scenario.start_s + len(rates) * plan.step_cost_s()
     needs = dict.fromkeys(labels, ladder_s)
+    priority = {label: targets[label].budget_priority for label in labels}
     turns = [(rep, label) for rep in range(opts.repetitions) for label in labels]
     _log(f"== {scenario.name}: {scenario.title}")
     for done, (rep, label) in enumerate(turns):
@@ -251,7 +271,7 @@ def run_scenario(
         # The stops are kept out of the division: sipgw's drain after an unclean step
         # must not shorten its search.
         left = end - reserve - time.monotonic() - sum(stop_s(lab) for lab in remaining)
-        share = search_share(left, remaining, needs)
+        share = search_share(left, remaining, needs, priority)
         if share < plan.step_cost_s() + 5:
             _log(f"  {label} repetition {rep + 1}: skipped, time budget exhausted")
             impls[label]["repetitions"].append(_skipped("time budget exhausted", repetition=rep))
@@ -268,7 +288,8 @@ def run_scenario(
         impls[label]["repetitions"].append(record)
         cut = str(record.get("stop_reason", "")).startswith("time budget")
         if record.get("search_s") is not None and not cut and not record.get("error"):
-            needs[label] = record["search_s"]
+            whole = len(record.get("steps", [])) == len(rates)
+            needs[label] = record["search_s"] + (0.0 if whole else 2 * plan.step_cost_s())
         _log(
             f"   max clean {record.get('max_clean_rate')} {scenario.unit}: "
             f"{record.get('stop_reason', record.get('error'))}"

@@ -471,11 +471,11 @@ def test_all_runs_the_event_scenarios_before_recognition_within_the_budget() -> 
         shares[name] = left * SHARES[name] / weights
         left -= shares[name]
         weights -= SHARES[name]
-    # 3 repetitions: sipgw up to its unclean 800/s step (5 rates), sipgw-2w to 1000/s
-    # (6), each Kamailio the whole ladder; the four sustained checks (34 s, 10 s).
+    # 3 repetitions: sipgw up to its unclean 800/s step (5 rates), sipgw-2w to 2000/s
+    # (7), each Kamailio the whole ladder; the four sustained checks (34 s, 10 s).
     full_calls = _step_searches_s(
         "proxied-calls", False,
-        {"sipgw": 5, "sipgw-2w": 6, "kamailio-1w": len(calls.rates(False)),
+        {"sipgw": 5, "sipgw-2w": 7, "kamailio-1w": len(calls.rates(False)),
          "kamailio-2w": len(calls.rates(False))}, 3,
     )  # fmt: skip
     full_options = _step_searches_s(
@@ -485,9 +485,10 @@ def test_all_runs_the_event_scenarios_before_recognition_within_the_budget() -> 
     )  # fmt: skip
     assert shares["proxied-calls"] >= full_calls and shares["options"] >= full_options
     assert calls.sustain_s(False) > 32  # past 64 x T1: a transaction's state lifetime
-    # The fixed-work scenarios' shares hold what they take (~40 s, ~70 s, 200-260 s).
-    assert shares["invite-event-latency"] >= 39 and shares["fan-out"] >= 69
-    assert shares["recognition"] > 220
+    # The fixed-work scenarios' shares hold what they usually take (30-40 s, 55-70 s,
+    # 160-260 s; measured whole even past their shares).
+    assert shares["invite-event-latency"] >= 39 and shares["fan-out"] >= 59
+    assert shares["recognition"] >= 214
     assert BUDGET_FULL_S <= 1165  # under 20 minutes with start-up and the report
     for name in ("invite-event-latency", "fan-out"):
         assert parse_args(["--scenario", name, "--quick"]).scenario == name

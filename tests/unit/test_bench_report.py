@@ -477,10 +477,17 @@ def test_worker_metrics_by_label() -> None:
 def test_search_shares_follow_what_each_search_needs() -> None:
     from bench.runner import search_share
 
-    needs = {"sipgw": 20.0, "kamailio-1w": 30.0}
-    assert search_share(100.0, ["sipgw", "kamailio-1w"], needs) == pytest.approx(40.0)
-    assert search_share(100.0, ["kamailio-1w", "sipgw"], needs) == pytest.approx(60.0)
-    assert search_share(-5.0, ["sipgw"], needs) == 0.0
+    needs = {"sipgw": 20.0, "kamailio-1w": 30.0, "kamailio-2w": 30.0}
+    first = {"sipgw": 0, "kamailio-1w": 1, "kamailio-2w": 1}
+    # Enough: each its need, and the spare in proportion.
+    assert search_share(100.0, ["sipgw", "kamailio-1w"], needs, first) == pytest.approx(40.0)
+    assert search_share(100.0, ["kamailio-1w", "sipgw"], needs, first) == pytest.approx(60.0)
+    # Short: sipgw keeps its need, the Kamailio turns share what is left after it.
+    order = ["sipgw", "kamailio-1w", "kamailio-2w", "sipgw"]
+    assert search_share(60.0, order, needs, first) == 20.0
+    assert search_share(60.0, order[1:], needs, first) == pytest.approx(20.0)  # (60-20)/2
+    assert search_share(10.0, order[1:], needs, first) == 0.0
+    assert search_share(-5.0, ["sipgw"], needs, first) == 0.0
 
 
 # -- the result document --------------------------------------------------------------------
@@ -544,7 +551,7 @@ def test_summary_medians_common_rate_and_ratios() -> None:
     assert sipgw["log_warnings"] == 3
     assert summary["ratios"] == [
         {"label": "sipgw", "reference": "kamailio-1w", "max_clean_rate": 0.5,
-         "cpu_ms_per_call": 5.0, "max_clean_rate_is_upper_bound": False}
+         "cpu_ms_per_call": 5.0, "max_clean_rate_bound": None}
     ]  # fmt: skip
     json.dumps(doc)  # the whole document stays JSON
 
@@ -589,3 +596,62 @@ def test_plots_are_written(tmp_path: Path) -> None:
         "run-proxied-calls-rate.png", "run-proxied-calls-cpu.png", "run-proxied-calls-latency.png",
     ]  # fmt: skip
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def _four() -> dict[str, Any]:
+    """sipgw, sipgw-2w and both Kamailio configurations; sipgw-2w's runs carry the
+    workers' counters (/metrics at the end of each turn)."""
+    doc = _doc()
+    two = _impl("sipgw-2w", "sipgw", 2, [300, 400, 300])
+    for i, rep in enumerate([*two["repetitions"], two["sustained"]]):
+        rep["counters"] = {
+            "worker_requests": {"0": 480.0 + i, "1": 520.0 - i},
+            "worker_request_shares": {"0": 0.46 + i / 50, "1": 0.54 - i / 50},
+            "workers_up": {"0": 1.0, "1": 1.0},
+            "transport_events": {"relayed_to_worker": 2.0} if i == 0 else {},
+        }
+    two["sustained"]["exit_code"] = -14  # SIGALRM: see bench/README.md
+    doc["implementations"] = [
+        doc["implementations"][0], two, doc["implementations"][1],
+        _impl("kamailio-2w", "kamailio", 2, [400, 400, 400]),
+    ]  # fmt: skip
+    return doc
+
+
+def test_ratios_pair_sipgw_with_every_kamailio_and_the_workers_with_their_own() -> None:
+    doc = report.summarize(_four())
+    pairs = [(r["label"], r["reference"]) for r in doc["summary"]["ratios"]]
+    assert pairs == [
+        ("sipgw", "kamailio-1w"), ("sipgw", "kamailio-2w"),
+        ("sipgw-2w", "kamailio-2w"), ("sipgw-2w", "sipgw"),
+    ]  # fmt: skip
+    by_pair = {(r["label"], r["reference"]): r for r in doc["summary"]["ratios"]}
+    # kamailio-2w met no unclean step: its 400 is a lower bound, the ratio an upper one.
+    assert by_pair["sipgw-2w", "kamailio-2w"]["max_clean_rate"] == 0.75
+    assert by_pair["sipgw-2w", "kamailio-2w"]["max_clean_rate_bound"] == "upper"
+    assert by_pair["sipgw-2w", "sipgw"]["max_clean_rate"] == 1.5
+    assert by_pair["sipgw-2w", "sipgw"]["max_clean_rate_bound"] is None
+    table = report.headline_table(doc)
+    assert "- sipgw-2w / kamailio-2w: max clean rate x ≤ 0.75, CPU per call x" in table
+    assert "- sipgw-2w / sipgw: max clean rate x 1.50, CPU per call x 1.00" in table
+
+
+def test_the_workers_spread_and_a_signal_at_exit_are_reported(tmp_path: Path) -> None:
+    doc = report.summarize(_four())
+    two = doc["summary"]["rows"][1]
+    assert two["worker_request_shares"] == {"0": pytest.approx(0.49), "1": pytest.approx(0.51)}
+    assert two["worker_requests_total"] == 4000 and two["transport_events"] == {
+        "relayed_to_worker": 2.0
+    }
+    assert "worker_request_shares" not in doc["summary"]["rows"][0]  # one process
+    md = report.markdown([{**doc, "method": {**doc["method"], "transport": "UDP, -t un"}}], {})
+    assert "Transport: UDP, -t un." in md
+    assert (
+        "- sipgw-2w: SIP requests per worker (median over the runs): worker 0 49.0%, "
+        "worker 1 51.0%; handed to another worker: 2 of 4000"
+    ) in md
+    assert (
+        "- sipgw-2w ended on a signal (SIGALRM) after SIGTERM in 1 of 1 runs, not killed "
+        "by the harness"
+    ) in md
+    assert "did not exit after SIGTERM" not in md
