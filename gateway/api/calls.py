@@ -17,7 +17,7 @@ import asyncio
 import json
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -30,9 +30,6 @@ from gateway.recognition.numbers import normalize
 from gateway.security.directory import Directory
 from gateway.security.principal import Principal
 from gateway.security.ratelimit import TokenBuckets
-
-_T = TypeVar("_T")
-Run = Callable[[Callable[[], _T]], _T]
 
 MAX_BODY = 4096
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:~-]{1,128}")

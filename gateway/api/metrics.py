@@ -130,8 +130,9 @@ class GatewayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         c = self.counters
         if self.workers is not None:
-            yield from self._workers(self.workers())
-            c = merged(c, self.workers())
+            siblings = self.workers()
+            yield from self._workers(siblings)
+            c = merged(c, siblings)
         info = GaugeMetricFamily(
             "sipgw_build_info", "Version and node of this gateway", labels=["version", "node"]
         )

@@ -38,14 +38,15 @@ def _address(host: str) -> str:
     return f"IN {family} {host.strip('[]')}"
 
 
+def _session(host: str, session_id: int, version: int) -> list[str]:
+    address = _address(host)
+    return ["v=0", f"o=sipgw {session_id} {version} {address}", "s=sipgw", f"c={address}", "t=0 0"]
+
+
 def parked_offer(host: str, session_id: int, version: int = 1) -> bytes:
-    """An audio offer (PCMU, PCMA, telephone-event) that asks for no media."""
+    """An audio offer (PCMU, PCMA, telephone-event) to the discard port."""
     lines = [
-        "v=0",
-        f"o=sipgw {session_id} {version} {_address(host)}",
-        "s=sipgw",
-        f"c={_address(host)}",
-        "t=0 0",
+        *_session(host, session_id, version),
         "m=audio 9 RTP/AVP 0 8 101",
         "a=rtpmap:0 PCMU/8000",
         "a=rtpmap:8 PCMA/8000",
@@ -60,13 +61,7 @@ def parked_answer(offer: bytes, host: str, session_id: int, version: int = 1) ->
     """An answer to `offer` accepting each stream's first format on port 9, in the
     direction the offer allows; streams already refused (port 0) stay refused, with
     their formats (RFC 3264 §6)."""
-    lines = [
-        "v=0",
-        f"o=sipgw {session_id} {version} {_address(host)}",
-        "s=sipgw",
-        f"c={_address(host)}",
-        "t=0 0",
-    ]
+    lines = _session(host, session_id, version)
     for media, attributes in _streams(offer):
         parts = media.split()
         if len(parts) < 4:

@@ -36,7 +36,7 @@ from gateway.config import DialSettings, Tenant, User
 from gateway.proxy.core import Proxy
 from gateway.proxy.location import Binding
 from gateway.proxy.observe import Observed
-from gateway.proxy.routing import Forward, parse_sip_uri
+from gateway.proxy.routing import Forward, contact_targets
 from gateway.proxy.timers import TimerHandle
 from gateway.proxy.ua import Answer, Call, Dialog, UserAgent, new_tag
 from gateway.sip.message import Request, Response
@@ -244,7 +244,7 @@ class Originator:
     ) -> None:
         order = request.order
         domain = order.tenant.domains[0] if order.tenant.domains else self.proxy.advertise
-        targets = self._phone_targets(bindings)
+        targets = contact_targets(bindings, self.proxy)
         display = _quoted(f"Dial: {order.to.name or order.to.raw}")
         from_value = f"{display} <sip:{order.to.dial}@{domain}>"
         to_value = f"<sip:{order.user.extension}@{domain}>"
@@ -286,20 +286,6 @@ class Originator:
         )
         self._arm(request, self.settings.ring_timeout, self._phone_timeout)
 
-    def _phone_targets(self, bindings: list[Binding]) -> list[tuple[str, Target]]:
-        targets: list[tuple[str, Target]] = []
-        for binding in bindings:
-            uri = parse_sip_uri(binding.contact_uri)
-            if uri is None:
-                continue
-            if binding.behind_nat:
-                source = binding.source
-                target = Target(source.transport, *source.remote, local_port=source.local[1])
-            else:
-                target = self.proxy.target_for_uri(uri, binding.source)
-            targets.append((binding.contact_uri, target))
-        return targets
-
     def _phone_timeout(self, request: DialRequest) -> None:
         if request.phone is not None and request.state in ("calling_phone", "phone_ringing"):
             request.cause = DialCause("no_answer", "The phone did not answer", 480)
@@ -308,8 +294,10 @@ class Originator:
     def phone_answered(self, request: DialRequest, dialog: Dialog, resp: Response) -> None:
         self._disarm(request)
         request.phone_dialog = dialog
+        if request.mode == "3pcc":
+            request.phone_sdp = resp.body  # the phone's offer (RFC 3725 flow I)
         if request.state in FINAL_STATES:  # cancelled while the 2xx was on its way
-            self._ack_parked(request, resp)
+            self._ack_phone(request)
             dialog.bye(CANCELLED_BY_USER)
             return
         self._set(request, "connecting")
@@ -318,10 +306,9 @@ class Originator:
             self._arm(request, self.settings.connect_timeout, self._connect_timeout)
             return
         if not resp.body:
-            self._ack_parked(request, resp)
+            self._ack_phone(request)
             self._fail(request, DialCause("error", "The phone sent no session description"))
             return
-        request.phone_sdp = resp.body
         self._call_destination(request, resp.body, resp.content_type)
         limit = min(self.settings.connect_timeout, FLOW_I_LIMIT)
         self._arm(request, limit, self._connect_timeout)
@@ -440,7 +427,7 @@ class Originator:
         domain = tenant.domains[0] if tenant.domains else self.proxy.advertise
         route = self._destination_route(tenant, order.to.dial)
         if route is None:
-            self._ack_parked_offer(request)
+            self._ack_phone(request)
             self._fail(request, DialCause("error", "No route to the destination"))
             return
         user = order.user
@@ -485,7 +472,7 @@ class Originator:
         first phone, or the tenant's outbound trunk."""
         if tenant.user_by_extension(dial) is not None:
             bindings = self.proxy.location.bindings(tenant.id, dial, self.proxy.clock())
-            targets = self._phone_targets(bindings)
+            targets = contact_targets(bindings, self.proxy)
             return (targets[0][0], targets[0][1], True) if targets else None
         decision = self.proxy.router._to_trunk(tenant, dial)
         if not isinstance(decision, Forward) or not decision.targets:
@@ -512,7 +499,7 @@ class Originator:
         if request.finished:
             return
         cause = request.cause or _destination_cause(status)
-        self._ack_parked_offer(request)
+        self._ack_phone(request)
         if request.phone_dialog is not None:
             request.phone_dialog.bye(f'SIP;cause={status};text="{cause.message}"')
         self._finish(request, "failed", cause)
@@ -549,17 +536,8 @@ class Originator:
             )
         return Answer(200, body=body)
 
-    def _ack_parked(self, request: DialRequest, resp: Response) -> None:
-        """ACK a 2xx from the phone; its offer (3PCC) gets a parked answer."""
-        dialog = request.phone_dialog
-        if dialog is None or dialog.ack_data is not None:
-            return
-        if request.mode == "3pcc" and resp.body:
-            dialog.ack(media.parked_answer(resp.body, self.proxy.advertise, request.sdp_session))
-        else:
-            dialog.ack()
-
-    def _ack_parked_offer(self, request: DialRequest) -> None:
+    def _ack_phone(self, request: DialRequest) -> None:
+        """ACK the phone's 2xx if not done yet; its offer (3PCC) gets a parked answer."""
         dialog = request.phone_dialog
         if dialog is None or dialog.ack_data is not None:
             return
@@ -577,7 +555,7 @@ class Originator:
         if request.dest_dialog is not None:
             request.dest_dialog.bye(reason)
         if request.phone_dialog is not None:
-            self._ack_parked_offer(request)
+            self._ack_phone(request)
             request.phone_dialog.bye(reason)
 
     def _fail(self, request: DialRequest, cause: DialCause) -> None:

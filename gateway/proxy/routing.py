@@ -18,7 +18,7 @@ from gateway.config import Tenant, Trunk, User
 from gateway.proxy.auth import Authenticator
 from gateway.proxy.context import ServerContext
 from gateway.proxy.directory import Directory
-from gateway.proxy.location import Location
+from gateway.proxy.location import Binding, Location
 from gateway.sip.errors import SIPParseError
 from gateway.sip.uri import SipURI, TelURI, parse_uri
 from gateway.transport.addresses import Target
@@ -178,20 +178,10 @@ class Router:
     def _to_extension(self, ctx: ServerContext, tenant: Tenant, extension: str) -> Decision:
         ctx.extension = extension
         bindings = self.location.bindings(tenant.id, extension, self.proxy.clock())
-        targets: list[tuple[str | None, Target]] = []
-        for binding in bindings:
-            uri = parse_sip_uri(binding.contact_uri)
-            if uri is None:
-                continue
-            if binding.behind_nat:
-                source = binding.source
-                target = Target(source.transport, *source.remote, local_port=source.local[1])
-            else:
-                target = self.proxy.target_for_uri(uri, binding.source)
-            targets.append((binding.contact_uri, target))
+        targets = contact_targets(bindings, self.proxy)
         if not targets:
             return Reply(480, "Temporarily Unavailable (not registered)")
-        return Forward(targets)
+        return Forward(list(targets))
 
     @staticmethod
     def _target_user(ctx: ServerContext) -> str | None:
@@ -201,6 +191,23 @@ class Router:
         if isinstance(uri, SipURI):
             return uri.user
         return None
+
+
+def contact_targets(bindings: list[Binding], proxy: Proxy) -> list[tuple[str, Target]]:
+    """(Request-URI, where to send) for each registered contact: a phone behind NAT at
+    its source address, from the port its registration came to; others at the Contact."""
+    targets: list[tuple[str, Target]] = []
+    for binding in bindings:
+        uri = parse_sip_uri(binding.contact_uri)
+        if uri is None:
+            continue
+        if binding.behind_nat:
+            source = binding.source
+            target = Target(source.transport, *source.remote, local_port=source.local[1])
+        else:
+            target = proxy.target_for_uri(uri, binding.source)
+        targets.append((binding.contact_uri, target))
+    return targets
 
 
 def parse_sip_uri(text: str) -> SipURI | None:

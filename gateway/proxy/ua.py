@@ -228,7 +228,7 @@ class UserAgent:
                 continue
             if observe is not None and not observed:
                 observed = True
-                self._observe(data, observe)
+                self._observe_message(_parse_request(data), observe)
             self._start_branch(call, target, data)
         if not call.branches:
             call.ended = True
@@ -706,31 +706,23 @@ class UserAgent:
         self.proxy.queue.schedule(self.proxy.clock() + 64 * self.proxy.timers.t1, forget)
 
     # ------------------------------------------------------------------ observation ---
-    def _observe(self, data: bytes, info: Observed) -> None:
+    def _observe_message(
+        self, msg: Request | Response, info: Observed | None = None, *, local: bool = False
+    ) -> None:
+        """Tell the call tracker (`info` for an initial INVITE; in-dialog messages and
+        responses need none: the tracker finds their call by the dialog)."""
         observer = self.proxy.observer
         if observer is None:
             return
-        try:
-            observer(_parse_request(data), info)
-        except Exception:
-            log.exception("call observer failed")
-
-    def _observe_message(self, msg: Request | Response, *, local: bool = False) -> None:
-        observer = self.proxy.observer
-        if observer is None:
-            return
-        info = Observed(
-            tenant=None, direction=None, extension=None, local=local, source="", user_agent=None
-        )
+        if info is None:
+            info = Observed(
+                tenant=None, direction=None, extension=None, local=local, source="",
+                user_agent=None,
+            )  # fmt: skip
         try:
             observer(msg, info)
         except Exception:
             log.exception("call observer failed")
-
-    @property
-    def active(self) -> tuple[int, int]:
-        """(calls ringing or in progress, dialogs held)."""
-        return len(self._branches), len(self._dialogs)
 
 
 # --- building messages ------------------------------------------------------------------
