@@ -9,9 +9,7 @@ edit. The stream framer must cut the same messages whatever the chunking.
 
 from __future__ import annotations
 
-import csv
 from itertools import pairwise
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,8 +17,7 @@ from hypothesis import strategies as st
 from gateway.sip.errors import SIPParseError
 from gateway.sip.framing import StreamFramer
 from gateway.sip.message import Limits, Message, Request, parse_message
-
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "rfc4475"
+from tests.conformance import rfc4475_bytes, rfc4475_manifest
 
 FUZZ = settings(
     max_examples=300,
@@ -85,14 +82,10 @@ TYPICAL = [
 
 
 def corpus_messages() -> list[bytes]:
-    manifest = CORPUS / "MANIFEST.tsv"
-    if not manifest.is_file():
-        return []
-    with open(manifest, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
+    """The RFC 4475 messages a parser must accept (tests/conformance: never silently none)."""
     return [
-        (CORPUS / row["file"]).read_bytes()
-        for row in rows
+        rfc4475_bytes(row["file"])
+        for row in rfc4475_manifest()
         if row["class"] in ("valid", "backward-compat")
     ]
 

@@ -1,4 +1,5 @@
-"""RFC 4475 torture tests, read byte-exact from the shared conformance folder.
+"""RFC 4475 torture tests, read byte-exact from tests/conformance/rfc4475 (checked
+against its SHA256SUMS first; missing or altered vectors fail, never skip).
 
 One case per MANIFEST.tsv row. Every file has an exact expectation below: either the
 message is accepted and the facts the RFC discusses are checked, or it is rejected at
@@ -9,6 +10,7 @@ manifest names a status, the expectation must agree with it.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +23,8 @@ from gateway.sip.framing import StreamFramer
 from gateway.sip.headers import CSeq, NameAddr
 from gateway.sip.message import Message, Request, Response, parse_message
 from gateway.sip.uri import AbsoluteURI, SipURI
-
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "rfc4475"
-MANIFEST = CORPUS / "MANIFEST.tsv"
+from tests import conformance
+from tests.conformance import RFC4475, rfc4475_bytes, rfc4475_manifest
 
 
 @dataclass(frozen=True)
@@ -36,22 +37,18 @@ class Row:
 
 
 def load_rows() -> list[Row]:
-    lines = MANIFEST.read_bytes().decode("utf-8").splitlines()
-    assert lines[0].split("\t") == ["file", "rfc_section", "title", "class", "expected"]
-    return [Row(*line.split("\t")) for line in lines[1:] if line.strip()]
-
-
-if MANIFEST.is_file():
-    ROWS = [pytest.param(row, id=row.file.removesuffix(".dat")) for row in load_rows()]
-else:  # pragma: no cover - depends on the checkout layout
-    ROWS = [
-        pytest.param(None, marks=pytest.mark.skip(reason=f"RFC 4475 corpus not found at {CORPUS}"))
+    return [
+        Row(r["file"], r["rfc_section"], r["title"], r["class"], r["expected"])
+        for r in rfc4475_manifest()
     ]
 
 
+# Read at collection: missing or altered vectors are a collection error (a failure).
+ROWS = [pytest.param(row, id=row.file.removesuffix(".dat")) for row in load_rows()]
+
+
 def read(file: str) -> bytes:
-    with open(CORPUS / file, "rb") as handle:
-        return handle.read()
+    return rfc4475_bytes(file)
 
 
 def body_of(data: bytes) -> bytes:
@@ -555,8 +552,6 @@ def test_rfc4475(row: Row) -> None:
 
 
 def test_every_manifest_row_has_an_expectation() -> None:
-    if not MANIFEST.is_file():
-        pytest.skip(f"RFC 4475 corpus not found at {CORPUS}")
     rows = load_rows()
     assert len(rows) == 49
     assert {row.file for row in rows} == set(EXPECTATIONS)
@@ -578,3 +573,28 @@ def test_stream_framing_agrees_with_datagram_parsing(row: Row) -> None:
     if message.content_length is not None and framed:
         assert framed[0] == message.to_bytes()
         assert parse_message(framed[0], stream=True).headers == message.headers
+
+
+def test_vectors_are_in_the_repository_and_match_their_checksums() -> None:
+    """The corpus is part of every checkout (no folder beside it needed), byte-exact."""
+    rows = rfc4475_manifest()
+    assert len(rows) == 49
+    assert RFC4475.is_relative_to(Path(__file__).resolve().parents[1])
+
+
+def test_missing_or_altered_vectors_fail_never_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "rfc4475"
+    shutil.copytree(RFC4475, copy)
+    monkeypatch.setattr(conformance, "RFC4475", copy)
+    conformance.rfc4475_manifest.cache_clear()
+    try:
+        (copy / "trws.dat").write_bytes((copy / "trws.dat").read_bytes().replace(b"\r\n", b"\n"))
+        with pytest.raises(conformance.MissingVectors, match=r"trws\.dat"):
+            conformance.rfc4475_manifest()
+        (copy / "trws.dat").unlink()
+        with pytest.raises(conformance.MissingVectors, match="missing"):
+            conformance.rfc4475_manifest()
+    finally:
+        conformance.rfc4475_manifest.cache_clear()

@@ -7,7 +7,6 @@ silence for what must be dropped, and never an exception.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,9 @@ from gateway.proxy.location import Location
 from gateway.proxy.registrar import Registrar
 from gateway.sip.message import Request, Response, parse_message
 from gateway.transport.addresses import Source
+from tests.conformance import rfc4475_bytes, rfc4475_manifest
 
 from .proxy_harness import Harness, settings_from
-
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "rfc4475"
 
 CONFIG = """
 [node]
@@ -104,11 +102,9 @@ EXPECTED: dict[str, int | str | None] = {
 PARSE_ERRORS = {400, 413, 416, 420, 501, 505}
 
 
-def manifest() -> list[dict[str, str]]:
-    if not VECTORS.is_dir():
-        pytest.skip(f"conformance vectors not found at {VECTORS}")
-    with (VECTORS / "MANIFEST.tsv").open(newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
+def manifest() -> tuple[dict[str, str], ...]:
+    """The checked manifest of tests/conformance/rfc4475: missing data fails, never skips."""
+    return rfc4475_manifest()
 
 
 def test_every_manifest_row_has_an_expectation() -> None:
@@ -119,7 +115,7 @@ def test_every_manifest_row_has_an_expectation() -> None:
 def test_proxy_answers_torture_message(name: str, tmp_path: Path) -> None:
     manifest()
     h = Harness(settings_from(CONFIG, tmp_path))
-    data = (VECTORS / name).read_bytes()
+    data = rfc4475_bytes(name)
     sent = h.feed(data, ("192.0.2.10", 5060))
     answers = [s.msg.status for s in sent if isinstance(s.msg, Response) and s.msg.status >= 200]
     forwarded = [s for s in sent if isinstance(s.msg, Request)]
@@ -135,7 +131,7 @@ def test_proxy_answers_torture_message(name: str, tmp_path: Path) -> None:
 
 def test_bext01_lists_every_unsupported_proxy_require_tag(tmp_path: Path) -> None:
     h = Harness(settings_from(CONFIG, tmp_path))
-    sent = h.feed((VECTORS / "bext01.dat").read_bytes(), ("192.0.2.10", 5060))
+    sent = h.feed(rfc4475_bytes("bext01.dat"), ("192.0.2.10", 5060))
     resp = sent[-1].msg
     assert isinstance(resp, Response) and resp.status == 420
     assert resp.get("Unsupported") == "noProxiesSupportThis, norDoAnyProxiesSupportThis"
@@ -143,7 +139,7 @@ def test_bext01_lists_every_unsupported_proxy_require_tag(tmp_path: Path) -> Non
 
 def test_bcast_response_is_never_sent_to_broadcast(tmp_path: Path) -> None:
     h = Harness(settings_from(CONFIG, tmp_path))
-    h.feed((VECTORS / "bcast.dat").read_bytes(), ("192.0.2.198", 5060))
+    h.feed(rfc4475_bytes("bcast.dat"), ("192.0.2.198", 5060))
     assert all(s.target.host != "255.255.255.255" for s in h.transport.sent)
 
 
@@ -163,7 +159,7 @@ def test_registrar_stores_contacts_as_rfc4475_says(name: str, stored: str, tmp_p
     manifest()
     settings = settings_from(CONFIG, tmp_path)
     tenant = settings.tenants[0]
-    req = parse_message((VECTORS / name).read_bytes())
+    req = parse_message(rfc4475_bytes(name))
     assert isinstance(req, Request)
     req.validate()
     user = tenant.users[0] if "watson" in (req.get("To") or "") else tenant.users[1]
