@@ -1,12 +1,21 @@
 # The two commands a newcomer needs: `make run` and `make test`. Both install what is
 # missing (Debian packages, then Python packages into .venv) and are idempotent.
+#
+# Python packages come from requirements.lock only: every one pinned with its hashes
+# (pip --require-hashes refuses anything else), the build tools (setuptools, wheel)
+# included, so the install is the same on every machine. `make lock` refreshes the lock
+# after a change to pyproject.toml (LOCK_ARGS=--upgrade moves every pin to the newest);
+# `make lint` audits it with pip-audit. See docs/testing.md "Supply chain".
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+LOCK := requirements.lock
+PIP := $(VENV)/bin/pip --disable-pip-version-check
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) 2>/dev/null | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
+LOCK_ARGS ?=
 
-.PHONY: run test lint bench bench-quick deps system-deps clean
+.PHONY: run test lint audit lock bench bench-quick deps system-deps clean
 
 run: deps
 	scripts/run-demo.sh
@@ -18,6 +27,21 @@ lint: deps
 	$(VENV)/bin/ruff check gateway tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(MAKE) --no-print-directory audit
+
+# Known vulnerabilities of every locked package (PyPI's advisory data, looked up per
+# pinned version). --strict: a package that could not be checked fails the audit too,
+# so an audit that could not reach its advisory data never passes silently.
+audit: deps
+	$(VENV)/bin/pip-audit --strict --progress-spinner off --require-hashes --disable-pip -r $(LOCK)
+
+# Re-resolve requirements.lock from pyproject.toml (the command is also the lock's header).
+# sipgw itself is left out (it is installed from the work tree); the build tools are in.
+lock: deps
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --all-build-deps --unsafe-package sipgw \
+	  --extra dev --extra bench --extra test --extra sync \
+	  --no-emit-index-url --no-emit-find-links --strip-extras $(LOCK_ARGS) \
+	  --output-file $(LOCK) pyproject.toml
 
 bench: deps
 	$(VENV)/bin/python -m bench
@@ -30,10 +54,13 @@ deps: system-deps $(STAMP)
 system-deps:
 	@scripts/install-system-deps.sh
 
-$(STAMP): pyproject.toml
+# The lock first, hashes required; then sipgw itself from the work tree, without its
+# dependencies (all in the lock) and without build isolation, so that the setuptools and
+# wheel that build it are the locked ones and nothing is fetched unpinned.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -U pip
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	$(PIP) install -q --require-hashes -r $(LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
 
