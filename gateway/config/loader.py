@@ -181,6 +181,7 @@ def _sip(table: Table) -> SipSettings:
         "max_headers": lambda v: v.integer(1),
         "max_header_line": lambda v: v.integer(1),
         "max_connections": lambda v: v.integer(1),
+        "max_connections_per_source": lambda v: v.integer(0),
         "idle_timeout": lambda v: v.number(),
         "tls_cert": _existing_file,
         "tls_key": _existing_file,
@@ -195,7 +196,7 @@ def _sip(table: Table) -> SipSettings:
         "auth_secret": _auth_secret,
         "fork_timeout": lambda v: v.number(),
         "user_agent": plain_text,
-        "flood_max_requests": lambda v: v.integer(0),
+        "flood_max_requests": lambda v: v.integer(0, 1_000_000),
         "flood_window": lambda v: v.number(),
         "flood_exempt": _trusted_proxies,  # the same forms: "ip" or a CIDR network
     }

@@ -142,6 +142,10 @@ class SipSettings:
     max_headers: int = 128
     max_header_line: int = 8192
     max_connections: int = 4096
+    # Accepted TCP/TLS connections open at once per source address (IPv6: per /64), so
+    # one client cannot take all of max_connections; trunks and flood_exempt are not
+    # limited. 0 = no limit.
+    max_connections_per_source: int = 32
     idle_timeout: float = 300.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -156,11 +160,12 @@ class SipSettings:
     auth_secret: str | None = field(default=None, metadata=_SECRET)
     fork_timeout: float = 180.0
     user_agent: str = "sipgw/0.1"
-    # Flood protection (gateway/proxy/flood.py): requests counted per source address
-    # (IPv6: per /64) in windows of flood_window seconds; beyond flood_max_requests the
-    # source's requests are dropped until the window ends. 0 = off. Configured trunks'
-    # source addresses are never counted, nor flood_exempt ("ip" or CIDR): by default
-    # the loopback, where only our own host's processes (a co-located SBC) send from.
+    # Flood protection (gateway/proxy/flood.py): messages (requests and responses)
+    # counted per source address (IPv6: per /64) in windows of flood_window seconds;
+    # beyond flood_max_requests the source's messages are dropped until the window
+    # ends. 0 = off. Configured trunks' source addresses are never counted, nor
+    # flood_exempt ("ip" or CIDR): by default the loopback, where only our own host's
+    # processes (a co-located SBC) send from.
     flood_max_requests: int = 200
     flood_window: float = 2.0
     flood_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1")

@@ -59,6 +59,7 @@ class ProxyServer:
             server_ssl=server_ssl,
             client_ssl=client_ssl,
             max_connections=sip.max_connections,
+            max_connections_per_source=sip.max_connections_per_source,
             idle_timeout=sip.idle_timeout,
         )
         secret = sip.auth_secret.encode() if sip.auth_secret else None
@@ -79,6 +80,8 @@ class ProxyServer:
             is_peer=lambda host, port: directory.trunk_for_source(host, port) is not None,
             exempt=sip.flood_exempt,
         )
+        # Trunks and exempt networks are no more limited in connections than in messages.
+        self.transport.unlimited_source = self.flood.trusted
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.transport.after_deferred_errors = self._arm
@@ -168,7 +171,7 @@ class ProxyServer:
         self._on_message(data, source)
 
     def _on_message(self, data: bytes, source: Source) -> None:
-        if not self.flood.admit(data, source):
+        if not self.flood.admit(source):
             self.counters.transport["flood_dropped"] += 1
             return
         try:

@@ -87,3 +87,18 @@ def same_host(a: str, b: str) -> bool:
         return ipaddress.ip_address(a) == ipaddress.ip_address(b)
     except ValueError:
         return False
+
+
+def source_bucket(host: str) -> str:
+    """What a source is counted by (flood guard, connections per source): an IPv4
+    address, or an IPv6 /64 (one customer's network: a host there can take any of 2**64
+    addresses). A host that is not an address is kept as it is."""
+    if ":" not in host:
+        return host  # IPv4 as the socket reported it: already canonical
+    try:
+        ip = ipaddress.IPv6Address(strip_brackets(host))
+    except ValueError:
+        return host
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))

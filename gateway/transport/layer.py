@@ -20,7 +20,14 @@ from typing import Any, cast
 
 from gateway.sip.message import Limits
 from gateway.stats import Counters
-from gateway.transport.addresses import Listen, Source, Target, ip_family, strip_brackets
+from gateway.transport.addresses import (
+    Listen,
+    Source,
+    Target,
+    ip_family,
+    source_bucket,
+    strip_brackets,
+)
 from gateway.transport.stream import StreamConnection
 
 log = logging.getLogger("sipgw.transport")
@@ -75,15 +82,24 @@ class TransportLayer:
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
         max_connections: int = 4096,
+        max_connections_per_source: int = 0,
         idle_timeout: float = 300.0,
     ) -> None:
         self.after_deferred_errors: Callable[[], None] | None = None
+        # The destination policy for addresses a host name resolved to (the proxy
+        # checks IP literals before sending; a name is only known once resolved).
+        self.destination_check: Callable[[str, int], bool] = lambda host, port: True
         self.handler = handler
         self.limits = limits
         self.counters = counters
         self.server_ssl = server_ssl
         self.client_ssl = client_ssl
         self.max_connections = max_connections
+        # Accepted connections per source (IPv6: per /64); 0 = no limit. Sources for
+        # which ``unlimited_source`` says True (trunks, exempt networks) are not counted.
+        self.max_connections_per_source = max_connections_per_source
+        self.unlimited_source: Callable[[str, int], bool] = lambda host, port: False
+        self._per_source: dict[str, int] = {}  # bucket -> accepted connections open
         self.idle_timeout = idle_timeout
         self.listening: list[Listen] = []  # the shared ports, as bound
         self.own: list[Listen] = []  # this worker's own ports (multi-worker only)
@@ -130,7 +146,7 @@ class TransportLayer:
             raise ValueError("a TLS listener needs a certificate (sip.tls_cert/sip.tls_key)")
         name = spec.transport
         server = await loop.create_server(
-            functools.partial(StreamConnection, self, name, self.limits),
+            functools.partial(StreamConnection, self, name, self.limits, accepted=True),
             host,
             spec.port,
             family=family,
@@ -241,6 +257,8 @@ class TransportLayer:
             infos = []
         for family, *_rest, sockaddr in infos:
             if family in self._udp:
+                if not self.destination_check(str(sockaddr[0]), target.port):
+                    break
                 self.send(data, Target(target.transport, str(sockaddr[0]), target.port), on_error)
                 return
         self.counters.transport["resolve_failed"] += 1
@@ -282,11 +300,15 @@ class TransportLayer:
         if use_tls and self.client_ssl is None:
             self._fail_pending(key)
             return
+        address = await self._checked_address(target)
+        if address is None:
+            self._fail_pending(key)
+            return
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
                     lambda: StreamConnection(self, target.transport, self.limits),
-                    strip_brackets(target.host),
+                    address,
                     target.port,
                     ssl=self.client_ssl if use_tls else None,
                     server_hostname=(strip_brackets(target.host) if use_tls else None),
@@ -310,6 +332,26 @@ class TransportLayer:
             if not conn.write(data) and on_error is not None:
                 on_error()
 
+    async def _checked_address(self, target: Target) -> str | None:
+        """The address to connect to: an IP literal as it is, a name resolved here and
+        checked by ``destination_check`` (so a name cannot point us at ourselves)."""
+        host = strip_brackets(target.host)
+        if ip_family(host) is not None:
+            return host
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, target.port, type=socket.SOCK_STREAM
+            )
+        except OSError:
+            infos = []
+        for _family, *_rest, sockaddr in infos:
+            address = str(sockaddr[0])
+            if self.destination_check(address, target.port):
+                return address
+            break
+        self.counters.transport["resolve_failed" if not infos else "destination_refused"] += 1
+        return None
+
     def _fail_pending(self, key: tuple[str, str, int]) -> None:
         for _data, on_error in self._connecting.pop(key, []):
             if on_error is not None:
@@ -328,16 +370,59 @@ class TransportLayer:
         return self._next_id
 
     def register_connection(self, conn: StreamConnection) -> bool:
+        """Admit a new connection, or say False and count why: the caller closes it.
+
+        An accepted connection counts against its source's share (IPv6: its /64) until
+        it closes: past ``max_connections_per_source`` one client cannot take the
+        ``max_connections`` meant for all. Connections we open are not counted there.
+        """
         if len(self._conns) >= self.max_connections:
-            self.counters.transport["connection_refused_limit"] += 1
-            log.warning("connection limit reached", extra={"limit": self.max_connections})
+            self._refuse("connection_refused_limit", "connection limit reached", conn)
             return False
+        if conn.accepted and self.max_connections_per_source:
+            host, port = conn.remote
+            if not self.unlimited_source(host, port):
+                key = source_bucket(host)
+                if self._per_source.get(key, 0) >= self.max_connections_per_source:
+                    self._refuse(
+                        "connection_refused_source_limit",
+                        "connection limit per source reached",
+                        conn,
+                        limit=self.max_connections_per_source,
+                        source=key,
+                    )
+                    return False
+                self._per_source[key] = self._per_source.get(key, 0) + 1
+                conn.source_key = key
         self._conns[conn.conn_id] = conn
         self._by_addr[_addr_key(conn.name, *conn.remote)] = conn.conn_id
         self.counters.transport[f"{conn.name}_opened"] += 1
         return True
 
+    def _refuse(self, event: str, message: str, conn: StreamConnection, **extra: object) -> None:
+        self.counters.transport[event] += 1
+        # Logged on the 1st, 2nd, 4th, 8th, ... refusal: a connection flood must not
+        # become a log flood.
+        n = self.counters.transport[event]
+        if n & (n - 1) == 0:
+            log.warning(
+                message,
+                extra={
+                    "limit": self.max_connections,
+                    **extra,
+                    "transport": conn.name,
+                    "refused": n,
+                },
+            )
+
     def unregister_connection(self, conn: StreamConnection) -> None:
+        if conn.source_key is not None:
+            left = self._per_source.get(conn.source_key, 1) - 1
+            if left > 0:
+                self._per_source[conn.source_key] = left
+            else:
+                self._per_source.pop(conn.source_key, None)
+            conn.source_key = None
         if self._conns.pop(conn.conn_id, None) is None:
             return
         for key in [k for k, v in self._by_addr.items() if v == conn.conn_id]:

@@ -36,10 +36,15 @@ class StreamConnection(asyncio.Protocol):
         transport_name: str,
         limits: Limits,
         *,
+        accepted: bool = False,
         on_ready: Callable[[StreamConnection], None] | None = None,
     ) -> None:
         self.layer = layer
         self.name = transport_name
+        self.accepted = accepted  # a client connected to us (not one we opened)
+        # The source bucket this connection is counted in (layer.register_connection)
+        # while it is open; None when not counted.
+        self.source_key: str | None = None
         self.framer = StreamFramer(limits)
         self.conn_id = layer.next_conn_id()
         self.transport: asyncio.Transport | None = None
