@@ -124,8 +124,17 @@ class Counters:
     # difference is the number of dialogs up (see api/metrics.py for its bounds)
     dialogs_started: int = 0
     dialogs_ended: int = 0
-    # HEP intake: received, sip, malformed, unknown_source, bad_sip, …
+    # HEP intake: received, sip (handed to the call tracker), other_proto, callback_error,
+    # socket_error
     hep: Counter[str] = field(default_factory=Counter)
+    # HEP packets dropped, by reason: unknown_source, no_auth_key, bad_auth_key,
+    # malformed, bad_sip (gateway/proxy/hep.py DROP_REASONS)
+    hep_dropped: Counter[str] = field(default_factory=Counter)
+    # what the SIP edge refused (issue #11): unsigned_route, stray_response,
+    # destination_<why>, reply_refused_<why>, contact_<why>, reply_too_large
+    security: Counter[str] = field(default_factory=Counter)
+    # failed digest authentications by reason, and attempts refused while throttled
+    auth_failures: Counter[str] = field(default_factory=Counter)
     # caller look-ups by (status hit/miss/error/timeout, local cache hit/miss/none)
     lookups: Counter[tuple[str, str]] = field(default_factory=Counter)
     lookup_seconds: Histogram = field(default_factory=lambda: Histogram(LOOKUP_BUCKETS))

@@ -199,6 +199,21 @@ class GatewayCollector(Collector):
         yield self._simple("sipgw_events_emitted", "Call events emitted, by type", "type", c.events)
         yield self._simple("sipgw_hep_packets", "HEP intake packets by outcome", "outcome", c.hep)
         yield self._simple(
+            "sipgw_sip_refused",
+            "SIP messages the edge refused or dropped, by reason",
+            "reason",
+            c.security,
+        )
+        yield self._simple(
+            "sipgw_sip_auth_failures",
+            "Failed SIP digest authentications by reason (throttled: refused unchecked)",
+            "reason",
+            c.auth_failures,
+        )
+        yield self._simple(
+            "sipgw_hep_dropped", "HEP packets dropped, by reason", "reason", c.hep_dropped
+        )
+        yield self._simple(
             "sipgw_dial_requests",
             "Click-to-dial requests: accepted, and how they finished",
             "outcome",

@@ -2,11 +2,12 @@
 
 Reading order is the order of the checks, so the first problem found is reported:
 top-level keys, node, sip, http, redis, log, events, security, profiles, tenants,
-default_tenant, monitor.
+default_tenant, monitor; then what must not face a network (gateway/config/exposure.py).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config.errors import ConfigError
+from gateway.config.exposure import check_exposure
 from gateway.config.model import (
     DialSettings,
     EventsSettings,
@@ -136,7 +138,13 @@ def _settings(root: Table, source: str) -> Settings:
     http_table = root.table("http")
     http = HttpSettings(
         **http_table.read(
-            {"listen": _http_listen, "tls_cert": _existing_file, "tls_key": _existing_file}
+            {
+                "listen": _http_listen,
+                "tls_cert": _existing_file,
+                "tls_key": _existing_file,
+                "tls_min_version": lambda v: v.choice(("1.2", "1.3")),
+                "allow_plain_http": lambda v: v.boolean(),
+            }
         )
     )
     _check_tls_files(http_table, http)
@@ -152,12 +160,15 @@ def _settings(root: Table, source: str) -> Settings:
     all_tenants = tenants(root.get("tenants"), profiles)
     fallback = default_tenant(root.get("default_tenant"), all_tenants)
     monitor = _monitor(root.table("monitor"), all_tenants, sip)
-    return Settings(
+    settings = Settings(
         node=node, sip=sip, http=http, redis=redis, log=log, events=events,
         security=security, monitor=monitor, recognition=recognition, dial=dial,
         tenants=all_tenants, profiles=profiles,
         default_tenant=fallback, profiles_dir=profiles_dir, source=source,
     )  # fmt: skip
+    # Last: the demo and published passwords stay on the loopback, plain HTTP too.
+    check_exposure(settings, root.data, embedded=source == EMBEDDED_DEFAULT)
+    return settings
 
 
 def _node_name(v: Value) -> str:
@@ -199,6 +210,13 @@ def _sip(table: Table) -> SipSettings:
         "flood_max_requests": lambda v: v.integer(0, 1_000_000),
         "flood_window": lambda v: v.number(),
         "flood_exempt": _trusted_proxies,  # the same forms: "ip" or a CIDR network
+        "deny_destinations": _trusted_proxies,
+        "auth_max_failures": lambda v: v.integer(1),
+        "auth_max_failures_per_source": lambda v: v.integer(1),
+        "auth_max_failures_per_user": lambda v: v.integer(1),
+        "auth_backoff": lambda v: v.number(),
+        "auth_backoff_max": lambda v: v.number(),
+        "auth_failure_window": lambda v: v.number(),
     }
     sip = SipSettings(**table.read(readers))
     _check_order(table, ("t1", sip.t1), ("t2", sip.t2))
@@ -355,6 +373,7 @@ _EVENTS_READERS: dict[str, Callable[[Value], Any]] = {
     "subscriber_queue": lambda v: v.integer(1),
     "max_subscribers_per_tenant": lambda v: v.integer(1),
     "heartbeat": lambda v: v.number(),
+    "trim_interval": lambda v: v.number(),
 }
 
 
@@ -419,8 +438,23 @@ def _monitor(table: Table, all_tenants: tuple[Tenant, ...], sip: SipSettings) ->
                         "HEP sender must identify one source",
                     )
             taken.append((source.address, key))
+            if source.auth_key is None and hep_listen is not None and not _loopback(hep_listen):
+                # HEP is UDP: a sender's address is forged with one datagram, and only
+                # the loopback is out of reach of forged packets from the network.
+                raise ConfigError(
+                    t.key_of("auth_key"),
+                    f'required when monitor.hep_listen ("{hep_listen}") is not a loopback '
+                    "address: a HEP sender's address alone can be forged",
+                )
             sources.append(source)
     return MonitorSettings(hep_listen=hep_listen, sources=tuple(sources))
+
+
+def _loopback(spec: ListenSpec) -> bool:
+    try:
+        return ipaddress.ip_address(spec.host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def _hep_listen(v: Value, sip: SipSettings) -> ListenSpec:
@@ -436,7 +470,7 @@ def _hep_listen(v: Value, sip: SipSettings) -> ListenSpec:
 
 
 def _monitor_source(t: Table, all_tenants: tuple[Tenant, ...]) -> MonitorSource:
-    t.check_keys(("address", "tenant", "trunks"))
+    t.check_keys(("address", "tenant", "trunks", "auth_key"))
     address = t.require("address").parse(normalize_match)
     tenant_value = t.require("tenant")
     tenant = tenant_value.text()
@@ -449,4 +483,20 @@ def _monitor_source(t: Table, all_tenants: tuple[Tenant, ...]) -> MonitorSource:
     trunks: tuple[str, ...] = ()
     if trunks_value is not None:
         trunks = tuple(item.parse(normalize_match) for item in trunks_value.items())
-    return MonitorSource(address=address, tenant=tenant, trunks=trunks)
+    key_value = t.get("auth_key")
+    auth_key = None if key_value is None else _hep_auth_key(key_value)
+    return MonitorSource(address=address, tenant=tenant, trunks=trunks, auth_key=auth_key)
+
+
+# The HEP decoder (gateway/proxy/hep.py, MAX_AUTH_KEY_LEN) refuses longer keys.
+_MAX_HEP_AUTH_KEY = 256
+
+
+def _hep_auth_key(v: Value) -> str:
+    key = v.text(secret=True)
+    # Never echo the key itself. It is guessed with one datagram per try, unthrottled.
+    if len(key) < _MIN_SECRET:
+        raise v.error(f"must be at least {_MIN_SECRET} characters")
+    if len(key.encode()) > _MAX_HEP_AUTH_KEY:
+        raise v.error(f"must be at most {_MAX_HEP_AUTH_KEY} bytes (UTF-8)")
+    return key

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from gateway.config.dial_policy import DialPolicy
 from gateway.config.syntax import (
     is_wildcard,
     mask_url_password,
@@ -129,6 +130,19 @@ class NodeSettings:
     worker_port_step: int = 0
 
 
+# Never a destination of SIP: unspecified, link-local (cloud metadata), multicast,
+# reserved and broadcast addresses.
+DEFAULT_DENY_DESTINATIONS: tuple[str, ...] = (
+    "0.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "fe80::/10",
+    "ff00::/8",
+)
+
+
 @dataclass(frozen=True, repr=False)
 class SipSettings:
     """SIP transport, transaction, registrar and authentication settings."""
@@ -169,6 +183,21 @@ class SipSettings:
     flood_max_requests: int = 200
     flood_window: float = 2.0
     flood_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1")
+    # Where SIP may never be sent (gateway/proxy/destinations.py), besides our own
+    # services and, for anything but configured trunks and proven flows, the loopback.
+    deny_destinations: tuple[str, ...] = DEFAULT_DENY_DESTINATIONS
+    # Digest guessing (gateway/proxy/auth_throttle.py): after auth_max_failures failed
+    # digests of one user from one source, that pair waits auth_backoff seconds, doubled
+    # at each further failure up to auth_backoff_max; a source failing for many users, or
+    # a user failing from many sources, is slowed the same way, except for the sources
+    # where the user authenticated successfully. Failures are forgotten after
+    # auth_failure_window seconds.
+    auth_max_failures: int = 5
+    auth_max_failures_per_source: int = 20
+    auth_max_failures_per_user: int = 20
+    auth_backoff: float = 1.0
+    auth_backoff_max: float = 300.0
+    auth_failure_window: float = 900.0
 
     __repr__ = _masked_repr
 
@@ -184,6 +213,10 @@ class HttpSettings:
     listen: str = "127.0.0.1:8080"  # "host:port", IPv6 in brackets
     tls_cert: Path | None = None  # HTTPS when set (with tls_key): tokens and contacts
     tls_key: Path | None = None  # must never cross a network in clear text
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"  # HTTPS and WSS
+    # Plain HTTP on an address that is not the loopback: only when a TLS-terminating
+    # reverse proxy stands in front (the loader refuses it otherwise).
+    allow_plain_http: bool = False
 
     @property
     def scheme(self) -> str:
@@ -369,6 +402,7 @@ class Tenant:
     dids: tuple[Did, ...] = ()
     trunks: tuple[Trunk, ...] = ()
     recognition: Recognition = field(default_factory=Recognition)
+    dial: DialPolicy = field(default_factory=DialPolicy)  # click-to-dial destinations
     _by_username: Mapping[str, User] = field(init=False, repr=False, compare=False)
     _by_extension: Mapping[str, User] = field(init=False, repr=False, compare=False)
     _by_did: Mapping[str, str] = field(init=False, repr=False, compare=False)
@@ -407,6 +441,9 @@ class EventsSettings:
     subscriber_queue: int = 1000  # events queued per subscriber before it is cut off
     max_subscribers_per_tenant: int = 200  # per node
     heartbeat: float = 15.0  # seconds between keep-alives on idle subscriptions
+    # Seconds between retention rounds that trim every tenant stream by stream_max_age,
+    # idle tenants included (one round per node, on its first worker).
+    trim_interval: float = 60.0
 
     @property
     def max_age(self) -> float | None:
@@ -460,13 +497,18 @@ class SecuritySettings:
         return any(ip in parse_match(entry)[0] for entry in self.trusted_proxies)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class MonitorSource:
     """A PBX (or SBC) mirroring its SIP traffic to us over HEP, and the tenant it serves."""
 
     address: str  # "ip", "ip:port", "[v6]:port" or CIDR: the HEP sender; normalized
     tenant: str  # the id of a configured tenant
     trunks: tuple[str, ...] = ()  # the monitored PBX's trunks ("ip:port", "ip" or CIDR)
+    # The HEP auth key (chunk 0x000e) every packet of this sender must carry; None:
+    # the address alone identifies it (only allowed on a loopback hep_listen).
+    auth_key: str | None = field(default=None, metadata=_SECRET)
+
+    __repr__ = _masked_repr
 
     def matches(self, address: str, port: int) -> bool:
         """True when a HEP packet from ``address``:``port`` comes from this source."""

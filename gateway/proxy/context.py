@@ -33,6 +33,11 @@ class ServerContext:
     observed: bool = False  # the initial INVITE was handed to the observer
     loop_hash: str = ""  # §16.6 item 8, computed once: loop check and branch ids
     timer_at: float | None = None  # the transaction deadline already in the TimerQueue
+    # The sender proved who it is (a trunk's address, a digest, our signed Record-Route):
+    # until then every answer is one stateless datagram no larger than MAX_REPLY_RATIO
+    # times the request (``size`` bytes), so a spoofed source gets no amplification.
+    trusted: bool = False
+    size: int = 0
 
 
 @dataclass(eq=False)

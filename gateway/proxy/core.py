@@ -23,11 +23,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gateway.config import Settings, Tenant, User
 from gateway.proxy.auth import Authenticator
 from gateway.proxy.context import Branch, ServerContext
+from gateway.proxy.destinations import DestinationPolicy, service_endpoints
 from gateway.proxy.directory import Directory
 from gateway.proxy.location import Location
 from gateway.proxy.messages import build_ack, build_cancel, last_resort_response
 from gateway.proxy.observe import Observed, Observer
 from gateway.proxy.options import options_headers
+from gateway.proxy.record_route import PARAM as RR_SIGNATURE
+from gateway.proxy.record_route import RouteSigner
 from gateway.proxy.registrar import Registrar
 from gateway.proxy.routing import Forward, Handled, Reply, Router
 from gateway.proxy.timers import TimerQueue
@@ -69,6 +72,9 @@ RECORD_ROUTE_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 DRAIN_RETRY_AFTER = 30
 RANG_OUT = 'SIP;cause=408;text="No answer"'
 HOUSEKEEPING_INTERVAL = 30.0
+# What an unauthenticated request may make us send back, in bytes per byte received:
+# a spoofed source must not turn us into an amplifier (issue #11).
+MAX_REPLY_RATIO = 2.0
 
 ServerKey = tuple[str, ...]
 
@@ -141,10 +147,23 @@ class Proxy:
         self.directory = Directory(settings)
         self.location = location if location is not None else Location()
         self.registrar = Registrar(self.location, self.sip)
+        secret = auth_secret or secrets.token_bytes(32)
         self.auth = Authenticator(
             self.directory,
-            secret=auth_secret or secrets.token_bytes(32),
-            nonce_ttl=self.sip.nonce_ttl,
+            secret=secret,
+            settings=self.sip,
+            clock=self.clock,
+            failures=counters.auth_failures,
+            # Per process: nonce-counts are remembered where the nonce was issued, and a
+            # restarted process, having forgotten them, answers its old nonces as stale.
+            issuer=secrets.token_bytes(4),
+        )
+        self.route_signer = RouteSigner(secret)
+        self.destinations = DestinationPolicy(
+            services=service_endpoints(settings),
+            deny=self.sip.deny_destinations,
+            local_hosts=[spec.host for spec in self.sip.listen] + [self.sip.advertise or ""],
+            is_peer=self._is_known_peer,
         )
         self.router = Router(self.directory, self.location, self.auth, self)
         self.queue = TimerQueue()
@@ -188,7 +207,7 @@ class Proxy:
                 return
         if isinstance(msg, Request):
             self.counters.request_in(source.transport, msg.method)
-            self._on_request(msg, source)
+            self._on_request(msg, source, len(data))
         else:
             self.counters.response_in(source.transport, msg.status)
             self._on_response(msg, source)
@@ -219,17 +238,17 @@ class Proxy:
         if err.status == 0:
             return
         reply = last_resort_response(data, err.status, str(err))
-        if reply is not None:
+        if reply is not None and len(reply) <= MAX_REPLY_RATIO * len(data):
             self._send_raw(reply, _back_to(source))
 
     # ===================================================================== requests ===
-    def _on_request(self, req: Request, source: Source) -> None:
+    def _on_request(self, req: Request, source: Source, size: int) -> None:
         try:
             req.validate()
         except SIPParseError as err:
             self.counters.parse_errors[parse_error_label(err.status, err.header)] += 1
             if req.method != "ACK" and err.status:
-                self._reply_stateless(req, source, err.status, str(err))
+                self._reply_stateless(req, source, err.status, str(err), size)
             return
         self._stamp_received(req, source)
         if self.ua is not None and req.to.tag and self.ua.handles(req, source):
@@ -238,7 +257,7 @@ class Proxy:
             self._on_ack(req, source)
             return
         if req.method == "CANCEL":
-            self._on_cancel(req, source)
+            self._on_cancel(req, source, size)
             return
         key = _server_key(req, req.method)
         ctx = self.server_txns.get(key)
@@ -246,11 +265,14 @@ class Proxy:
             # A retransmission: the transaction re-sends its last response, if any.
             self._run_server(ctx, ctx.txn.on_request(self.clock()))
             return
-        ctx = self._new_server_context(req, source, key)
-        if req.method == "INVITE":
-            # §16.2: a stateful proxy answers INVITE with 100 Trying at once, so the
-            # caller stops retransmitting while we route.
-            self._respond(ctx, 100)
+        response_target = self.response_target(req, source)
+        refused = self.destinations.refusal_for(response_target)
+        if refused is not None:
+            # Its Via names a place we never send to (our Redis, a metadata service):
+            # answering would be the attack. Nothing goes back.
+            self.counters.security[f"reply_refused_{refused}"] += 1
+            return
+        ctx = self._new_server_context(req, source, key, size, response_target)
         try:
             self._process(ctx)
         except SIPParseError as err:
@@ -259,12 +281,24 @@ class Proxy:
             if not ctx.final_sent:
                 self._respond(ctx, err.status or 400, str(err))
 
-    def _new_server_context(self, req: Request, source: Source, key: ServerKey) -> ServerContext:
+    def _new_server_context(
+        self,
+        req: Request,
+        source: Source,
+        key: ServerKey,
+        size: int,
+        response_target: Target | None = None,
+    ) -> ServerContext:
         now = self.clock()
         txn = ServerTransaction(
             invite=req.method == "INVITE", reliable=source.reliable, timers=self.timers, now=now
         )
-        ctx = ServerContext(req, source, txn, key, self.response_target(req, source))
+        if response_target is None:
+            response_target = self.response_target(req, source)
+        ctx = ServerContext(req, source, txn, key, response_target)
+        ctx.size = size
+        # A trunk is trusted by its address: its requests get full, stateful answers.
+        ctx.trusted = self.directory.trunk_for_source(*source.remote) is not None
         self.server_txns[key] = ctx
         self.counters.transactions_created["server"] += 1
         if source.reliable and source.conn_id is not None:
@@ -287,18 +321,22 @@ class Proxy:
     def response_target(self, req: Request, source: Source) -> Target:
         """Where responses to this request go (RFC 3261 §18.2.2, RFC 3581 §4)."""
         via = req.top_via
+        # Responses go back to the host the request came from (`received` is stamped
+        # whenever the Via names another): a flow, even on our own host.
         if source.reliable:
             # The connection it came on; if that is gone, the sent-by address, where the
             # client listens (§18.2.2), not the ephemeral port it connected from.
             default = DEFAULT_PORTS.get(source.transport, 5060)
             host = via.params.get("received") or via.host
-            return Target(source.transport, host, via.port or default, source.conn_id)
+            return Target(
+                source.transport, host, via.port or default, source.conn_id, flow=True
+            )
         # From the port the request came to: a NAT in front of the client lets in only
         # what comes from there (and with workers, that is the port it knows).
         if via.params.get("rport"):
-            return Target("udp", *source.remote, local_port=source.local[1])
+            return Target("udp", *source.remote, local_port=source.local[1], flow=True)
         host = via.params.get("received") or via.host
-        return Target("udp", host, via.port or 5060, local_port=source.local[1])
+        return Target("udp", host, via.port or 5060, local_port=source.local[1], flow=True)
 
     def _alias_connection(self, req: Request, source: Source) -> None:
         # Requests to the phone's advertised Contact must reuse its connection.
@@ -322,24 +360,32 @@ class Proxy:
         # The ACK of a 2xx is a request of its own that goes end to end (§13.2.2.4).
         if req.max_forwards == 0:
             return
-        if not self._preprocess_route(req):
-            return  # not record-routed through us: nothing we may forward it to
+        popped, signed = self._preprocess_route(req)
+        if not popped:
+            return  # not record-routed through us (or the ACK of our own stateless reply)
+        if not signed:
+            # A Route naming us that we never recorded: forwarding it would make us a
+            # relay for anyone. An ACK gets no answer, so it is dropped and counted.
+            self.counters.security["unsigned_route"] += 1
+            return
         target = self._next_hop(req)
         if target is None:
             return
         self._forward_stateless(req, target, source)
 
-    def _on_cancel(self, req: Request, source: Source) -> None:
+    def _on_cancel(self, req: Request, source: Source, size: int) -> None:
         own_key = _server_key(req, "CANCEL")
         cancel_ctx = self.server_txns.get(own_key)
         if cancel_ctx is not None:
             self._run_server(cancel_ctx, cancel_ctx.txn.on_request(self.clock()))
             return
-        cancel_ctx = self._new_server_context(req, source, own_key)
+        cancel_ctx = self._new_server_context(req, source, own_key, size)
         invite_ctx = self.server_txns.get(_server_key(req, "INVITE"))
         if invite_ctx is None:
             self._respond(cancel_ctx, 481, "Call/Transaction Does Not Exist")
             return
+        # It names the INVITE's transaction (branch and sent-by): as trusted as that.
+        cancel_ctx.trusted = cancel_ctx.trusted or invite_ctx.trusted
         self._respond(cancel_ctx, 200)
         if invite_ctx.observed:
             self._observe_request(cancel_ctx)
@@ -369,15 +415,23 @@ class Proxy:
             )
             return
 
-        popped = self._preprocess_route(req)
+        popped, signed = self._preprocess_route(req)
         if req.to.tag:
             if not popped:
                 # In-dialog but not routed through us: we never record-routed this
                 # dialog, and relaying it would make us an open relay.
                 self._respond(ctx, 404, "Not Here (dialog unknown)")
                 return
+            if not signed:
+                # A Route naming us without our signature for this dialog: forged, or a
+                # dialog of another gateway. Relaying it would go wherever it asks.
+                self.counters.security["unsigned_route"] += 1
+                self._respond(ctx, 403, "Dialog not record-routed here")
+                return
             # In-dialog through our Record-Route: follow the remaining Route set or the
-            # Request-URI, no location look-up (§16.5).
+            # Request-URI, no location look-up (§16.5). One of the dialog's parties
+            # (or someone who saw its Record-Route) sent it: it may be answered in full.
+            ctx.trusted = True
             self._observe_request(ctx)
             target = self._next_hop(req)
             if target is None:
@@ -498,22 +552,33 @@ class Proxy:
     def _route_is_ours(self, uri: object) -> bool:
         return isinstance(uri, SipURI) and uri.user is None and self._uri_is_us(uri)
 
-    def _preprocess_route(self, req: Request) -> bool:
-        """Strict-router repair and removal of our own Route entries. True if any."""
-        popped = False
+    def _preprocess_route(self, req: Request) -> tuple[bool, bool]:
+        """Strict-router repair and removal of our own Route entries: whether any was
+        ours, and whether one of those carried our signature for this dialog."""
+        popped = signed = False
         uri = req.uri
         strict_router = isinstance(uri, SipURI) and "lr" in uri.params
         if strict_router and self._route_is_ours(uri) and req.routes:
             # §16.4: a strict router put our Record-Route URI in the Request-URI; the
             # real target is the last Route entry.
+            assert isinstance(uri, SipURI)
+            signed = self._signed(uri, req)
             last = req.routes[-1]
             self._remove_last_route(req)
             req.set_uri(str(last.uri))
             popped = True
         while req.routes and self._route_is_ours(req.routes[0].uri):
+            route = req.routes[0].uri
+            assert isinstance(route, SipURI)
+            signed = signed or self._signed(route, req)
             req.pop_first_value("Route")
             popped = True
-        return popped
+        return popped, signed
+
+    def _signed(self, uri: SipURI, req: Request) -> bool:
+        return self.route_signer.verify(
+            uri.params.get(RR_SIGNATURE), req.call_id, (req.from_.tag, req.to.tag)
+        )
 
     @staticmethod
     def _remove_last_route(req: Request) -> None:
@@ -546,12 +611,47 @@ class Proxy:
     def _fork(
         self, ctx: ServerContext, targets: list[tuple[str | None, Target]], *, record_route: bool
     ) -> None:
-        for request_uri, target in targets:
+        """Forward to every target the destination policy allows; §16.2: a stateful
+        proxy answers an INVITE with 100 Trying as soon as it knows it will forward, so
+        the caller stops retransmitting."""
+        allowed = [(uri, target) for uri, target in targets if self._may_send(target)]
+        if not allowed:
+            self._respond(ctx, 403, "Destination not allowed")
+            return
+        if ctx.request.method == "INVITE":
+            self._respond(ctx, 100)
+        for request_uri, target in allowed:
             if ctx.cancelled:
                 break
             self._start_branch(ctx, request_uri, target, record_route=record_route)
         if not ctx.branches and not ctx.final_sent:
             self._respond(ctx, 503, "No route available")
+
+    def _may_send(self, target: Target) -> bool:
+        refused = self.destinations.refusal_for(target)
+        if refused is None and self._is_our_address(target.host, target.port):
+            refused = "own_service"  # our own SIP listener: the request would loop
+        if refused is None:
+            return True
+        self.counters.security[f"destination_{refused}"] += 1
+        log.info(
+            "destination refused",
+            extra={"target": f"{target.transport}:{target.host}:{target.port}", "why": refused},
+        )
+        return False
+
+    def send(
+        self, data: bytes, target: Target, on_error: Callable[[], None] | None = None
+    ) -> bool:
+        """Send what the gateway originates or answers outside a proxied transaction
+        (click-to-dial, probes, stateless ACKs) if the destination policy allows it;
+        False (and nothing sent) when it does not."""
+        if not self._may_send(target):
+            if on_error is not None:
+                on_error()  # fail the transaction now, as an unreachable address would
+            return False
+        self._send_raw(data, target, on_error)
+        return True
 
     def _start_branch(
         self, ctx: ServerContext, request_uri: str | None, target: Target, *, record_route: bool
@@ -568,7 +668,8 @@ class Proxy:
             self.counters.transport["no_listener_for_branch"] += 1
             return
         if record_route:
-            for value in self._record_route(ctx.source, target, out_port, req):
+            signature = self.route_signer.sign(req.call_id, req.from_.tag or "")
+            for value in self._record_route(ctx.source, target, out_port, req, signature):
                 req.prepend("Record-Route", value)
         branch_id = f"{BRANCH_PREFIX}{ctx.loop_hash}.{secrets.token_hex(5)}"
         sent_by = f"{host_for_uri(self._advertise_for(family))}:{out_port}"
@@ -608,15 +709,16 @@ class Proxy:
             )
 
     def _record_route(
-        self, source: Source, target: Target, out_port: int, req: Request
+        self, source: Source, target: Target, out_port: int, req: Request, signature: str
     ) -> list[str]:
-        """Our Record-Route values, in prepend order (RFC 5658 double record-route)."""
+        """Our Record-Route values, in prepend order (RFC 5658 double record-route), each
+        signed for this dialog (record_route.py)."""
         scheme = "sips" if isinstance(req.uri, SipURI) and req.uri.scheme == "sips" else "sip"
 
         def rr(transport: str, port: int, family: int) -> str:
             host = host_for_uri(self._advertise_for(family))
             param = "" if transport == "udp" or scheme == "sips" else f";transport={transport}"
-            return f"<{scheme}:{host}:{port}{param};lr>"
+            return f"<{scheme}:{host}:{port}{param};lr;{RR_SIGNATURE}={signature}>"
 
         in_family = ip_family(source.local[0]) or 2
         out_family = ip_family(target.host) or 2
@@ -668,8 +770,8 @@ class Proxy:
         sent_by = f"{host_for_uri(self._advertise_for(family))}:{port}"
         branch = f"{BRANCH_PREFIX}{self._loop_hash(req)}.{secrets.token_hex(5)}"
         req.prepend("Via", f"SIP/2.0/{target.transport.upper()} {sent_by};branch={branch};rport")
-        self.counters.request_out(target.transport, req.method)
-        self._send_raw(req.to_bytes(), target)
+        if self.send(req.to_bytes(), target):
+            self.counters.request_out(target.transport, req.method)
 
     # ================================================================== responses ===
     def _on_response(self, resp: Response, source: Source) -> None:
@@ -687,10 +789,11 @@ class Proxy:
             return
         branch = self.client_txns.get((branch_id, method))
         if branch is None or branch.txn is None:
-            if method == "INVITE" and 200 <= resp.status < 300 and self._is_our_sent_by(top):
-                # A 2xx retransmission after the transaction ended: forward it on the
-                # remaining Via like any stateless proxy would (RFC 6026 §8.4).
-                self._forward_response_stateless(resp)
+            # No transaction of ours: RFC 6026 keeps the client transaction Accepted for
+            # 64*T1 to pass 2xx retransmissions on, so anything later is a stray. A
+            # stray is never forwarded statelessly on its Via: that Via is whatever the
+            # sender wrote, and forwarding would relay its body there.
+            self.counters.security["stray_response"] += 1
             return
         # Final failures of INVITE branches are not reported one by one: what counts is
         # the answer chosen for the caller (observed in _respond/_respond_with).
@@ -699,26 +802,6 @@ class Proxy:
             self._observe(resp, branch.ctx, local=False, source=source)
         actions = branch.txn.on_response(resp.status, resp.to_bytes(), self.clock())
         self._run_client(branch, actions, resp)
-
-    def _forward_response_stateless(self, resp: Response) -> None:
-        resp.pop_first_value("Via")
-        if not resp.get("Via"):
-            return
-        via = resp.top_via
-        transport = via.transport.lower()
-        if transport not in ("udp", "tcp", "tls"):
-            return
-        if via.params.get("rport"):
-            host, port = via.params.get("received") or via.host, int(via.params["rport"] or 0)
-        else:
-            host, port = (
-                via.params.get("received") or via.host,
-                via.port or DEFAULT_PORTS[transport],
-            )
-        if host == "255.255.255.255":
-            return
-        self.counters.response_out(transport, resp.status)
-        self._send_raw(resp.to_bytes(), Target(transport, host, port))
 
     def _branch_response(
         self, branch: Branch, data: bytes, status: int, parsed: Response | None
@@ -811,6 +894,9 @@ class Proxy:
         *,
         headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
+        if status >= 200 and not ctx.trusted and not ctx.final_sent:
+            self._respond_untrusted(ctx, status, reason, headers)
+            return
         to_tag = ctx.to_tag if status > 100 and not ctx.request.to.tag else None
         resp = make_response(ctx.request, status, reason, to_tag=to_tag, headers=headers)
         if status >= 200:
@@ -818,6 +904,39 @@ class Proxy:
         if ctx.observed and status >= 300 and ctx.request.method == "INVITE" and not ctx.final_sent:
             self._observe(resp, ctx, local=True, source=None)
         self._send_response(ctx, resp.to_bytes(), status, local=True)
+
+    def _respond_untrusted(
+        self,
+        ctx: ServerContext,
+        status: int,
+        reason: str | None,
+        headers: tuple[tuple[str, str], ...],
+    ) -> None:
+        """One stateless answer to a sender that proved nothing: no 100 Trying before it,
+        no transaction to retransmit it (Timer G would send a 407 ten times to a spoofed
+        address), and never more than MAX_REPLY_RATIO times the request's bytes."""
+        ctx.final_sent = True
+        ctx.final_status = status
+        self.server_txns.pop(ctx.key, None)
+        if ctx.observed and status >= 300 and ctx.request.method == "INVITE":
+            self._observe(
+                make_response(ctx.request, status, reason, to_tag=ctx.to_tag), ctx,
+                local=True, source=None,
+            )  # fmt: skip
+        to_tag = ctx.to_tag if not ctx.request.to.tag else None
+        data = make_response(ctx.request, status, reason, to_tag=to_tag, headers=headers).to_bytes()
+        challenges = [h for h in headers if h[0] in ("WWW-Authenticate", "Proxy-Authenticate")]
+        if len(data) > MAX_REPLY_RATIO * ctx.size and len(challenges) > 1:
+            # Offer only the profile's preferred algorithm (the first) rather than none.
+            fewer = tuple(h for h in headers if h not in challenges[1:])
+            smaller = make_response(ctx.request, status, reason, to_tag=to_tag, headers=fewer)
+            data = smaller.to_bytes()
+        if len(data) > MAX_REPLY_RATIO * ctx.size:
+            self.counters.security["reply_too_large"] += 1
+            return
+        self.counters.local_replies[f"{status // 100}xx"] += 1
+        self.counters.response_out(ctx.response_target.transport, status)
+        self._send_raw(data, ctx.response_target)
 
     def _respond_with(self, ctx: ServerContext, resp: Response) -> None:
         if ctx.observed and resp.status >= 300 and ctx.request.method == "INVITE":
@@ -921,7 +1040,9 @@ class Proxy:
     ) -> None:
         self.transport.send(data, target, on_error)
 
-    def _reply_stateless(self, req: Request, source: Source, status: int, reason: str) -> None:
+    def _reply_stateless(
+        self, req: Request, source: Source, status: int, reason: str, size: int
+    ) -> None:
         try:
             resp = make_response(req, status, reason, to_tag=secrets.token_hex(6))
             data = resp.to_bytes()
@@ -930,6 +1051,9 @@ class Proxy:
             if built is None:
                 return
             data = built
+        if len(data) > MAX_REPLY_RATIO * size:
+            self.counters.security["reply_too_large"] += 1
+            return
         self.counters.local_replies[f"{status // 100}xx"] += 1
         self.counters.response_out(source.transport, status)
         self._send_raw(data, _back_to(source))
@@ -1006,6 +1130,13 @@ class Proxy:
         self.queue.fire(now)
 
     # ====================================================================== misc ===
+    def _is_known_peer(self, host: str, port: int) -> bool:
+        """A configured trunk, or a registered phone: where the destination policy lets
+        us send even on this machine's own addresses."""
+        return self.directory.is_trunk_address(host, port) or self.location.reaches(
+            host, port, self.clock()
+        )
+
     def _listening_ports(self) -> frozenset[int]:
         """The ports we listen on: the transport's actual ones once it has bound them
         (port 0 in the settings means "any"), the configured ones before."""

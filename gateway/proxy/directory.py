@@ -50,10 +50,13 @@ class Directory:
         # The loader refuses overlapping match entries, so the first rule that matches
         # is the only one.
         self._source_rules: list[_SourceRule] = []
+        # Where trunks are reached (their host and port as configured).
+        self._trunk_targets: set[tuple[str, int]] = set()
         for tenant in settings.tenants:
             for did in tenant.dids:
                 self._dids[digits_key(did.number)] = (tenant, did.extension)
             for trunk in tenant.trunks:
+                self._trunk_targets.add((strip_brackets(trunk.host).lower(), trunk.port))
                 for entry in trunk.match:
                     network, port = parse_match(entry)
                     self._source_rules.append(_SourceRule(network, port, tenant, trunk))
@@ -89,6 +92,19 @@ class Directory:
             if addr in rule.network and (rule.port is None or rule.port == port):
                 return rule.tenant, rule.trunk
         return None
+
+    def is_trunk_address(self, host: str, port: int) -> bool:
+        """``host:port`` is a configured trunk: where one is reached or sends from."""
+        key = (strip_brackets(host).lower(), port)
+        if key in self._trunk_targets:
+            return True
+        try:
+            canonical = str(ipaddress.ip_address(key[0]))
+        except ValueError:
+            return False
+        return (canonical, port) in self._trunk_targets or (
+            self.trunk_for_source(canonical, port) is not None
+        )
 
     @staticmethod
     def outbound_trunks(tenant: Tenant) -> tuple[Trunk, ...]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.transport.addresses import Source
+from gateway.sip.errors import SIPParseError
+from gateway.sip.uri import SipURI, parse_uri
+from gateway.transport.addresses import DEFAULT_PORTS, Source, same_host
 
 
 @dataclass(slots=True)
@@ -28,6 +30,16 @@ class Binding:
     # The process whose REGISTER made this binding (SharedLocation's origin id); None:
     # this process. A binding of another process has no connection (conn_id None) here.
     origin: str | None = None
+
+    def contact_port(self) -> int | None:
+        """The port the Contact names (its transport's default when it names none)."""
+        try:
+            uri = parse_uri(self.contact_uri)
+        except SIPParseError:
+            return None
+        if not isinstance(uri, SipURI):
+            return None
+        return uri.port or DEFAULT_PORTS.get(uri.transport, 5060)
 
     def remaining(self, now: float) -> int:
         return max(0, round(self.expires_at - now))
@@ -52,6 +64,22 @@ class Location:
             self._aors[tenant, extension] = bindings
         else:
             self._aors.pop((tenant, extension), None)
+
+    def reaches(self, host: str, port: int, now: float) -> bool:
+        """A live registration is at ``host:port``: its source, or its Contact when that
+        names the host the REGISTER came from. What the destination policy asks before
+        sending an in-dialog request to this machine's own addresses, so it scans (a
+        phone on the gateway's host is rare; everywhere else this is never called)."""
+        for items in self._aors.values():
+            for binding in items:
+                if binding.expires_at <= now:
+                    continue
+                remote = binding.source.remote
+                if not same_host(remote[0], host):
+                    continue
+                if remote[1] == port or binding.contact_port() == port:
+                    return True
+        return False
 
     def count(self, now: float) -> int:
         return sum(1 for items in self._aors.values() for b in items if b.expires_at > now)

@@ -316,7 +316,7 @@ class OptionsProber:
         for action in actions:
             if isinstance(action, Transmit):
                 on_error = functools.partial(self.run, functools.partial(self._failed_send, probe))
-                self.proxy.transport.send(action.data, probe.peer.target, on_error)
+                self.proxy.send(action.data, probe.peer.target, on_error)
             elif isinstance(action, TimedOut):
                 timeout = self.proxy.timers.timeout
                 reason = f"no answer to OPTIONS within {timeout:g} s"

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 from gateway.config import Tenant, Trunk, User
 from gateway.proxy.auth import Authenticator
 from gateway.proxy.context import ServerContext
+from gateway.proxy.destinations import is_loopback
 from gateway.proxy.directory import Directory
 from gateway.proxy.location import Binding, Location
 from gateway.sip.errors import SIPParseError
 from gateway.sip.uri import SipURI, TelURI, parse_uri
-from gateway.transport.addresses import Target
+from gateway.transport.addresses import DEFAULT_PORTS, Target, same_host
 
 if TYPE_CHECKING:
     from gateway.proxy.core import Proxy
@@ -99,12 +100,37 @@ class Router:
         if not isinstance(ctx.request.to.uri, SipURI):
             # RFC 3261 §10.3 step 3, before any challenge: the AOR itself is unusable.
             return Reply(400, "Address of record is not a SIP URI")
-        outcome = self.auth.check(ctx.request, tenant, registrar=True)
+        outcome = self.auth.check(ctx.request, tenant, ctx.source, registrar=True)
         if outcome.user is None:
             self.proxy.counters.registrations["auth_challenge"] += 1
             return Reply(outcome.status, outcome.reason, outcome.headers)
+        ctx.trusted = True
+        refused = self._contact_refusal(ctx)
+        if refused is not None:
+            self.proxy.counters.registrations["rejected"] += 1
+            self.proxy.counters.security[f"contact_{refused}"] += 1
+            return Reply(403, "Contact address not allowed")
         self.proxy.register(ctx, tenant, outcome.user)
         return HANDLED
+
+    def _contact_refusal(self, ctx: ServerContext) -> str | None:
+        """Why one of the REGISTER's Contacts may not be bound (None: all may). The
+        phone is reached over its flow anyway; a Contact aimed at our own services, a
+        denied network or this host from elsewhere can only be an attack."""
+        contacts = ctx.request.contacts if ctx.request.get("Contact") else []
+        if contacts == "*":
+            return None
+        for contact in contacts:
+            uri = contact.uri
+            if not isinstance(uri, SipURI):
+                continue
+            port = uri.port or DEFAULT_PORTS.get(uri.transport, 5060)
+            refused = self.proxy.destinations.contact_refusal(
+                uri.host, port, ctx.source.remote[0]
+            )
+            if refused is not None:
+                return refused
+        return None
 
     # -- inbound from a trunk ------------------------------------------------------------
     def _from_trunk(self, ctx: ServerContext, tenant: Tenant, trunk: Trunk) -> Decision:
@@ -132,9 +158,10 @@ class Router:
         if tenant is None:
             return Reply(403, "Domain not served here")
         ctx.tenant = tenant.id
-        outcome = self.auth.check(req, tenant, registrar=False)
+        outcome = self.auth.check(req, tenant, ctx.source, registrar=False)
         if outcome.user is None:
             return Reply(outcome.status, outcome.reason, outcome.headers)
+        ctx.trusted = True
         caller = outcome.user
         if from_uri.user not in (caller.username, caller.extension):
             # The credentials are one user's; the From claims another. Refuse rather
@@ -194,16 +221,30 @@ class Router:
 
 
 def contact_targets(bindings: list[Binding], proxy: Proxy) -> list[tuple[str, Target]]:
-    """(Request-URI, where to send) for each registered contact: a phone behind NAT at
-    its source address, from the port its registration came to; others at the Contact."""
+    """(Request-URI, where to send) for each registered contact.
+
+    A phone is reached over its registration's own flow (RFC 5626's idea): the address
+    its REGISTER came from, from the port it came to, on its connection if it has one.
+    Only a Contact on the very host the REGISTER came from, elsewhere than this machine,
+    is used as written (a phone that sends from one port and listens on another): a
+    Contact naming any other host is the phone's word alone, and would let any account
+    aim our requests at a third party.
+    """
     targets: list[tuple[str, Target]] = []
     for binding in bindings:
         uri = parse_sip_uri(binding.contact_uri)
         if uri is None:
             continue
-        if binding.behind_nat:
-            source = binding.source
-            target = Target(source.transport, *source.remote, local_port=source.local[1])
+        source = binding.source
+        own_host = same_host(uri.host, source.remote[0]) and not is_loopback(uri.host)
+        if binding.behind_nat or not own_host:
+            target = Target(
+                source.transport,
+                *source.remote,
+                conn_id=source.conn_id,
+                local_port=None if source.reliable else source.local[1],
+                flow=True,
+            )
         else:
             target = proxy.target_for_uri(uri, binding.source)
         targets.append((binding.contact_uri, target))

@@ -62,7 +62,11 @@ class ProxyServer:
             max_connections_per_source=sip.max_connections_per_source,
             idle_timeout=sip.idle_timeout,
         )
+        # Workers must share the key of nonces and Record-Route signatures: without an
+        # auth_secret, the supervisor's secret of this start serves.
         secret = sip.auth_secret.encode() if sip.auth_secret else None
+        if secret is None and plan is not None:
+            secret = plan.secret
         self.proxy = Proxy(
             settings,
             transport=self.transport,
@@ -73,6 +77,8 @@ class ProxyServer:
             observer=observer,
         )
         directory = self.proxy.directory
+        policy = self.proxy.destinations
+        self.transport.destination_check = lambda host, port: policy.refusal(host, port) is None
         self.flood = FloodGuard(
             sip.flood_max_requests,
             sip.flood_window,

@@ -341,7 +341,7 @@ class UserAgent:
             dialog.ack_data = _finish(lines, body, content_type)
             self._observe_message(_parse_request(dialog.ack_data))
         self.proxy.counters.request_out(dialog.target.transport, "ACK")
-        self.proxy.transport.send(dialog.ack_data, dialog.target)
+        self.proxy.send(dialog.ack_data, dialog.target)
 
     def _dialog_head(self, dialog: Dialog, method: str, via: str, cseq: int) -> list[str]:
         lines = [f"{method} {dialog.remote_target} SIP/2.0", f"Via: {via}"]
@@ -396,7 +396,7 @@ class UserAgent:
         """A 2xx retransmission after its transaction ended: ACK it again (§13.2.2.4)."""
         dialog = self._dialogs.get((resp.call_id, resp.from_.tag or ""))
         if dialog is not None and dialog.ack_data is not None:
-            self.proxy.transport.send(dialog.ack_data, dialog.target)
+            self.proxy.send(dialog.ack_data, dialog.target)
 
     def _on_invite_response(self, branch: _Branch, status: int, resp: Response | None) -> None:
         call = branch.call
@@ -427,7 +427,7 @@ class UserAgent:
         if call.dialog is not None:
             if call.dialog.remote_tag == tag:
                 if call.dialog.ack_data is not None:  # our ACK was lost: send it again
-                    self.proxy.transport.send(call.dialog.ack_data, call.dialog.target)
+                    self.proxy.send(call.dialog.ack_data, call.dialog.target)
                 return
             # A second fork answered too (§13.2.2.4): ACK it, then hang it up.
             extra = self._new_dialog(branch, resp)
@@ -585,7 +585,7 @@ class UserAgent:
 
         def again() -> None:
             if not served.acked:
-                self.proxy.transport.send(data, served.target)
+                self.proxy.send(data, served.target)
                 self._retransmit_2xx(served, data, min(interval * 2, self.proxy.timers.t2))
 
         self.proxy.queue.schedule(self.proxy.clock() + interval, again)
@@ -602,7 +602,7 @@ class UserAgent:
     def _reply(self, req: Request, target: Target, status: int, reason: str) -> None:
         resp = make_response(req, status, reason, headers=(("Server", self.user_agent),))
         self.proxy.counters.response_out(target.transport, status)
-        self.proxy.transport.send(resp.to_bytes(), target)
+        self.proxy.send(resp.to_bytes(), target)
 
     # ---------------------------------------------------------- transaction actions ---
     def _run_branch(
@@ -610,7 +610,7 @@ class UserAgent:
     ) -> None:
         for action in actions:
             if isinstance(action, Transmit):
-                self.proxy.transport.send(
+                self.proxy.send(
                     action.data, branch.target, functools.partial(self._branch_error, branch)
                 )
             elif isinstance(action, Deliver):
@@ -642,7 +642,7 @@ class UserAgent:
     ) -> None:
         for action in actions:
             if isinstance(action, Transmit):
-                self.proxy.transport.send(
+                self.proxy.send(
                     action.data, request.target, functools.partial(self._request_error, request)
                 )
             elif isinstance(action, Deliver):
@@ -676,7 +676,7 @@ class UserAgent:
     def _run_served(self, served: _Served, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Transmit):
-                self.proxy.transport.send(action.data, served.target)
+                self.proxy.send(action.data, served.target)
             elif isinstance(action, Terminated):
                 served.dialog._responses.pop(served.key, None)
         deadline = served.txn.deadline

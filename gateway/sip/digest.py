@@ -289,9 +289,11 @@ class AuthResult:
     claimed_username: str | None = None
 
 
-_NONCE_RANDOM_BYTES: Final = 12
+_NONCE_ISSUER_BYTES: Final = 4
+_NONCE_RANDOM_BYTES: Final = 8
 _NONCE_MAC_BYTES: Final = 16
-_NONCE_BYTES: Final = 8 + _NONCE_RANDOM_BYTES + _NONCE_MAC_BYTES  # 36 → 48 base64 chars
+# timestamp | issuer | random | MAC: 36 bytes → 48 base64 characters
+_NONCE_BYTES: Final = 8 + _NONCE_ISSUER_BYTES + _NONCE_RANDOM_BYTES + _NONCE_MAC_BYTES
 # Strict alphabet and length: base64 decoding would otherwise skip foreign characters,
 # and two spellings of one nonce would get two nonce-count histories.
 _NONCE_RE: Final = re.compile(r"[A-Za-z0-9_-]{48}")
@@ -306,6 +308,13 @@ class DigestServer:
     ``secret`` keys the nonce HMAC: share it between the nodes that must accept each
     other's nonces, keep it out of logs. ``clock`` returns seconds (wall clock by
     default; nonces carry a millisecond timestamp).
+
+    ``issuer`` (4 bytes) names this server among those sharing the secret (a worker
+    of a node). Nonce-count memory is per server, so a nonce is only ever *used* where
+    it was issued: presented to another server, a correct digest is answered as stale
+    and the client simply retries with a fresh nonce (RFC 7616 §3.3). A captured
+    Authorization therefore cannot be replayed on a sibling that never saw its
+    nonce-counts, and no shared store sits on the path of every request.
     """
 
     def __init__(
@@ -317,7 +326,10 @@ class DigestServer:
         algorithms: Sequence[str] = ("SHA-256", "MD5"),
         clock: Callable[[], float] = time.time,
         max_tracked_nonces: int = 100_000,
+        issuer: bytes = bytes(_NONCE_ISSUER_BYTES),
     ) -> None:
+        if len(issuer) != _NONCE_ISSUER_BYTES:
+            raise ValueError(f"issuer must be {_NONCE_ISSUER_BYTES} bytes")
         if not realm or _has_control(realm):
             raise ValueError("realm must be non-empty and free of control characters")
         if len(secret) < 16:
@@ -335,6 +347,7 @@ class DigestServer:
             name for name in _STRENGTH if name in offered
         )
         self._secret = secret
+        self._issuer = issuer
         self._clock = clock
         self._max_tracked = max_tracked_nonces
         # nonce → (issue time in ms, highest nonce-count accepted), least recent first
@@ -411,13 +424,17 @@ class DigestServer:
             return _fail("opaque mismatch", claimed)
         if request_uri is not None and fields["uri"] != request_uri:
             return _fail("uri mismatch", claimed)
-        issued_ms = self._check_nonce(fields["nonce"])
-        if issued_ms is None:
+        checked = self._check_nonce(fields["nonce"])
+        if checked is None:
             return _fail("invalid nonce", claimed)
+        issued_ms, issuer = checked
         username = fields["username"]
         if not self._digest_matches(fields, username, method, algorithm, ha1_lookup):
             # Same reason for an unknown user and a wrong password: no user enumeration.
             return _fail("bad credentials", username)
+        if not hmac.compare_digest(issuer, self._issuer):
+            # Another server's nonce: its nonce-counts are not ours to check.
+            return AuthResult(False, username, True, "stale nonce", username)
         return self._accept_fresh(fields["nonce"], issued_ms, int(fields["nc"], 16), username)
 
     # -- internals
@@ -468,11 +485,12 @@ class DigestServer:
 
     def _new_nonce(self) -> str:
         issued = self._now_ms().to_bytes(8, "big")
-        body = issued + secrets.token_bytes(_NONCE_RANDOM_BYTES)
+        body = issued + self._issuer + secrets.token_bytes(_NONCE_RANDOM_BYTES)
         return self._b64(body + self._mac(b"nonce", body)[:_NONCE_MAC_BYTES])
 
-    def _check_nonce(self, nonce: str) -> int | None:
-        """The nonce's issue time in ms if we issued it, else None."""
+    def _check_nonce(self, nonce: str) -> tuple[int, bytes] | None:
+        """The nonce's issue time in ms and its issuer if a server sharing our secret
+        issued it, else None."""
         if not _NONCE_RE.fullmatch(nonce):
             return None
         raw = base64.urlsafe_b64decode(nonce)
@@ -481,7 +499,7 @@ class DigestServer:
         body, mac = raw[:-_NONCE_MAC_BYTES], raw[-_NONCE_MAC_BYTES:]
         if not hmac.compare_digest(mac, self._mac(b"nonce", body)[:_NONCE_MAC_BYTES]):
             return None
-        return int.from_bytes(body[:8], "big")
+        return int.from_bytes(body[:8], "big"), body[8 : 8 + _NONCE_ISSUER_BYTES]
 
     def _mac(self, purpose: bytes, data: bytes) -> bytes:
         # The realm is bound in so a nonce of another realm sharing the secret fails.

@@ -46,6 +46,10 @@ class Target:
     from the socket bound to that port: a response from the port its request came to,
     a request to a phone behind NAT from the port its registration came to (the only
     one its NAT lets in).
+
+    ``flow`` marks an address a message came from (a registration's source, the client
+    a response goes back to): the peer proved it is there, so the destination policy's
+    loopback rule does not apply to it (gateway/proxy/destinations.py).
     """
 
     transport: str
@@ -53,6 +57,7 @@ class Target:
     port: int
     conn_id: int | None = None
     local_port: int | None = None
+    flow: bool = False
 
     @property
     def reliable(self) -> bool:

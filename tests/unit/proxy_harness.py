@@ -129,6 +129,10 @@ class Harness:
             observer=lambda msg, info: self.observed.append((msg, info)),
         )
 
+    def route(self, call_id: str, tag: str = "f1") -> str:
+        """A Route header naming us as we record-routed the dialog (call_id, tag)."""
+        return f"Route: <sip:127.0.0.1:5060;lr;sg={self.proxy.route_signer.sign(call_id, tag)}>"
+
     def observations(self) -> list[str]:
         """What the call tracker would see: "INVITE", "180", "486 (local)" …"""
         out = []

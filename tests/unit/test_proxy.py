@@ -40,6 +40,10 @@ def only(sent: list[Sent], *, status: int | None = None, method: str | None = No
     return picked[0]
 
 
+def sig(h: Harness, call_id: str, tag: str = "f1") -> str:
+    return h.proxy.route_signer.sign(call_id, tag)
+
+
 def statuses(sent: list[Sent]) -> list[int]:
     return [s.msg.status for s in sent if isinstance(s.msg, Response)]
 
@@ -52,6 +56,7 @@ def register(
     expires: int = 600,
     contact: str | None = None,
     call_id: str | None = None,
+    transport: str = "udp",
 ) -> Response:
     contact = contact or f"<sip:{user}@{src[0]}:{src[1]}>"
     call_id = call_id or f"reg-{user}-{src[1]}"
@@ -67,7 +72,8 @@ def register(
         extra=extra,
     )
     first = first.replace(f"Contact: <sip:peer@{src[0]}:{src[1]}>\r\n", "")
-    challenge = only(h.feed(first, src), status=401).msg
+    conn_id = 1 if transport != "udp" else None
+    challenge = only(h.feed(first, src, transport, conn_id), status=401).msg
     assert isinstance(challenge, Response)
     client = DigestClient(user, PASSWORDS[user])
     auth = client.authorization(
@@ -84,7 +90,7 @@ def register(
         extra=f"{extra}\nAuthorization: {auth}",
     )
     second = second.replace(f"Contact: <sip:peer@{src[0]}:{src[1]}>\r\n", "")
-    answer = h.feed(second, src)
+    answer = h.feed(second, src, transport, conn_id)
     resp = answer[-1].msg
     assert isinstance(resp, Response)
     return resp
@@ -145,6 +151,14 @@ def test_register_challenges_then_binds(h: Harness) -> None:
     ]
 
 
+# What a real phone's REGISTER carries besides the mandatory headers.
+PHONE_HEADERS = (
+    "User-Agent: Linphone-Desktop/5.2.6 (belle-sip/5.2.94)\n"
+    "Allow: INVITE, ACK, CANCEL, OPTIONS, BYE, REFER, NOTIFY, MESSAGE, SUBSCRIBE, INFO, UPDATE\n"
+    "Supported: replaces, outbound, gruu, path\nExpires: 3600"
+)
+
+
 def test_register_challenge_offers_sha256_before_md5(h: Harness) -> None:
     req = request(
         "REGISTER",
@@ -152,11 +166,55 @@ def test_register_challenge_offers_sha256_before_md5(h: Harness) -> None:
         src=PHONE_201,
         from_="<sip:201@acme.test>;tag=a",
         to="<sip:201@acme.test>",
+        extra=PHONE_HEADERS,
     )
     challenges = only(h.feed(req, PHONE_201), status=401).msg.get_all("WWW-Authenticate")
     assert "algorithm=SHA-256" in challenges[0]
     assert any("algorithm=MD5" in c for c in challenges[1:])
     assert all('realm="acme.test"' in c for c in challenges)
+
+
+def test_a_small_request_gets_only_the_preferred_challenge(h: Harness) -> None:
+    # Both challenges would make the answer more than twice the request: a spoofed
+    # source must not get an amplifier, so only the profile's first algorithm is offered.
+    req = request(
+        "REGISTER",
+        "sip:acme.test",
+        src=PHONE_201,
+        from_="<sip:201@acme.test>;tag=a",
+        to="<sip:201@acme.test>",
+    )
+    sent = h.feed(req, PHONE_201)
+    challenge = only(sent, status=401)
+    assert len(challenge.data) <= 2 * len(req.encode())
+    assert [c.split("algorithm=")[1][:7] for c in challenge.msg.get_all("WWW-Authenticate")] == [
+        "SHA-256"
+    ]
+
+
+def test_an_unauthenticated_invite_gets_one_stateless_challenge(h: Harness) -> None:
+    text = request(
+        "INVITE",
+        "sip:202@acme.test",
+        src=PHONE_201,
+        from_="<sip:201@acme.test>;tag=a",
+        extra=PHONE_HEADERS,
+    )
+    sent = h.feed(text, PHONE_201)
+    assert statuses(sent) == [407]  # no 100 Trying before the caller proved anything
+    assert h.proxy.active_transactions == (0, 0)  # nothing to retransmit it
+    assert statuses(h.advance(64)) == []
+    assert statuses(h.feed(text, PHONE_201)) == [407]  # a retransmission: one more, once
+
+
+def test_an_answer_larger_than_twice_the_request_is_not_sent(h: Harness) -> None:
+    tiny = (
+        "INVITE sip:1@acme.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5201;branch=z9hG4bKa\r\n"
+        "From: <sip:201@acme.test>;tag=a\r\nTo: <sip:1@acme.test>\r\nCall-ID: c\r\n"
+        "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert h.feed(tiny, PHONE_201) == []
+    assert h.counters.security["reply_too_large"] == 1
 
 
 def test_a_legacy_md5_phone_is_challenged_with_md5_only(h: Harness) -> None:
@@ -283,7 +341,7 @@ def test_trunk_call_to_did_rings_the_registered_phone(h: Harness) -> None:
     assert vias[0].startswith("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK")
     assert "received=127.0.0.1" in vias[1] and "rport=5082" in vias[1]
     assert msg.get("Max-Forwards") == "69"
-    assert msg.get("Record-Route") == "<sip:127.0.0.1:5060;lr>"
+    assert msg.get("Record-Route") == f"<sip:127.0.0.1:5060;lr;sg={sig(h, 'in-1')}>"
     assert msg.body == b"v=0\r\n"
 
 
@@ -296,7 +354,7 @@ def test_responses_are_relayed_with_our_via_removed(h: Harness) -> None:
     assert (relayed.target.host, relayed.target.port) == TRUNK
     assert len(relayed.msg.get_all("Via")) == 1
     ok = only(h.feed(response_to(fwd, 200, "OK"), PHONE_201), status=200)
-    assert ok.msg.get("Record-Route") == "<sip:127.0.0.1:5060;lr>"
+    assert ok.msg.get("Record-Route") == f"<sip:127.0.0.1:5060;lr;sg={sig(h, 'in-1')}>"
 
 
 def test_invite_retransmission_is_absorbed(h: Harness) -> None:
@@ -310,11 +368,12 @@ def test_invite_retransmission_is_absorbed(h: Harness) -> None:
 
 
 def test_unregistered_extension_is_480(h: Harness) -> None:
-    assert statuses(invite_from_trunk(h)) == [100, 480]
+    # Never forwarded, so no 100 Trying first (§16.2 asks for it only when forwarding).
+    assert statuses(invite_from_trunk(h)) == [480]
 
 
 def test_unknown_did_is_404(h: Harness) -> None:
-    assert statuses(invite_from_trunk(h, ruri="sip:+31209999999@127.0.0.1")) == [100, 404]
+    assert statuses(invite_from_trunk(h, ruri="sip:+31209999999@127.0.0.1")) == [404]
 
 
 def test_busy_is_relayed_and_acked_hop_by_hop(h: Harness) -> None:
@@ -464,7 +523,7 @@ def test_phone_cannot_spoof_another_users_from(h: Harness) -> None:
         cseq=2,
         extra=f"Proxy-Authorization: {auth}",
     )
-    assert statuses(h.feed(second, PHONE_202)) == [100, 403]
+    assert statuses(h.feed(second, PHONE_202)) == [403]
 
 
 # --------------------------------------------------------------------- in-dialog ---
@@ -481,7 +540,7 @@ def test_bye_follows_the_route_set_back_to_the_caller(h: Harness) -> None:
         cseq=1,
         from_="<sip:201@acme.test>;tag=callee",
         to="<sip:+31612345678@carrier.test>;tag=f1",
-        extra="Route: <sip:127.0.0.1:5060;lr>",
+        extra=h.route("dlg"),
     )
     sent = h.feed(bye, PHONE_201)
     down = only(sent, method="BYE")
@@ -490,6 +549,7 @@ def test_bye_follows_the_route_set_back_to_the_caller(h: Harness) -> None:
 
 
 def test_ack_for_2xx_is_forwarded_end_to_end(h: Harness) -> None:
+    register(h, "201", PHONE_201)
     ack = request(
         "ACK",
         "sip:201@127.0.0.1:5201",
@@ -497,7 +557,7 @@ def test_ack_for_2xx_is_forwarded_end_to_end(h: Harness) -> None:
         call_id="dlg",
         cseq=1,
         to="<sip:201@acme.test>;tag=callee",
-        extra="Route: <sip:127.0.0.1:5060;lr>",
+        extra=h.route("dlg"),
     )
     sent = h.feed(ack)
     fwd = only(sent, method="ACK")
@@ -513,7 +573,7 @@ def test_in_dialog_request_not_routed_through_us_is_404(h: Harness) -> None:
 def test_max_forwards_zero_is_483(h: Harness) -> None:
     register(h, "201", PHONE_201)
     text = request("INVITE", "sip:+31201234567@127.0.0.1", max_forwards=0)
-    assert statuses(h.feed(text)) == [100, 483]
+    assert statuses(h.feed(text)) == [483]
 
 
 def test_missing_max_forwards_gets_the_default_downstream(h: Harness) -> None:
@@ -569,22 +629,28 @@ def test_responses_not_for_us_are_dropped(h: Harness) -> None:
 def test_draining_refuses_new_calls_but_keeps_dialogs(h: Harness) -> None:
     register(h, "201", PHONE_201)
     h.proxy.start_draining()
-    assert statuses(invite_from_trunk(h, call_id="late")) == [100, 503]
+    assert statuses(invite_from_trunk(h, call_id="late")) == [503]
     bye = request(
         "BYE",
         "sip:201@127.0.0.1:5201",
         call_id="dlg",
         to="<sip:201@acme.test>;tag=x",
-        extra="Route: <sip:127.0.0.1:5060;lr>",
+        extra=h.route("dlg"),
     )
     assert only(h.feed(bye), method="BYE").target.port == 5201
 
 
 def test_double_record_route_when_transport_changes(h: Harness) -> None:
     # The phone registered over TCP, the trunk sends over UDP.
-    register(h, "201", PHONE_201, contact="<sip:201@127.0.0.1:5201;transport=tcp>")
+    register(
+        h, "201", PHONE_201, contact="<sip:201@127.0.0.1:5201;transport=tcp>", transport="tcp"
+    )
     fwd = only(invite_from_trunk(h, call_id="dbl"), method="INVITE")
     assert fwd.target.transport == "tcp"
     rr = fwd.msg.get_all("Record-Route")
-    assert rr == ["<sip:127.0.0.1:5060;transport=tcp;lr>", "<sip:127.0.0.1:5060;lr>"]
+    signature = sig(h, "dbl")
+    assert rr == [
+        f"<sip:127.0.0.1:5060;transport=tcp;lr;sg={signature}>",
+        f"<sip:127.0.0.1:5060;lr;sg={signature}>",
+    ]
     assert fwd.msg.get_all("Via")[0].startswith("SIP/2.0/TCP ")

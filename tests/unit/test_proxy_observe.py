@@ -30,7 +30,7 @@ def test_basic_inbound_call(h: Harness) -> None:
         call_id="obs-1",
         from_="<sip:201@acme.test>;tag=callee",
         to="<sip:+31612345678@carrier.test>;tag=f1",
-        extra="Route: <sip:127.0.0.1:5060;lr>",
+        extra=h.route("obs-1"),
     )
     down = only(h.feed(bye, PHONE_201), method="BYE").msg
     assert isinstance(down, Request)

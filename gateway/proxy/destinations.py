@@ -1,0 +1,167 @@
+"""Where the gateway may send SIP: the one place that decides (the destination policy).
+
+Every address the proxy, the click-to-dial user agent or the prober sends to comes from
+somewhere: the configuration (trunks), a received message (Request-URI, Route, Contact,
+Via), or a registration. The last two are chosen by whoever sent the message, so without
+a policy one datagram could make the gateway open a connection to its own Redis and
+write a SIP body there, which Redis would run as commands (issue #11). The rules, in
+order:
+
+1. **Never our own services.** The Redis server, the HTTP listener, the HEP intake and
+   our own SIP listeners are refused whatever the message says: there is no legitimate
+   reason to send SIP to them (a spiral back to ourselves only ever happens through a
+   configured trunk, which rule 3 lets through).
+2. **Never a denied network** (``sip.deny_destinations``): by default the unspecified
+   addresses, link-local (169.254/16 holds cloud metadata services), multicast,
+   reserved and broadcast space (``DEFAULT_DENY_DESTINATIONS``).
+3. **Loopback only for configured peers and proven flows.** A trunk's address is
+   configuration; a *flow* is an address a message came from (the source of a
+   registration, the client a response goes back to): the peer is there. Anything else
+   naming our own host is someone asking us to reach a process beside us.
+
+Everything else (a phone's or a carrier's public address) is allowed: that is what a
+proxy is for. Addresses are compared as IP literals; a host name is checked after it
+has been resolved, by the transport (``TransportLayer.destination_check``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit
+
+from gateway.config import Settings
+from gateway.config.model import DEFAULT_DENY_DESTINATIONS
+from gateway.transport.addresses import Target, strip_brackets
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+_WILDCARDS = frozenset({"", "0.0.0.0", "::", "*"})
+
+
+def _address(host: str) -> IPAddress | None:
+    try:
+        addr = ipaddress.ip_address(strip_brackets(host))
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    return addr
+
+
+def is_loopback(host: str) -> bool:
+    addr = _address(host)
+    return addr is not None and any(addr in net for net in _LOOPBACK)
+
+
+class DestinationPolicy:
+    """Decides whether SIP may go to an address. Built once at start; sans I/O.
+
+    ``services``: (host, port) of our own listeners and backends; a wildcard or local
+    host stands for every local address. ``local_hosts``: addresses that are this
+    machine besides loopback (our SIP listen and advertise addresses). ``is_peer``: a
+    configured trunk's address.
+    """
+
+    def __init__(
+        self,
+        *,
+        services: Iterable[tuple[str, int]],
+        deny: Iterable[str] = DEFAULT_DENY_DESTINATIONS,
+        local_hosts: Iterable[str] = (),
+        is_peer: Callable[[str, int], bool] = lambda host, port: False,
+    ) -> None:
+        self.deny: tuple[IPNetwork, ...] = tuple(
+            ipaddress.ip_network(entry, strict=False) for entry in deny
+        )
+        self.is_peer = is_peer
+        self._local: set[IPAddress] = set()
+        for host in local_hosts:
+            addr = _address(host)
+            if addr is not None and not addr.is_unspecified:
+                self._local.add(addr)
+        # Ports of services listening on this machine (any local address), and exact
+        # (address, port) pairs of services elsewhere (a remote Redis).
+        self._local_ports: set[int] = set()
+        self._remote: set[tuple[IPAddress, int]] = set()
+        for host, port in services:
+            self._add_service(host, port)
+
+    def _add_service(self, host: str, port: int) -> None:
+        if strip_brackets(host).lower() in _WILDCARDS or host.lower() == "localhost":
+            self._local_ports.add(port)
+            return
+        addr = _address(host)
+        if addr is None:
+            # A name (a Redis host in a container network): whatever it resolves to now.
+            for resolved in _resolve(host, port):
+                self._add_service(resolved, port)
+            return
+        if self._is_local(addr):
+            self._local_ports.add(port)
+        else:
+            self._remote.add((addr, port))
+
+    def _is_local(self, addr: IPAddress) -> bool:
+        return addr in self._local or any(addr in net for net in _LOOPBACK)
+
+    # -- decisions ---------------------------------------------------------------------
+    def refusal(self, host: str, port: int, *, flow: bool = False) -> str | None:
+        """Why SIP may not go to ``host:port`` (a short fixed phrase, a metric label),
+        or None when it may. ``flow``: the address is where a message came from."""
+        addr = _address(host)
+        if addr is None:
+            return None  # a name: checked once resolved (TransportLayer.destination_check)
+        local = self._is_local(addr)
+        if (local and port in self._local_ports) or (addr, port) in self._remote:
+            return "own_service"
+        if any(addr in net for net in self.deny):
+            return "denied_network"
+        if local and not flow and not self.is_peer(str(addr), port):
+            return "loopback"
+        return None
+
+    def refusal_for(self, target: Target) -> str | None:
+        return self.refusal(target.host, target.port, flow=target.flow)
+
+    def contact_refusal(self, host: str, port: int, source_host: str) -> str | None:
+        """Why a REGISTER may not bind this Contact address (None: it may).
+
+        The phone is reached over its flow anyway (routing.contact_targets); this refuses
+        bindings that can only be an attempt to aim us at something: our own services, a
+        denied network, or this machine when the phone is not on it.
+        """
+        addr = _address(host)
+        if addr is None:
+            return None
+        flow = (self._is_local(addr) and is_loopback(source_host)) or (
+            _address(source_host) == addr
+        )
+        return self.refusal(host, port, flow=flow)
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return []
+    return [str(info[4][0]) for info in infos]
+
+
+def service_endpoints(settings: Settings) -> list[tuple[str, int]]:
+    """Our own listeners and backends, from the settings (ports as configured; the
+    transport's actually bound ports are added by the caller once known)."""
+    endpoints = [(spec.host, spec.port) for spec in settings.sip.listen if spec.port]
+    redis = urlsplit(settings.redis.url)
+    if redis.scheme in ("redis", "rediss") and redis.hostname:
+        endpoints.append((redis.hostname, redis.port or 6379))
+    http_host, _, http_port = settings.http.listen.rpartition(":")
+    if http_port.isdigit():
+        endpoints.append((http_host, int(http_port)))
+    hep = settings.monitor.hep_listen
+    if hep is not None:
+        endpoints.append((hep.host, hep.port))
+    return endpoints
