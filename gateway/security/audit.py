@@ -11,11 +11,18 @@ token.revoke, user.add, user.remove, tenant.create, tenant.remove), ``result`` (
 bad_password, unknown_user, unknown_tenant, no_api_password, throttled, …),
 ``tenant``, ``user``, ``source`` (client address, "cli:<os user>@<host>" or "config"),
 ``node``, ``ref``, ``detail``.
+
+Text a client typed that fails its syntax check (a username, a tenant id) is never
+written as typed: it may be a password put in the wrong field. ``redacted`` stands in
+for it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -29,12 +36,24 @@ from gateway.security import keys
 
 log = logging.getLogger("sipgw.audit")
 
+# Keys the refs of redacted text: random per process, so a ref tells equal texts apart
+# within one log but is no offline test of a guessed password (an unkeyed hash would be).
+_REDACTION_KEY = secrets.token_bytes(32)
+
 FIELDS = ("at", "event", "result", "tenant", "user", "source", "node", "ref", "detail")
 
 
 def rfc3339(ts: float) -> str:
     """Unix time as RFC 3339 UTC with microseconds and a Z."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def redacted(text: str, what: str) -> str:
+    """What the log and the audit stream show instead of ``text``, a ``what`` (such as
+    "username") that failed its syntax: its length and a keyed 32-bit reference, e.g.
+    ``<invalid username, 16 chars, hmac:3f9a12bc>``."""
+    digest = hmac.new(_REDACTION_KEY, text.encode("utf-8", "replace"), hashlib.sha256)
+    return f"<invalid {what}, {len(text)} chars, hmac:{digest.hexdigest()[:8]}>"
 
 
 @dataclass(frozen=True)

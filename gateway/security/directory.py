@@ -33,7 +33,7 @@ from redis.typing import EncodableT, FieldT
 from gateway.config import Settings, Tenant, User
 from gateway.config.syntax import show
 from gateway.security import keys
-from gateway.security.audit import AuditEntry, AuditLog
+from gateway.security.audit import AuditEntry, AuditLog, redacted
 from gateway.security.passwords import PasswordVerifier, needs_rehash, password_problem
 from gateway.security.principal import ROLES, Principal, Role
 from gateway.security.throttle import (
@@ -60,6 +60,9 @@ EXTENSION = re.compile(r"[0-9]{2,8}")
 MAX_TOKENS_PER_USER = 50  # the oldest are revoked beyond it
 SYNC_TOKEN_TTL = 365 * 24 * 3600.0  # default lifetime of a sync token
 Source = Literal["config", "cli"]
+# Why a token's live sessions end: logout, `sipgw token` revocation, eviction past
+# MAX_TOKENS_PER_USER or a changed user ("token revoked"), expiry, the user's removal.
+SessionEnd = Literal["token revoked", "token expired", "user removed"]
 
 
 class DirectoryError(ValueError):
@@ -153,19 +156,35 @@ def operator_source() -> str:
 
 
 # Index one token under its user: add, drop expired entries, cap the count (returning
-# the evicted token hashes), and let the index expire with its last token.
-# KEYS[1] = {t}:tokens:<user>; ARGV = digest, expires_ms, now_ms, max
+# the evicted token hashes), and let the indexes expire with their last token.
+# Two sorted sets of the same members: by expiry (what has expired) and by issue order
+# (what to evict). Evicting by expiry alone let tokens of one millisecond tie, and
+# ZPOPMIN then took them in the order of their random hashes, not the oldest.
+# KEYS[1] = {t}:tokens:<user>, KEYS[2] = {t}:token-order:<user>
+# ARGV = digest, expires_ms, now_ms, max
 _INDEX_TOKEN = """
+local top = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+local seq = 1
+if #top > 0 then seq = tonumber(top[2]) + 1 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+for _, digest in ipairs(expired) do redis.call('ZREM', KEYS[2], digest) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
-local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
 local evicted = {}
 if excess > 0 then
-  local popped = redis.call('ZPOPMIN', KEYS[1], excess)
-  for i = 1, #popped, 2 do evicted[#evicted + 1] = popped[i] end
+  local popped = redis.call('ZPOPMIN', KEYS[2], excess)
+  for i = 1, #popped, 2 do
+    evicted[#evicted + 1] = popped[i]
+    redis.call('ZREM', KEYS[1], popped[i])
+  end
 end
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if #last > 0 then redis.call('PEXPIREAT', KEYS[1], last[2]) end
+if #last > 0 then
+  redis.call('PEXPIREAT', KEYS[1], last[2])
+  redis.call('PEXPIREAT', KEYS[2], last[2])
+end
 return evicted
 """
 
@@ -310,12 +329,9 @@ class Directory:
                 )
         for username, old in existing.items():
             if old.source == "config" and username not in wanted:
-                await self._redis.hdel(keys.users(tenant.id), username)
-                revoked = await self.revoke_user(tenant.id, username)
-                await self.audit.record(
-                    tenant.id, "user.remove", "ok", user=username, source="config",
-                    detail=f"removed from the configuration; {revoked} tokens revoked",
-                )  # fmt: skip
+                await self.remove_user(
+                    tenant.id, username, source="config", why="removed from the configuration"
+                )
 
     # -- tenants ---------------------------------------------------------------------------
     async def _tenant_records(self) -> dict[str, TenantRecord]:
@@ -460,6 +476,21 @@ class Directory:
             )
         return record
 
+    async def remove_user(
+        self, tenant: str, username: str, *, source: str = "", why: str = "removed"
+    ) -> bool:
+        """Remove a user and revoke its tokens (its live subscriptions end, "user
+        removed"); False if there was no such user."""
+        async with self._redis_errors():
+            if not await self._redis.hdel(keys.users(tenant), username):
+                return False
+            revoked = await self.revoke_user(tenant, username)
+            await self.audit.record(
+                tenant, "user.remove", "ok", user=username, source=source,
+                detail=f"{why}; {revoked} tokens revoked",
+            )  # fmt: skip
+        return True
+
     # -- logins ----------------------------------------------------------------------------
     async def login(
         self, tenant: str | None, username: str, password: str, source: str
@@ -472,17 +503,21 @@ class Directory:
         counted by the throttle. Raises ``DirectoryUnavailable`` if Redis is down.
         """
         tenant_id = tenant if tenant is not None else self.default_tenant
+        shown_tenant = tenant or ""
         if tenant_id is not None and not TENANT_ID.fullmatch(tenant_id):
             tenant_id = None  # no such tenant can exist; keep it out of key names
+            shown_tenant = redacted(shown_tenant, "tenant")
         valid_username = USERNAME.fullmatch(username) is not None
         if not valid_username:
-            username = _printable(username)  # no such user can exist; audited as typed
+            # No such user can exist, and the text may be a password typed in the wrong
+            # field: it is neither logged nor audited, nor used in a key.
+            username = redacted(username, "username")
         async with self._redis_errors():
             known_tenant = tenant_id is not None and bool(
                 await self._redis.hexists(keys.TENANTS, tenant_id)
             )
             audit_tenant = tenant_id if known_tenant else None
-            detail = "" if known_tenant else f"tenant {show(_printable(tenant or ''))}"
+            detail = "" if known_tenant else f"tenant {show(_printable(shown_tenant))}"
             gate = await self.throttle.acquire(
                 tenant_id if known_tenant and valid_username else None, username, source
             )
@@ -559,7 +594,7 @@ class Directory:
             pipe.pexpireat(keys.token(digest), expires_ms)
             await pipe.execute()
         evicted = await self._index_token(
-            keys=[keys.user_tokens(tenant, user)],
+            keys=[keys.user_tokens(tenant, user), keys.token_order(tenant, user)],
             args=[digest, expires_ms, math.floor(now * 1000), MAX_TOKENS_PER_USER],
         )
         if evicted:
@@ -644,6 +679,24 @@ class Directory:
             expires_at=expires_at,
         )
 
+    async def session_end(self, bearer: str, principal: Principal) -> SessionEnd | None:
+        """Why a live session (an event subscription) of this token must end now, or None
+        while the token is valid. One EXISTS per call while valid; Redis errors raise
+        ``DirectoryUnavailable``."""
+        now = self._clock()
+        if principal.expires_at is not None and principal.expires_at <= now:
+            return "token expired"
+        async with self._redis_errors():
+            if await self._redis.exists(keys.token(token_hash(bearer))):
+                return None
+            if principal.expires_at is not None and principal.expires_at <= now + 1.0:
+                return "token expired"  # Redis expired the key a moment before our clock
+            if principal.user is not None and not await self._redis.hexists(
+                keys.users(principal.tenant), principal.user
+            ):
+                return "user removed"
+        return "token revoked"
+
     async def revoke(self, bearer: str, *, source: str = "", event: str = "token.revoke") -> None:
         """Revoke a token at once, on every node (logout: ``event="logout"``)."""
         if not looks_like_token(bearer):
@@ -656,6 +709,7 @@ class Directory:
             tenant, user = str(data.get("tenant", "")), str(data.get("user") or "") or None
             await self._redis.delete(keys.token(digest))
             await self._redis.zrem(keys.user_tokens(tenant, user), digest)
+            await self._redis.zrem(keys.token_order(tenant, user), digest)
             await self.audit.record(
                 tenant, event, "ok", user=user, source=source, ref=token_id(digest)
             )
@@ -663,6 +717,7 @@ class Directory:
     async def revoke_user(self, tenant: str, username: str | None) -> int:
         """Revoke every token of a user (``None``: the tenant's sync tokens); how many."""
         async with self._redis_errors():
+            await self._redis.delete(keys.token_order(tenant, username))
             return await self._revoke_index(keys.user_tokens(tenant, username))
 
     async def _revoke_index(self, index: str) -> int:

@@ -11,7 +11,10 @@ prefixed ``sipgw:``.
                                               expires_at; expires with the token
     {t}:tokens:<user> / {t}:tokens:@sync
                                       zset    token hashes of a user (score: expiry, ms),
-                                              to revoke them all and cap their number
+                                              to revoke them all and drop expired ones
+    {t}:token-order:<user> / {t}:token-order:@sync
+                                      zset    the same hashes by issue order (score: 1,
+                                              2, …): past the cap the oldest is evicted
     {t}:audit                         stream  audit entries of the tenant (capped)
     sipgw:audit                       stream  attempts naming no known tenant (capped)
     {t}:login:fail:<username>         string  failed-login counter (expires)
@@ -40,6 +43,10 @@ def token(digest: str) -> str:
 
 def user_tokens(tenant: str, user: str | None) -> str:
     return f"{{{tenant}}}:tokens:{user or SYNC_TOKENS}"
+
+
+def token_order(tenant: str, user: str | None) -> str:
+    return f"{{{tenant}}}:token-order:{user or SYNC_TOKENS}"
 
 
 def user_tokens_pattern(tenant: str) -> str:

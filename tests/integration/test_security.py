@@ -372,6 +372,27 @@ async def test_tokens_per_user_are_capped(
     assert await raw.zcard(keys.user_tokens(ids[0], "alice")) == 3
 
 
+async def test_tokens_issued_in_the_same_millisecond_are_evicted_oldest_first(
+    settings: Settings, redis_url: str, ids: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped clock: every token has the same issue time and expiry, the case that
+    once broke the eviction order (it followed the tokens' random hashes). Twelve tokens
+    under a cap of 3 would keep the right three by chance once in 220 runs."""
+    from gateway.security import directory as directory_module
+
+    monkeypatch.setattr(directory_module, "MAX_TOKENS_PER_USER", 3)
+    frozen = time.time()
+    directory = Directory(redis_url, settings, clock=lambda: frozen)
+    await directory.start()
+    try:
+        for _ in range(3):  # three rounds, so a lucky ordering cannot pass
+            tokens = [await directory.create_token(ids[0], user="alice") for _ in range(12)]
+            alive = [await directory.token(t.bearer) is not None for t in tokens]
+            assert alive == [False] * 9 + [True] * 3
+    finally:
+        await directory.stop()
+
+
 async def test_a_token_of_tenant_a_never_reaches_tenant_b(
     directory: Directory, ids: tuple[str, str]
 ) -> None:
