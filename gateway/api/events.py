@@ -10,7 +10,12 @@ last event it got, so it can resume without loss. The gateway never waits for it
 Control messages share the stream with events; their ``type`` starts with ``sipgw.``:
 ``sipgw.ready`` (after the subscription is live), ``sipgw.heartbeat`` (when idle),
 ``sipgw.overflow`` (cut off; carries ``last_seq``), ``sipgw.lost`` (``since`` is older
-than what the stream retains), ``sipgw.unavailable`` (the bus is down).
+than what the stream retains), ``sipgw.unavailable`` (the bus is down),
+``sipgw.unauthorized`` (the token was revoked or expired, or its user removed).
+
+A subscription lives no longer than its token: every ``events.heartbeat`` seconds,
+busy or idle, the token is checked again (one Redis EXISTS), and a revoked or expired
+token, or a removed user, ends it with a close code naming why (4401-4403).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +40,7 @@ from gateway.bus.live import SubscriberOverflow
 from gateway.bus.replay import BusReader, BusUnavailable, EventFilter, events_since
 from gateway.bus.streams import EventsLost
 from gateway.config import EventsSettings
-from gateway.security.directory import Directory
+from gateway.security.directory import Directory, DirectoryUnavailable, SessionEnd
 from gateway.security.principal import Principal
 
 log = logging.getLogger("sipgw.api.events")
@@ -49,6 +54,12 @@ CLIENT_MESSAGE_LIMIT = 1024  # subscribers only ever send small pings
 CLOSE_OVERFLOW = 4008  # read too slowly; reason carries "since=<last seq>"
 CLOSE_LOST = 4010  # since is older than the retained stream
 CLOSE_UNAVAILABLE = 1011
+# The token no longer stands: the subscription ends within one heartbeat (docs/api.md).
+CLOSE_SESSION_END: dict[SessionEnd, int] = {
+    "token revoked": 4401,  # logout, `sipgw token` revocation, eviction, user changed
+    "token expired": 4402,
+    "user removed": 4403,
+}
 
 
 @dataclass
@@ -128,6 +139,12 @@ def subscription_filter(
     """
     if principal.role == "sync":
         raise HTTPException(403, "forbidden: sync tokens cannot subscribe to events")
+    if not principal.is_admin and not principal.extensions:
+        # An empty filter means "every extension" to the bus: a user that may see none
+        # must get nothing, not everything.
+        raise HTTPException(
+            403, "forbidden: this user has no extension of its own and watches none"
+        )
     for extension in extensions:
         unknown = tenant_extensions is not None and extension not in tenant_extensions
         if unknown or not principal.may_see_extension(extension):
@@ -231,24 +248,41 @@ async def frames(
     fmt: str,
     settings: EventsSettings,
     cache: EncodedCache,
+    session_end: Callable[[], Awaitable[SessionEnd | None]] | None = None,
 ) -> AsyncIterator[Frame]:
     """Frames for one subscriber, with heartbeats while idle. The producer runs in its
-    own task, so a heartbeat timeout never cancels the bus iteration mid-step."""
+    own task, so a heartbeat timeout never cancels the bus iteration mid-step.
+
+    Every ``heartbeat`` seconds, whether events flow or not, ``session_end`` says
+    whether the token still stands; if not, a final ``sipgw.unauthorized`` ends it."""
     out: asyncio.Queue[Frame] = asyncio.Queue(maxsize=64)
     producer = asyncio.create_task(
         produce(bus, tenant, since, accept, fmt, cache, out, settings.subscriber_queue)
     )
+    loop = asyncio.get_running_loop()
+    beat = settings.heartbeat
+    next_beat = next_check = loop.time() + beat
     last = since
     try:
         while True:
+            if session_end is not None and loop.time() >= next_check:
+                next_check = loop.time() + beat
+                reason = await _checked(session_end)
+                if reason is not None:
+                    yield _ended(fmt, reason, last)
+                    return
+            wake = min(next_beat, next_check) if session_end is not None else next_beat
             try:
-                frame = await asyncio.wait_for(out.get(), settings.heartbeat)
+                frame = await asyncio.wait_for(out.get(), max(0.0, wake - loop.time()))
             except TimeoutError:
                 if producer.done():
                     producer.result()  # surface a crash of the producer
                     return
-                yield control(fmt, {"type": "sipgw.heartbeat", "last_seq": last})
+                if loop.time() >= next_beat:
+                    next_beat = loop.time() + beat
+                    yield control(fmt, {"type": "sipgw.heartbeat", "last_seq": last})
                 continue
+            next_beat = loop.time() + beat  # heartbeats only while idle
             if frame.seq is not None:
                 last = frame.seq
             yield frame
@@ -258,6 +292,21 @@ async def frames(
         producer.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await producer
+
+
+async def _checked(session_end: Callable[[], Awaitable[SessionEnd | None]]) -> SessionEnd | None:
+    try:
+        return await session_end()
+    except DirectoryUnavailable:
+        # Nothing can be revoked while Redis is down either, and the bus reports the
+        # outage itself (sipgw.unavailable); the next heartbeat checks again.
+        log.debug("token check skipped: Redis unavailable")
+        return None
+
+
+def _ended(fmt: str, reason: SessionEnd, last: str | None) -> Frame:
+    body = {"type": "sipgw.unauthorized", "reason": reason, "last_seq": last}
+    return control(fmt, body, final=True, close_code=CLOSE_SESSION_END[reason], close_reason=reason)
 
 
 def events_router(
@@ -270,6 +319,11 @@ def events_router(
     subscribers = Subscribers(settings.max_subscribers_per_tenant)
     cache = EncodedCache()
 
+    def session_end(
+        bearer: str, principal: Principal
+    ) -> Callable[[], Awaitable[SessionEnd | None]]:
+        return lambda: directory_getter().session_end(bearer, principal)
+
     @router.websocket("/v1/events")
     async def websocket_events(
         websocket: WebSocket,
@@ -281,6 +335,7 @@ def events_router(
         try:
             bearer = _bearer(websocket.headers.get("authorization"))
             principal = await authenticate(directory_getter(), bearer)
+            assert bearer is not None  # authenticate refuses a missing one
             accept = subscription_filter(
                 principal, extension, type, extensions_of(principal.tenant)
             )
@@ -305,7 +360,16 @@ def events_router(
             await websocket.accept(subprotocol=protocol)
             await _serve_websocket(
                 websocket,
-                frames(bus_getter(), principal.tenant, cursor, accept, fmt, settings, cache),
+                frames(
+                    bus_getter(),
+                    principal.tenant,
+                    cursor,
+                    accept,
+                    fmt,
+                    settings,
+                    cache,
+                    session_end(bearer, principal),
+                ),
                 fmt,
             )
         finally:
@@ -323,11 +387,21 @@ def events_router(
         ``Last-Event-ID`` header (or ``since``)."""
         bearer = _bearer(request.headers.get("authorization"))
         principal = await authenticate(directory_getter(), bearer)
+        assert bearer is not None  # authenticate refuses a missing one
         accept = subscription_filter(principal, extension, type, extensions_of(principal.tenant))
         cursor = checked_since(request.headers.get("last-event-id") or since)
         if not subscribers.enter(principal.tenant):
             raise HTTPException(429, "too many subscribers for this tenant")
-        stream = frames(bus_getter(), principal.tenant, cursor, accept, "json", settings, cache)
+        stream = frames(
+            bus_getter(),
+            principal.tenant,
+            cursor,
+            accept,
+            "json",
+            settings,
+            cache,
+            session_end(bearer, principal),
+        )
 
         async def body() -> AsyncIterator[bytes]:
             try:
