@@ -23,7 +23,7 @@ from gateway.config import ConfigError, Settings, load_settings
 from gateway.logs import setup_logging
 from gateway.supervisor import run_workers
 from gateway.transport.relay import WorkerPlan
-from gateway.watch import WatchError, WatchOptions, watch
+from gateway.watch import UnsafeURL, WatchError, WatchOptions, check_url, watch
 
 
 def _load(path: str | None) -> Settings:
@@ -183,6 +183,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
             "in SIPGW_PASSWORD",
             file=sys.stderr,
         )
+        return 2
+    try:
+        check_url(options.url)  # before a password or token is sent anywhere
+    except UnsafeURL as err:
+        print(f"sipgw watch: {err}", file=sys.stderr)
         return 2
     try:
         asyncio.run(watch(options))

@@ -10,7 +10,8 @@ is finished (or `--no-wait`), printing each state it passes through:
     dial 0190…: connected: Connected
 
 Exit status: 0 connected (or ended normally), 1 failed or cancelled, 2 refused by the
-API (bad number, phone not registered, …) or unreachable.
+API (bad number, phone not registered, …), unreachable, or a plain http:// URL to a
+host that is not the loopback (the token would cross the network in clear text).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from gateway.watch import WatchError, WatchOptions, login
+from gateway.watch import UnsafeURL, WatchError, WatchOptions, check_url, login
 
 POLL_INTERVAL = 0.5
 
@@ -105,6 +106,11 @@ def dial(args: argparse.Namespace, token: str) -> int:
 
 
 def cmd_dial(args: argparse.Namespace) -> int:
+    try:
+        check_url(args.url)  # before a password or token is sent anywhere
+    except UnsafeURL as err:
+        print(f"sipgw dial: {err}", file=sys.stderr)
+        return 2
     token = args.token or os.environ.get("SIPGW_TOKEN")
     password = os.environ.get("SIPGW_PASSWORD")
     if token is None:

@@ -3,6 +3,9 @@
 A WebSocket subscriber like any CRM plug-in: it logs in (or takes a token), subscribes
 to ``/v1/events`` with the JSON subprotocol, prints one line per event, and on a
 disconnect resumes from the last event it printed, so nothing is missed or repeated.
+
+It carries a password or a token, so a plain ``http://`` (or ``ws://``) URL is refused
+unless it names the loopback: use ``https://`` to reach any other host.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any, TextIO
 
 import websockets
 
+from gateway.config.syntax import is_loopback
+
 SUBPROTOCOL = "sipgw.json.v1"
 COLUMNS = ("time", "event", "call", "dir", "from", "to", "ext", "detail")
 WIDTHS = (12, 17, 8, 4, 18, 18, 5, 0)
@@ -26,6 +31,28 @@ WIDTHS = (12, 17, 8, 4, 18, 18, 5, 0)
 
 class WatchError(Exception):
     """Something the person running `sipgw watch` must fix (bad URL, bad credentials)."""
+
+
+class UnsafeURL(WatchError):
+    """A URL the clients refuse before sending anything (exit status 2)."""
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL that would send a password or token in clear text over a network:
+    ``http://``/``ws://`` are accepted for the loopback only (127.0.0.0/8, ::1,
+    localhost); elsewhere ``https://`` (or ``wss://``) is required."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
+        raise UnsafeURL(
+            f"--url must be https://host[:port] (or http:// to the loopback), got {url!r}"
+        )
+    if scheme in ("https", "wss") or is_loopback(parts.hostname):
+        return
+    raise UnsafeURL(
+        f"refusing {scheme}:// to {parts.hostname}: the password and token would cross the "
+        "network in clear text; use https:// (plain http:// is for the loopback only)"
+    )
 
 
 @dataclass
@@ -43,6 +70,7 @@ class WatchOptions:
 
 
 def login(options: WatchOptions) -> str:
+    check_url(options.url)
     body = json.dumps(
         {"tenant": options.tenant, "username": options.username, "password": options.password}
     ).encode()
@@ -64,7 +92,7 @@ def login(options: WatchOptions) -> str:
 
 def events_url(options: WatchOptions, since: str | None) -> str:
     parts = urllib.parse.urlsplit(options.url)
-    scheme = "wss" if parts.scheme == "https" else "ws"
+    scheme = "wss" if parts.scheme in ("https", "wss") else "ws"
     query: list[tuple[str, str]] = [("extension", e) for e in options.extensions]
     query += [("type", t) for t in options.types]
     if since:
@@ -121,6 +149,7 @@ async def watch(
     connect: Callable[..., Any] = websockets.connect,
 ) -> int:
     """Print events until interrupted (or ``max_events``); returns how many were printed."""
+    check_url(options.url)
     token = options.token or login(options)
     last_seq = options.since
     printed = 0
@@ -145,6 +174,9 @@ async def watch(
                         continue
                     if kind == "sipgw.lost":
                         raise WatchError(f"events were lost: {message.get('detail')}")
+                    if kind == "sipgw.unauthorized":
+                        # Revoked, expired or user removed: resuming would only be refused.
+                        raise WatchError(f"subscription ended: {message.get('reason')}")
                     if kind.startswith("sipgw."):
                         continue
                     last_seq = message.get("seq") or last_seq

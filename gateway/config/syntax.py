@@ -96,6 +96,17 @@ def is_wildcard(host: str) -> bool:
         return False
 
 
+def is_loopback(host: str) -> bool:
+    """True for "localhost" and loopback addresses (127.0.0.0/8, ::1; IPv6 with or
+    without brackets). Other names are not resolved, so they count as not loopback."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def split_host_port(text: str) -> tuple[str, int | None]:
     """Split "host", "host:port", "[v6]" or "[v6]:port"; a bare IPv6 address has no port.
 
