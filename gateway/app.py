@@ -28,7 +28,7 @@ from gateway.bus.streams import EventBus
 from gateway.calls.events import CallEvent, Peer, rfc3339
 from gateway.calls.originate import DialRequest, Originator
 from gateway.calls.tracker import CallTracker
-from gateway.config import Settings
+from gateway.config import MonitorSource, Settings
 from gateway.enrichment import Enricher
 from gateway.proxy.hep import HepIntake, HepPacket
 from gateway.proxy.observe import Observed
@@ -211,24 +211,22 @@ class Gateway:
         monitor = self.settings.monitor
         if monitor.hep_listen is None:
             return
-        self.hep = HepIntake(self._on_hep, self.counters.hep)
+        self.hep = HepIntake(
+            self._on_hep, monitor, self.counters.hep, dropped=self.counters.hep_dropped
+        )
         await self.hep.start(monitor.hep_listen.host, monitor.hep_listen.port)
         log.info(
             "hep intake listening",
             extra={"host": monitor.hep_listen.host, "port": monitor.hep_listen.port},
         )
 
-    def _on_hep(self, payload: bytes, packet: HepPacket) -> None:
-        assert self.hep is not None
-        source = self.settings.monitor.source_for(*self.hep.sender)
-        if source is None:
-            self.counters.hep["unknown_source"] += 1
-            return
+    def _on_hep(self, payload: bytes, packet: HepPacket, source: MonitorSource) -> None:
+        # The intake checked the sender (address, auth key): `source` is who sent it.
         try:
             msg = parse_message(payload)
             msg.validate()
         except SIPParseError:
-            self.counters.hep["bad_sip"] += 1
+            self.counters.hep_dropped["bad_sip"] += 1
             return
         direction: str | None = None
         extension: str | None = None

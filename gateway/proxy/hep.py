@@ -34,8 +34,20 @@ asks of a receiver. Integers are in network byte order.
 
 `decode_hep` is sans-I/O and strict: a datagram is one packet, every length field is
 checked against the bytes actually present, fixed-size chunks must have their size, and
-any failure is a `HepError` whose `reason` is a short fixed phrase (a metrics label: the
-set of reasons is closed, see `REASONS`). `HepIntake` is the thin asyncio listener.
+any failure is a `HepError` whose `reason` is a short fixed phrase (a closed set, see
+`REASONS`). `HepIntake` is the thin asyncio listener, and it decides who may feed it.
+
+Who may send (`[[monitor.sources]]`): a packet is accepted only from a configured
+sender address, and, when that source has an `auth_key`, only if it carries that key
+(chunk 0x000e, compared in constant time). HEP is plain UDP: without a key anyone who
+can send one datagram with a forged source address can inject "observed" calls into a
+tenant's event stream. The loader therefore requires a key for every source when
+`hep_listen` is not a loopback address; on the loopback, where no packet from the
+network can arrive (Linux drops 127/8 sources on other interfaces as martians), the
+address alone is enough. The key travels in clear text like the payload: it stops
+blind forgers, not someone who can read the capture traffic (carry HEP over a private
+network or an IPsec/WireGuard tunnel for that). Every refused packet is counted by
+reason in `DROP_REASONS` (a bounded metrics label); the key given is never logged.
 """
 
 from __future__ import annotations
@@ -51,7 +63,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, cast
 
+from gateway.config import MonitorSettings, MonitorSource
+
 __all__ = [
+    "DROP_REASONS",
     "FAMILY_IPV4",
     "FAMILY_IPV6",
     "PROTO_TYPE_SIP",
@@ -121,7 +136,7 @@ _FIXED_SIZE: Final[dict[int, int]] = {
 }
 _KNOWN: Final = frozenset({*_FIXED_SIZE, _AUTH_KEY, _PAYLOAD, _CORRELATION_ID})
 
-# Every reason decode_hep can give (and HepIntake adds), so metrics labels stay bounded.
+# Every reason decode_hep can give: a closed set of short phrases.
 REASONS: Final = frozenset(
     {
         "too short",
@@ -141,9 +156,11 @@ REASONS: Final = frozenset(
         "address family mismatch",
         "bad microseconds",
         "compressed payload not supported",
-        "bad auth key",  # HepIntake with an auth_key configured
     }
 )
+# Why HepIntake (or its consumer: "bad_sip") refused a packet: the `reason` label of
+# sipgw_hep_dropped_total.
+DROP_REASONS: Final = ("unknown_source", "no_auth_key", "bad_auth_key", "malformed", "bad_sip")
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -431,46 +448,38 @@ def _encode(
 
 # -- asyncio listener --------------------------------------------------------------------
 
-SipCallback = Callable[[bytes, HepPacket], None]
+SipCallback = Callable[[bytes, HepPacket, MonitorSource], None]
 
 
 class HepIntake(asyncio.DatagramProtocol):
-    """UDP listener for HEPv3: decode, count, hand SIP payloads to `on_sip`.
+    """UDP listener for HEPv3: check the sender, decode, count, hand SIP to `on_sip`.
 
-    Counters are plain ints (DESIGN.md: batch hot-path metrics): `counters` (the dict
-    passed in, so the owner can fold it into Prometheus, or a new one) holds
-    "received", "sip", "other_proto", "malformed", "callback_error", "socket_error";
-    `errors` holds malformed datagrams by `HepError.reason`. Nothing a datagram or the
-    callback does raises into the event loop.
+    Counters are plain ints (DESIGN.md: batch hot-path metrics) in dicts the owner
+    passes in, to fold into Prometheus (or new ones): `counters` holds "received",
+    "sip", "other_proto", "callback_error", "socket_error"; `dropped` holds refused
+    packets by `DROP_REASONS`; `errors` holds malformed datagrams by `HepError.reason`.
+    Nothing a datagram or the callback does raises into the event loop.
 
-    With `auth_key` set, packets must carry that key (chunk 0x000e): HEP is plain
-    UDP, so anyone who can reach the port can otherwise inject "observed" calls.
+    Order of the checks, cheapest first: the sender's address (an unknown sender costs
+    no decoding), the packet's structure, then the source's auth key.
     """
 
     def __init__(
         self,
         on_sip: SipCallback,
+        monitor: MonitorSettings,
         counters: dict[str, int] | None = None,
         *,
-        auth_key: bytes | None = None,
+        dropped: dict[str, int] | None = None,
         max_chunks: int = MAX_CHUNKS,
     ) -> None:
         self.on_sip = on_sip
+        self.monitor = monitor
         self.counters = counters if counters is not None else {}
-        for key in (
-            "received",
-            "sip",
-            "other_proto",
-            "malformed",
-            "callback_error",
-            "socket_error",
-        ):
+        for key in ("received", "sip", "other_proto", "callback_error", "socket_error"):
             self.counters.setdefault(key, 0)
+        self.dropped = dropped if dropped is not None else {}
         self.errors: dict[str, int] = {}
-        self.auth_key = auth_key
-        # The HEP sender of the datagram being handed to on_sip: it identifies the
-        # capture agent (and so the tenant); valid only during the callback.
-        self.sender: tuple[str, int] = ("", 0)
         self.max_chunks = max_chunks
         self.transport: asyncio.DatagramTransport | None = None
         self.local: tuple[str, int] | None = None
@@ -513,24 +522,30 @@ class HepIntake(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.counters["received"] += 1
+        sender = (str(addr[0]), int(addr[1]))
+        source = self.monitor.source_for(*sender)
+        if source is None:
+            self._drop("unknown_source", sender)
+            return
         try:
             packet = decode_hep(data, max_chunks=self.max_chunks)
-            if self.auth_key is not None and not (
-                packet.auth_key is not None and hmac.compare_digest(packet.auth_key, self.auth_key)
-            ):
-                raise HepError("bad auth key")
         except HepError as exc:
-            self.counters["malformed"] += 1
             self.errors[exc.reason] = self.errors.get(exc.reason, 0) + 1
-            log.debug("dropped HEP datagram from %s:%s: %s", addr[0], addr[1], exc)
+            self._drop("malformed", sender, exc.reason)
             return
+        if source.auth_key is not None:
+            if packet.auth_key is None:
+                self._drop("no_auth_key", sender)
+                return
+            if not hmac.compare_digest(packet.auth_key, source.auth_key.encode()):
+                self._drop("bad_auth_key", sender)
+                return
         if packet.proto_type != PROTO_TYPE_SIP:
             self.counters["other_proto"] += 1  # RTCP, logs, ...: not for the call tracker
             return
         self.counters["sip"] += 1
-        self.sender = (str(addr[0]), int(addr[1]))
         try:
-            self.on_sip(packet.payload, packet)
+            self.on_sip(packet.payload, packet, source)
         except Exception:
             # A bug in one consumer must not stop the intake; log sparsely (1st, 2nd,
             # 4th, 8th, ... failure) so a failing consumer cannot flood the log.
@@ -538,6 +553,20 @@ class HepIntake(asyncio.DatagramProtocol):
             n = self.counters["callback_error"]
             if n & (n - 1) == 0:
                 log.exception("HEP consumer failed (%d failures so far)", n)
+
+    def _drop(self, reason: str, sender: tuple[str, int], detail: str = "") -> None:
+        n = self.dropped.get(reason, 0) + 1
+        self.dropped[reason] = n
+        # Malformed packets are routine noise (debug); refused senders are worth a
+        # warning, but sparsely (1st, 2nd, 4th, ... of a reason): a forged flood must
+        # not become a log flood. Never the key that was given.
+        if reason != "malformed" and n & (n - 1) == 0:
+            log.warning(
+                "HEP packet refused",
+                extra={"reason": reason, "sender": f"{sender[0]}:{sender[1]}", "refused": n},
+            )
+        else:
+            log.debug("dropped HEP datagram from %s:%s: %s %s", *sender, reason, detail)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors on a receive-only socket: nothing to do but count them.

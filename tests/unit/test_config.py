@@ -812,7 +812,28 @@ ERRORS = [
     (
         TENANT + '[[monitor.sources]]\naddress = "192.0.2.5"\ntenant = "acme"\nregion = "NL"\n',
         {},
-        "monitor.sources[0].region: unknown key (known: address, tenant, trunks)",
+        "monitor.sources[0].region: unknown key (known: address, tenant, trunks, auth_key)",
+    ),
+    (
+        TENANT
+        + '[monitor]\nhep_listen = "udp:0.0.0.0:9060"\n'
+        + '[[monitor.sources]]\naddress = "192.0.2.5"\ntenant = "acme"\n',
+        {},
+        'monitor.sources[0].auth_key: required when monitor.hep_listen ("udp:0.0.0.0:9060") '
+        "is not a loopback address: a HEP sender's address alone can be forged",
+    ),
+    (
+        TENANT
+        + '[[monitor.sources]]\naddress = "192.0.2.5"\ntenant = "acme"\nauth_key = "short"\n',
+        {},
+        "monitor.sources[0].auth_key: must be at least 16 characters",
+    ),
+    (
+        TENANT
+        + '[[monitor.sources]]\naddress = "192.0.2.5"\ntenant = "acme"\n'
+        + f'auth_key = "{"k" * 257}"\n',
+        {},
+        "monitor.sources[0].auth_key: must be at most 256 bytes (UTF-8)",
     ),
     (
         TENANT + '[monitor.sources]\naddress = "192.0.2.5"\ntenant = "acme"\n',
@@ -1229,10 +1250,12 @@ hep_listen = "udp:0.0.0.0:9060"
 address = "192.0.2.50"
 tenant = "acme"
 trunks = ["198.51.100.7:5060", "203.0.113.0/24"]
+auth_key = "hep-key-of-pbx-one"
 
 [[monitor.sources]]
 address = "[2001:db8::60]:9060"
 tenant = "acme"
+auth_key = "hep-key-of-pbx-two"
 """
     )
     settings = load(tmp_path, text, env={"SIPGW_EVENTS__HEARTBEAT": "5"})
@@ -1254,6 +1277,8 @@ tenant = "acme"
     first, second = monitor.sources
     assert (first.address, first.tenant) == ("192.0.2.50", "acme")
     assert first.trunks == ("198.51.100.7:5060", "203.0.113.0/24")
+    assert (first.auth_key, second.auth_key) == ("hep-key-of-pbx-one", "hep-key-of-pbx-two")
+    assert "hep-key-of-pbx" not in repr(settings), "a HEP auth key is a secret"
     assert second.address == "[2001:db8::60]:9060"
     assert monitor.source_for("192.0.2.50", 12345) is first
     assert monitor.source_for("2001:db8::60", 9060) is second

@@ -18,7 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.config import MonitorSettings, MonitorSource
 from gateway.proxy.hep import (
+    DROP_REASONS,
     FAMILY_IPV4,
     FAMILY_IPV6,
     MAX_AUTH_KEY_LEN,
@@ -300,8 +302,7 @@ def test_limits_are_inclusive() -> None:
 def test_every_reason_is_a_short_fixed_label() -> None:
     assert all(len(r) <= 40 and r == r.lower() for r in REASONS)
     seen = {reason for _, _, reason in MALFORMED}
-    assert seen <= REASONS
-    assert REASONS - seen == {"bad auth key"}  # given by HepIntake, tested below
+    assert seen == REASONS
 
 
 # --- properties ---------------------------------------------------------------------------
@@ -425,35 +426,53 @@ def _sip_packet(payload: bytes = SIP_OPTIONS, **kw: object) -> bytes:
     return encode_hep(payload, ("192.0.2.9", 5060), ("192.0.2.1", 5060), **kw)  # type: ignore[arg-type]
 
 
-def _intake(**kw: object) -> tuple[HepIntake, list[tuple[bytes, HepPacket]]]:
-    got: list[tuple[bytes, HepPacket]] = []
-    return HepIntake(lambda payload, packet: got.append((payload, packet)), **kw), got  # type: ignore[arg-type]
-
-
 ADDR = ("192.0.2.50", 9060)
+KEY = "hep-key-0123456789abcdef"
+# The PBX at ADDR, one with a key, and nothing else.
+MONITOR = MonitorSettings(
+    sources=(
+        MonitorSource(address="192.0.2.50", tenant="acme"),
+        MonitorSource(address="192.0.2.51", tenant="acme", auth_key=KEY),
+    )
+)
+KEYED = ("192.0.2.51", 9060)
+
+Got = list[tuple[bytes, HepPacket, MonitorSource]]
+
+
+def _intake(**kw: object) -> tuple[HepIntake, Got]:
+    got: Got = []
+    intake = HepIntake(
+        lambda payload, packet, source: got.append((payload, packet, source)),
+        MONITOR,
+        **kw,  # type: ignore[arg-type]
+    )
+    return intake, got
 
 
 def test_intake_counts_and_forwards_only_sip() -> None:
     counters: dict[str, int] = {"unrelated": 5}
-    intake, got = _intake(counters=counters)
+    dropped: dict[str, int] = {}
+    intake, got = _intake(counters=counters, dropped=dropped)
     intake.datagram_received(_sip_packet(), ADDR)
     intake.datagram_received(_sip_packet(b"rtcp report", proto_type=5), ADDR)
     intake.datagram_received(b"garbage", ADDR)
     intake.datagram_received(HAND_V4[:-3], ADDR)
     intake.datagram_received(HAND_V4[:-3], ADDR)
     intake.datagram_received(_sip_packet(), ADDR)
-    assert [p for p, _ in got] == [SIP_OPTIONS, SIP_OPTIONS]
+    assert [p for p, _, _ in got] == [SIP_OPTIONS, SIP_OPTIONS]
     assert got[0][1].src == ("192.0.2.9", 5060)
+    assert got[0][2] is MONITOR.sources[0], "the consumer is told whose packet it is"
     assert intake.counters is counters  # the owner's dict, folded into metrics by it
     assert counters == {
         "unrelated": 5,
         "received": 6,
         "sip": 2,
         "other_proto": 1,
-        "malformed": 3,
         "callback_error": 0,
         "socket_error": 0,
     }
+    assert intake.dropped is dropped and dropped == {"malformed": 3}
     assert (intake.received, intake.sip) == (6, 2)
     assert intake.errors == {"bad magic": 1, "length mismatch": 2}
 
@@ -461,12 +480,12 @@ def test_intake_counts_and_forwards_only_sip() -> None:
 def test_intake_survives_a_failing_consumer(caplog: pytest.LogCaptureFixture) -> None:
     calls = 0
 
-    def boom(payload: bytes, packet: HepPacket) -> None:
+    def boom(payload: bytes, packet: HepPacket, source: MonitorSource) -> None:
         nonlocal calls
         calls += 1
         raise RuntimeError("consumer bug")
 
-    intake = HepIntake(boom)
+    intake = HepIntake(boom, MONITOR)
     for _ in range(5):
         intake.datagram_received(_sip_packet(), ADDR)
     assert calls == 5
@@ -475,13 +494,42 @@ def test_intake_survives_a_failing_consumer(caplog: pytest.LogCaptureFixture) ->
     assert len([r for r in caplog.records if "HEP consumer failed" in r.message]) == 3
 
 
-def test_intake_auth_key() -> None:
-    intake, got = _intake(auth_key=b"s3cret")
-    intake.datagram_received(_sip_packet(auth_key=b"s3cret"), ADDR)
-    intake.datagram_received(_sip_packet(auth_key=b"wrong"), ADDR)
-    intake.datagram_received(_sip_packet(), ADDR)
-    assert len(got) == 1 and got[0][1].auth_key == b"s3cret"
-    assert intake.errors == {"bad auth key": 2}
+def test_intake_refuses_unknown_senders_before_decoding() -> None:
+    intake, got = _intake()
+    intake.datagram_received(_sip_packet(), ("192.0.2.99", 9060))
+    intake.datagram_received(b"garbage", ("192.0.2.99", 9060))
+    assert got == [] and intake.dropped == {"unknown_source": 2}
+    assert intake.errors == {}, "an unknown sender's datagram is not even decoded"
+
+
+def test_intake_auth_key(caplog: pytest.LogCaptureFixture) -> None:
+    intake, got = _intake()
+    intake.datagram_received(_sip_packet(auth_key=KEY.encode()), KEYED)
+    intake.datagram_received(_sip_packet(auth_key=b"wrong-key-guess-0123"), KEYED)
+    intake.datagram_received(_sip_packet(auth_key=KEY.encode() + b"x"), KEYED)
+    intake.datagram_received(_sip_packet(auth_key=KEY.encode()[:-1]), KEYED)
+    intake.datagram_received(_sip_packet(), KEYED)
+    intake.datagram_received(_sip_packet(auth_key=b"ignored: no key configured"), ADDR)
+    assert [(p.auth_key, s.address) for _, p, s in got] == [
+        (KEY.encode(), "192.0.2.51"),
+        (b"ignored: no key configured", "192.0.2.50"),
+    ]
+    assert intake.dropped == {"bad_auth_key": 3, "no_auth_key": 1}
+    assert set(intake.dropped) <= set(DROP_REASONS)
+    refused = [r for r in caplog.records if r.message == "HEP packet refused"]
+    # sparsely: the 1st and 2nd of each reason (then the 4th, 8th, ...)
+    assert [r.__dict__["reason"] for r in refused] == [
+        "bad_auth_key",
+        "bad_auth_key",
+        "no_auth_key",
+    ]
+    assert "wrong-key-guess" not in caplog.text, "the key given is never logged"
+
+
+def test_a_source_key_is_a_secret_never_shown() -> None:
+    source = MONITOR.sources[1]
+    assert KEY not in repr(source) and KEY not in repr(MONITOR)
+    assert "auth_key='***'" in repr(source)
 
 
 def test_intake_error_received_is_counted() -> None:
@@ -495,7 +543,8 @@ async def test_intake_on_a_socket(host: str, free_udp_port: Callable[..., int]) 
     if host == "::1" and not socket.has_ipv6:
         pytest.skip("no IPv6")
     got: asyncio.Queue[tuple[bytes, HepPacket]] = asyncio.Queue()
-    intake = HepIntake(lambda payload, packet: got.put_nowait((payload, packet)))
+    monitor = MonitorSettings(sources=(MonitorSource(address=host, tenant="acme"),))
+    intake = HepIntake(lambda payload, packet, _: got.put_nowait((payload, packet)), monitor)
     bound = await intake.start(host, free_udp_port(host=host))
     assert bound[0] == host and bound[1] > 0
     loop = asyncio.get_running_loop()
