@@ -90,6 +90,8 @@ class Gateway:
             stream_maxlen=events.stream_maxlen,
             stream_max_age=events.max_age,
             live_maxsize=events.subscriber_queue,
+            # Retention by age on a timer, once per node: on the worker that serves HTTP.
+            trim_interval=events.trim_interval if self.serves_http else None,
         )
         self.directory = Directory(settings.redis.url, settings)
         recognition = settings.recognition

@@ -198,6 +198,7 @@ class Enricher:
             cache=answer.cache,
             latency_ms=answer.latency_ms,
             budget_ms=rec.budget_ms,
+            source=contact.source if contact is not None else None,
             contact=dict(contact.fields) if contact is not None else None,
         )
 

@@ -3,10 +3,16 @@
     POST   /v1/contacts:batch               upserts and deletes of one source (sync, admin)
     GET    /v1/sources                      sources with their counts (sync, admin)
     POST   /v1/sources/{source}:commit      end a full sync: drop what it did not send
-    DELETE /v1/sources/{source}             delete every record of a source, now
+    DELETE /v1/sources/{source}             delete every record of a source, now, and
+                                            its contact data from the stored events
     GET    /v1/privacy/numbers/{number}         what is held for one number (admin)
     GET    /v1/privacy/numbers/{number}/export  all of it: contacts and call events (admin)
     DELETE /v1/privacy/numbers/{number}         erase it: contacts and call events (admin)
+
+Erasure reaches the stored call events too (gateway/recognition/privacy.py says how they
+are searched): a number's erasure deletes every event that names it in any field and
+form; a source's removal rewrites the events whose contact came from it without the
+contact and its screen-pop URLs (gateway/bus/rewrite.py). Both happen before the answer.
 
 The full contact set is never readable here: contacts are written in batches and read
 one number at a time by an admin (GDPR access requests), each read audited. The tenant
@@ -25,12 +31,14 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from gateway.api.auth import client_address, require_principal
+from gateway.bus.rewrite import StreamBusy
 from gateway.bus.streams import EventBus
 from gateway.config import Settings
 from gateway.recognition.batch import BatchError, TooLarge, parse_batch
 from gateway.recognition.index import ContactIndex, IndexUnavailable
 from gateway.recognition.keys import is_generation, is_source_id
 from gateway.recognition.numbers import normalize
+from gateway.recognition.privacy import NumberMentions, without_source
 from gateway.security.directory import Directory
 from gateway.security.principal import Principal
 from gateway.stats import Counters
@@ -183,21 +191,33 @@ def contacts_router(
     ) -> JSONResponse:
         if not is_source_id(source):
             return _error(404, "no such source")
+        tenant = principal.tenant
         try:
-            deleted = await index_getter().remove_source(principal.tenant, source)
-        except IndexUnavailable:
-            return _error(503, "contact index unavailable; retry")
-        if deleted is None:
+            deleted = await index_getter().remove_source(tenant, source)
+            # Now, not when retention gets to them: events keep no contact of the source.
+            # Also for a source the index no longer has, so that a retry after a 503
+            # between the two steps finishes the job.
+            redacted = await bus_getter().rewrite_events(
+                tenant, lambda event: without_source(event, source)
+            )
+        except (IndexUnavailable, RedisError, OSError, StreamBusy):
+            return _error(503, "Redis unavailable or busy; retry")
+        if deleted is None and not redacted:
             return _error(404, "no such source")
+        deleted = deleted or 0
         counters.contacts["delete"] += deleted
         counters.contacts["source_removed"] += 1
-        await audit(request, principal, "source.remove", f"source={source} numbers={deleted}")
-        return JSONResponse({"source": source, "deleted": deleted})
+        detail = f"source={source} numbers={deleted} events={redacted}"
+        await audit(request, principal, "source.remove", detail)
+        return JSONResponse({"source": source, "deleted": deleted, "events_redacted": redacted})
 
     # -- GDPR ------------------------------------------------------------------------------
-    def number_of(principal: Principal, text: str) -> str:
+    def region_of(principal: Principal) -> str:
         tenant = settings.tenant_by_id(principal.tenant)
-        found = normalize(text, tenant.region if tenant is not None else "NL")
+        return tenant.region if tenant is not None else "NL"
+
+    def number_of(principal: Principal, text: str) -> str:
+        found = normalize(text, region_of(principal))
         if found.e164 is None:
             raise HTTPException(422, f"number: {found.reason or 'not a phone number'}")
         return found.e164
@@ -206,13 +226,13 @@ def contacts_router(
         entries = await index_getter().held(principal.tenant, number)
         return [{"source": e.source, "shown": e.shown, "fields": dict(e.fields)} for e in entries]
 
-    async def events_of(tenant: str, number: str) -> list[tuple[str, dict[str, Any]]]:
-        bus = bus_getter()
-        found: list[tuple[str, dict[str, Any]]] = []
+    async def events_of(principal: Principal, number: str) -> list[dict[str, Any]]:
+        bus, mentions = bus_getter(), NumberMentions(number, region_of(principal))
+        found: list[dict[str, Any]] = []
         after: str | None = None
         while True:
-            page = await bus.replay_page(tenant, after, count=1000)
-            found += [(seq, e) for seq, e in page.events if _mentions(e, number)]
+            page = await bus.replay_page(principal.tenant, after, count=1000)
+            found += [e for _, e in page.events if mentions.in_event(e)]
             if page.exhausted or page.last_seq is None:
                 return found
             after = page.last_seq
@@ -224,10 +244,10 @@ def contacts_router(
         e164 = number_of(principal, number)
         try:
             contacts = await held(principal, e164)
-            events = await events_of(principal.tenant, e164)
+            events = await events_of(principal, e164)
         except (IndexUnavailable, RedisError, OSError):
             return _error(503, "Redis unavailable; retry")
-        return e164, contacts, [e for _, e in events]
+        return e164, contacts, events
 
     @router.get("/v1/privacy/numbers/{number}", tags=["privacy"], summary="What is held")
     async def inspect(
@@ -265,25 +285,17 @@ def contacts_router(
         principal: Principal = Depends(admin),  # noqa: B008
     ) -> JSONResponse:
         e164 = number_of(principal, number)
+        mentions = NumberMentions(e164, region_of(principal))
         try:
             removed = await index_getter().erase(principal.tenant, e164)
-            events = await events_of(principal.tenant, e164)
-            erased = await bus_getter().delete_events(principal.tenant, [s for s, _ in events])
-        except (IndexUnavailable, RedisError, OSError):
-            return _error(503, "Redis unavailable; retry")
+            # Whole events, not the fields naming the number: an event is a record of a
+            # call with that person, and what is left of it (times, the extension) would
+            # still tell who called whom when.
+            erased = len(await bus_getter().delete_events(principal.tenant, mentions.in_event))
+        except (IndexUnavailable, RedisError, OSError, StreamBusy):
+            return _error(503, "Redis unavailable or busy; retry")
         # The number itself is not audited: the log would keep what was just erased.
         await audit(request, principal, "privacy.erase", f"contacts={removed} events={erased}")
         return JSONResponse({"number": e164, "contacts_removed": removed, "events_removed": erased})
 
     return router
-
-
-def _mentions(event: dict[str, Any], number: str) -> bool:
-    for name in ("calling", "called"):
-        party = event.get(name)
-        if isinstance(party, dict) and number in (
-            party.get("number_e164"),
-            party.get("number_raw"),
-        ):
-            return True
-    return False

@@ -8,6 +8,9 @@ Names
                           event dict (``CallEvent.to_dict()``). The entry id is the event's
                           ``seq`` (the resume cursor), e.g. ``1718000000000-0``.
     ``{tenant}:live``     pub/sub channel; one message per event.
+    ``{tenant}:events:rewrite``  stream; a rewrite of ``{tenant}:events`` being built,
+                          renamed over it when complete (rewrite.py)
+    ``{tenant}:events:lock``     string; held while the stream is erased or rewritten
 
 Live message format
     ``<seq as ASCII digits and one dash>`` ``\\n`` ``<the same msgpack payload>``
@@ -35,6 +38,8 @@ U64 = 2**64 - 1
 
 STREAM_FIELD = b"e"
 EVENTS_SUFFIX = ":events"
+# Every tenant stream, for SCAN (``{`` and ``}`` are not glob characters).
+EVENTS_PATTERN = "{*}" + EVENTS_SUFFIX
 LIVE_SUFFIX = ":live"
 
 SeqKey = tuple[int, int]
@@ -55,8 +60,27 @@ def events_key(tenant: str) -> str:
     return "{" + validate_tenant(tenant) + "}" + EVENTS_SUFFIX
 
 
+def rewrite_key(tenant: str) -> str:
+    """Where a rewrite of the tenant's stream is built before it replaces it (rewrite.py)."""
+    return events_key(tenant) + ":rewrite"
+
+
+def edit_lock_key(tenant: str) -> str:
+    """Held while entries of the tenant's stream are erased or rewritten (rewrite.py)."""
+    return events_key(tenant) + ":lock"
+
+
 def live_channel(tenant: str) -> str:
     return "{" + validate_tenant(tenant) + "}" + LIVE_SUFFIX
+
+
+def tenant_of_events_key(key: bytes | str) -> str | None:
+    """The tenant of a ``{tenant}:events`` stream key, or None for anything else."""
+    name = key.decode("ascii", "replace") if isinstance(key, bytes) else key
+    if not (name.startswith("{") and name.endswith("}" + EVENTS_SUFFIX)):
+        return None
+    tenant = name[1 : -len(EVENTS_SUFFIX) - 1]
+    return tenant if is_valid_tenant(tenant) else None
 
 
 def tenant_of_channel(channel: bytes | str) -> str | None:

@@ -27,6 +27,14 @@ later ones: those few are retried after the ones that went through.
 
 The seq is set on the event when the writer reads the reply; a live subscriber (another
 connection) may see the event a moment before that.
+
+Retention. Appending trims a stream by length and (cheaply, whole radix-tree nodes) by
+age, but only the stream of a tenant that has new events: an idle tenant would keep its
+old events for ever. So with ``trim_interval`` set (one bus per node gets it, see
+app.py), a trimmer task cuts every tenant stream it finds (SCAN ``{*}:events``) exactly at
+``stream_max_age`` (XTRIM MINID =), every ``trim_interval`` seconds and once at start.
+Exact, not ``~``: retention is a promise about personal data, and a stream of a quiet
+tenant may fit in one node, which ``~`` would keep whole.
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway.aio import raise_if_cancelled
-from gateway.bus import keys
+from gateway.bus import keys, rewrite
 from gateway.bus.live import LiveHub, LiveSubscription
 from gateway.stats import Counters, Histogram
 
@@ -170,17 +178,21 @@ class EventBus:
         backoff_max: float = 2.0,
         socket_timeout: float = 5.0,
         live_maxsize: int = 1000,
+        trim_interval: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_queue < 1 or max_buffer < 1 or batch_size < 1 or stream_maxlen < 1:
             raise ValueError("max_queue, max_buffer, batch_size and stream_maxlen must be >= 1")
         if stream_max_age is not None and stream_max_age <= 0:
             raise ValueError("stream_max_age must be positive (or None)")
+        if trim_interval is not None and trim_interval <= 0:
+            raise ValueError("trim_interval must be positive (or None)")
         # The SIP path's counters; the bus keeps its own numbers on this object.
         self.counters = counters
         self.max_buffer = max_buffer
         self.stream_maxlen = stream_maxlen
         self.stream_max_age = stream_max_age
+        self.trim_interval = trim_interval
         self.batch_size = batch_size
         self.flush_timeout = flush_timeout
         self._backoff = (backoff_initial, backoff_max)
@@ -206,6 +218,7 @@ class EventBus:
         self._drained = asyncio.Event()
         self._stopping = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._trimmer: asyncio.Task[None] | None = None
         self._need_eval = True  # the first call loads the script (EVAL caches it)
         self._warned_at: dict[str, float] = {}
         self.published = 0
@@ -215,6 +228,8 @@ class EventBus:
         self.redis_up = True
         self.round_trips = 0
         self.bad_entries = 0  # stream entries that did not decode on replay
+        self.trimmed = 0  # entries removed by the retention timer
+        self.trim_errors = 0  # timer rounds that failed (Redis down: the next one retries)
         self.publish_latency = Histogram(PUBLISH_LATENCY_BUCKETS)  # publish() -> in Redis
 
     # -- metrics --------------------------------------------------------------------------
@@ -238,6 +253,8 @@ class EventBus:
     async def start(self) -> None:
         if self._writer is None:
             self._writer = asyncio.create_task(self._run_writer(), name="bus-writer")
+        if self._trimmer is None and self.trim_interval and self.stream_max_age:
+            self._trimmer = asyncio.create_task(self._run_trimmer(), name="bus-trimmer")
         await self.hub.start()
 
     async def stop(self) -> int:
@@ -245,6 +262,10 @@ class EventBus:
         events were left unwritten (also counted as ``dropped["shutdown"]``).
         Events published after stop() began are refused (``dropped["stopped"]``)."""
         self._stopping.set()
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            await asyncio.wait({self._trimmer}, timeout=1.0)
+            self._trimmer = None
         writer = self._writer
         if writer is not None:
             with contextlib.suppress(TimeoutError):
@@ -389,6 +410,42 @@ class EventBus:
         ms = int((self._clock() - self.stream_max_age) * 1000)
         return f"{ms}-0" if ms > 0 else ""
 
+    # -- retention ------------------------------------------------------------------------
+    async def _run_trimmer(self) -> None:
+        assert self.trim_interval is not None
+        while True:
+            try:
+                await self.trim_by_age()
+            except (RedisError, OSError) as exc:
+                # The bus writer already says when Redis is away; count, retry next round.
+                self.trim_errors += 1
+                log.debug("bus: retention trim failed", extra={"error": str(exc)})
+            except Exception:  # a bug must not end retention for the node's lifetime
+                self.trim_errors += 1
+                log.exception("bus: retention trim failed")
+            finally:
+                raise_if_cancelled()
+            await asyncio.sleep(self.trim_interval)
+
+    async def trim_by_age(self) -> int:
+        """Remove every entry older than ``stream_max_age`` from every tenant stream in
+        Redis, exactly (XTRIM MINID =). Returns how many entries went."""
+        min_id = self._min_id()
+        if not min_id:
+            return 0
+        removed = 0
+        async for key in self._redis.scan_iter(
+            match=keys.EVENTS_PATTERN, count=1000, _type="STREAM"
+        ):
+            if keys.tenant_of_events_key(key) is None:
+                continue  # not a stream of ours (the pattern is wider than a tenant id)
+            removed += int(await self._redis.xtrim(key, minid=min_id, approximate=False))
+            raise_if_cancelled()
+        if removed:
+            self.trimmed += removed
+            log.info("bus: retention trimmed old events", extra={"entries": removed})
+        return removed
+
     async def _send_batch(self) -> bool:
         """Send the head of the buffer in one round trip. Returns True if some events
         must go again at once (the script had to be loaded); raises on connection
@@ -503,15 +560,29 @@ class EventBus:
         seq = entries[0][0]
         return seq.decode("ascii") if isinstance(seq, bytes) else str(seq)
 
-    async def delete_events(self, tenant: str, seqs: list[str]) -> int:
-        """Remove events from the tenant's stream (GDPR erasure): how many were there."""
-        deleted = 0
-        for start in range(0, len(seqs), 1000):
-            deleted += int(
-                await self._redis.xdel(keys.events_key(tenant), *seqs[start : start + 1000])
-            )
-            raise_if_cancelled()
-        return deleted
+    async def delete_events(
+        self, tenant: str, select: Callable[[dict[str, Any]], bool]
+    ) -> list[dict[str, Any]]:
+        """Remove every event of the tenant's stream that `select` picks (GDPR erasure),
+        and return them. Raises `StreamBusy` if another erasure of the tenant does not
+        end in time, and redis errors as is."""
+        async with rewrite.editing(self._redis, tenant):
+            found: list[tuple[str, dict[str, Any]]] = []
+            after: str | None = None
+            while True:
+                page = await self.replay_page(tenant, after, count=MAX_REPLAY_COUNT)
+                found += [(seq, event) for seq, event in page.events if select(event)]
+                if page.exhausted or page.last_seq is None:
+                    break
+                after = page.last_seq
+            await rewrite.delete_entries(self._redis, tenant, [seq for seq, _ in found])
+        return [event for _, event in found]
+
+    async def rewrite_events(self, tenant: str, edit: rewrite.Edit) -> int:
+        """Apply `edit` to every stored event of the tenant, ids and order kept (see
+        rewrite.py): how many events changed. `StreamBusy` and redis errors as above."""
+        async with rewrite.editing(self._redis, tenant):
+            return await rewrite.rewrite_entries(self._redis, tenant, edit)
 
     def subscribe(
         self,

@@ -325,20 +325,24 @@ _SCALARS = (str, int, float, bool)
 @dataclass(frozen=True, slots=True)
 class Lookup(_Part):
     """Caller recognition: status hit|miss|pending|timeout|error, the local cache's
-    answer (hit|miss), the time it took and its budget, and the contact's fields (only
-    those the tenant configured; values are scalars)."""
+    answer (hit|miss), the time it took and its budget, the contact source the contact
+    came from and the contact's fields (only those the tenant configured; values are
+    scalars). The source is stored so that unlinking it can remove its contact data
+    from the stored events at once (api/contacts.py)."""
 
     status: str
     cache: str | None = None
     latency_ms: float | None = None
     budget_ms: float | None = None
     contact: Mapping[str, Scalar] | None = field(default=None, hash=False)
+    source: str | None = None  # after contact: older code builds Lookup positionally
 
     _SPEC: ClassVar[_Spec] = (
         ("status", "status", _STR),
         ("cache", "cache", _STR),
         ("latency_ms", "latency_ms", _NUM),
         ("budget_ms", "budget_ms", _NUM),
+        ("source", "source", _STR),
     )
 
     def to_dict(self) -> dict[str, Any]:

@@ -178,7 +178,10 @@ async def test_source_removal_deletes_its_records_at_once(gateway: GatewayProces
     (source,) = json.loads(raw)["sources"]
     assert (source["id"], source["numbers"]) == ("crm", 3000)
     status, raw = await gateway.http("DELETE", "/v1/sources/crm", token=admin)
-    assert (status, json.loads(raw)) == (200, {"source": "crm", "deleted": 3000})
+    assert (status, json.loads(raw)) == (
+        200,
+        {"source": "crm", "deleted": 3000, "events_redacted": 0},
+    )
     assert (await gateway.http("DELETE", "/v1/sources/crm", token=admin))[0] == 404
     client = aioredis.Redis.from_url(gateway.redis_url)
     try:
