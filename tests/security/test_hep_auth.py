@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -111,10 +112,11 @@ async def test_hep_without_its_key_or_with_a_wrong_one_makes_no_event(
     # the key check, not a broken feed). The intake handles datagrams in order, so the
     # forged ones were refused before this one was read.
     send_from(PBX, hep("genuine-call", KEY.encode()), intake)
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+    Entries = list[tuple[bytes, dict[bytes, bytes]]]
+    entries: Entries = []
 
     async def arrived() -> bool:
-        entries[:] = await redis_of.xrange(stream)
+        entries[:] = cast(Entries, await redis_of.xrange(stream))
         return bool(entries)
 
     await wait_until_true(arrived, what="the genuine call's event in the tenant stream")
