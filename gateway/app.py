@@ -323,10 +323,9 @@ class Gateway:
             # every subscriber; compressing per subscriber costs CPU per event and
             # ~100 KiB of zlib state per connection (measured by bench fan-out).
             ws_per_message_deflate=False,
-            ssl_certfile=self.settings.http.tls_cert,
-            ssl_keyfile=self.settings.http.tls_key,
-            # TLS 1.2+ with the same strong suites as SIP over TLS.
-            ssl_ciphers=self.settings.sip.tls_ciphers,
+            # HTTPS/WSS: the one server context of the gateway (transport/tls.py), with
+            # http.tls_min_version as its floor and the same strong suites as SIP.
+            ssl_context_factory=self._https_context if self.settings.http.tls_cert else None,
         )
         self.http = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self.http.serve())
@@ -335,6 +334,16 @@ class Gateway:
                 self._http_task.result()  # re-raise: port in use and the like
                 raise RuntimeError("HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
+
+    def _https_context(
+        self, _config: uvicorn.Config, _default: Callable[[], Any]
+    ) -> ssl.SSLContext:
+        http = self.settings.http
+        assert http.tls_cert is not None and http.tls_key is not None
+        return tls.server_context(
+            http.tls_cert, http.tls_key,
+            min_version=http.tls_min_version, ciphers=self.settings.sip.tls_ciphers,
+        )  # fmt: skip
 
     # -- worker processes ------------------------------------------------------------
     async def _report_stats(self) -> None:

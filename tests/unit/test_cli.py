@@ -24,7 +24,19 @@ def test_check_config_of_the_embedded_demo() -> None:
 
 
 def test_check_config_of_the_example_file() -> None:
-    result = sipgw("check-config", "--config", str(REPO / "examples" / "sipgw.toml"))
+    example = str(REPO / "examples" / "sipgw.toml")
+    # Its EXAMPLE ONLY passwords are public: it listens on 0.0.0.0, so it is refused...
+    result = sipgw("check-config", "--config", example)
+    assert result.returncode == 2
+    assert "sip.listen[0]: this configuration, which holds a published password" in result.stderr
+    assert "Change-Me" not in result.stderr
+    # ...until each is replaced, as its comment says, through the environment.
+    own = {
+        "SIPGW_TENANTS__0__USERS__0__PASSWORD": "Own-pass-201!",
+        "SIPGW_TENANTS__0__USERS__1__PASSWORD": "Own-pass-202!",
+        "SIPGW_TENANTS__1__USERS__0__PASSWORD": "Own-pass-1001!",
+    }
+    result = sipgw("check-config", "--config", example, env=own)
     assert result.returncode == 0, result.stderr
 
 

@@ -103,8 +103,15 @@ def test_embedded_default_demo_passwords_are_strong_and_resolve() -> None:
     assert settings.tenant_for_domain("192.0.2.1") is demo  # the default tenant
 
 
+EXAMPLE_OWN_PASSWORDS = {  # the example's public passwords replaced (gateway/config/exposure.py)
+    "SIPGW_TENANTS__0__USERS__0__PASSWORD": "Own-pass-201!",
+    "SIPGW_TENANTS__0__USERS__1__PASSWORD": "Own-pass-202!",
+    "SIPGW_TENANTS__1__USERS__0__PASSWORD": "Own-pass-1001!",
+}
+
+
 def test_full_example_loads() -> None:
-    settings = load_settings(REPO / "examples" / "sipgw.toml", env={})
+    settings = load_settings(REPO / "examples" / "sipgw.toml", env=EXAMPLE_OWN_PASSWORDS)
 
     assert settings.sip.advertise == "sip.gw.example.net"
     assert str(settings.sip.listen[3]) == "udp:[::]:5060"
