@@ -5,7 +5,10 @@
     DELETE /v1/calls/{id}   cancel it, at any stage until it is finished      → 200
 
 A "user" dials from their own extension only; an "admin" from any extension of the
-tenant. The same `request_id` (idempotency key) twice gives the one request it started.
+tenant, without auto-answer when it is not the admin's own phone. Destinations are
+checked against the tenant's `[tenants.dial]` prefixes (premium ranges denied by
+default) before any SIP is sent: 403. The same `request_id` (idempotency key) twice
+gives the one request it started.
 Requests are rate-limited per user (token bucket, `[dial] rate_per_minute` / `burst`).
 Whatever is not the caller's — another tenant's request, another user's — answers 404,
 exactly like an id that does not exist.
@@ -180,7 +183,10 @@ def calls_router(
                 "description": "Accepted: the phone is being called",
                 "content": {"application/json": {"example": ACCEPTED_EXAMPLE}},
             },
-            403: {"description": "`from` is another user's extension (users dial from their own)"},
+            403: {
+                "description": "`from` is another user's extension (users dial from their own); "
+                "`to` is in a denied range; `auto_answer` on someone else's phone"
+            },
             409: {"description": "The extension has no registered phone, or the key was reused"},
             422: {"description": "A field is invalid (the message names it)"},
             429: {"description": "Too many dial requests: see Retry-After"},
@@ -207,6 +213,14 @@ def calls_router(
             phone_user = tenant.user_by_extension(from_ext)
             if phone_user is None:
                 raise _Refused(422, f"from: no extension {from_ext} in this tenant")
+            if phone_user.username != principal.user:
+                # Auto-answer opens a colleague's microphone: only on one's own phone. Not
+                # asked for: the phone simply rings; asked for: refused, not ignored.
+                if data.get("auto_answer") is True:
+                    raise _Refused(
+                        403, "auto_answer: only on your own phone; leave it out to ring this one"
+                    )
+                auto_answer = False
             found = originator().existing(tenant.id, principal.user or "", request_id)
             if found is not None:
                 if found.order.to.raw != to_text or found.order.user.extension != from_ext:

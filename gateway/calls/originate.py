@@ -80,6 +80,19 @@ class DialOrder:
     auto_answer: bool = True
     request_id: str | None = None
 
+    @property
+    def own_phone(self) -> bool:
+        """True when the phone that rings first is the requester's own."""
+        return self.user.username == self.requested_by
+
+
+def destination_refusal(tenant: Tenant, to: Destination) -> str | None:
+    """Why the tenant's click-to-dial policy denies ``to``; None when it may be called.
+    The tenant's own extensions are always allowed."""
+    if to.e164 is None and tenant.user_by_extension(to.dial) is not None:
+        return None
+    return tenant.dial.refusal(to.dial)
+
 
 @dataclass(frozen=True, slots=True)
 class DialCause:
@@ -188,9 +201,15 @@ class Originator:
         return found if found is not None and found.tenant == tenant else None
 
     def dial(self, order: DialOrder) -> DialRequest:
-        """Start a dial request, or raise `DialError` (409: no phone registered)."""
+        """Start a dial request, or raise `DialError` (403: a destination the tenant's
+        `[tenants.dial]` policy denies, checked before any SIP is sent; 409: no phone
+        registered)."""
         self._housekeeping()
         tenant, user = order.tenant, order.user
+        refusal = destination_refusal(tenant, order.to)
+        if refusal is not None:
+            self.counts["denied"] += 1
+            raise DialError(403, f"to: {refusal}")
         now = self.proxy.clock()
         bindings = self.proxy.location.bindings(tenant.id, user.extension, now)
         if not bindings:
@@ -201,7 +220,10 @@ class Originator:
         if profile is None:  # the loader checks user profiles; a reload may not have
             raise DialError(409, f"extension {user.extension} has no SIP profile")
         mode: Mode = "refer" if profile.supports_refer else "3pcc"
-        method = profile.auto_answer if order.auto_answer else "off"
+        # Auto-answer opens a microphone: only ever on the requester's own phone, never
+        # on a colleague's that an admin dials from (the API refuses an explicit ask).
+        auto_answer = order.auto_answer and order.own_phone
+        method = profile.auto_answer if auto_answer else "off"
         wall = self.wall_clock()
         request = DialRequest(
             id=uuid7(wall),
@@ -216,7 +238,7 @@ class Originator:
         self._remember(request)
         self.counts["accepted"] += 1
         self.emit([self._originated(request, wall)])
-        lines = profile.auto_answer_headers if order.auto_answer else ()
+        lines = profile.auto_answer_headers if auto_answer else ()
         host = host_for_uri(self.proxy.advertise)
         headers = tuple(_header(line.replace("{host}", host)) for line in lines)
         self._call_phone(request, bindings, headers)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+from gateway.config.dial_policy import PREFIX, DialPolicy
 from gateway.config.errors import ConfigError
 from gateway.config.model import (
     TRANSPORTS,
@@ -74,6 +75,7 @@ class _Seen:
 
 _TENANT_KEYS = (
     "id", "name", "domains", "region", "realm", "users", "dids", "trunks", "recognition",
+    "dial",
 )  # fmt: skip
 
 
@@ -90,9 +92,10 @@ def _tenant(t: Table, profiles: Mapping[str, Profile]) -> Tenant:
     dids = _dids(t.get("dids"), tenant_id, users)
     trunks = _trunks(t.get("trunks"), profiles)
     recognition = _recognition(t.table("recognition"))
+    dial = dial_policy(t.table("dial"))
     return Tenant(
         id=tenant_id, name=name, domains=domains, region=tenant_region, realm=realm,
-        users=users, dids=dids, trunks=trunks, recognition=recognition,
+        users=users, dids=dids, trunks=trunks, recognition=recognition, dial=dial,
     )  # fmt: skip
 
 
@@ -429,6 +432,37 @@ def _trunk_match(t: Table, host: str, port: int, transport: str) -> tuple[str, .
     if not items:
         raise value.error("must list at least one address (or leave it out for host:port)")
     return tuple(item.parse(normalize_match) for item in items)
+
+
+# --- click-to-dial destinations ------------------------------------------------------
+
+
+def dial_policy(t: Table) -> DialPolicy:
+    """``[tenants.dial]``: allowed and denied destination prefixes (see dial_policy.py)."""
+    t.check_keys(("allow_prefixes", "deny_prefixes"))
+    lists: dict[str, tuple[str, ...]] = {}
+    for name in ("allow_prefixes", "deny_prefixes"):
+        value = t.get(name)
+        seen = _Seen()
+        prefixes: list[str] = []
+        for item in [] if value is None else value.items():
+            prefix = item.text().replace(" ", "")
+            if not PREFIX.fullmatch(prefix):
+                raise item.error(
+                    '"+" and up to 15 digits (an E.164 prefix, "+" alone: every number), '
+                    f"or 1-16 of 0-9 * # (short numbers), got {show(prefix)}"
+                )
+            seen.add(prefix, item.key)
+            prefixes.append(prefix)
+        lists[name] = tuple(prefixes)
+    for i, prefix in enumerate(lists["deny_prefixes"]):
+        if prefix in lists["allow_prefixes"]:
+            j = lists["allow_prefixes"].index(prefix)
+            raise ConfigError(
+                f"{t.key_of('deny_prefixes')}[{i}]",
+                f"{show(prefix)} is also {t.key_of('allow_prefixes')}[{j}]: keep it in one list",
+            )
+    return DialPolicy(lists["allow_prefixes"], lists["deny_prefixes"])
 
 
 # --- recognition ------------------------------------------------------------------
