@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import MonitorSettings, MonitorSource
 from gateway.proxy.hep import FAMILY_IPV4, IPPROTO_UDP, HepIntake, HepPacket, encode_hep
 from gateway.sip.message import Request, Response, parse_message
 from tests.peers import ports
@@ -36,6 +37,7 @@ pytestmark = [pytest.mark.peers, pytest.mark.asyncio]
 CONFIG = Path(__file__).with_name("kamailio") / "siptrace.cfg"
 HOST = "127.0.0.1"
 CAPTURE_ID = 2001  # hep_capture_id in siptrace.cfg
+HEP_AUTH_KEY = "kamailio-hep-key-0123456789"  # auth_key in siptrace.cfg
 CALLS = 5
 PER_CALL = 13
 
@@ -182,7 +184,7 @@ class Feed:
     enough: asyncio.Event = field(default_factory=asyncio.Event)
     wanted: int = CALLS * PER_CALL
 
-    def __call__(self, payload: bytes, packet: HepPacket) -> None:
+    def __call__(self, payload: bytes, packet: HepPacket, source: MonitorSource) -> None:
         self.items.append((payload, packet))
         self.first.set()
         if len(self.items) >= self.wanted:
@@ -195,7 +197,9 @@ async def hep_feed() -> AsyncIterator[tuple[HepIntake, Feed, Kamailio]]:
     module_dir = _module_dir(binary)
     require_binary("sipp")
     feed = Feed()
-    intake = HepIntake(feed)
+    # Kamailio as the one HEP sender, with its key: every packet must pass the check.
+    pbx = MonitorSource(address=HOST, tenant="acme", auth_key=HEP_AUTH_KEY)
+    intake = HepIntake(feed, MonitorSettings(sources=(pbx,)))
     await intake.start(HOST, ports.free_udp_port())
     assert intake.local is not None
     try:
@@ -225,7 +229,9 @@ async def _send_malformed(target: tuple[str, int]) -> None:
         good[:-4],  # length mismatch
         b"\x02\x10\x02\x11" + b"\x00" * 40,  # HEPv2 header: not supported
         b"OPTIONS sip:x@y SIP/2.0\r\n\r\n",  # bad magic
-        encode_hep(b"\x80\xc8\x00\x06", (HOST, 1), (HOST, 2), proto_type=5),  # RTCP
+        encode_hep(  # RTCP, from the PBX with its key
+            b"\x80\xc8\x00\x06", (HOST, 1), (HOST, 2), proto_type=5, auth_key=HEP_AUTH_KEY.encode()
+        ),
     ]
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=target)
@@ -282,7 +288,7 @@ async def test_intake_receives_every_traced_message(
     assert intake.errors == {"length mismatch": 1, "hep v1/v2 not supported": 1, "bad magic": 1}, (
         intake.errors
     )
-    assert intake.counters["malformed"] == 3
+    assert intake.dropped == {"malformed": 3}, "and none for its auth key"
     assert intake.counters["other_proto"] == 1
     assert intake.counters["callback_error"] == 0
     assert intake.counters["socket_error"] == 0

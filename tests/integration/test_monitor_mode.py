@@ -8,7 +8,7 @@ import pytest
 
 from tests.integration.conftest import GatewayFactory
 from tests.integration.test_events import by_call, check_stream, collect, subscribe
-from tests.integration.test_hep_kamailio import HOST, _module_dir, _start_kamailio
+from tests.integration.test_hep_kamailio import HEP_AUTH_KEY, HOST, _module_dir, _start_kamailio
 from tests.peers import ports
 from tests.peers.process import require_binary
 from tests.peers.sipp import run_sipp, scenario, start_sipp
@@ -47,6 +47,7 @@ hep_listen = "udp:127.0.0.1:{hep_port}"
 address = "127.0.0.1"
 tenant = "acme"
 trunks = ["127.0.0.1:{uac_port}"]
+auth_key = "{HEP_AUTH_KEY}"
 """
     gw = await gateway_factory(extra=monitor)
     ws = await subscribe(gw, await gw.login("203"))
