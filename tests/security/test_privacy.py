@@ -234,11 +234,11 @@ async def test_source_unlink_scrubs_its_contacts_from_stored_events_at_once(
     assert holding(after, *needles) == []
     # Every event is still there, under its id, in its order; only the contact went.
     assert [seq for seq, _ in after] == [seq for seq, _ in before]
-    stored = {e["call_id"]: e for e in decoded(after)}
-    call = stored[offered["call_id"]]
+    stored = {(e["call_id"], e["type"]): e for e in decoded(after)}
+    call = stored[offered["call_id"], "call.offered"]
     assert call["lookup"]["status"] == "hit" and call["lookup"]["source"] == "crm"
     assert "contact" not in call["lookup"] and "screen_pop" not in call
-    assert stored[kept.call_id]["lookup"]["contact"] == {"name": "Erp Keeper"}
+    assert stored[kept.call_id, "call.offered"]["lookup"]["contact"] == {"name": "Erp Keeper"}
     # What replay relies on to report trimmed events is unchanged.
     info_after = await stream_info(gateway)
     for field in (b"last-generated-id", b"entries-added", b"max-deleted-entry-id", b"length"):
