@@ -112,6 +112,10 @@ class SippCommand:
             argv += ["-d", str(self.hold_ms)]
         if self.auth is not None:
             argv += ["-au", self.auth[0], "-ap", self.auth[1]]
+            if "domain" in self.keys and "register" in self.scenario:
+                # The digest uri must be the Request-URI (sip:[domain]), not sipp's
+                # default, the remote address.
+                argv += ["-auth_uri", self.keys["domain"]]
         if self.timeout_s is not None:
             argv += ["-timeout", f"{max(1, math.ceil(self.timeout_s))}s", "-timeout_error"]
         if self.recv_timeout_ms is not None:

@@ -188,6 +188,25 @@ def _read_text(path: Path) -> str:
         return ""
 
 
+def _auth_uri(args: Sequence[str], domain: str) -> list[str]:
+    """sipp's digest ``uri`` is its remote address unless told otherwise; RFC 3261 §22
+    (and the gateway) want the Request-URI, which our scenarios write as
+    ``sip:[domain]`` (REGISTER) or ``sip:[service]@[domain]`` (INVITE)."""
+    if not _has(args, "-au") or _has(args, "-auth_uri"):
+        return []
+    scenario_file = _value(args, "-sf") or ""
+    if "register" in Path(scenario_file).name:
+        return ["-auth_uri", domain]
+    return ["-auth_uri", f"{_value(args, '-s') or 'service'}@{domain}"]
+
+
+def _value(args: Sequence[str], opt: str) -> str | None:
+    args = list(args)
+    if opt in args and args.index(opt) + 1 < len(args):
+        return args[args.index(opt) + 1]
+    return None
+
+
 def _has(args: Sequence[str], opt: str) -> bool:
     return opt in args
 
@@ -321,6 +340,7 @@ async def start_sipp(
     all_keys.update(keys or {})
     for k, v in all_keys.items():
         argv += ["-key", k, str(v)]
+    argv += _auth_uri(args, all_keys["domain"])
     proc = await PeerProcess.start(
         name, argv, cwd=w, stdin=False,
         log_files=[w / "errors.log", w / "messages.log"] if trace_msg else [w / "errors.log"],
