@@ -319,10 +319,14 @@ def events_router(
     subscribers = Subscribers(settings.max_subscribers_per_tenant)
     cache = EncodedCache()
 
-    def session_end(
+    async def session_end(
         bearer: str, principal: Principal
     ) -> Callable[[], Awaitable[SessionEnd | None]]:
-        return lambda: directory_getter().session_end(bearer, principal)
+        try:
+            epoch: str | None = await directory_getter().epoch()
+        except DirectoryUnavailable:
+            epoch = None
+        return lambda: directory_getter().session_end(bearer, principal, epoch)
 
     @router.websocket("/v1/events")
     async def websocket_events(
@@ -368,7 +372,7 @@ def events_router(
                     fmt,
                     settings,
                     cache,
-                    session_end(bearer, principal),
+                    await session_end(bearer, principal),
                 ),
                 fmt,
             )
@@ -400,7 +404,7 @@ def events_router(
             "json",
             settings,
             cache,
-            session_end(bearer, principal),
+            await session_end(bearer, principal),
         )
 
         async def body() -> AsyncIterator[bytes]:

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import re
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -679,15 +680,29 @@ class Directory:
             expires_at=expires_at,
         )
 
-    async def session_end(self, bearer: str, principal: Principal) -> SessionEnd | None:
+    async def epoch(self) -> str:
+        """The id of the data set Redis holds now, made when missing. A session remembers
+        it at its start: a token missing under another epoch was lost with Redis's data
+        (a restart without persistence, a flush), not revoked."""
+        async with self._redis_errors():
+            await self._redis.set(keys.EPOCH, secrets.token_hex(8), nx=True)
+            return str(await self._redis.get(keys.EPOCH))
+
+    async def session_end(
+        self, bearer: str, principal: Principal, epoch: str | None = None
+    ) -> SessionEnd | None:
         """Why a live session (an event subscription) of this token must end now, or None
         while the token is valid. One EXISTS per call while valid; Redis errors raise
-        ``DirectoryUnavailable``."""
+        ``DirectoryUnavailable``. ``epoch``: ``epoch()`` when the session started."""
         now = self._clock()
         if principal.expires_at is not None and principal.expires_at <= now:
             return "token expired"
         async with self._redis_errors():
             if await self._redis.exists(keys.token(token_hash(bearer))):
+                return None
+            if epoch is not None and await self.epoch() != epoch:
+                # Redis lost every token and every revocation with them: nothing says
+                # this one was revoked. It lives on until it expires (checked above).
                 return None
             if principal.expires_at is not None and principal.expires_at <= now + 1.0:
                 return "token expired"  # Redis expired the key a moment before our clock

@@ -19,11 +19,15 @@ prefixed ``sipgw:``.
     sipgw:audit                       stream  attempts naming no known tenant (capped)
     {t}:login:fail:<username>         string  failed-login counter (expires)
     sipgw:login:fail:src:<address>    string  failed-login counter of a source (IPv6 /64)
+    sipgw:epoch                       string  random id of this Redis's data set, made
+                                              when missing: a new one means the data
+                                              (tokens, revocations) was lost
 """
 
 from __future__ import annotations
 
 TENANTS = "sipgw:tenants"
+EPOCH = "sipgw:epoch"
 GLOBAL_AUDIT = "sipgw:audit"
 SYNC_TOKENS = "@sync"  # the token index of tenant-level (sync) tokens; no username has "@"
 
