@@ -161,6 +161,7 @@ class Proxy:
         self.route_signer = RouteSigner(secret)
         self.destinations = DestinationPolicy(
             services=service_endpoints(settings),
+            sip_listeners=[(spec.host, spec.port) for spec in self.sip.listen if spec.port],
             deny=self.sip.deny_destinations,
             local_hosts=[spec.host for spec in self.sip.listen] + [self.sip.advertise or ""],
             is_peer=self._is_known_peer,
@@ -629,8 +630,14 @@ class Proxy:
 
     def _may_send(self, target: Target) -> bool:
         refused = self.destinations.refusal_for(target)
-        if refused is None and self._is_our_address(target.host, target.port):
-            refused = "own_service"  # our own SIP listener: the request would loop
+        if (
+            refused is None
+            and self._is_our_address(target.host, target.port)
+            and not self.directory.is_trunk_address(target.host, target.port)
+        ):
+            # Our own SIP listener, as bound (port 0 in the settings) or a worker's:
+            # only a configured trunk may spiral back to us.
+            refused = "own_service"
         if refused is None:
             return True
         self.counters.security[f"destination_{refused}"] += 1

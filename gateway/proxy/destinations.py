@@ -7,10 +7,10 @@ a policy one datagram could make the gateway open a connection to its own Redis 
 write a SIP body there, which Redis would run as commands (issue #11). The rules, in
 order:
 
-1. **Never our own services.** The Redis server, the HTTP listener, the HEP intake and
-   our own SIP listeners are refused whatever the message says: there is no legitimate
-   reason to send SIP to them (a spiral back to ourselves only ever happens through a
-   configured trunk, which rule 3 lets through).
+1. **Never our own services.** The Redis server, the HTTP listener and the HEP intake
+   are refused whatever the message says: there is no legitimate reason to send SIP to
+   them. Our own SIP listeners likewise, except as a configured trunk: a spiral back to
+   ourselves is a decision of the configuration, never of a message.
 2. **Never a denied network** (``sip.deny_destinations``): by default the unspecified
    addresses, link-local (169.254/16 holds cloud metadata services), multicast,
    reserved and broadcast space (``DEFAULT_DENY_DESTINATIONS``).
@@ -70,6 +70,7 @@ class DestinationPolicy:
         self,
         *,
         services: Iterable[tuple[str, int]],
+        sip_listeners: Iterable[tuple[str, int]] = (),
         deny: Iterable[str] = DEFAULT_DENY_DESTINATIONS,
         local_hosts: Iterable[str] = (),
         is_peer: Callable[[str, int], bool] = lambda host, port: False,
@@ -89,6 +90,7 @@ class DestinationPolicy:
         self._remote: set[tuple[IPAddress, int]] = set()
         for host, port in services:
             self._add_service(host, port)
+        self._sip_ports = frozenset(port for _host, port in sip_listeners)
 
     def _add_service(self, host: str, port: int) -> None:
         if strip_brackets(host).lower() in _WILDCARDS or host.lower() == "localhost":
@@ -117,6 +119,8 @@ class DestinationPolicy:
             return None  # a name: checked once resolved (TransportLayer.destination_check)
         local = self._is_local(addr)
         if (local and port in self._local_ports) or (addr, port) in self._remote:
+            return "own_service"
+        if local and port in self._sip_ports and not self.is_peer(str(addr), port):
             return "own_service"
         if any(addr in net for net in self.deny):
             return "denied_network"
@@ -152,9 +156,8 @@ def _resolve(host: str, port: int) -> list[str]:
 
 
 def service_endpoints(settings: Settings) -> list[tuple[str, int]]:
-    """Our own listeners and backends, from the settings (ports as configured; the
-    transport's actually bound ports are added by the caller once known)."""
-    endpoints = [(spec.host, spec.port) for spec in settings.sip.listen if spec.port]
+    """Our own listeners and backends besides SIP, from the settings."""
+    endpoints: list[tuple[str, int]] = []
     redis = urlsplit(settings.redis.url)
     if redis.scheme in ("redis", "rediss") and redis.hostname:
         endpoints.append((redis.hostname, redis.port or 6379))

@@ -519,3 +519,19 @@ def test_client_quotes_awkward_values() -> None:
         'Digest realm="r", nonce="n", qop="auth"', "REGISTER", "sip:r", cnonce="c"
     )
     assert parse_credentials(value)["username"] == 'we"ird\\user'
+
+
+def test_a_nonce_is_used_only_where_it_was_issued() -> None:
+    # Two workers share the secret; nonce-counts live with the issuer, so a credential
+    # shown to the sibling is stale (the client retries with a fresh nonce), never a
+    # second use of the same nonce-count.
+    first = make_server(issuer=b"\x00\x00\x00\x01")
+    sibling = make_server(issuer=b"\x00\x00\x00\x02")
+    value = answer(first.challenge()[0])
+    elsewhere = sibling.verify(value, "REGISTER", lookup)
+    assert (elsewhere.ok, elsewhere.stale) == (False, True)
+    assert first.verify(value, "REGISTER", lookup).ok
+    replay = first.verify(value, "REGISTER", lookup)
+    assert (replay.ok, replay.reason) == (False, "replayed nonce count")
+    wrong = answer(first.challenge()[0], password="wrong")
+    assert sibling.verify(wrong, "REGISTER", lookup).reason == "bad credentials"
