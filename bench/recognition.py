@@ -518,10 +518,10 @@ def sipgw_cli() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
 
 
-# Used only while `sync` is not yet a subcommand of gateway/cli.py: the same parser
-# registration (gateway/cli_sync.py) behind a minimal `sipgw` parser.
+# Used only when the console script has no `sync` subcommand (an old install): the same parser
+# registration (gateway/cli/sync/command.py) behind a minimal `sipgw` parser.
 _SYNC_SHIM = (
-    "import argparse, sys; from gateway import cli_sync; "
+    "import argparse, sys; from gateway.cli.sync import command as cli_sync; "
     "p = argparse.ArgumentParser(prog='sipgw'); "
     "cli_sync.register(p.add_subparsers(dest='command', required=True)); "
     "a = p.parse_args(); sys.exit(a.func(a))"
@@ -541,7 +541,7 @@ def sync_cli() -> tuple[list[str], str]:
         return [*base, "sync"], "sipgw sync"
     return (
         [sys.executable, "-c", _SYNC_SHIM, "sync"],
-        "gateway.cli_sync through python -c (sync was not a subcommand of gateway/cli.py)",
+        "gateway.cli.sync.command through python -c (the console script had no sync)",
     )
 
 

@@ -20,8 +20,8 @@ import redis
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI
 
-from gateway import cli_admin
 from gateway.api.auth import auth_router, ensure_extension, ensure_tenant, require_principal
+from gateway.cli import admin as cli_admin
 from gateway.config import Settings, load_settings
 from gateway.security import keys
 from gateway.security.directory import Directory, DirectoryError, DirectoryUnavailable

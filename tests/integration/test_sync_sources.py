@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from gateway.recognition.sync import plan as plan_module
-from gateway.recognition.sync.client import SyncClient
-from gateway.recognition.sync.mapping import load_mapping
-from gateway.recognition.sync.run import SyncError, SyncSummary, sync
-from gateway.recognition.sync.state import Identity, State, default_state_path
+from gateway.cli.sync import plan as plan_module
+from gateway.cli.sync.client import SyncClient
+from gateway.cli.sync.mapping import load_mapping
+from gateway.cli.sync.run import SyncError, SyncSummary, sync
+from gateway.cli.sync.state import Identity, State, default_state_path
 from tests.integration import postgres
 from tests.peers import ports
 
@@ -672,7 +672,7 @@ def test_worker_processes_give_the_same_plan(
 
 
 def sipgw_sync(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``sipgw sync …`` as an operator runs it (through cli_sync until cli.py has it)."""
+    """``sipgw sync …`` as an operator runs it (its console script, else cli.sync.command)."""
     exe = Path(sys.executable).parent / "sipgw"
     probe = subprocess.run(
         [str(exe), "sync", "--help"], capture_output=True, text=True, timeout=60, check=False
@@ -683,7 +683,7 @@ def sipgw_sync(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
         command = [
             sys.executable, "-c",
             "import argparse, sys\n"
-            "from gateway import cli_sync\n"
+            "from gateway.cli.sync import command as cli_sync\n"
             "parser = argparse.ArgumentParser(prog='sipgw')\n"
             "cli_sync.register(parser.add_subparsers(dest='command', required=True))\n"
             "args = parser.parse_args(sys.argv[1:])\n"

@@ -11,7 +11,7 @@ from typing import Any
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from gateway.watch import SUBPROTOCOL, WatchOptions, events_url, format_row, watch
+from gateway.cli.watch import SUBPROTOCOL, WatchOptions, events_url, format_row, watch
 from tests.peers.ports import free_port
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli.watch import UnsafeURL, check_url
 from gateway.config import ConfigError, load_settings
-from gateway.watch import UnsafeURL, check_url
 from tests.integration.conftest import GatewayFactory
 
 REPO = Path(__file__).resolve().parents[2]

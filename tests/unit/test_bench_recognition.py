@@ -28,8 +28,8 @@ from bench.recognition import (
     summary_line,
     write_csv,
 )
+from gateway.cli.sync.mapping import load_mapping
 from gateway.recognition.numbers import normalize
-from gateway.recognition.sync.mapping import load_mapping
 
 
 def test_latency_summary_is_nearest_rank_in_microseconds() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli.sync.mapping import Mapping, load_mapping, read_token
 from gateway.config import ConfigError
-from gateway.recognition.sync.mapping import Mapping, load_mapping, read_token
 
 # A valid mapping that the cases below extend or break, one section at a time.
 HEAD = 'tenant = "acme"\nsource = "crm"\nregion = "NL"\n'

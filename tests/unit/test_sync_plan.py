@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.recognition.sync.plan import (
+from gateway.cli.sync.plan import (
     MAX_VALUE,
     Layout,
     Plan,
@@ -20,7 +20,7 @@ from gateway.recognition.sync.plan import (
     canonical_fields,
     digest_of,
 )
-from gateway.recognition.sync.sources import Row, Unreadable
+from gateway.cli.sync.sources import Row, Unreadable
 
 # Rows as read_rows yields them for columns (phone, mobile, name, company).
 LAYOUT = Layout(

@@ -46,11 +46,11 @@ from typing import NamedTuple, Protocol
 
 import phonenumbers
 
+from gateway.cli.sync.mapping import Mapping as SyncMapping
+from gateway.cli.sync.sources import Row, Unreadable
 from gateway.config.syntax import show
 from gateway.recognition import numbers as numbers_module
 from gateway.recognition.numbers import normalize
-from gateway.recognition.sync.mapping import Mapping as SyncMapping
-from gateway.recognition.sync.sources import Row, Unreadable
 
 MAX_VALUE = 512  # characters of a field value; the gateway refuses longer ones
 DIGEST_SIZE = 16

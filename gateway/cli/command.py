@@ -17,13 +17,15 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
-from gateway import __version__, cli_admin, cli_dial, cli_sync
+from gateway import __version__
 from gateway.app import DEFAULT_STATE_DIR, Gateway, install_uvloop
+from gateway.cli import admin, dial
+from gateway.cli.sync import command as sync_command
+from gateway.cli.watch import UnsafeURL, WatchError, WatchOptions, check_url, watch
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.logs import setup_logging
 from gateway.supervisor import run_workers
 from gateway.transport.relay import WorkerPlan
-from gateway.watch import UnsafeURL, WatchError, WatchOptions, check_url, watch
 
 
 def _load(path: str | None) -> Settings:
@@ -219,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="load and check the settings")
     check.add_argument("--config", help="TOML settings file")
     check.set_defaults(func=cmd_check_config)
-    cli_admin.register(sub)
-    cli_sync.register(sub)
-    cli_dial.register(sub)
+    admin.register(sub)
+    sync_command.register(sub)
+    dial.register(sub)
 
     watch_cmd = sub.add_parser("watch", help="print live call events as a table")
     watch_cmd.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's HTTP API")
@@ -239,7 +241,3 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

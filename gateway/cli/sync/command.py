@@ -19,10 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.config import ConfigError
-from gateway.recognition.sync.client import SyncClient
-from gateway.recognition.sync.mapping import Mapping, load_mapping, read_token
-from gateway.recognition.sync.run import (
+from gateway.cli.sync.client import SyncClient
+from gateway.cli.sync.mapping import Mapping, load_mapping, read_token
+from gateway.cli.sync.run import (
     DEFAULT_BATCH,
     EXIT_OK,
     EXIT_USAGE,
@@ -31,7 +30,8 @@ from gateway.recognition.sync.run import (
     SyncSummary,
     sync,
 )
-from gateway.recognition.sync.state import default_state_path
+from gateway.cli.sync.state import default_state_path
+from gateway.config import ConfigError
 
 
 def _say(line: str) -> None:

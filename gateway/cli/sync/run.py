@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from gateway.config.errors import ConfigError
-from gateway.recognition.sync.client import BatchAck, GatewayError
-from gateway.recognition.sync.mapping import Mapping
-from gateway.recognition.sync.plan import (
+from gateway.cli.sync.client import BatchAck, GatewayError
+from gateway.cli.sync.mapping import Mapping
+from gateway.cli.sync.plan import (
     Layout,
     Memo,
     Plan,
@@ -41,14 +40,15 @@ from gateway.recognition.sync.plan import (
     default_workers,
     normalizer_tag,
 )
-from gateway.recognition.sync.sources import (
+from gateway.cli.sync.sources import (
     MissingColumns,
     SourceError,
     line_word,
     position,
     read_rows,
 )
-from gateway.recognition.sync.state import Identity, State, StateError, StateMismatch
+from gateway.cli.sync.state import Identity, State, StateError, StateMismatch
+from gateway.config.errors import ConfigError
 
 DEFAULT_BATCH = 1000
 MAX_BATCH = 5000

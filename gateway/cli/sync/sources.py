@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from gateway.recognition.sync.mapping import InputSpec
+from gateway.cli.sync.mapping import InputSpec
 
 _FETCH = 2000  # rows per round trip to a database
 _MAX_KEYS_SHOWN = 50  # of a JSON lines file's keys, in a missing-column message

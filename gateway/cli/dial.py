@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from gateway.watch import UnsafeURL, WatchError, WatchOptions, check_url, login
+from gateway.cli.watch import UnsafeURL, WatchError, WatchOptions, check_url, login
 
 POLL_INTERVAL = 0.5
 
