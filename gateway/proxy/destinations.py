@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from gateway.config import Settings
 from gateway.config.model import DEFAULT_DENY_DESTINATIONS
-from gateway.transport.addresses import Target, strip_brackets
+from gateway.transport.addresses import Target, ip_address_of, strip_brackets
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -43,9 +43,8 @@ _WILDCARDS = frozenset({"", "0.0.0.0", "::", "*"})
 
 
 def _address(host: str) -> IPAddress | None:
-    try:
-        addr = ipaddress.ip_address(strip_brackets(host))
-    except ValueError:
+    addr = ip_address_of(host)
+    if addr is None:
         return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from gateway.config import Profile, Settings, Tenant, Trunk, User
 from gateway.config.syntax import IPNetwork, parse_match
-from gateway.transport.addresses import strip_brackets
+from gateway.transport.addresses import ip_address_of, strip_brackets
 
 
 def digits_key(number: str) -> str:
@@ -84,9 +84,8 @@ class Directory:
         return self._dids.get(key) if key else None
 
     def trunk_for_source(self, host: str, port: int) -> tuple[Tenant, Trunk] | None:
-        try:
-            addr = ipaddress.ip_address(strip_brackets(host))
-        except ValueError:
+        addr = ip_address_of(host)
+        if addr is None:
             return None
         for rule in self._source_rules:
             if addr in rule.network and (rule.port is None or rule.port == port):

@@ -51,14 +51,13 @@ SIP server applies it and the layers point down (security → proxy).
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import os
 from array import array
 from collections.abc import Callable, Iterable
 
 from gateway.config.syntax import parse_match
-from gateway.transport.addresses import Source, source_bucket
+from gateway.transport.addresses import Source, ip_address_of, source_bucket
 
 __all__ = ["MAX_SOURCES", "SKETCH_ROWS", "SKETCH_WIDTH", "FloodGuard", "source_bucket"]
 
@@ -188,8 +187,5 @@ class FloodGuard:
     def _exempt(self, host: str) -> bool:
         if not self.exempt:
             return False
-        try:
-            ip = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            return False
-        return any(ip in network for network in self.exempt)
+        ip = ip_address_of(host)
+        return ip is not None and any(ip in network for network in self.exempt)

@@ -173,6 +173,25 @@ def _cached_names(cls: type) -> tuple[str, ...]:
     return names
 
 
+# Which parsed views each header feeds (the rest survive an edit of that header).
+_VIEWS: dict[str, tuple[str, ...]] = {
+    "call-id": ("call_id",),
+    "cseq": ("cseq",),
+    "via": ("vias", "top_via"),
+    "from": ("from_",),
+    "to": ("to",),
+    "max-forwards": ("max_forwards",),
+    "contact": ("contacts",),
+    "route": ("routes",),
+    "record-route": ("record_routes",),
+    "content-length": ("content_length",),
+    "content-type": ("content_type",),
+    "require": ("require",),
+    "proxy-require": ("proxy_require",),
+    "supported": ("supported",),
+}
+
+
 def _check_line(name: str, value: str) -> None:
     """Refuse edits that would corrupt the framing (header injection)."""
     if not is_token(name):
@@ -399,26 +418,32 @@ class Message:
         self.content_length  # noqa: B018
 
     # --- editing (by header line) --------------------------------------------------------
-    def _edited(self) -> None:
+    def _edited(self, name: str | None = None, *, moved: bool = True) -> None:
+        """Forget what the edit made stale: the serialized form, the name index when
+        lines ``moved``, and the parsed views of header ``name`` (all of them when None).
+        A proxy edits Via, Route, Record-Route and Max-Forwards on every hop; keeping
+        the other views (From, To, Call-ID, CSeq…) spares re-parsing them."""
         self._raw = None
-        self._index = None
+        if moved:
+            self._index = None
         state = self.__dict__
-        for name in _cached_names(type(self)):
-            state.pop(name, None)
+        views = _cached_names(type(self)) if name is None else _VIEWS.get(header_key(name), ())
+        for view in views:
+            state.pop(view, None)
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a line before the first line of this header (or first of all headers)."""
         _check_line(name, value)
         positions = self._positions(name)
         self.headers.insert(positions[0] if positions else 0, (name, value))
-        self._edited()
+        self._edited(name)
 
     def append(self, name: str, value: str) -> None:
         """Insert a line after the last line of this header (or after all headers)."""
         _check_line(name, value)
         positions = self._positions(name)
         self.headers.insert(positions[-1] + 1 if positions else len(self.headers), (name, value))
-        self._edited()
+        self._edited(name)
 
     def set(self, name: str, value: str) -> None:
         """Replace the first line of this header, or append one if there is none."""
@@ -428,7 +453,7 @@ class Message:
             self.headers[positions[0]] = (name, value)
         else:
             self.headers.append((name, value))
-        self._edited()
+        self._edited(name, moved=not positions)
 
     def remove(self, name: str) -> int:
         """Remove every line of this header; returns how many there were."""
@@ -436,7 +461,7 @@ class Message:
         for position in reversed(positions):
             del self.headers[position]
         if positions:
-            self._edited()
+            self._edited(name)
         return len(positions)
 
     def pop_first_value(self, name: str) -> str | None:
@@ -455,17 +480,23 @@ class Message:
             self.headers[position] = (line_name, rest)
         else:
             del self.headers[position]
-        self._edited()
+        self._edited(name, moved=not rest)
         return first
 
     def copy(self) -> Self:
-        """An independent copy (header list copied; parsed views are re-parsed lazily)."""
+        """An independent copy: the header list copied, the parsed views shared (they
+        are never changed in place; an edit of either message drops its own)."""
         cls = type(self)
         new = cls.__new__(cls)
         state, new_state = self.__dict__, new.__dict__
         for attr in cls._CORE:
             new_state[attr] = state[attr]
+        for view in _cached_names(cls):
+            if view in state:
+                new_state[view] = state[view]
         new.headers = list(self.headers)
+        if new._index is not None:
+            new._index = {key: list(positions) for key, positions in new._index.items()}
         return new
 
     def to_bytes(self) -> bytes:
@@ -526,7 +557,8 @@ class Request(Message):
         text = str(uri)
         _check_uri_text(text)
         self._uri_raw = text
-        self._edited()
+        self._raw = None
+        self.__dict__.pop("uri", None)  # the only view of the start line
 
     def validate(self) -> None:
         super().validate()
@@ -572,7 +604,7 @@ class Response(Message):
 
     def set_status(self, status: int, reason: str | None = None) -> None:
         self._status, self._reason = _checked_status(status, reason)
-        self._edited()
+        self._raw = None
 
     @property
     def start_line(self) -> str:

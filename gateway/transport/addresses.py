@@ -68,11 +68,35 @@ def strip_brackets(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# The same few addresses are looked at on every message (the peer's, ours): the
+# ipaddress module costs microseconds per parse, a dict hit tens of nanoseconds.
+# Bounded: cleared when full (a flood of spoofed sources only empties it).
+_ADDRESS_CACHE_SIZE = 8192
+_addresses: dict[str, IPAddress | None] = {}
+
+
+def ip_address_of(host: str) -> IPAddress | None:
+    """The address an IP literal names (brackets allowed), ``None`` for a name."""
+    try:
+        return _addresses[host]
+    except KeyError:
+        pass
+    try:
+        addr: IPAddress | None = ipaddress.ip_address(strip_brackets(host))
+    except ValueError:
+        addr = None
+    if len(_addresses) >= _ADDRESS_CACHE_SIZE:
+        _addresses.clear()
+    _addresses[host] = addr
+    return addr
+
+
 def ip_family(host: str) -> socket.AddressFamily | None:
     """The address family of an IP literal (brackets allowed), ``None`` for a name."""
-    try:
-        addr = ipaddress.ip_address(strip_brackets(host))
-    except ValueError:
+    addr = ip_address_of(host)
+    if addr is None:
         return None
     return socket.AF_INET6 if addr.version == 6 else socket.AF_INET
 
@@ -85,13 +109,13 @@ def host_for_uri(host: str) -> str:
 
 def same_host(a: str, b: str) -> bool:
     """Compare two hosts, IPv6 spelled in any valid way."""
+    if a == b:
+        return True
     a, b = strip_brackets(a).lower(), strip_brackets(b).lower()
     if a == b:
         return True
-    try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
-    except ValueError:
-        return False
+    first = ip_address_of(a)
+    return first is not None and first == ip_address_of(b)
 
 
 def source_bucket(host: str) -> str:
