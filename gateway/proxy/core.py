@@ -28,7 +28,7 @@ from gateway.proxy.directory import Directory
 from gateway.proxy.location import Location
 from gateway.proxy.messages import build_ack, build_cancel, last_resort_response
 from gateway.proxy.observe import Observed, Observer
-from gateway.proxy.options import options_headers
+from gateway.proxy.options import options_headers, quick_options, quick_reply
 from gateway.proxy.record_route import PARAM as RR_SIGNATURE
 from gateway.proxy.record_route import RouteSigner
 from gateway.proxy.registrar import Registrar
@@ -50,7 +50,7 @@ from gateway.sip.transaction import (
     TransportFailed,
     is_rfc3261_branch,
 )
-from gateway.sip.uri import SipURI, TelURI
+from gateway.sip.uri import SipURI, TelURI, parse_uri
 from gateway.stats import Counters, parse_error_label
 from gateway.transport.addresses import (
     DEFAULT_PORTS,
@@ -183,6 +183,7 @@ class Proxy:
         self.worker_ports: frozenset[int] = frozenset()
         self.relay: Callable[[int, bytes, Source], None] | None = None
         self._ports: frozenset[int] | None = None
+        self._self_uris: dict[bytes, bool] = {}  # Request-URI → an OPTIONS there is ours
         self.queue.schedule(self.clock() + HOUSEKEEPING_INTERVAL, self._housekeeping)
         # Without an explicit advertise address, the listen address of the right family
         # goes into Via and Record-Route (the loader refuses wildcards without one).
@@ -193,6 +194,8 @@ class Proxy:
 
     # ================================================================== entry point ===
     def receive(self, data: bytes, source: Source) -> None:
+        if data[:8] == b"OPTIONS " and not source.reliable and self._quick_options(data, source):
+            return
         try:
             msg = parse_message(data, self.limits, stream=source.reliable)
         except SIPParseError as err:
@@ -212,6 +215,51 @@ class Proxy:
         else:
             self.counters.response_in(source.transport, msg.status)
             self._on_response(msg, source)
+
+    def _quick_options(self, data: bytes, source: Source) -> bool:
+        """Answer a probe's OPTIONS to us from a template (options.py); False: it is not
+        one, or not plainly well-formed, and takes the full way."""
+        uri_end = data.find(b" ", 8)
+        if uri_end < 0 or self.draining or not self._options_uri_for_us(data[8:uri_end]):
+            return False
+        options = quick_options(data, data[8:uri_end])
+        if options is None:
+            return False
+        host = options.host.decode("ascii")
+        remote_host, remote_port = source.remote
+        rport = remote_port if b"rport" in options.params else None
+        # RFC 3581 §4: with rport, received is added even when it repeats the sent-by.
+        stamp = rport is not None or not same_host(host, remote_host)
+        received = remote_host.encode("ascii") if stamp else None
+        if rport is not None:
+            target = Target("udp", remote_host, remote_port, local_port=source.local[1], flow=True)
+        else:
+            port = options.port or 5060
+            target = Target("udp", remote_host, port, local_port=source.local[1], flow=True)
+        if self.destinations.refusal_for(target) is not None:
+            return False  # the full way counts and drops it
+        reply = quick_reply(options, received, rport)
+        trusted = self.directory.trunk_for_source(remote_host, remote_port) is not None
+        if not trusted and len(reply) > MAX_REPLY_RATIO * len(data):
+            return False
+        self.counters.request_in("udp", "OPTIONS")
+        self.counters.local_replies["2xx"] += 1
+        self.counters.response_out("udp", 200)
+        self._send_raw(reply, target)
+        return True
+
+    def _options_uri_for_us(self, uri: bytes) -> bool:
+        known = self._self_uris.get(uri)
+        if known is None:
+            try:
+                parsed = parse_uri(uri.decode("utf-8", "surrogateescape"))
+            except (SIPParseError, UnicodeError):
+                return False
+            known = isinstance(parsed, SipURI) and self.answers_options(parsed)
+            if len(self._self_uris) >= 1024:
+                self._self_uris.clear()
+            self._self_uris[uri] = known
+        return known
 
     def _owner(self, msg: Request | Response) -> int | None:
         """The sibling worker a message belongs to, or None when it is ours to handle."""
@@ -479,7 +527,11 @@ class Proxy:
         extension or DID goes on to that user's phones.
         """
         uri = req.uri
-        if req.method != "OPTIONS" or not isinstance(uri, SipURI) or not self.is_our_host(uri):
+        return req.method == "OPTIONS" and isinstance(uri, SipURI) and self.answers_options(uri)
+
+    def answers_options(self, uri: SipURI) -> bool:
+        """An OPTIONS to ``uri`` is ours to answer (see options_for_us)."""
+        if not self.is_our_host(uri):
             return False
         if uri.user is None:
             return True

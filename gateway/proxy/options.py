@@ -3,9 +3,20 @@
 Health probes (trunks, load balancers, `sipp`) send these; the answer is cheap and
 never needs authentication. While draining the answer is 503 with Retry-After so a
 balancer moves new calls elsewhere (handled by the caller of ``options_headers``).
+
+``quick_options`` answers the common probe from a template without building a
+message: a byte scan of the request line and the header lines a response copies
+(RFC 3261 §8.2.6.2: Via, From, To, Call-ID, CSeq). Anything it does not recognize as
+plainly well-formed (folded or compact headers, a body, Require, Route, a To tag, an
+unusual Via) goes the full way through the parser, so malformed input is answered
+exactly as before.
 """
 
 from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
 
 ALLOW = (
     "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, REFER, NOTIFY, "
@@ -25,3 +36,104 @@ def options_headers() -> tuple[tuple[str, str], ...]:
         ("Accept-Language", "en"),
         ("Supported", SUPPORTED),
     )
+
+
+_HEADERS = "".join(f"{name}: {value}\r\n" for name, value in options_headers()).encode()
+_TAIL = _HEADERS + b"Content-Length: 0\r\n\r\n"
+# Header lines the template copies, and lines that send the request the full way.
+_COPIED = {b"via": 0, b"from": 1, b"to": 2, b"call-id": 3, b"cseq": 4}
+_PLAIN = frozenset(
+    {
+        b"max-forwards", b"contact", b"accept", b"user-agent", b"content-length",
+        b"allow", b"supported", b"date", b"timestamp", b"subject", b"organization",
+        b"accept-encoding", b"accept-language", b"content-type",
+    }
+)  # fmt: skip
+# The top Via as nearly every client writes it: "SIP/2.0/UDP host:port;params".
+_VIA = re.compile(
+    rb"SIP/2\.0/UDP ([0-9A-Za-z.\-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?((?:;[!-~]+)*)"
+)
+_TOKENISH = re.compile(rb"[!-~]+")
+_CSEQ = re.compile(rb"[0-9]{1,10} OPTIONS")
+
+
+@dataclass(frozen=True, slots=True)
+class QuickOptions:
+    """What the answer needs of a plainly well-formed OPTIONS to the gateway."""
+
+    sent_by: bytes  # "SIP/2.0/UDP host:port" of the top Via
+    params: list[bytes]  # its parameters, without the leading ";"
+    host: bytes  # the top Via's sent-by host and port
+    port: int | None
+    before_to: bytes  # the copied lines up to To (further Vias, From), formatted
+    to: bytes  # the To value, which gets our tag
+    after_to: bytes  # Call-ID and CSeq, formatted
+
+
+def quick_options(data: bytes, for_us: bytes) -> QuickOptions | None:
+    """Scan an OPTIONS datagram whose Request-URI should be ``for_us``; None: anything
+    else, which takes the full way through the parser."""
+    head_end = data.find(b"\r\n\r\n")
+    if head_end < 0 or head_end + 4 != len(data):
+        return None  # a body, or bytes after the header section
+    lines = data[:head_end].split(b"\r\n")
+    if lines[0] != b"OPTIONS " + for_us + b" SIP/2.0":
+        return None
+    copied: list[list[bytes]] = [[], [], [], [], []]
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or name[-1:] in (b" ", b"\t") or value[:1] != b" ":
+            return None
+        key = name.lower()
+        slot = _COPIED.get(key)
+        if slot is not None:
+            if slot == 0 and b"," in value:
+                return None  # several Vias on one line: let the parser split them
+            copied[slot].append(value[1:])
+        elif key not in _PLAIN:
+            return None
+    vias, froms, tos, call_ids, cseqs = copied
+    if not vias or len(froms) != 1 or len(tos) != 1 or len(call_ids) != 1 or len(cseqs) != 1:
+        return None
+    if b";tag=" in tos[0] or b";tag=" not in froms[0]:
+        return None
+    if not _TOKENISH.fullmatch(call_ids[0]) or not _CSEQ.fullmatch(cseqs[0]):
+        return None
+    top = _VIA.fullmatch(vias[0])
+    if top is None:
+        return None
+    params = top.group(3)
+    if b";branch=z9hG4bK" not in params or b";received" in params or b";rport=" in params:
+        return None
+    port = int(top.group(2)) if top.group(2) else None
+    if port is not None and not 0 < port < 65536:
+        return None
+    before_to = b"".join(b"Via: %s\r\n" % via for via in vias[1:]) + b"From: %s\r\n" % froms[0]
+    return QuickOptions(
+        sent_by=vias[0][: top.start(3)],
+        params=params[1:].split(b";"),
+        host=top.group(1),
+        port=port,
+        before_to=before_to,
+        to=tos[0],
+        after_to=b"Call-ID: %s\r\nCSeq: %s\r\n" % (call_ids[0], cseqs[0]),
+    )
+
+
+def quick_reply(options: QuickOptions, received: bytes | None, rport: int | None) -> bytes:
+    """The 200 OK: the top Via stamped as §18.2.1 and RFC 3581 say (``received`` when
+    the sender's address differs from its sent-by, ``rport`` filled in where it was
+    asked for), the other copied lines, our tag on To, then the capabilities."""
+    params = [b"rport=%d" % rport if p == b"rport" and rport is not None else p
+              for p in options.params]  # fmt: skip
+    if received is not None:
+        params.append(b"received=" + received)
+    return b"".join(
+        (
+            b"SIP/2.0 200 OK\r\nVia: ", options.sent_by, b";", b";".join(params), b"\r\n",
+            options.before_to,
+            b"To: ", options.to, b";tag=", secrets.token_hex(6).encode(), b"\r\n",
+            options.after_to,
+            _TAIL,
+        )
+    )  # fmt: skip
