@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 
 from gateway.config import Profile
 from gateway.proxy.timers import TimerHandle
 from gateway.sip.message import Request, Response
+from gateway.sip.random_ids import random_hex
 from gateway.sip.transaction import ClientTransaction, ServerTransaction
 from gateway.transport.addresses import Source, Target
 
@@ -23,8 +23,9 @@ class ServerContext:
     final_sent: bool = False
     final_status: int = 0
     cancelled: bool = False
-    # One To tag for every response we generate ourselves, so the caller sees one UAS.
-    to_tag: str = field(default_factory=lambda: secrets.token_hex(6))
+    # One To tag for every response we generate ourselves, so the caller sees one UAS;
+    # made when first needed (most requests are forwarded and never need one).
+    _to_tag: str = ""
     tenant: str | None = None
     # Set by the router once the dial plan resolved the call: who it belongs to.
     direction: str | None = None  # "inbound" | "outbound" | "internal"
@@ -38,6 +39,12 @@ class ServerContext:
     # times the request (``size`` bytes), so a spoofed source gets no amplification.
     trusted: bool = False
     size: int = 0
+
+    @property
+    def to_tag(self) -> str:
+        if not self._to_tag:
+            self._to_tag = random_hex(6)
+        return self._to_tag
 
 
 @dataclass(eq=False)

@@ -37,6 +37,7 @@ from gateway.proxy.timers import TimerQueue
 from gateway.sip.errors import SIPParseError
 from gateway.sip.headers import Via
 from gateway.sip.message import Limits, Request, Response, make_response, parse_message
+from gateway.sip.random_ids import random_hex
 from gateway.sip.transaction import (
     Action,
     ClientTransaction,
@@ -730,7 +731,7 @@ class Proxy:
             signature = self.route_signer.sign(req.call_id, req.from_.tag or "")
             for value in self._record_route(ctx.source, target, out_port, req, signature):
                 req.prepend("Record-Route", value)
-        branch_id = f"{BRANCH_PREFIX}{ctx.loop_hash}.{secrets.token_hex(5)}"
+        branch_id = f"{BRANCH_PREFIX}{ctx.loop_hash}.{random_hex(5)}"
         sent_by = f"{host_for_uri(self._advertise_for(family))}:{out_port}"
         req.prepend("Via", f"SIP/2.0/{target.transport.upper()} {sent_by};branch={branch_id};rport")
         for name in self.auth.consumed_headers(req):
@@ -827,7 +828,7 @@ class Proxy:
         except LookupError:
             return
         sent_by = f"{host_for_uri(self._advertise_for(family))}:{port}"
-        branch = f"{BRANCH_PREFIX}{self._loop_hash(req)}.{secrets.token_hex(5)}"
+        branch = f"{BRANCH_PREFIX}{self._loop_hash(req)}.{random_hex(5)}"
         req.prepend("Via", f"SIP/2.0/{target.transport.upper()} {sent_by};branch={branch};rport")
         if self.send(req.to_bytes(), target):
             self.counters.request_out(target.transport, req.method)
@@ -1103,7 +1104,7 @@ class Proxy:
         self, req: Request, source: Source, status: int, reason: str, size: int
     ) -> None:
         try:
-            resp = make_response(req, status, reason, to_tag=secrets.token_hex(6))
+            resp = make_response(req, status, reason, to_tag=random_hex(6))
             data = resp.to_bytes()
         except SIPParseError:
             built = last_resort_response(req.to_bytes(), status, reason)

@@ -90,6 +90,7 @@ class DestinationPolicy:
         for host, port in services:
             self._add_service(host, port)
         self._sip_ports = frozenset(port for _host, port in sip_listeners)
+        self._classes: dict[str, tuple[IPAddress | None, bool, bool]] = {}
 
     def _add_service(self, host: str, port: int) -> None:
         if strip_brackets(host).lower() in _WILDCARDS or host.lower() == "localhost":
@@ -109,19 +110,34 @@ class DestinationPolicy:
     def _is_local(self, addr: IPAddress) -> bool:
         return addr in self._local or any(addr in net for net in _LOOPBACK)
 
+    def _classify(self, host: str) -> tuple[IPAddress | None, bool, bool]:
+        """(address, on this machine, in a denied network) of a host, cached: it runs
+        for every message sent, and network membership tests are slow."""
+        known = self._classes.get(host)
+        if known is None:
+            addr = _address(host)
+            if addr is None:
+                known = (None, False, False)
+            else:
+                denied = any(addr in net for net in self.deny)
+                known = (addr, self._is_local(addr), denied)
+            if len(self._classes) >= 4096:
+                self._classes.clear()
+            self._classes[host] = known
+        return known
+
     # -- decisions ---------------------------------------------------------------------
     def refusal(self, host: str, port: int, *, flow: bool = False) -> str | None:
         """Why SIP may not go to ``host:port`` (a short fixed phrase, a metric label),
         or None when it may. ``flow``: the address is where a message came from."""
-        addr = _address(host)
+        addr, local, denied = self._classify(host)
         if addr is None:
             return None  # a name: checked once resolved (TransportLayer.destination_check)
-        local = self._is_local(addr)
         if (local and port in self._local_ports) or (addr, port) in self._remote:
             return "own_service"
         if local and port in self._sip_ports and not self.is_peer(str(addr), port):
             return "own_service"
-        if any(addr in net for net in self.deny):
+        if denied:
             return "denied_network"
         if local and not flow and not self.is_peer(str(addr), port):
             return "loopback"

@@ -15,8 +15,9 @@ exactly as before.
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
+
+from gateway.sip.random_ids import random_hex
 
 ALLOW = (
     "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, REFER, NOTIFY, "
@@ -132,7 +133,7 @@ def quick_reply(options: QuickOptions, received: bytes | None, rport: int | None
         (
             b"SIP/2.0 200 OK\r\nVia: ", options.sent_by, b";", b";".join(params), b"\r\n",
             options.before_to,
-            b"To: ", options.to, b";tag=", secrets.token_hex(6).encode(), b"\r\n",
+            b"To: ", options.to, b";tag=", random_hex(6).encode(), b"\r\n",
             options.after_to,
             _TAIL,
         )

@@ -495,8 +495,7 @@ class Message:
             if view in state:
                 new_state[view] = state[view]
         new.headers = list(self.headers)
-        if new._index is not None:
-            new._index = {key: list(positions) for key, positions in new._index.items()}
+        new._index = None  # rebuilt on first use: a copy is usually edited at once
         return new
 
     def to_bytes(self) -> bytes:
