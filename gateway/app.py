@@ -24,6 +24,7 @@ from gateway.api.contacts import contacts_router
 from gateway.api.events import Subscribers, events_router
 from gateway.api.http import Readiness, create_app
 from gateway.api.metrics import GatewayCollector, Gauges, make_registry
+from gateway.api.ws_protocol import EventsWebSocketProtocol
 from gateway.bus.streams import EventBus
 from gateway.calls.events import CallEvent, Peer, rfc3339
 from gateway.calls.originate import DialRequest, Originator
@@ -314,10 +315,12 @@ class Gateway:
             lifespan="off",
             access_log=False,
             server_header=False,
-            # This implementation refuses a handshake with a real HTTP status and body
-            # (400 bad cursor, 401, 403) without logging it as an application error, as
-            # 0.54's sans-I/O one does; frames are small: subscribers only ping.
-            ws="websockets",
+            # uvicorn's sans-I/O websockets protocol (the legacy one is deprecated; since
+            # 0.55 this one refuses a handshake with its real HTTP status and body, not
+            # as an application error), opened up so /v1/events writes each event's
+            # frame, built once, straight to every subscriber's transport
+            # (gateway/api/ws_protocol.py); frames are small: subscribers only ping.
+            ws=EventsWebSocketProtocol,
             ws_max_size=64 * 1024,
             # No permessage-deflate: an event is encoded once and the same bytes go to
             # every subscriber; compressing per subscriber costs CPU per event and

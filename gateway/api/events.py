@@ -30,13 +30,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, HTTPException, Query, Request, WebSocket
 from fastapi.responses import StreamingResponse
 from starlette.responses import JSONResponse
+from websockets.frames import Frame as WireFrame
+from websockets.frames import Opcode
 
 from gateway.api.auth import authenticate
+from gateway.api.ws_protocol import FRAMES_EXTENSION, FrameLink
 from gateway.bus import keys
-from gateway.bus.live import SubscriberOverflow
+from gateway.bus.live import LiveEvent, LiveSubscription, Sink, SubscriberOverflow
 from gateway.bus.replay import BusReader, BusUnavailable, EventFilter, events_since
 from gateway.bus.streams import EventsLost
 from gateway.config import EventsSettings
@@ -49,6 +52,9 @@ JSON_PROTOCOL = "sipgw.json.v1"
 MSGPACK_PROTOCOL = "sipgw.msgpack.v1"
 PROTOCOLS = (JSON_PROTOCOL, MSGPACK_PROTOCOL)
 CLIENT_MESSAGE_LIMIT = 1024  # subscribers only ever send small pings
+# A WebSocket subscriber's write buffer holds `events.subscriber_queue` events of up to
+# this size before it is cut off (a call event is ~0.3-0.6 kB of JSON).
+EVENT_ROOM = 1024
 
 # WebSocket close codes: RFC 6455 §7.4.1 plus the private range for our own reasons.
 CLOSE_OVERFLOW = 4008  # read too slowly; reason carries "since=<last seq>"
@@ -87,24 +93,49 @@ class Subscribers:
         return sum(self.by_tenant.values())
 
 
+def encode(body: dict[str, Any], fmt: str) -> bytes:
+    if fmt == "json":
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def ws_frame(payload: bytes, fmt: str) -> bytes:
+    """A whole server-to-client message frame (RFC 6455 §5.2): FIN set, text for JSON,
+    binary for msgpack, and no mask (§5.1: only clients mask), so the same bytes suit
+    every subscriber of that format."""
+    opcode = Opcode.TEXT if fmt == "json" else Opcode.BINARY
+    return WireFrame(opcode, payload).serialize(mask=False)
+
+
+def encoded(form: str, seq: str, event: dict[str, Any]) -> bytes:
+    """An event's bytes in one of `FORMS`: the JSON or msgpack payload (with its
+    ``seq``), that payload as a WebSocket frame, or an SSE event block."""
+    if form in WS_FORM.values():
+        fmt = form.removeprefix("ws-")
+        return ws_frame(encoded(fmt, seq, event), fmt)
+    if form == SSE_FORM:
+        return _sse(Frame("event", encoded("json", seq, event), seq, str(event.get("type", ""))))
+    return encode({**event, "seq": seq}, form)
+
+
+WS_FORM = {"json": "ws-json", "msgpack": "ws-msgpack"}  # the frame form of each format
+SSE_FORM = "sse"
+FORMS = ("json", "msgpack", *WS_FORM.values(), SSE_FORM)
+
+
 class EncodedCache:
-    """Encode once, send many: the bytes of recent events per wire format."""
+    """Encode once, send many: the bytes of recent events per form (`FORMS`), for the
+    replay and for SSE. Live WebSocket events keep theirs on the `LiveEvent` itself."""
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
         self._items: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
 
-    def get(self, tenant: str, seq: str, fmt: str, event: dict[str, Any]) -> bytes:
-        key = (tenant, seq, fmt)
+    def get(self, tenant: str, seq: str, form: str, event: dict[str, Any]) -> bytes:
+        key = (tenant, seq, form)
         data = self._items.get(key)
         if data is None:
-            body = {**event, "seq": seq}
-            data = (
-                json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-                if fmt == "json"
-                else msgpack.packb(body, use_bin_type=True)
-            )
-            self._items[key] = data
+            data = self._items[key] = encoded(form, seq, event)
             if len(self._items) > self.size:
                 self._items.popitem(last=False)
         return data
@@ -112,6 +143,9 @@ class EncodedCache:
 
 @dataclass(frozen=True)
 class Frame:
+    """What a subscription sends. An event's ``data`` is already in the consumer's wire
+    form (a WebSocket frame, an SSE block); a control's is the JSON or msgpack payload."""
+
     kind: str  # "event" | "control"
     data: bytes
     seq: str | None = None
@@ -164,134 +198,113 @@ def checked_since(since: str | None) -> str | None:
         raise HTTPException(400, f"since: {err}") from None
 
 
-async def produce(
+class SubscriberState:
+    """When one subscription is due a heartbeat (idle for ``beat`` seconds) and a new
+    check of its token (every ``beat`` seconds, busy or not), and the last event it got."""
+
+    __slots__ = ("beat", "busy_at", "last_seq", "next_check", "session_end")
+
+    def __init__(
+        self,
+        beat: float,
+        session_end: Callable[[], Awaitable[SessionEnd | None]] | None,
+        since: str | None,
+    ) -> None:
+        now = asyncio.get_running_loop().time()
+        self.beat = beat
+        self.session_end = session_end
+        self.busy_at = now  # the loop clock of the last frame sent
+        self.next_check = now + beat
+        self.last_seq = since
+
+    def wake(self) -> float:
+        due = self.busy_at + self.beat
+        return min(due, self.next_check) if self.session_end is not None else due
+
+    async def due(self, fmt: str) -> Frame | None:
+        """At a wake time: the final `sipgw.unauthorized` if the token no longer stands,
+        a heartbeat if idle, or nothing."""
+        now = asyncio.get_running_loop().time()
+        if self.session_end is not None and now >= self.next_check:
+            self.next_check = now + self.beat
+            reason = await _checked(self.session_end)
+            if reason is not None:
+                return _ended(fmt, reason, self.last_seq)
+        if now >= self.busy_at + self.beat:
+            self.busy_at = now
+            return control(fmt, {"type": "sipgw.heartbeat", "last_seq": self.last_seq})
+        return None
+
+
+async def stream(
     bus: BusReader,
     tenant: str,
     since: str | None,
     accept: EventFilter,
     fmt: str,
+    form: str,
+    settings: EventsSettings,
     cache: EncodedCache,
-    out: asyncio.Queue[Frame],
-    maxsize: int,
+    state: SubscriberState,
+    out: Callable[[Frame], Awaitable[None]],
+    sink: Sink | None = None,
 ) -> None:
-    """Read the bus for one subscriber and queue its frames; ends with a final frame."""
-    last = since
+    """Send one subscription's frames through `out` until it ends; the last one sent is
+    final (unless `out` raised). Events go in `form`; with a `sink`, live events bypass
+    `out` (the hub writes them), replayed ones and controls still come through it."""
 
     async def ready() -> None:
         # Only now: an event produced after the client sees "ready" is sure to reach it.
-        await out.put(control(fmt, {"type": "sipgw.ready", "since": since}))
+        await out(control(fmt, {"type": "sipgw.ready", "since": since}))
 
     try:
-        async for seq, event in events_since(
-            bus, tenant, since, accept, maxsize=maxsize, on_ready=ready
-        ):
-            last = seq
-            await out.put(
-                Frame("event", cache.get(tenant, seq, fmt, event), seq, str(event.get("type", "")))
+        async with contextlib.aclosing(
+            events_since(
+                bus, tenant, since, accept, maxsize=settings.subscriber_queue,
+                on_ready=ready, sink=sink, wake=state.wake,
             )
-        await out.put(
-            control(
-                fmt,
-                {"type": "sipgw.closed", "last_seq": last},
-                final=True,
-                close_code=1001,
-                close_reason="gateway shutting down",
-            )
-        )
+        ) as events:  # fmt: skip
+            async for item in events:
+                if item is None:
+                    frame = await state.due(fmt)
+                    if frame is not None:
+                        await out(frame)
+                        if frame.final:
+                            return
+                    continue
+                seq, event = item
+                state.last_seq = seq
+                state.busy_at = asyncio.get_running_loop().time()
+                data = cache.get(tenant, seq, form, event)
+                await out(Frame("event", data, seq, str(event.get("type", ""))))
+        body = {"type": "sipgw.closed", "last_seq": state.last_seq}
+        end = control(fmt, body, final=True, close_code=1001, close_reason="gateway shutting down")
     except SubscriberOverflow as err:
-        last = err.last_seq or last
-        await out.put(
-            control(
-                fmt,
-                {
-                    "type": "sipgw.overflow",
-                    "last_seq": last,
-                    "detail": "subscriber too slow: resume with since=last_seq",
-                },
-                final=True,
-                close_code=CLOSE_OVERFLOW,
-                close_reason=f"overflow since={last}",
-            )
+        last = err.last_seq or state.last_seq
+        body = {
+            "type": "sipgw.overflow",
+            "last_seq": last,
+            "detail": "subscriber too slow: resume with since=last_seq",
+        }
+        end = control(
+            fmt, body, final=True, close_code=CLOSE_OVERFLOW, close_reason=f"overflow since={last}"
         )
     except EventsLost as err:
-        await out.put(
-            control(
-                fmt,
-                {
-                    "type": "sipgw.lost",
-                    "after": err.after,
-                    "oldest": err.oldest,
-                    "detail": str(err),
-                },
-                final=True,
-                close_code=CLOSE_LOST,
-                close_reason="since older than retained events",
-            )
-        )
+        body = {"type": "sipgw.lost", "after": err.after, "oldest": err.oldest, "detail": str(err)}
+        end = control(
+            fmt, body, final=True, close_code=CLOSE_LOST,
+            close_reason="since older than retained events",
+        )  # fmt: skip
     except BusUnavailable:
-        await out.put(
-            control(
-                fmt,
-                {"type": "sipgw.unavailable", "last_seq": last},
-                final=True,
-                close_code=CLOSE_UNAVAILABLE,
-                close_reason="event bus unavailable",
-            )
+        body = {"type": "sipgw.unavailable", "last_seq": state.last_seq}
+        end = control(
+            fmt,
+            body,
+            final=True,
+            close_code=CLOSE_UNAVAILABLE,
+            close_reason="event bus unavailable",
         )
-
-
-async def frames(
-    bus: BusReader,
-    tenant: str,
-    since: str | None,
-    accept: EventFilter,
-    fmt: str,
-    settings: EventsSettings,
-    cache: EncodedCache,
-    session_end: Callable[[], Awaitable[SessionEnd | None]] | None = None,
-) -> AsyncIterator[Frame]:
-    """Frames for one subscriber, with heartbeats while idle. The producer runs in its
-    own task, so a heartbeat timeout never cancels the bus iteration mid-step.
-
-    Every ``heartbeat`` seconds, whether events flow or not, ``session_end`` says
-    whether the token still stands; if not, a final ``sipgw.unauthorized`` ends it."""
-    out: asyncio.Queue[Frame] = asyncio.Queue(maxsize=64)
-    producer = asyncio.create_task(
-        produce(bus, tenant, since, accept, fmt, cache, out, settings.subscriber_queue)
-    )
-    loop = asyncio.get_running_loop()
-    beat = settings.heartbeat
-    next_beat = next_check = loop.time() + beat
-    last = since
-    try:
-        while True:
-            if session_end is not None and loop.time() >= next_check:
-                next_check = loop.time() + beat
-                reason = await _checked(session_end)
-                if reason is not None:
-                    yield _ended(fmt, reason, last)
-                    return
-            wake = min(next_beat, next_check) if session_end is not None else next_beat
-            try:
-                frame = await asyncio.wait_for(out.get(), max(0.0, wake - loop.time()))
-            except TimeoutError:
-                if producer.done():
-                    producer.result()  # surface a crash of the producer
-                    return
-                if loop.time() >= next_beat:
-                    next_beat = loop.time() + beat
-                    yield control(fmt, {"type": "sipgw.heartbeat", "last_seq": last})
-                continue
-            next_beat = loop.time() + beat  # heartbeats only while idle
-            if frame.seq is not None:
-                last = frame.seq
-            yield frame
-            if frame.final:
-                return
-    finally:
-        producer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await producer
+    await out(end)
 
 
 async def _checked(session_end: Callable[[], Awaitable[SessionEnd | None]]) -> SessionEnd | None:
@@ -307,6 +320,109 @@ async def _checked(session_end: Callable[[], Awaitable[SessionEnd | None]]) -> S
 def _ended(fmt: str, reason: SessionEnd, last: str | None) -> Frame:
     body = {"type": "sipgw.unauthorized", "reason": reason, "last_seq": last}
     return control(fmt, body, final=True, close_code=CLOSE_SESSION_END[reason], close_reason=reason)
+
+
+class ClientGone(Exception):
+    """The WebSocket client left (or was refused for what it sent): stop sending."""
+
+
+PONG = ws_frame(json.dumps({"type": "sipgw.pong"}).encode(), "json")
+
+
+class WebSocketSubscriber(SubscriberState):
+    """One ``/v1/events`` WebSocket: the hub's `Sink` for it and the connection's
+    `FrameListener`. Live events are written by the hub straight to the transport, the
+    frame bytes shared by every subscriber of the format; the handler task only replays,
+    beats and closes."""
+
+    __slots__ = ("fmt", "form", "gone", "limit", "link", "refused", "sub", "transport", "websocket")
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        link: FrameLink,
+        fmt: str,
+        limit: int,
+        beat: float,
+        session_end: Callable[[], Awaitable[SessionEnd | None]] | None,
+        since: str | None,
+    ) -> None:
+        super().__init__(beat, session_end, since)
+        self.websocket = websocket
+        self.link = link
+        self.transport = link.transport
+        self.fmt = fmt
+        self.form = WS_FORM[fmt]
+        # The write buffer is this subscriber's queue: above `limit` bytes the transport
+        # asks us to pause (replay waits), and a live event is refused (overflow).
+        self.limit = limit
+        self.transport.set_write_buffer_limits(high=limit)
+        self.sub: LiveSubscription | None = None
+        self.gone = False
+        self.refused: tuple[int, str] | None = None
+        link.listener = self
+
+    # -- Sink: called by the hub's reader, once per live event this subscriber takes ----
+    def deliver(self, item: LiveEvent) -> bool:
+        transport = self.transport
+        if transport.is_closing():
+            return True  # it is going: lost() ends the subscription
+        if transport.get_write_buffer_size() > self.limit:
+            return False
+        data = item.encoded.get(self.form)
+        if data is None:  # the first subscriber of this format builds the frame
+            data = item.encoded[self.form] = encoded(self.form, item.seq, item.event)
+        transport.write(data)
+        self.busy_at = item.at
+        self.last_seq = item.seq
+        return True
+
+    def attached(self, sub: LiveSubscription) -> None:
+        self.sub = sub
+        if self.gone or self.refused:
+            sub.close()
+
+    # -- FrameListener: the client's messages and the connection's end -----------------
+    def received(self, data: bytes, text: bool) -> None:
+        """Subscribers send nothing but small JSON pings; anything else ends the session."""
+        if not text or len(data) > CLIENT_MESSAGE_LIMIT:
+            self._refuse(1003, "this endpoint only accepts small JSON pings")
+            return
+        try:
+            ping = json.loads(data)
+        except ValueError:
+            ping = None
+        if not isinstance(ping, dict) or ping.get("type") != "ping":
+            self._refuse(1003, 'expected {"type": "ping"}')
+            return
+        self.transport.write(PONG)
+
+    def lost(self) -> None:
+        self.gone = True
+        if self.sub is not None:
+            self.sub.close()
+
+    def _refuse(self, code: int, reason: str) -> None:
+        if self.refused is None:
+            self.refused = (code, reason)
+            if self.sub is not None:
+                self.sub.close()
+
+    # -- the handler task's frames: ready, replay, heartbeats, the final one -----------
+    async def send(self, frame: Frame) -> None:
+        if self.gone or self.refused:
+            raise ClientGone
+        data = frame.data if frame.kind == "event" else ws_frame(frame.data, self.fmt)
+        if frame.final:
+            self.transport.write(data)
+            await self.websocket.close(code=frame.close_code, reason=frame.close_reason[:120])
+            return
+        self.transport.write(data)
+        self.busy_at = asyncio.get_running_loop().time()
+        if not self.link.writable.is_set():
+            # Above the high-water mark: the replay waits for the client (a lost
+            # connection sets it too); live events are meanwhile queued by the hub.
+            await self.link.writable.wait()
 
 
 def events_router(
@@ -361,21 +477,23 @@ def events_router(
             await _deny(websocket, HTTPException(429, "too many subscribers for this tenant"))
             return
         try:
+            checks = await session_end(bearer, principal)
             await websocket.accept(subprotocol=protocol)
-            await _serve_websocket(
-                websocket,
-                frames(
-                    bus_getter(),
-                    principal.tenant,
-                    cursor,
-                    accept,
-                    fmt,
-                    settings,
-                    cache,
-                    await session_end(bearer, principal),
-                ),
-                fmt,
-            )
+            link: FrameLink | None = websocket.scope["extensions"].get(FRAMES_EXTENSION)
+            if link is None:
+                raise RuntimeError("/v1/events needs the EventsWebSocketProtocol server")
+            conn = WebSocketSubscriber(
+                websocket, link, fmt, settings.subscriber_queue * EVENT_ROOM,
+                settings.heartbeat, checks, cursor,
+            )  # fmt: skip
+            with contextlib.suppress(ClientGone):
+                await stream(
+                    bus_getter(), principal.tenant, cursor, accept, fmt, conn.form,
+                    settings, cache, conn, conn.send, sink=conn,
+                )  # fmt: skip
+            if conn.refused is not None and not conn.gone:
+                code, reason = conn.refused
+                await websocket.close(code=code, reason=reason)
         finally:
             subscribers.leave(principal.tenant)
 
@@ -396,23 +514,40 @@ def events_router(
         cursor = checked_since(request.headers.get("last-event-id") or since)
         if not subscribers.enter(principal.tenant):
             raise HTTPException(429, "too many subscribers for this tenant")
-        stream = frames(
-            bus_getter(),
-            principal.tenant,
-            cursor,
-            accept,
-            "json",
-            settings,
-            cache,
-            await session_end(bearer, principal),
-        )
+        try:
+            state = SubscriberState(
+                settings.heartbeat, await session_end(bearer, principal), cursor
+            )
+        except BaseException:
+            subscribers.leave(principal.tenant)
+            raise
+        # SSE keeps the simple path: a task fills a small queue that the response drains
+        # (the backpressure of StreamingResponse), sharing the encoded event blocks.
+        out: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
+
+        async def send(frame: Frame) -> None:
+            await out.put(frame.data if frame.kind == "event" else _sse(frame))
+
+        async def produce() -> None:
+            try:
+                await stream(
+                    bus_getter(), principal.tenant, cursor, accept, "json", SSE_FORM,
+                    settings, cache, state, send,
+                )  # fmt: skip
+            finally:
+                await out.put(None)
 
         async def body() -> AsyncIterator[bytes]:
+            producer = asyncio.create_task(produce())
             try:
-                async for frame in stream:
-                    yield _sse(frame)
+                while (chunk := await out.get()) is not None:
+                    yield chunk
+                producer.result()  # surface a crash of the producer
             finally:
                 subscribers.leave(principal.tenant)
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
 
         return StreamingResponse(
             body(),
@@ -438,51 +573,6 @@ async def _deny(websocket: WebSocket, err: HTTPException) -> None:
     except RuntimeError:
         # The server lacks the denial extension: a close before accept is a 403.
         await websocket.close(code=1008, reason=str(err.detail)[:120])
-
-
-async def _serve_websocket(websocket: WebSocket, stream: AsyncIterator[Frame], fmt: str) -> None:
-    sender = asyncio.create_task(_send_frames(websocket, stream, fmt))
-    receiver = asyncio.create_task(_receive(websocket))
-    done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    for task in pending:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-    for task in done:
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            task.result()
-
-
-async def _send_frames(websocket: WebSocket, stream: AsyncIterator[Frame], fmt: str) -> None:
-    async for frame in stream:
-        if fmt == "json":
-            await websocket.send_text(frame.data.decode())
-        else:
-            await websocket.send_bytes(frame.data)
-        if frame.final:
-            await websocket.close(code=frame.close_code, reason=frame.close_reason[:120])
-            return
-
-
-async def _receive(websocket: WebSocket) -> None:
-    """Subscribers send nothing but small JSON pings; anything else ends the session."""
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        text = message.get("text")
-        if text is None or len(text) > CLIENT_MESSAGE_LIMIT:
-            await websocket.close(code=1003, reason="this endpoint only accepts small JSON pings")
-            return
-        try:
-            ping = json.loads(text)
-        except ValueError:
-            ping = None
-        if not isinstance(ping, dict) or ping.get("type") != "ping":
-            await websocket.close(code=1003, reason='expected {"type": "ping"}')
-            return
-        await websocket.send_text(json.dumps({"type": "sipgw.pong"}))
 
 
 def _sse(frame: Frame) -> bytes:

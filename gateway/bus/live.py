@@ -12,6 +12,16 @@ iterator raises `SubscriberOverflow(last_seq)` once the consumer has taken what 
 queued: ``last_seq`` is the last event it delivered, so the client resumes from there
 with a replay of the stream and loses nothing.
 
+Direct delivery ("frame once, write to every transport"): a subscription can be
+*attached* to a sink, a plain function the hub calls in its reader for each event the
+subscriber takes. The WebSocket endpoint attaches one that writes the event's frame,
+built once for all subscribers, straight to the connection's transport; live delivery
+then costs no task, no queue hop and no coroutine switch per subscriber per event. The
+hub keeps the subscriptions of a tenant grouped by their filter, so a filter is asked
+once per event, not once per subscriber. A sink that cannot take an event (its write
+buffer is over its limit) returns False: the subscription overflows exactly as a full
+queue does.
+
 Redis going away: the hub reconnects with capped exponential backoff and subscribes
 again. Pub/sub does not queue for absent listeners, so events published meanwhile never
 arrive live. Every subscription that was live before the connection broke therefore
@@ -34,20 +44,25 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import Connection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.aio import raise_if_cancelled
 from gateway.bus import keys
+from gateway.redis_link import (
+    Backoff,
+    LinkOptions,
+    RedisLink,
+    client,
+    dedicated_connection,
+    raise_if_cancelled,
+)
 
 log = logging.getLogger("sipgw.bus")
 
 Event = tuple[str, dict[str, Any]]
+EventPredicate = Callable[[dict[str, Any]], bool]
 
 DEFAULT_MAXSIZE = 1000
 
@@ -70,6 +85,34 @@ class SubscriberResync(Exception):
         self.last_seq = last_seq
 
 
+class LiveEvent:
+    """One live event as the hub hands it on: decoded once, its seq parsed once, and
+    ``encoded`` a memo where the API keeps the bytes it made of it (per format and
+    framing), so every subscriber of the node writes the same bytes object.
+    Subscribers must treat ``event`` and ``encoded`` values as read-only."""
+
+    __slots__ = ("at", "encoded", "event", "key", "seq")
+
+    def __init__(self, seq: str, event: dict[str, Any], at: float = 0.0) -> None:
+        self.seq = seq
+        self.key = keys.parse_seq(seq)
+        self.event = event
+        self.at = at  # the loop's clock when the hub got it (a sink's "last busy")
+        self.encoded: dict[str, bytes] = {}
+
+
+class Sink(Protocol):
+    """Where an attached subscription's events go (the API's WebSocket connection)."""
+
+    def deliver(self, item: LiveEvent) -> bool:
+        """Write the event now, never wait; False if it cannot (the write buffer is over
+        its limit): the subscription then overflows."""
+
+    def attached(self, sub: LiveSubscription) -> None:
+        """The subscription now delivers here; the sink closes it when its connection
+        goes, so the hub forgets it at once."""
+
+
 _OVERFLOW = "overflow"
 _RESYNC = "resync"
 
@@ -80,7 +123,27 @@ class LiveSubscription:
     One consumer task iterates it. The iterator ends (StopAsyncIteration) after
     `close()`, raises `SubscriberOverflow` / `SubscriberResync` after the queued events
     were taken. `depth` is the current queue length (for metrics).
+
+    After `attach(sink, after)` the events go to the sink instead of the queue, from the
+    hub's reader; the iterator then yields nothing and only reports how it ended.
     """
+
+    __slots__ = (
+        "_after",
+        "_deliver",
+        "_ending",
+        "_items",
+        "_on_end",
+        "_ready",
+        "_waiter",
+        "accept",
+        "closed",
+        "last_seq",
+        "maxsize",
+        "overflowed",
+        "stale",
+        "tenant",
+    )
 
     def __init__(
         self,
@@ -89,21 +152,22 @@ class LiveSubscription:
         tenant: str = "",
         last_seq: str | None = None,
         on_end: Callable[[LiveSubscription], None] | None = None,
-        accept: Callable[[dict[str, Any]], bool] | None = None,
+        accept: EventPredicate | None = None,
     ) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self.tenant = tenant
         # The subscriber's filters (extension, type), applied before queueing: events
         # it does not want never take a place in its bounded queue (bench fan-out saw a
-        # prompt reader of call.offered only cut off by the other event types).
+        # prompt reader of call.offered only cut off by the other event types). The hub
+        # applies it once per event for every subscription with an equal filter.
         self.accept = accept
         self.maxsize = maxsize
         # The last seq handed to the consumer: the resume point in overflow/resync.
         self.last_seq = last_seq
         self.overflowed = False
         self.closed = False
-        self._items: deque[Event] = deque()
+        self._items: deque[LiveEvent] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._ending: str | None = None
         self._ready = asyncio.Event()
@@ -112,6 +176,10 @@ class LiveSubscription:
         self.stale = False
         # Called once when it ends (close, overflow, resync): the hub forgets it.
         self._on_end = on_end
+        # Direct delivery (attach): the sink, and the seam — events up to this key
+        # came through the replay already and are skipped (None once past it).
+        self._deliver: Callable[[LiveEvent], bool] | None = None
+        self._after: keys.SeqKey | None = None
 
     # -- consumer side --------------------------------------------------------------------
     @property
@@ -136,8 +204,8 @@ class LiveSubscription:
                 raise StopAsyncIteration
             if self._items:
                 item = self._items.popleft()
-                self.last_seq = item[0]
-                return item
+                self.last_seq = item.seq
+                return item.seq, item.event
             if self._ending == _OVERFLOW:
                 raise SubscriberOverflow(self.last_seq)
             if self._ending == _RESYNC:
@@ -157,22 +225,52 @@ class LiveSubscription:
         self._items.clear()
         self._end()
 
+    def attach(self, sink: Sink, after: str | None) -> None:
+        """Deliver through `sink` from now on: first what is queued, then each event as
+        the hub dispatches it. Events up to `after` (the replay's cursor) are skipped:
+        the pub/sub message of an event the replay already read may still be on its way.
+        `last_seq` then follows what the sink took: the resume point on overflow."""
+        self._after = keys.parse_seq(after) if after is not None else None
+        if after is not None:
+            self.last_seq = after
+        self._deliver = sink.deliver
+        sink.attached(self)
+        queued, self._items = self._items, deque()
+        for item in queued:
+            if not self.take(item):
+                return
+
     # -- hub side -------------------------------------------------------------------------
     def offer(self, seq: str, event: dict[str, Any]) -> bool:
-        """Queue an event without ever waiting; False if it was not queued (ended, or
-        the queue is full: then the subscription is overflowed and ends)."""
+        """`take` for one event not yet past this subscription's filter."""
+        if self.accept is not None and not self.accept(event):
+            return not (self._ending is not None or self.closed)  # not wanted: nothing lost
+        return self.take(LiveEvent(seq, event))
+
+    def take(self, item: LiveEvent) -> bool:
+        """Queue (or, attached, write) an event its filter accepted, without ever
+        waiting; False if it was not taken (ended, or the queue or the sink is full:
+        then the subscription is overflowed and ends)."""
         if self._ending is not None or self.closed:
             return False
-        if self.accept is not None and not self.accept(event):
-            return True  # not wanted: nothing to queue, nothing lost
-        if len(self._items) >= self.maxsize:
-            self.overflowed = True
-            self._ending = _OVERFLOW
-            self._end()
-            return False
-        self._items.append((seq, event))
-        self._wake()
-        return True
+        deliver = self._deliver
+        if deliver is not None:
+            after = self._after
+            if after is not None:
+                if item.key <= after:
+                    return True  # the replay delivered it
+                self._after = None  # stream order: everything later is new
+            if deliver(item):
+                self.last_seq = item.seq
+                return True
+        elif len(self._items) < self.maxsize:
+            self._items.append(item)
+            self._wake()
+            return True
+        self.overflowed = True
+        self._ending = _OVERFLOW
+        self._end()
+        return False
 
     def resync(self) -> None:
         """End with `SubscriberResync` after the queued events."""
@@ -226,33 +324,28 @@ class LiveHub:
     ) -> None:
         self.default_maxsize = default_maxsize
         self._ping_interval = ping_interval
-        self._backoff = (backoff_initial, backoff_max)
-        # No client-side retries: this hub decides when to retry and must see every
-        # disconnect (it signals a resync).
-        self._pool = ConnectionPool.from_url(
+        self._backoff = Backoff(backoff_initial, backoff_max)
+        # No library retries: this hub decides when to retry and must see every
+        # disconnect (it signals a resync). No socket timeout: its reads pass their own.
+        self._redis = client(
             redis_url,
-            protocol=2,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=connect_timeout,
-            socket_keepalive=True,
+            name="live",
+            options=LinkOptions(socket_timeout=None, connect_timeout=connect_timeout),
         )
-        self._subs: dict[str, set[LiveSubscription]] = {}
+        self._state = RedisLink(on_change=self._link_changed)
+        # tenant -> filter -> its subscriptions: a filter is asked once per event.
+        self._subs: dict[str, dict[EventPredicate | None, dict[LiveSubscription, None]]] = {}
         self._link: _Link | None = None
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._last_bad_log = 0.0
-        self._down_logged = False
-        self._ever_connected = False
-        # Counters (plain ints; folded into /metrics by the lead's collector).
-        self.connected = False
+        # Counters (plain ints; folded into /metrics by the lead's collector); the
+        # connection's own (connected, reconnects, redis_errors) are properties below.
         self.messages = 0  # live messages received and decoded
         self.bad_messages = 0  # messages on our channels that did not decode
         self.overflows = 0  # subscriptions ended by SubscriberOverflow
         self.resyncs = 0  # subscriptions ended by SubscriberResync
-        self.reconnects = 0  # connections re-established after a loss
-        self.redis_errors = 0
-        self.last_error: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -275,22 +368,21 @@ class LiveHub:
             if stuck:
                 log.warning("bus: live tasks did not stop in time")
         self._tasks = []
-        for subs in list(self._subs.values()):
-            for sub in list(subs):
-                sub.close()
+        for sub in list(self._each()):
+            sub.close()
         self._subs.clear()
         link, self._link = self._link, None
         if link is not None:
             await link.conn.disconnect()
-        await self._pool.aclose()
-        self.connected = False
+        await self._redis.aclose()
+        self._state.up = None  # closed: neither up nor failed
 
     # -- subscriptions --------------------------------------------------------------------
     def subscribe(
         self,
         tenant: str,
         maxsize: int | None = None,
-        accept: Callable[[dict[str, Any]], bool] | None = None,
+        accept: EventPredicate | None = None,
     ) -> LiveSubscription:
         """A new subscription to `tenant`'s live events (only those `accept` takes).
         Await `wait_ready()` before relying on it to see everything published from now on."""
@@ -301,11 +393,11 @@ class LiveHub:
         if self._closing:
             sub.close()  # the hub is shut: the iterator ends at once
             return sub
-        subs = self._subs.get(tenant)
-        if subs is None:
-            subs = self._subs[tenant] = set()
+        groups = self._subs.get(tenant)
+        if groups is None:
+            groups = self._subs[tenant] = {}
             self._dirty.set()
-        subs.add(sub)
+        groups.setdefault(accept, {})[sub] = None
         link = self._link
         if link is not None and keys.live_channel(tenant) in link.live:
             sub.mark_ready()
@@ -313,7 +405,7 @@ class LiveHub:
 
     @property
     def subscription_count(self) -> int:
-        return sum(len(s) for s in self._subs.values())
+        return sum(len(group) for groups in self._subs.values() for group in groups.values())
 
     @property
     def channel_count(self) -> int:
@@ -321,47 +413,70 @@ class LiveHub:
 
     def queue_depths(self) -> list[int]:
         """Current queue depth of every subscription (for a histogram or a max gauge)."""
-        return [sub.depth for subs in self._subs.values() for sub in subs]
+        return [sub.depth for sub in self._each()]
+
+    def _each(self, tenant: str | None = None) -> list[LiveSubscription]:
+        """The subscriptions of `tenant` (None: of every tenant), as a list: ending one
+        while walking them changes the hub's sets."""
+        tenants = self._subs.values() if tenant is None else [self._subs.get(tenant, {})]
+        return [sub for groups in tenants for group in groups.values() for sub in group]
 
     def _detach(self, sub: LiveSubscription) -> None:
-        subs = self._subs.get(sub.tenant)
-        if subs is None:
+        groups = self._subs.get(sub.tenant)
+        group = groups.get(sub.accept) if groups is not None else None
+        if groups is None or group is None or sub not in group:
             return
-        subs.discard(sub)
-        if not subs:
+        del group[sub]
+        if not group:
+            del groups[sub.accept]
+        if not groups:
             del self._subs[sub.tenant]
             self._dirty.set()
 
     # -- connection -----------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._state.connected
+
+    @property
+    def reconnects(self) -> int:
+        """Connections re-established after a loss."""
+        return self._state.reconnects
+
+    @property
+    def redis_errors(self) -> int:
+        return self._state.errors
+
+    @property
+    def last_error(self) -> str | None:
+        return self._state.last_error
+
     async def _run_reader(self) -> None:
-        delay = self._backoff[0]
-        while not self._closing:
-            conn: Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
-            try:
-                await conn.connect()  # type: ignore[no-untyped-call]
-                raise_if_cancelled()
-            except (RedisError, OSError) as exc:
-                self._went_down(exc)
-                await conn.disconnect()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._backoff[1])
-                continue
-            delay = self._backoff[0]
-            link = self._link = _Link(conn)
-            self._came_up()
-            self._dirty.set()  # the commander subscribes the wanted channels
-            try:
-                await self._read(link)
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._went_down(exc)
-            except Exception as exc:  # a bug must not end live delivery for the node
-                log.exception("bus: live reader failed; reconnecting")
-                self._went_down(exc)
-            finally:
-                self._lost(link)
-                await conn.disconnect()
-            # A short pause: a failing peer (or a bug) must not make this a busy loop.
-            await asyncio.sleep(delay)
+        # A session that came up and broke is retried after the first delay (even a bug
+        # must not make this a busy loop); failing to connect waits longer each time.
+        await self._state.run(
+            self._session,
+            self._backoff,
+            failure_log="bus: live reader failed; reconnecting",
+            logger=log,
+        )
+
+    async def _session(self) -> None:
+        conn = dedicated_connection(self._redis)
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]
+            raise_if_cancelled()
+        except BaseException:
+            await conn.disconnect()
+            raise
+        link = self._link = _Link(conn)
+        self._state.came_up()
+        self._dirty.set()  # the commander subscribes the wanted channels
+        try:
+            await self._read(link)
+        finally:
+            self._lost(link)
+            await conn.disconnect()
 
     async def _read(self, link: _Link) -> None:
         # Data (even a PONG) comes at least every ping_interval: silence means a dead peer.
@@ -394,11 +509,12 @@ class LiveHub:
         if not isinstance(channel, bytes) or not isinstance(data, bytes):
             return
         tenant = keys.tenant_of_channel(channel)
-        subs = self._subs.get(tenant) if tenant is not None else None
-        if not subs:
+        groups = self._subs.get(tenant) if tenant is not None else None
+        if not groups:
             return  # a channel we are leaving
         try:
             seq, event = keys.decode_live(data)
+            item = LiveEvent(seq, event, asyncio.get_running_loop().time())
         except ValueError as exc:
             self.bad_messages += 1
             now = time.monotonic()
@@ -407,13 +523,18 @@ class LiveHub:
                 log.warning("bus: undecodable live message", extra={"error": str(exc)})
             return
         self.messages += 1
-        for sub in tuple(subs):
-            if not sub.offer(seq, event) and sub.overflowed:
-                self.overflows += 1
+        # The hot loop of a fan-out: one filter call per group, one take() per
+        # subscriber (for an attached one: a write to its transport, no task switch).
+        for accept, group in tuple(groups.items()):
+            if accept is not None and not accept(event):
+                continue
+            for sub in tuple(group):
+                if not sub.take(item) and sub.overflowed:
+                    self.overflows += 1
 
     def _channel_live(self, channel: str) -> None:
         tenant = keys.tenant_of_channel(channel)
-        for sub in tuple(self._subs.get(tenant or "", ())):
+        for sub in self._each(tenant or ""):
             if sub.stale:
                 self.resyncs += 1
                 sub.resync()
@@ -425,7 +546,7 @@ class LiveHub:
             self._link = None
         for channel in link.live:
             tenant = keys.tenant_of_channel(channel)
-            for sub in self._subs.get(tenant or "", ()):
+            for sub in self._each(tenant or ""):
                 if sub.ready:
                     sub.stale = True
                     sub.mark_unready()
@@ -452,7 +573,7 @@ class LiveHub:
                         await link.conn.send_command("PING")
             except (RedisError, OSError) as exc:
                 # The reader sees the broken connection too and reconnects.
-                self._went_down(exc)
+                self._state.went_down(exc)
             raise_if_cancelled()
 
     async def _reconcile(self, link: _Link) -> bool:
@@ -474,19 +595,10 @@ class LiveHub:
                 await link.conn.send_command("UNSUBSCRIBE", *drop)
         return bool(add or drop)
 
-    def _went_down(self, exc: BaseException) -> None:
-        self.redis_errors += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        self.connected = False
-        if not self._down_logged:  # one line per outage, not one per retry
-            self._down_logged = True
-            log.warning("bus: live connection to redis lost", extra={"error": self.last_error})
-
-    def _came_up(self) -> None:
-        if self._ever_connected:
-            self.reconnects += 1
-        if self._down_logged:
+    @staticmethod
+    def _link_changed(up: bool, error: str | None) -> None:
+        # One line per outage, not one per retry (RedisLink reports changes only).
+        if up:
             log.info("bus: live connection to redis is back")
-        self._down_logged = False
-        self._ever_connected = True
-        self.connected = True
+        else:
+            log.warning("bus: live connection to redis lost", extra={"error": error})

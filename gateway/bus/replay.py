@@ -24,19 +24,25 @@ Loose ends, each with a defined outcome:
   silent otherwise), unless ``allow_gap=True``;
 - Redis unreachable (no confirmation within ``ready_timeout``, or a failed read):
   `BusUnavailable`.
+
+With a `sink` (the WebSocket endpoint), step 3 is done by the hub: the subscription is
+attached to the sink with the cursor as its seam, and live events are written from the
+hub's reader, never yielded; the iterator then only says how the subscription ended.
+With `wake`, the live phase yields None whenever the consumer's wake time (a loop
+clock value) comes without an event: its heartbeats and token checks need no task.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
 from gateway.bus import keys
-from gateway.bus.live import LiveSubscription, SubscriberOverflow, SubscriberResync
+from gateway.bus.live import LiveSubscription, Sink, SubscriberOverflow, SubscriberResync
 from gateway.bus.streams import ReplayPage
 
 EventPredicate = Callable[[dict[str, Any]], bool]
@@ -93,7 +99,9 @@ async def events_since(
     ready_timeout: float = 5.0,
     allow_gap: bool = False,
     on_ready: Callable[[], Awaitable[None]] | None = None,
-) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    sink: Sink | None = None,
+    wake: Callable[[], float] | None = None,
+) -> AsyncGenerator[tuple[str, dict[str, Any]] | None, None]:
     """``(seq, event_dict)`` of `tenant` after `since`, each once and in stream order,
     then live ones as they come, until the consumer stops (or the hub closes).
 
@@ -102,6 +110,8 @@ async def events_since(
     what is yielded; filtered-out events still advance the cursor. `on_ready` is awaited
     once, when the live subscription is confirmed and the cursor fixed: from then on no
     event of the tenant can be missed (a client may start what it wants to observe).
+    `sink` and `wake`: see the module docstring (None is yielded only with `wake`, and
+    the consumer must move its wake time on after one).
     Raises ValueError (bad tenant or since), `SubscriberOverflow`, `EventsLost`,
     `BusUnavailable` as described in the module docstring.
     """
@@ -146,8 +156,21 @@ async def events_since(
 
             # Live: buffered first, then new ones; the replay covered seq <= cursor.
             cursor_key = keys.parse_seq(cursor)
+            if sink is not None:
+                sub.attach(sink, cursor)
             try:
-                async for seq, event in sub:
+                while True:
+                    try:
+                        if wake is None:
+                            seq, event = await anext(sub)
+                        else:
+                            async with asyncio.timeout_at(wake()):
+                                seq, event = await anext(sub)
+                    except TimeoutError:
+                        yield None
+                        continue
+                    except StopAsyncIteration:
+                        return  # closed: the hub is shutting down, or the sink's client left
                     key = keys.parse_seq(seq)
                     if key <= cursor_key:
                         continue
@@ -155,10 +178,11 @@ async def events_since(
                     if accept(event):
                         yield seq, event
             except SubscriberResync:
+                if sink is not None:
+                    cursor = sub.last_seq or cursor  # what the sink wrote
                 continue
             except SubscriberOverflow:
-                raise SubscriberOverflow(cursor) from None
-            return  # the subscription was closed: the hub is shutting down
+                raise SubscriberOverflow(sub.last_seq if sink is not None else cursor) from None
     finally:
         if sub is not None:
             sub.close()
