@@ -34,8 +34,8 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from gateway.aio import raise_if_cancelled
 from gateway.bus import keys
+from gateway.redis_link import raise_if_cancelled
 
 CHUNK = 1000
 MAX_PASSES = 3

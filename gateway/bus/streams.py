@@ -51,13 +51,11 @@ from itertools import islice
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from gateway.aio import raise_if_cancelled
 from gateway.bus import keys, rewrite
 from gateway.bus.live import LiveHub, LiveSubscription
+from gateway.redis_link import Backoff, LinkOptions, RedisLink, client, raise_if_cancelled
 from gateway.stats import Counters, Histogram
 
 log = logging.getLogger("sipgw.bus")
@@ -195,17 +193,18 @@ class EventBus:
         self.trim_interval = trim_interval
         self.batch_size = batch_size
         self.flush_timeout = flush_timeout
-        self._backoff = (backoff_initial, backoff_max)
+        self._backoff = Backoff(backoff_initial, backoff_max)
         self._clock = clock
-        # No client-side retries: the writer owns retrying (backoff, ordering, counting).
-        self._redis: Redis = Redis.from_url(
+        # The writer owns retrying (backoff, ordering, counting): no library retries.
+        self._redis: Redis = client(
             redis_url,
-            protocol=2,
-            retry=Retry(NoBackoff(), 0),
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=min(socket_timeout, 2.0),
-            socket_keepalive=True,
+            name="bus",
+            options=LinkOptions(
+                socket_timeout=socket_timeout, connect_timeout=min(socket_timeout, 2.0)
+            ),
         )
+        # Up until a round trip fails: the writer has nothing to say before its first.
+        self._link = RedisLink(up=True, on_change=self._link_changed)
         self.hub = LiveHub(
             redis_url,
             default_maxsize=live_maxsize,
@@ -223,9 +222,7 @@ class EventBus:
         self._warned_at: dict[str, float] = {}
         self.published = 0
         self.dropped: Counter[str] = Counter()
-        self.redis_errors = 0
-        self.last_error: str | None = None
-        self.redis_up = True
+        self.last_error: str | None = None  # a failed round trip's, or a refused event's
         self.round_trips = 0
         self.bad_entries = 0  # stream entries that did not decode on replay
         self.trimmed = 0  # entries removed by the retention timer
@@ -233,6 +230,14 @@ class EventBus:
         self.publish_latency = Histogram(PUBLISH_LATENCY_BUCKETS)  # publish() -> in Redis
 
     # -- metrics --------------------------------------------------------------------------
+    @property
+    def redis_up(self) -> bool:
+        return self._link.connected
+
+    @property
+    def redis_errors(self) -> int:
+        return self._link.errors
+
     @property
     def buffered(self) -> int:
         return len(self._pending)
@@ -322,7 +327,7 @@ class EventBus:
         while True:
             if delay:
                 if self._stopping.is_set():
-                    await asyncio.sleep(min(delay, self._backoff[0]))
+                    await asyncio.sleep(min(delay, self._backoff.initial))
                 else:
                     await self._absorb_for(delay)
             elif not self._pending:
@@ -334,33 +339,36 @@ class EventBus:
             try:
                 retry_now = await self._send_batch()
             except (RedisError, OSError) as exc:
-                delay = self._failed(exc, delay)
+                delay = self._failed(exc)
                 continue
             except Exception as exc:  # a bug must not end event delivery
                 log.exception("bus: writer round failed")
-                delay = self._failed(exc, delay)
+                delay = self._failed(exc)
                 continue
             finally:
                 # After the batch's results were taken into account: nothing is lost
                 # or sent twice by stopping here.
                 raise_if_cancelled()
-            if not self.redis_up:
-                self.redis_up = True
-                log.info("bus: redis is back", extra={"buffered": len(self._pending)})
+            self._link.came_up()
+            self._backoff.reset()
             delay = 0.0
             if not retry_now and not self._pending and self._queue.empty():
                 self._drained.set()
 
-    def _failed(self, exc: BaseException, delay: float) -> float:
-        self.redis_errors += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        if self.redis_up:  # one line per outage
-            self.redis_up = False
+    def _failed(self, exc: BaseException) -> float:
+        self._link.went_down(exc)
+        self.last_error = self._link.last_error
+        return self._backoff.next()
+
+    def _link_changed(self, up: bool, error: str | None) -> None:
+        # One line when Redis goes away, one when it is back (RedisLink: once per outage).
+        if up:
+            log.info("bus: redis is back", extra={"buffered": len(self._pending)})
+        else:
             log.warning(
                 "bus: redis unavailable, buffering events",
-                extra={"error": self.last_error, "buffered": len(self._pending)},
+                extra={"error": error, "buffered": len(self._pending)},
             )
-        return self._backoff[0] if delay == 0 else min(delay * 2, self._backoff[1])
 
     def _take(self, entry: tuple[Publishable, float]) -> None:
         event, queued_at = entry

@@ -58,12 +58,17 @@ from typing import Any
 import msgpack
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
-from gateway.aio import raise_if_cancelled
 from gateway.proxy.location import Binding, Location
+from gateway.redis_link import (
+    Backoff,
+    LinkOptions,
+    RedisLink,
+    client,
+    dedicated_connection,
+    raise_if_cancelled,
+)
 from gateway.transport.addresses import Source
 
 log = logging.getLogger("sipgw.location")
@@ -345,17 +350,23 @@ class SharedLocation(Location):
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
-        self._down_logged = False
+        self._link = RedisLink(on_change=self._link_changed)
         self._overflow_logged = False
-        self._live_at: float | None = None  # when the current session began serving
+        self._aors_read = 0  # by the session that came up last (for its log line)
         self._run_id: str | None = None  # of the Redis server last read
         self.connected = False
         self.written = 0
         self.applied = 0
         self.dropped = 0
         self.bad_messages = 0
-        self.redis_errors = 0
-        self.last_error: str | None = None
+
+    @property
+    def redis_errors(self) -> int:
+        return self._link.errors
+
+    @property
+    def last_error(self) -> str | None:
+        return self._link.last_error
 
     def __bool__(self) -> bool:
         # Present even when empty: `Proxy` takes ``location or Location()``, and an
@@ -590,34 +601,32 @@ class SharedLocation(Location):
             return
         self.origin = origin
         self._task = asyncio.current_task()
-        # RESP2: pub/sub replies come back from read_response. No client-side retries:
-        # the loop owns retrying (backoff, re-reading, writing again).
-        redis: Redis = Redis.from_url(
+        # No library retries: the loop owns retrying (backoff, re-reading, writing again).
+        redis: Redis = client(
             redis_url,
-            protocol=2,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=min(self.socket_timeout, 2.0),
-            socket_timeout=self.socket_timeout,
-            socket_keepalive=True,
+            # Unnamed: CLIENT SETNAME's extra round trip per connection changes which
+            # process writes first after a Redis restart, and a process that applies its
+            # own echo before the owner of a foreign binding wrote it again drops that
+            # binding until then (only the snapshot keeps foreign bindings).
+            name=None,
+            options=LinkOptions(
+                socket_timeout=self.socket_timeout,
+                connect_timeout=min(self.socket_timeout, 2.0),
+            ),
         )
         script = redis.register_script(_WRITE)
-        loop = asyncio.get_running_loop()
-        delay = self.backoff[0] / 2
         try:
-            while True:
-                try:
-                    await self._session(redis, script)
-                except (RedisError, OSError, TimeoutError) as exc:
-                    self._went_down(exc)
-                except Exception as exc:  # a bug must not end replication
-                    log.exception("location: replication round failed")
-                    self._went_down(exc)
-                raise_if_cancelled()
-                # Lost after it worked for a while: retry soon. Never came up, or went
-                # at once (each session reads everything): back off further.
-                lived = self._live_at is not None and loop.time() - self._live_at >= STEADY
-                delay = self.backoff[0] if lived else min(delay * 2, self.backoff[1])
-                await asyncio.sleep(delay)
+            # Lost after it worked for a while: retry soon. Never came up, or went at
+            # once (each session reads everything): back off further. No jitter, for the
+            # same reason as no name above: equal delays keep the processes reconnecting
+            # in the order they lost Redis.
+            await self._link.run(
+                lambda: self._session(redis, script),
+                Backoff(*self.backoff, jitter=0),
+                steady=STEADY,
+                failure_log="location: replication round failed",
+                logger=log,
+            )
         finally:
             self._task = None
             await redis.aclose()
@@ -645,8 +654,7 @@ class SharedLocation(Location):
     close = stop
 
     async def _session(self, redis: Redis, script: Any) -> None:
-        self._live_at = None
-        conn: Connection = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        conn = dedicated_connection(redis)
         try:
             await conn.connect()  # type: ignore[no-untyped-call]
             # Subscribed before reading: a change made while we read is then a message
@@ -765,17 +773,16 @@ class SharedLocation(Location):
 
     def _went_up(self, aors: int) -> None:
         self.connected = True
-        self._live_at = asyncio.get_running_loop().time()
-        if self._down_logged:
-            self._down_logged = False
-            log.info("location: redis is back", extra={"aors": aors, "pending": self.pending})
+        self._aors_read = aors
+        self._link.came_up()
 
-    def _went_down(self, exc: BaseException) -> None:
-        self.redis_errors += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        if not self._down_logged:  # one line per outage
-            self._down_logged = True
+    def _link_changed(self, up: bool, error: str | None) -> None:
+        # One line per outage (RedisLink reports changes only).
+        if up:
+            extra = {"aors": self._aors_read, "pending": self.pending}
+            log.info("location: redis is back", extra=extra)
+        else:
             log.warning(
                 "location: redis unavailable, registrations served from memory",
-                extra={"error": self.last_error, "pending": self.pending},
+                extra={"error": error, "pending": self.pending},
             )

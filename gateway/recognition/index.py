@@ -12,7 +12,6 @@ See keys.py for the names and the value format.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -21,15 +20,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.aio import raise_if_cancelled
 from gateway.recognition import keys
 from gateway.recognition.cache import Contact, ContactCache, Scalar
+from gateway.redis_link import (
+    Backoff,
+    LinkOptions,
+    RedisLink,
+    client,
+    dedicated_connection,
+    raise_if_cancelled,
+)
 
 log = logging.getLogger("sipgw.recognition")
 
@@ -162,16 +165,12 @@ def unpack_value(value: bytes) -> list[tuple[str, dict[str, Scalar]]]:
 
 class ContactIndex:
     def __init__(self, url: str, *, socket_timeout: float = 5.0) -> None:
-        # RESP2: pub/sub replies come back from read_response (RESP3 diverts them to a
-        # push handler). No client-side retries: a look-up has a budget of milliseconds
-        # and the sync client retries a refused batch itself.
-        self.redis = aioredis.Redis.from_url(
+        # No library retries: a look-up has a budget of milliseconds and the sync client
+        # retries a refused batch itself.
+        self.redis = client(
             url,
-            protocol=2,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=1.0,
-            socket_timeout=socket_timeout,
-            socket_keepalive=True,
+            name="contacts",
+            options=LinkOptions(socket_timeout=socket_timeout, connect_timeout=1.0),
         )
         self._apply = self.redis.register_script(_APPLY)
         self._remove_chunk = self.redis.register_script(_REMOVE_CHUNK)
@@ -286,25 +285,35 @@ class ContactIndex:
         The cache is off whenever the subscription is not confirmed: an invalidation
         sent meanwhile would be lost, so the cache is emptied before it is turned on.
         """
-        delay = 0.1
-        while True:
-            cache.enabled = False
-            conn: Connection = self.redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-            try:
-                await conn.connect()  # type: ignore[no-untyped-call]
-                await conn.send_command("SUBSCRIBE", keys.INVALIDATE_CHANNEL)
-                await self._listen(conn, cache, ping)
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.debug("contact invalidations: connection lost", extra={"error": str(exc)})
-            finally:
-                was_live, cache.enabled = cache.enabled, False
-                await conn.disconnect()
-            raise_if_cancelled()
-            # Lost after it worked: retry at once-ish; never came up: back off further.
-            delay = 0.1 if was_live else min(delay * 2, 5.0)
-            await asyncio.sleep(delay)
+        # Lost after it worked: retry at once-ish; never came up: back off further.
+        # The bus logs an outage already: these lines are for debugging.
+        link = RedisLink(
+            on_change=lambda up, error: log.debug(
+                "contact invalidations: " + ("connection back" if up else "connection lost"),
+                extra={"error": error},
+            )
+        )
+        await link.run(
+            lambda: self._follow(cache, link, ping),
+            Backoff(0.1, 5.0),
+            failure_log="contact invalidations: failed; reconnecting",
+            logger=log,
+        )
 
-    async def _listen(self, conn: Connection, cache: ContactCache, ping: float) -> None:
+    async def _follow(self, cache: ContactCache, link: RedisLink, ping: float) -> None:
+        cache.enabled = False
+        conn = dedicated_connection(self.redis)
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]
+            await conn.send_command("SUBSCRIBE", keys.INVALIDATE_CHANNEL)
+            await self._listen(conn, cache, ping, link)
+        finally:
+            cache.enabled = False
+            await conn.disconnect()
+
+    async def _listen(
+        self, conn: Connection, cache: ContactCache, ping: float, link: RedisLink
+    ) -> None:
         pinged = False
         while True:
             response = await conn.read_response(timeout=ping)
@@ -322,6 +331,7 @@ class ContactIndex:
             if kind == b"subscribe":
                 cache.clear()
                 cache.enabled = True
+                link.came_up()
             elif kind == b"message" and isinstance(data, bytes):
                 parsed = keys.parse_invalidation(data)
                 if parsed is None:

@@ -33,6 +33,7 @@ from redis.typing import EncodableT, FieldT
 
 from gateway.config import Settings, Tenant, User
 from gateway.config.syntax import show
+from gateway.redis_link import LinkOptions, client
 from gateway.security import keys
 from gateway.security.audit import AuditEntry, AuditLog, redacted
 from gateway.security.passwords import PasswordVerifier, needs_rehash, password_problem
@@ -205,12 +206,19 @@ class Directory:
         self.settings = settings
         self.security = settings.security
         self._clock = clock
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+        # No loop of its own around Redis: redis-py's retries (a few quick tries) are
+        # what smooths a blip, and a connection idle for 30 s is checked before use. The
+        # library's protocol, which this code and its tests were written against.
+        self._redis: aioredis.Redis = client(
             redis_url,
-            decode_responses=True,
-            socket_timeout=5.0,
-            socket_connect_timeout=5.0,
-            health_check_interval=30,
+            name="directory",
+            options=LinkOptions(
+                connect_timeout=5.0,
+                decode_responses=True,
+                health_check_interval=30,
+                library_retries=True,
+                protocol=None,
+            ),
         )
         self.audit = AuditLog(
             self._redis,

@@ -121,7 +121,7 @@ def test_maxsize_must_be_positive() -> None:
 
 
 async def test_a_swallowed_cancellation_is_raised_again() -> None:
-    from gateway.aio import raise_if_cancelled
+    from gateway.redis_link import raise_if_cancelled
 
     async def body() -> str:
         raise_if_cancelled()  # nothing pending: a no-op
