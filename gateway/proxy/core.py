@@ -29,8 +29,13 @@ from gateway.proxy.location import Location
 from gateway.proxy.messages import build_ack, build_cancel, last_resort_response
 from gateway.proxy.observe import Observed, Observer
 from gateway.proxy.options import options_headers, quick_options, quick_reply
-from gateway.proxy.record_route import PARAM as RR_SIGNATURE
-from gateway.proxy.record_route import RouteSigner
+from gateway.proxy.record_route import (
+    Hop,
+    RouteSigner,
+    next_hop,
+    record_route_values,
+    remove_own_routes,
+)
 from gateway.proxy.registrar import Registrar
 from gateway.proxy.routing import Forward, Handled, Reply, Router
 from gateway.proxy.timers import TimerQueue
@@ -607,51 +612,11 @@ class Proxy:
         return isinstance(uri, SipURI) and uri.user is None and self._uri_is_us(uri)
 
     def _preprocess_route(self, req: Request) -> tuple[bool, bool]:
-        """Strict-router repair and removal of our own Route entries: whether any was
-        ours, and whether one of those carried our signature for this dialog."""
-        popped = signed = False
-        uri = req.uri
-        strict_router = isinstance(uri, SipURI) and "lr" in uri.params
-        if strict_router and self._route_is_ours(uri) and req.routes:
-            # §16.4: a strict router put our Record-Route URI in the Request-URI; the
-            # real target is the last Route entry.
-            assert isinstance(uri, SipURI)
-            signed = self._signed(uri, req)
-            last = req.routes[-1]
-            self._remove_last_route(req)
-            req.set_uri(str(last.uri))
-            popped = True
-        while req.routes and self._route_is_ours(req.routes[0].uri):
-            route = req.routes[0].uri
-            assert isinstance(route, SipURI)
-            signed = signed or self._signed(route, req)
-            req.pop_first_value("Route")
-            popped = True
-        return popped, signed
-
-    def _signed(self, uri: SipURI, req: Request) -> bool:
-        return self.route_signer.verify(
-            uri.params.get(RR_SIGNATURE), req.call_id, (req.from_.tag, req.to.tag)
-        )
-
-    @staticmethod
-    def _remove_last_route(req: Request) -> None:
-        values = req.values("Route")
-        req.remove("Route")
-        for value in values[:-1]:
-            req.append("Route", value)
+        return remove_own_routes(req, self._route_is_ours, self.route_signer)
 
     def _next_hop(self, req: Request) -> Target | None:
-        routes = req.routes
-        uri = routes[0].uri if routes else req.uri
-        if not isinstance(uri, SipURI):
-            return None
-        if routes and "lr" not in uri.params:
-            # §16.12: the next hop is a strict router: it wants itself in the R-URI.
-            req.append("Route", f"<{req.uri_raw}>")
-            req.pop_first_value("Route")
-            req.set_uri(str(uri))
-        return self.target_for_uri(uri)
+        uri = next_hop(req)
+        return None if uri is None else self.target_for_uri(uri)
 
     def target_for_uri(self, uri: SipURI, source: Source | None = None) -> Target:
         transport = uri.transport if uri.transport in ("udp", "tcp", "tls") else "udp"
@@ -771,24 +736,17 @@ class Proxy:
     def _record_route(
         self, source: Source, target: Target, out_port: int, req: Request, signature: str
     ) -> list[str]:
-        """Our Record-Route values, in prepend order (RFC 5658 double record-route), each
-        signed for this dialog (record_route.py)."""
+        """Our Record-Route values for this branch: the side facing the caller (where
+        the request came in) and the one facing the callee (where it goes out)."""
         scheme = "sips" if isinstance(req.uri, SipURI) and req.uri.scheme == "sips" else "sip"
-
-        def rr(transport: str, port: int, family: int) -> str:
-            host = host_for_uri(self._advertise_for(family))
-            param = "" if transport == "udp" or scheme == "sips" else f";transport={transport}"
-            return f"<{scheme}:{host}:{port}{param};lr;{RR_SIGNATURE}={signature}>"
-
-        in_family = ip_family(source.local[0]) or 2
-        out_family = ip_family(target.host) or 2
-        inbound = rr(source.transport, source.local[1], in_family)
-        outbound = rr(target.transport, out_port, out_family)
-        if inbound == outbound:
-            return [outbound]
-        # The entry facing the caller goes in first, the one facing the callee on top:
-        # each side's route set then starts with the address it can reach.
-        return [inbound, outbound]
+        in_host = host_for_uri(self._advertise_for(ip_family(source.local[0]) or 2))
+        out_host = host_for_uri(self._advertise_for(ip_family(target.host) or 2))
+        return record_route_values(
+            scheme,
+            Hop(source.transport, in_host, source.local[1]),
+            Hop(target.transport, out_host, out_port),
+            signature,
+        )
 
     def via_for(self, target: Target, branch: str) -> str | None:
         """A Via value for a request we originate towards ``target`` (None: we have
