@@ -529,8 +529,12 @@ class LiveHub:
             if accept is not None and not accept(event):
                 continue
             for sub in tuple(group):
-                if not sub.take(item) and sub.overflowed:
-                    self.overflows += 1
+                try:
+                    if not sub.take(item) and sub.overflowed:
+                        self.overflows += 1
+                except Exception:  # one broken sink must not stop the others' delivery
+                    log.exception("bus: a subscriber's sink failed; it is closed")
+                    sub.close()
 
     def _channel_live(self, channel: str) -> None:
         tenant = keys.tenant_of_channel(channel)

@@ -1,6 +1,6 @@
 """Delivery guarantees through the real API: tenant isolation, and a subscriber that
-stops reading is cut off with its cursor, resumes, and loses nothing, while the gateway
-keeps answering SIP."""
+stops reading is cut off with its cursor, resumes, and loses nothing, while a prompt
+subscriber beside it gets every event and the gateway keeps answering SIP."""
 
 from __future__ import annotations
 
@@ -83,6 +83,10 @@ async def test_a_subscriber_that_stops_reading_is_cut_off_and_resumes_without_lo
         url, subprotocols=protocols, additional_headers=headers, max_queue=1, open_timeout=5
     )
     assert json.loads(await slow.recv())["type"] == "sipgw.ready"
+    # A prompt subscriber beside it: the hub writes to both from one loop, so a full
+    # buffer next door must neither hold its events back nor cut it off.
+    prompt = await subscribe(gw, token)
+    prompt_got = asyncio.create_task(collect(prompt, 20_000, timeout=60))
 
     # Another node floods the tenant's stream: 20 000 events of 2 kB.
     total = 20_000
@@ -120,6 +124,8 @@ async def test_a_subscriber_that_stops_reading_is_cut_off_and_resumes_without_lo
             assert closed.rcvd is not None and closed.rcvd.code == 4008
             assert closed.rcvd.reason == f"overflow since={last_seq}"
     assert 0 < len(seen) < total, "the slow subscriber was not cut off"
+    assert [e["n"] for e in await prompt_got] == list(range(total))
+    await prompt.close()
 
     # It resumes from its cursor and gets exactly the rest, in order.
     fast = await subscribe(gw, token, f"?since={last_seq}")

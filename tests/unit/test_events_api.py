@@ -1,22 +1,30 @@
-"""The pure parts of the subscription endpoints: limits, filters, encoding, SSE framing."""
+"""The subscription endpoints without a server: limits, filters, encoding, SSE framing,
+and the hub writing pre-built frames to (fake) transports."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import msgpack
 import pytest
 from fastapi import HTTPException
 
+from gateway.api import events as events_api
 from gateway.api.events import (
     EncodedCache,
     Frame,
     Subscribers,
+    WebSocketSubscriber,
     _sse,
     checked_since,
     control,
     subscription_filter,
 )
+from gateway.bus import LiveHub, SubscriberOverflow
+from gateway.bus.keys import encode_live, encode_payload
+from gateway.bus.replay import EventFilter
 from gateway.security.principal import Principal
 
 ADMIN = Principal("acme", "203", "admin")
@@ -72,3 +80,117 @@ def test_sse_framing() -> None:
     assert _sse(beat) == b": heartbeat\n\n"
     overflow = control("json", {"type": "sipgw.overflow", "last_seq": "5-0"}, final=True)
     assert _sse(overflow).startswith(b"event: sipgw.overflow\ndata: ")
+
+
+class FakeTransport:
+    """Records what the hub writes; `buffered` plays the bytes the kernel has not taken."""
+
+    def __init__(self, buffered: int = 0) -> None:
+        self.buffered = buffered
+        self.writes: list[bytes] = []
+        self.high = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        self.high = high
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class FakeLink:
+    def __init__(self, transport: FakeTransport) -> None:
+        self.transport = transport
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.disconnected = False
+        self.listener = None
+
+
+def attached(hub: LiveHub, fmt: str, transport: FakeTransport, accept: EventFilter) -> Any:
+    conn = WebSocketSubscriber(
+        None,  # type: ignore[arg-type]  # the handler's websocket: only used to close
+        FakeLink(transport),  # type: ignore[arg-type]
+        fmt, 4096, 15.0, None, None,
+    )  # fmt: skip
+    sub = hub.subscribe("acme", accept=accept)
+    sub.attach(conn, None)
+    return conn, sub
+
+
+async def test_one_event_is_framed_once_and_the_same_bytes_go_to_every_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[str] = []
+    real = events_api.encoded
+
+    def counting(form: str, seq: str, event: dict[str, Any]) -> bytes:
+        built.append(form)
+        return real(form, seq, event)
+
+    monkeypatch.setattr(events_api, "encoded", counting)
+    hub = LiveHub("redis://127.0.0.1:1/0")  # never started: the test plays Redis
+    offered = EventFilter(types=frozenset({"call.offered"}))
+    json_subs = [attached(hub, "json", FakeTransport(), offered) for _ in range(50)]
+    packed_subs = [attached(hub, "msgpack", FakeTransport(), offered) for _ in range(50)]
+    hub._dispatch(b"{acme}:live", live_message("7-0", {"type": "call.offered", "n": 7}))
+    hub._dispatch(b"{acme}:live", live_message("8-0", {"type": "call.ended", "n": 8}))
+
+    # One payload and one frame per format for the 100 subscribers; call.ended passed no
+    # filter, so nothing was made of it.
+    assert sorted(built) == ["json", "msgpack", "ws-json", "ws-msgpack"]
+    frames = {id(conn.transport.writes[0]) for conn, _ in json_subs}
+    assert len(frames) == 1 and all(len(c.transport.writes) == 1 for c, _ in json_subs)
+    frame = json_subs[0][0].transport.writes[0]
+    # RFC 6455 §5.2: FIN + text, unmasked, 7-bit length; the payload is the event.
+    assert frame[0] == 0x81 and frame[1] == len(frame) - 2
+    assert json.loads(frame[2:]) == {"type": "call.offered", "n": 7, "seq": "7-0"}
+    packed = {conn.transport.writes[0] for conn, _ in packed_subs}
+    assert len(packed) == 1 and next(iter(packed))[0] == 0x82  # FIN + binary
+    assert all(conn.last_seq == "7-0" for conn, _ in json_subs + packed_subs)
+
+
+async def test_a_full_write_buffer_cuts_that_subscriber_off_and_no_other() -> None:
+    hub = LiveHub("redis://127.0.0.1:1/0")
+    everything = EventFilter()
+    before = [attached(hub, "json", FakeTransport(), everything) for _ in range(3)]
+    slow_conn, slow_sub = attached(hub, "json", FakeTransport(buffered=4097), everything)
+    after = [attached(hub, "json", FakeTransport(), everything) for _ in range(3)]
+    hub._dispatch(b"{acme}:live", live_message("7-0", {"type": "call.offered"}))
+    hub._dispatch(b"{acme}:live", live_message("8-0", {"type": "call.answered"}))
+
+    # Written nothing, cut off at once (the hub forgets it), resumable from its start.
+    assert slow_conn.transport.writes == [] and slow_sub.overflowed
+    assert hub.overflows == 1 and hub.subscription_count == 6
+    with pytest.raises(SubscriberOverflow) as info:
+        await anext(slow_sub)
+    assert info.value.last_seq is None
+    # Every other subscriber, on either side of it in the loop, got both events.
+    for conn, sub in before + after:
+        assert len(conn.transport.writes) == 2 and not sub.overflowed
+
+
+async def test_an_attached_subscription_skips_what_the_replay_delivered() -> None:
+    hub = LiveHub("redis://127.0.0.1:1/0")
+    conn = WebSocketSubscriber(
+        None,  # type: ignore[arg-type]
+        FakeLink(FakeTransport()),  # type: ignore[arg-type]
+        "json", 4096, 15.0, None, None,
+    )  # fmt: skip
+    sub = hub.subscribe("acme", accept=EventFilter())
+    # The replay read the stream up to 6-0; of their live copies only 5-0 had arrived.
+    hub._dispatch(b"{acme}:live", live_message("5-0", {"type": "call.offered"}))
+    sub.attach(conn, "6-0")  # the replay's cursor
+    for seq in ("6-0", "7-0", "8-0"):  # pub/sub keeps stream order: 6-0 is the late copy
+        hub._dispatch(b"{acme}:live", live_message(seq, {"type": "call.offered"}))
+    sent = [json.loads(frame[2:])["seq"] for frame in conn.transport.writes]
+    assert sent == ["7-0", "8-0"] and sub.last_seq == "8-0"
+
+
+def live_message(seq: str, event: dict[str, Any]) -> bytes:
+    return encode_live(seq, encode_payload(event))
