@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import fanout, latency, recognition, report
+from . import fanout, goals, latency, recognition, report, soak
 from .process import stop_all
 from .runner import TARGETS, RunOptions, run_scenario, utc_now, workroot
 from .scenarios import SCENARIOS
@@ -36,20 +36,22 @@ ALL = (*SCENARIOS, *FIXED)
 #   ~40 s (to 2000/s, the drain), each Kamailio ~25-35 s (the ladder to 8000/s); then
 #   the four sustained checks of 34 s, ~40-57 s each with start and stop;
 # - options ~230 s: ~50 s per repetition (1 s steps), the four 10 s sustained checks;
-# - invite-event-latency 30-40 s, fan-out 55-70 s, recognition 160-260 s (measured
-#   whole even past its share: its report says by how much).
-# 17-19.5 min in all. (With three implementations the steps were 4 s and 2 s long, the
+#   the uvloop floor (bench/floor.py) adds one search of the whole ladder, ~16 s;
+# - invite-event-latency 30-40 s before goal 4's steps (300 calls/s, and 1000 with a
+#   2-worker gateway of its own: ~45-60 s, estimated), fan-out 55-70 s, recognition
+#   160-260 s (measured whole even past its share: its report says by how much).
+# 17.5-20 min in all. (With three implementations the steps were 4 s and 2 s long, the
 # sustained checks 40 s and 20 s, and the ladders longer: see bench/README.md.)
 # --quick: the fixed-work scenarios have no weight: the step searches (1 repetition,
 # short ladders, sipgw's 8 s sustained check) take ~125 s of the 165 and leave the rest,
 # in which the others run in order (latency ~10 s, fan-out ~14 s, recognition ~35 s); a
 # part that does not fit in what is left is skipped, so the run stays within budget.
 SHARES = {
-    "proxied-calls": 0.605,
-    "options": 0.245,
-    latency.NAME: 0.040,
+    "proxied-calls": 0.600,
+    "options": 0.256,  # with the uvloop floor: one search of the ladder, ~16 s
+    latency.NAME: 0.050,  # with goal 4's 300/s step and a 2-worker gateway: ~45-60 s
     fanout.NAME: 0.060,
-    recognition.NAME: 0.215,
+    recognition.NAME: 0.199,
 }
 SHARES_QUICK = {
     "proxied-calls": 0.7,
@@ -69,9 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--scenario",
-        choices=[*ALL, "all"],
+        choices=[*ALL, soak.NAME, "all"],
         default="all",
-        help="which scenario to run (default: all)",
+        help="which scenario to run (default: all; soak runs only when named)",
     )
     p.add_argument(
         "--out",
@@ -94,7 +96,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--duration",
         type=float,
         default=None,
-        help="seconds of load per step (default: per scenario)",
+        help="seconds of load per step (default: per scenario); soak: its length "
+        f"(default {soak.DURATION_S:.0f}, --quick {soak.DURATION_QUICK_S:.0f})",
+    )
+    p.add_argument(
+        "--max-clean-rate",
+        type=int,
+        default=None,
+        help="soak: sipgw's max clean calls/s (default: measured by one proxied-calls search)",
+    )
+    p.add_argument(
+        "--soak-result",
+        type=Path,
+        default=None,
+        help="a soak JSON for the goals table's G6 (default: the newest in --out)",
     )
     p.add_argument("--hold-ms", type=int, default=100, help="call hold, sipp -d (default 100)")
     p.add_argument(
@@ -114,7 +129,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not targets:
         p.error(f"unknown targets {unknown}; choose from {', '.join(TARGETS)}")
     args.targets = targets
+    if args.soak_result is not None and not args.soak_result.is_file():
+        p.error(f"--soak-result: no such file {args.soak_result}")
+    if args.max_clean_rate is not None and args.max_clean_rate <= 0:
+        p.error("--max-clean-rate must be a positive number of calls/s")
     return args
+
+
+def soak_result(args: argparse.Namespace, docs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The soak the goals table reads: this run's, the one given, or the newest saved in
+    the results directory (its file named in the table); None: G6 is not measured."""
+    ran = next((d for d in docs if d["scenario"] == soak.NAME), None)
+    if ran is not None:
+        return ran
+    path = args.soak_result or max(args.out.glob(f"*-{soak.NAME}.json"), default=None)
+    if path is None:
+        return None
+    try:
+        doc: dict[str, Any] = report.summarize(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError) as err:
+        print(f"soak result {path} unreadable: {err}", file=sys.stderr)
+        return None
+    doc["summary"]["source"] = path.name
+    return doc
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -153,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                 weight = shares.get(name, 0.3)
                 share = weight / total_share if total_share > 1e-9 else 1.0
                 total_share -= weight
-                if name in FIXED:
+                if name == soak.NAME:
+                    doc = soak.run(args.quick, left * share, root, duration_s=args.duration,
+                                   max_clean_rate=args.max_clean_rate)  # fmt: skip
+                elif name in FIXED:
                     doc = FIXED[name](args.quick, left * share, root)
                 else:
                     doc = run_scenario(SCENARIOS[name], opts, left * share, root)
@@ -171,8 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_all()
         if docs:
+            verdicts = goals.evaluate(docs, soak_result(args, docs))
+            table = goals.table(verdicts)
+            print(f"\n{table}\n", flush=True)
+            (args.out / f"{stamp}-goals.json").write_text(
+                json.dumps([v.to_json() for v in verdicts], indent=1) + "\n"
+            )
             md = args.out / f"{stamp}-summary.md"
-            md.write_text(report.markdown(docs, images))
+            md.write_text(report.markdown(docs, images, table))
             print(f"summary: {md}  (wall time {time.monotonic() - t0:.0f} s)", flush=True)
     return 0
 

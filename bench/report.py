@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import report_events
+from . import report_events, report_soak
 from .steps import spread
 
 Doc = dict[str, Any]
@@ -212,16 +212,17 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def ratio_pairs(
     rows: Sequence[Mapping[str, Any]],
 ) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
-    """(ours, reference) pairs: sipgw (one process) / each Kamailio configuration; sipgw
-    with N workers / Kamailio with N workers, and / sipgw in one process (what the
-    workers bring)."""
+    """(ours, reference) pairs: sipgw (one process) / each Kamailio configuration and /
+    the uvloop floor (options); sipgw with N workers / Kamailio with N workers, and /
+    sipgw in one process (what the workers bring)."""
     ours = [r for r in rows if r["implementation"] == "sipgw"]
     kamailio = [r for r in rows if r["implementation"] == "kamailio"]
+    floor = [r for r in rows if r["implementation"] == "uvloop-floor"]
     single = next((r for r in ours if r["workers"] == 1), None)
     pairs = []
     for row in ours:
         if row["workers"] == 1:
-            pairs += [(row, ref) for ref in kamailio]
+            pairs += [(row, ref) for ref in (*kamailio, *floor)]
         else:
             pairs += [(row, ref) for ref in kamailio if ref["workers"] == row["workers"]]
             if single is not None:
@@ -319,7 +320,8 @@ def headline_table(doc: Doc) -> str:
     return "\n".join(lines)
 
 
-def markdown(docs: list[Doc], images: Mapping[str, list[Path]]) -> str:
+def markdown(docs: list[Doc], images: Mapping[str, list[Path]], goals: str | None = None) -> str:
+    """The run's summary; `goals` (bench/goals.py's table) goes first, under the header."""
     first = docs[0]
     m = first["machine"]
     v: dict[str, str] = {}
@@ -334,6 +336,8 @@ def markdown(docs: list[Doc], images: Mapping[str, list[Path]]) -> str:
         f"Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
     ]
+    if goals:
+        lines += ["## Goals", "", goals, ""]
     if step_docs:
         lines += [
             "Max clean rate: highest offered rate with < 0.1 % failed, ≤ 1 % retransmissions, "
@@ -769,5 +773,11 @@ FIXED: dict[str, Section] = {
     ),
     RECOGNITION: Section(
         summarize_recognition, recognition_table, recognition_markdown, plot_recognition
+    ),
+    report_soak.SOAK: Section(
+        report_soak.summarize_soak,
+        report_soak.soak_table,
+        report_soak.soak_markdown,
+        report_soak.plot_soak,
     ),
 }

@@ -33,18 +33,20 @@ from pathlib import Path
 from typing import Any
 
 from . import SCHEMA, procstat
+from .floor import FloorTarget
 from .kamailio import KamailioTarget
 from .scenarios import UAC_TRANSPORT, Plan, Scenario
 from .sipgw import SipgwTarget
 from .sipp import MAX_SOCKET, ONE_SOCKET, PER_CALL
 from .steps import Criteria, StepFigures, search
-from .targets import Target
+from .targets import Target, supported
 
 TARGETS: dict[str, Callable[[], Target]] = {
     "sipgw": SipgwTarget,
     "sipgw-2w": lambda: SipgwTarget(2),
     "kamailio-1w": lambda: KamailioTarget(1),
     "kamailio-2w": lambda: KamailioTarget(2),
+    "uvloop-floor": FloorTarget,  # options only: the Python floor (bench/floor.py)
 }
 
 
@@ -185,6 +187,25 @@ def run_turn(
     return record
 
 
+def turn_order(targets: Mapping[str, Target], repetitions: int) -> list[tuple[int, str]]:
+    """(repetition, label) in the order they run: within each repetition every target in
+    turn, so drift in the machine's load hits them alike; a target with fewer
+    repetitions (`max_repetitions`: the uvloop floor) drops out after its last."""
+    return [
+        (rep, label)
+        for rep in range(repetitions)
+        for label, target in targets.items()
+        if rep < (target.max_repetitions or repetitions)
+    ]
+
+
+def turn_start_s(scenario: Scenario, target: Target) -> float:
+    """What a turn takes before its first step: the scenario's estimate (start,
+    registration, idle sample), or the target's own when it starts faster."""
+    own = target.start_s
+    return scenario.start_s if own is None else min(own, scenario.start_s)
+
+
 def search_share(
     left_s: float,
     remaining: Sequence[str],
@@ -230,7 +251,9 @@ def run_scenario(
     sustain_plan = replace(plan, step_duration_s=sustain_s)
     t0 = time.monotonic()
     end = t0 + budget_s
-    labels = list(opts.targets)
+    labels, not_here = supported(opts.targets, TARGETS, scenario.name)
+    for label, why in not_here.items():
+        _log(f"  {label}: not in {scenario.name} ({why})")
     targets = {label: TARGETS[label]() for label in labels}
     impls: dict[str, dict[str, Any]] = {
         label: {
@@ -249,7 +272,11 @@ def run_scenario(
 
     # Time kept back for the sustained checks (start, register, idle sample, the step,
     # the workers' counters and a little slack, the stop).
-    sustained = [label for label in labels if not opts.quick or label in QUICK_SUSTAINED]
+    sustained = [
+        label
+        for label in labels
+        if targets[label].sustained_check and (not opts.quick or label in QUICK_SUSTAINED)
+    ]
     reserve = (
         sum(sustain_plan.step_cost_s() + scenario.start_s + 1.5 + stop_s(label)
             for label in sustained)
@@ -261,10 +288,12 @@ def run_scenario(
     # when its last search was cut short by the budget), then what its last search took
     # and room for two more steps (the next search may climb further), unless it
     # offered every rate.
-    ladder_s = scenario.start_s + len(rates) * plan.step_cost_s()
-    needs = dict.fromkeys(labels, ladder_s)
+    needs = {
+        label: turn_start_s(scenario, targets[label]) + len(rates) * plan.step_cost_s()
+        for label in labels
+    }
     priority = {label: targets[label].budget_priority for label in labels}
-    turns = [(rep, label) for rep in range(opts.repetitions) for label in labels]
+    turns = turn_order(targets, opts.repetitions)
     _log(f"== {scenario.name}: {scenario.title}")
     for done, (rep, label) in enumerate(turns):
         remaining = [lab for _, lab in turns[done:]]
@@ -322,6 +351,12 @@ def run_scenario(
             "settle_s": plan.settle_s,
             "concurrent_limit": "sipp -l = max(50, rate)",
             "repetitions": opts.repetitions,
+            "repetitions_per_target": {
+                label: min(opts.repetitions, t.max_repetitions or opts.repetitions)
+                for label, t in targets.items()
+            },
+            "sustained_targets": sustained if sustain_s else [],
+            "targets_skipped": not_here,
             "messages_per_call": scenario.messages_per_call,
             "criteria": opts.criteria.to_json(),
             "transport": (

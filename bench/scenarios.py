@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -101,12 +102,30 @@ class Scenario(ABC):
     def run_step(self, target: Target, workdir: Path, rate: int, plan: Plan) -> StepFigures: ...
 
 
-def _run_sipp(cmd: SippCommand, timeout: float, name: str) -> tuple[Managed, Exit]:
+@dataclass(frozen=True)
+class Ticker:
+    """Something to call every `every_s` seconds while a long sipp runs (the soak's
+    samples of memory, lag and counters)."""
+
+    every_s: float
+    call: Callable[[], None]
+
+
+def _run_sipp(
+    cmd: SippCommand, timeout: float, name: str, ticker: Ticker | None = None
+) -> tuple[Managed, Exit]:
     """Run sipp to its end; past `timeout`, soft-quit it (SIGUSR1: final stats are
     written) and kill it 3 s later."""
     cmd.workdir.mkdir(parents=True, exist_ok=True)
     proc = Managed(name, cmd.argv(sipp_binary()), cwd=cmd.workdir, log_path=cmd.log_path)
-    result = proc.wait(timeout)
+    deadline = time.monotonic() + timeout
+    result = None
+    while ticker is not None and result is None and time.monotonic() < deadline:
+        result = proc.wait(min(ticker.every_s, deadline - time.monotonic()))
+        if result is None:
+            ticker.call()
+    if result is None:
+        result = proc.wait(max(0.0, deadline - time.monotonic()))
     if result is None:
         result = proc.stop(grace=3, sig=signal.SIGUSR1)
     return proc, result
@@ -136,7 +155,7 @@ class Window:
 
 
 def _measure_uac(
-    target: Target, uac: SippCommand, plan: Plan, name: str
+    target: Target, uac: SippCommand, plan: Plan, name: str, ticker: Ticker | None = None
 ) -> tuple[Managed, Exit, Window]:
     """Run the UAC; measure the target's CPU, the wall time, host CPU and UDP drops over
     exactly the UAC's life."""
@@ -146,7 +165,7 @@ def _measure_uac(
     cpu_before = procstat.tree_cpu_seconds(target.pid)
     aux_before = sum(procstat.tree_cpu_seconds(pid) for pid in target.aux_pids)
     t0 = time.monotonic()
-    proc, result = _run_sipp(uac, plan.step_timeout_s(), name)
+    proc, result = _run_sipp(uac, plan.step_timeout_s(), name, ticker)
     wall = time.monotonic() - t0
     cpu = procstat.tree_cpu_seconds(target.pid) - cpu_before
     aux = sum(procstat.tree_cpu_seconds(pid) for pid in target.aux_pids) - aux_before
@@ -212,7 +231,10 @@ class ProxiedCalls(Scenario):
     unit = "calls/s"
     # UAC: INVITE, ACK, BYE; UAS: 180, 200 (INVITE), 200 (BYE).
     messages_per_call = 6
-    rates_full = (100, 300, 400, 600, 800, 1000, 2000, 6000, 8000)
+    # 1600 is goal 3's bar (4x the issue's 400, bench/goals.py): on the ladder, so a
+    # max clean rate at the bar is measured as such (it took 6000's place: every
+    # Kamailio search was clean from 2000 to 8000).
+    rates_full = (100, 300, 400, 600, 800, 1000, 1600, 2000, 8000)
     rates_quick = (100, 400, 1000)
     duration_full_s = 2.0
     duration_quick_s = 1.5

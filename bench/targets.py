@@ -13,6 +13,7 @@ import socket
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,17 @@ class Target(ABC):
     # number first): the product's (sipgw's) before the reference's.
     budget_priority: int = 1
 
+    # The step scenarios it takes part in (the runner skips it in the others): a proxy
+    # does both; the uvloop floor only answers OPTIONS.
+    scenarios: frozenset[str] = frozenset({"proxied-calls", "options"})
+    # At most this many step searches per scenario (None: every repetition asked for),
+    # and whether it gets a sustained check.
+    max_repetitions: int | None = None
+    sustained_check: bool = True
+    # What starting it and the idle sample take, when less than the scenario's estimate
+    # (None: the scenario's; see runner.turn_start_s).
+    start_s: float | None = None
+
     def expected_stop(self, requests_pending: bool) -> float:
         return self.expected_stop_s if requests_pending else self.expected_idle_stop_s
 
@@ -139,6 +151,21 @@ class Target(ABC):
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.running
+
+
+def supported(
+    labels: Sequence[str], make: Mapping[str, Callable[[], Target]], scenario: str
+) -> tuple[list[str], dict[str, str]]:
+    """The targets (by label) that take part in `scenario`, and why each other one does
+    not: a target in a scenario it does not support is skipped, not an error."""
+    taking, skipped = [], {}
+    for label in labels:
+        target = make[label]()
+        if scenario in target.scenarios:
+            taking.append(label)
+        else:
+            skipped[label] = f"takes part in {', '.join(sorted(target.scenarios))} only"
+    return taking, skipped
 
 
 def sip_ping(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:

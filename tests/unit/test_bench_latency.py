@@ -96,8 +96,10 @@ def test_injection_file_is_sequential_one_call_per_line() -> None:
 
 
 def test_steps_cover_the_rates_asked_for() -> None:
-    assert [s.rate for s in STEPS_FULL] == [100, 500, 1000]
-    assert [s.rate for s in STEPS_QUICK] == [100, 300]
+    # Goal 4 (bench/goals.py): 300 calls/s in one process, 1000 calls/s with 2 workers.
+    assert [(s.rate, s.workers) for s in STEPS_FULL] == [(100, 1), (300, 1), (500, 1), (1000, 2)]
+    assert [(s.rate, s.workers) for s in STEPS_QUICK] == [(100, 1), (300, 1)]
+    assert latency.phases(STEPS_FULL) == [(1, list(STEPS_FULL[:3])), (2, [STEPS_FULL[3]])]
     assert Step(1000, 2.0).calls == 2000
     assert Step(100, 0.001).calls == 2  # at least one hit and one miss
 
@@ -426,19 +428,23 @@ def _step_searches_s(name: str, quick: bool, steps: dict[str, int], reps: int) -
     rates."""
     from dataclasses import replace
 
-    from bench.runner import QUICK_SUSTAINED, TARGETS
+    from bench.runner import QUICK_SUSTAINED, TARGETS, turn_start_s
     from bench.scenarios import SCENARIOS
 
     scenario = SCENARIOS[name]
     plan = scenario.plan(quick)
-    targets = {label: make() for label, make in TARGETS.items()}
+    targets = {label: t for label, make in TARGETS.items() if name in (t := make()).scenarios}
     stop = {
         label: t.expected_stop(scenario.leaves_requests_pending) for label, t in targets.items()
     }
-    searches = reps * sum(scenario.start_s + steps[label] * plan.step_cost_s() + stop[label]
-                          for label in targets)  # fmt: skip
+    searches = sum(
+        min(reps, t.max_repetitions or reps)
+        * (turn_start_s(scenario, t) + steps[label] * plan.step_cost_s() + stop[label])
+        for label, t in targets.items()
+    )
     sustain_s = scenario.sustain_s(quick)
-    sustained = [label for label in targets if not quick or label in QUICK_SUSTAINED]
+    sustained = [label for label, t in targets.items()
+                 if t.sustained_check and (not quick or label in QUICK_SUSTAINED)]  # fmt: skip
     sustain_cost = replace(plan, step_duration_s=sustain_s).step_cost_s()
     reserve = sum(sustain_cost + scenario.start_s + 1.5 + stop[label] for label in sustained)
     reserve = reserve if sustain_s else 0.0
@@ -452,18 +458,21 @@ def test_all_runs_the_event_scenarios_before_recognition_within_the_budget() -> 
 
     assert ALL == ("proxied-calls", "options", "invite-event-latency", "fan-out", "recognition")
     assert set(SHARES) == set(SHARES_QUICK) == set(ALL)
-    assert list(TARGETS) == ["sipgw", "sipgw-2w", "kamailio-1w", "kamailio-2w"]
+    assert list(TARGETS) == ["sipgw", "sipgw-2w", "kamailio-1w", "kamailio-2w", "uvloop-floor"]
     calls, options = SCENARIOS["proxied-calls"], SCENARIOS["options"]
     # --quick: every implementation offers the whole short ladder, sipgw gets its short
     # sustained check, and the step searches leave time for the fixed-work scenarios
-    # (no weight: they run in what is left, ~60 s for all of them).
+    # (no weight: they run in what is left), by the harness' own estimates at least the
+    # latency scenario's set-up and first step (goal 4's 300 calls/s follows in the ~15 s
+    # the estimates overstate the searches by: the quick run measured ~125 s of them).
     every_rate = dict.fromkeys(TARGETS, len(calls.rates(True)))
     quick_calls = _step_searches_s("proxied-calls", True, every_rate, 1)
     quick_options = _step_searches_s("options", True, dict.fromkeys(TARGETS, 3), 1)
     assert BUDGET_QUICK_S * SHARES_QUICK["proxied-calls"] / sum(SHARES_QUICK.values()) > (
         quick_calls
     )
-    assert quick_calls + quick_options < BUDGET_QUICK_S - 20
+    first_latency_step = latency.EST_SETUP_S + STEPS_QUICK[0].estimate_s()
+    assert quick_calls + quick_options < BUDGET_QUICK_S - first_latency_step
     assert all(SHARES_QUICK[n] == 0 for n in ALL[2:])
     # Full, when every scenario uses its whole share (in order, as __main__ shares).
     shares, left, weights = {}, BUDGET_FULL_S, sum(SHARES.values())
@@ -472,23 +481,26 @@ def test_all_runs_the_event_scenarios_before_recognition_within_the_budget() -> 
         left -= shares[name]
         weights -= SHARES[name]
     # 3 repetitions: sipgw up to its unclean 800/s step (5 rates), sipgw-2w to 2000/s
-    # (7), each Kamailio the whole ladder; the four sustained checks (34 s, 10 s).
+    # (8), each Kamailio the whole ladder; the four sustained checks (34 s, 10 s); the
+    # uvloop floor (options only) one search of the whole ladder, no sustained check.
     full_calls = _step_searches_s(
         "proxied-calls", False,
-        {"sipgw": 5, "sipgw-2w": 7, "kamailio-1w": len(calls.rates(False)),
+        {"sipgw": 5, "sipgw-2w": 8, "kamailio-1w": len(calls.rates(False)),
          "kamailio-2w": len(calls.rates(False))}, 3,
     )  # fmt: skip
     full_options = _step_searches_s(
         "options", False,
         {"sipgw": 4, "sipgw-2w": 5, "kamailio-1w": len(options.rates(False)),
-         "kamailio-2w": len(options.rates(False))}, 3,
+         "kamailio-2w": len(options.rates(False)), "uvloop-floor": len(options.rates(False))},
+        3,
     )  # fmt: skip
     assert shares["proxied-calls"] >= full_calls and shares["options"] >= full_options
     assert calls.sustain_s(False) > 32  # past 64 x T1: a transaction's state lifetime
-    # The fixed-work scenarios' shares hold what they usually take (30-40 s, 55-70 s,
-    # 160-260 s; measured whole even past their shares).
-    assert shares["invite-event-latency"] >= 39 and shares["fan-out"] >= 59
-    assert shares["recognition"] >= 214
+    # The fixed-work scenarios' shares hold what they usually take (45-60 s with goal
+    # 4's steps, 55-70 s), recognition at least its shortest run (160-260 s); each is
+    # measured whole even past its share.
+    assert shares["invite-event-latency"] >= 45 and shares["fan-out"] >= 59
+    assert shares["recognition"] >= 160
     assert BUDGET_FULL_S <= 1165  # under 20 minutes with start-up and the report
     for name in ("invite-event-latency", "fan-out"):
         assert parse_args(["--scenario", name, "--quick"]).scenario == name

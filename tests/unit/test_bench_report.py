@@ -13,7 +13,7 @@ import pytest
 
 from bench import SCHEMA, procstat, report
 from bench.kamailio import parse_kamailio_log
-from bench.sipgw import parse_json_log, parse_labelled, render_config
+from bench.sipgw import SipgwTarget, parse_json_log, parse_labelled, render_config
 from bench.sipp import (
     MAX_SOCKET,
     PER_CALL,
@@ -448,6 +448,7 @@ def test_sipgw_2w_runs_two_workers_on_free_own_ports() -> None:
     config = tomllib.loads(render_config(5060, 8080, 5080, "redis://x", workers=2))
     assert config["node"] == {"name": "bench-5060", "workers": 2, "worker_port_step": 0}
     target = TARGETS["sipgw-2w"]()
+    assert isinstance(target, SipgwTarget)
     assert (target.label, target.impl, target.workers) == ("sipgw-2w", "sipgw", 2)
     assert "worker processes" in target.notes
     assert tomllib.loads(target.config_text(5060, 8080, 5080, "redis://x"))["node"]["workers"] == 2
