@@ -1,8 +1,10 @@
 """Run scenarios against every implementation and collect one JSON-ready document each.
 
 For each repetition, the implementations take turns (sipgw, sipgw with 2 workers,
-Kamailio 1 worker, Kamailio 2 workers, then again), so a slow drift of the shared
-machine's load affects them alike instead of penalizing whichever ran last. Each turn
+Kamailio 1 worker, Kamailio 2 workers, the uvloop floor in options, then again), so a
+slow drift of the shared machine's load affects them alike instead of penalizing
+whichever ran last. A target takes part only in the scenarios it declares (the floor:
+options), and in at most its `max_repetitions` searches. Each turn
 starts the implementation afresh, runs the step search, and stops it. Then each
 implementation gets its sustained check (one long step at its median max clean rate, on
 a fresh process).
