@@ -382,6 +382,10 @@ class WebSocketSubscriber(SubscriberState):
         if self.gone or self.refused:
             sub.close()
 
+    def backlog(self) -> int:
+        # In events of EVENT_ROOM bytes, rounded up, like the limit it is held to.
+        return -(-self.transport.get_write_buffer_size() // EVENT_ROOM)
+
     # -- FrameListener: the client's messages and the connection's end -----------------
     def received(self, data: bytes, text: bool) -> None:
         """Subscribers send nothing but small JSON pings; anything else ends the session."""

@@ -112,6 +112,10 @@ class Sink(Protocol):
         """The subscription now delivers here; the sink closes it when its connection
         goes, so the hub forgets it at once."""
 
+    def backlog(self) -> int:
+        """Events (or their worth) written but not yet taken by the client: the
+        subscription's `depth` once attached."""
+
 
 _OVERFLOW = "overflow"
 _RESYNC = "resync"
@@ -130,6 +134,7 @@ class LiveSubscription:
 
     __slots__ = (
         "_after",
+        "_backlog",
         "_deliver",
         "_ending",
         "_items",
@@ -179,12 +184,13 @@ class LiveSubscription:
         # Direct delivery (attach): the sink, and the seam — events up to this key
         # came through the replay already and are skipped (None once past it).
         self._deliver: Callable[[LiveEvent], bool] | None = None
+        self._backlog: Callable[[], int] | None = None
         self._after: keys.SeqKey | None = None
 
     # -- consumer side --------------------------------------------------------------------
     @property
     def depth(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._backlog is None else self._backlog()
 
     @property
     def ready(self) -> bool:
@@ -234,6 +240,7 @@ class LiveSubscription:
         if after is not None:
             self.last_seq = after
         self._deliver = sink.deliver
+        self._backlog = sink.backlog
         sink.attached(self)
         queued, self._items = self._items, deque()
         for item in queued:

@@ -164,6 +164,8 @@ async def test_a_full_write_buffer_cuts_that_subscriber_off_and_no_other() -> No
     hub._dispatch(b"{acme}:live", live_message("7-0", {"type": "call.offered"}))
     hub._dispatch(b"{acme}:live", live_message("8-0", {"type": "call.answered"}))
 
+    # Its depth is its write buffer in 1 KiB events; the others' is empty.
+    assert slow_sub.depth == 5 and before[0][1].depth == 0
     # Written nothing, cut off at once (the hub forgets it), resumable from its start.
     assert slow_conn.transport.writes == [] and slow_sub.overflowed
     assert hub.overflows == 1 and hub.subscription_count == 6
