@@ -344,6 +344,9 @@ class SharedLocation(Location):
         self.origin = ""  # set by run()
         self._pending: dict[AorKey, Changes] = {}  # insertion order: oldest first
         self._inflight: dict[AorKey, list[_Write]] = {}
+        # Other processes' bindings a restarted (empty) Redis lost, kept until their
+        # owner writes its state of the AOR again, Redis shows them, or they expire.
+        self._kept: dict[AorKey, dict[str, Binding]] = {}
         self._seq = itertools.count(1)
         self._wake = asyncio.Event()  # a change was queued
         self._idle = asyncio.Event()  # nothing queued, nothing unanswered
@@ -484,9 +487,32 @@ class SharedLocation(Location):
         key = (message.tenant, message.extension)
         if message.origin == self.origin:
             self._release(key, message.seq)
-        stored = self._decode_all(key, message.values, self._clocks())
+        clocks = self._clocks()
+        stored = self._decode_all(key, message.values, clocks)
+        stored.extend(self._still_kept(key, message.origin, stored, clocks.mono))
         Location.replace(self, *key, self._overlay(key, stored))
         self.applied += 1
+
+    def _still_kept(
+        self, key: AorKey, writer: str, stored: list[Binding], now: float
+    ) -> list[Binding]:
+        """Foreign bindings lost by a Redis restart that this state does not settle yet.
+
+        Another process's write of the AOR (ours included: we write our own bindings
+        again first) publishes what Redis holds, which lacks bindings whose owner has not
+        reconnected yet; dropping them would fail calls meanwhile. The owner's own write
+        settles them (its state is the truth about its bindings), as does their showing
+        up in Redis, or their expiry."""
+        kept = self._kept.get(key)
+        if not kept:
+            return []
+        there = {b.contact_uri for b in stored}
+        for contact, binding in list(kept.items()):
+            if binding.origin == writer or contact in there or binding.expires_at <= now:
+                del kept[contact]
+        if not kept:
+            del self._kept[key]
+        return list(kept.values())
 
     def _release(self, key: AorKey, seq: int) -> None:
         """Our write `seq` is in Redis and in every state published after it."""
@@ -506,9 +532,19 @@ class SharedLocation(Location):
         until their owners, reconnecting too, write them again (or they expire), so
         calls through this process do not fail meanwhile."""
         clocks = self._clocks()
+        self._kept.clear()  # a snapshot says what Redis holds now
         for key in list(snapshot.keys() | self._aors.keys()):
             stored = self._decode_all(key, snapshot.get(key, []), clocks)
             merged, rewrite = self._with_own(key, stored, clocks.mono, redis_restarted)
+            if redis_restarted:
+                there = {b.contact_uri for b in stored}
+                kept = {
+                    b.contact_uri: b
+                    for b in merged
+                    if b.origin is not None and b.contact_uri not in there
+                }
+                if kept:
+                    self._kept[key] = kept
             Location.replace(self, *key, self._overlay(key, merged))
             if rewrite:
                 self._enqueue(key, rewrite, newer=False)
@@ -604,11 +640,7 @@ class SharedLocation(Location):
         # No library retries: the loop owns retrying (backoff, re-reading, writing again).
         redis: Redis = client(
             redis_url,
-            # Unnamed: CLIENT SETNAME's extra round trip per connection changes which
-            # process writes first after a Redis restart, and a process that applies its
-            # own echo before the owner of a foreign binding wrote it again drops that
-            # binding until then (only the snapshot keeps foreign bindings).
-            name=None,
+            name="location",
             options=LinkOptions(
                 socket_timeout=self.socket_timeout,
                 connect_timeout=min(self.socket_timeout, 2.0),
@@ -617,12 +649,11 @@ class SharedLocation(Location):
         script = redis.register_script(_WRITE)
         try:
             # Lost after it worked for a while: retry soon. Never came up, or went at
-            # once (each session reads everything): back off further. No jitter, for the
-            # same reason as no name above: equal delays keep the processes reconnecting
-            # in the order they lost Redis.
+            # once (each session reads everything): back off further. Whichever process
+            # reconnects first after a restart, the others' bindings are kept (_kept).
             await self._link.run(
                 lambda: self._session(redis, script),
-                Backoff(*self.backoff, jitter=0),
+                Backoff(*self.backoff),
                 steady=STEADY,
                 failure_log="location: replication round failed",
                 logger=log,
