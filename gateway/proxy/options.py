@@ -41,15 +41,21 @@ def options_headers() -> tuple[tuple[str, str], ...]:
 
 _HEADERS = "".join(f"{name}: {value}\r\n" for name, value in options_headers()).encode()
 _TAIL = _HEADERS + b"Content-Length: 0\r\n\r\n"
-# Header lines the template copies, and lines that send the request the full way.
-_COPIED = {b"via": 0, b"from": 1, b"to": 2, b"call-id": 3, b"cseq": 4}
-_PLAIN = frozenset(
-    {
-        b"max-forwards", b"contact", b"accept", b"user-agent", b"content-length",
-        b"allow", b"supported", b"date", b"timestamp", b"subject", b"organization",
-        b"accept-encoding", b"accept-language", b"content-type",
-    }
+# Header lines the template copies (to their slot), and the other lines it accepts;
+# any other line sends the request the full way. Names as most clients spell them, and
+# lower-cased for the rest ("name: value" with exactly one space: anything else, such
+# as a value with leading tabs or a space before the colon, also goes the full way).
+_COPIED_NAMES = {b"via": 0, b"from": 1, b"to": 2, b"call-id": 3, b"cseq": 4}
+_COPIED = {
+    **_COPIED_NAMES,
+    **{b"Via": 0, b"From": 1, b"To": 2, b"Call-ID": 3, b"Call-Id": 3, b"CSeq": 4},
+}
+_PLAIN_NAMES = (
+    b"Max-Forwards", b"Contact", b"Accept", b"User-Agent", b"Content-Length", b"Allow",
+    b"Supported", b"Date", b"Timestamp", b"Subject", b"Organization",
+    b"Accept-Encoding", b"Accept-Language", b"Content-Type",
 )  # fmt: skip
+_PLAIN = frozenset(_PLAIN_NAMES) | frozenset(name.lower() for name in _PLAIN_NAMES)
 # The top Via as nearly every client writes it: "SIP/2.0/UDP host:port;params".
 _VIA = re.compile(
     rb"SIP/2\.0/UDP ([0-9A-Za-z.\-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?((?:;[!-~]+)*)"
@@ -82,17 +88,22 @@ def quick_options(data: bytes, for_us: bytes) -> QuickOptions | None:
         return None
     copied: list[list[bytes]] = [[], [], [], [], []]
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or name[-1:] in (b" ", b"\t") or value[:1] != b" ":
+        name, sep, value = line.partition(b": ")
+        if not sep or value[:1] in (b" ", b"\t"):
             return None
-        key = name.lower()
-        slot = _COPIED.get(key)
-        if slot is not None:
-            if slot == 0 and b"," in value:
-                return None  # several Vias on one line: let the parser split them
-            copied[slot].append(value[1:])
-        elif key not in _PLAIN:
-            return None
+        slot = _COPIED.get(name)
+        if slot is None:
+            if name in _PLAIN:
+                continue
+            key = name.lower()  # an unusual spelling: as many lookups again
+            slot = _COPIED.get(key)
+            if slot is None:
+                if key in _PLAIN:
+                    continue
+                return None
+        if slot == 0 and b"," in value:
+            return None  # several Vias on one line: let the parser split them
+        copied[slot].append(value)
     vias, froms, tos, call_ids, cseqs = copied
     if not vias or len(froms) != 1 or len(tos) != 1 or len(call_ids) != 1 or len(cseqs) != 1:
         return None

@@ -95,6 +95,9 @@ def test_the_template_says_what_the_full_path_says(
         options().replace(b"CSeq: 7 OPTIONS", b"CSeq: 7 INVITE"),
         options().replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\n continued\r\n"),
         options().replace(b"Content-Length: 0\r\n\r\n", b"Content-Length: 2\r\n\r\nhi"),
+        options().replace(b"To: <", b"To:  <"),  # more than one space after the colon
+        options().replace(b"To: <", b"To:<"),
+        options().replace(b"To: <", b"To : <"),
     ],
 )
 def test_anything_unusual_takes_the_full_path(h: Harness, data: bytes) -> None:
