@@ -56,6 +56,13 @@ _PLAIN_NAMES = (
     b"Accept-Encoding", b"Accept-Language", b"Content-Type",
 )  # fmt: skip
 _PLAIN = frozenset(_PLAIN_NAMES) | frozenset(name.lower() for name in _PLAIN_NAMES)
+_ACCEPTED = _PLAIN | frozenset(_COPIED)
+# "\r\nName: " with a token name, exactly one space, and a value not starting with
+# more white space.
+_LINE = re.compile(rb"\r\n([!-9;-~]+): (?![ \t])")
+_COPIED_LINE = re.compile(
+    rb"\r\n(" + b"|".join(re.escape(name) for name in _COPIED) + rb"): ([^\r]*)"
+)
 # The top Via as nearly every client writes it: "SIP/2.0/UDP host:port;params".
 _VIA = re.compile(
     rb"SIP/2\.0/UDP ([0-9A-Za-z.\-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?((?:;[!-~]+)*)"
@@ -64,7 +71,7 @@ _TOKENISH = re.compile(rb"[!-~]+")
 _CSEQ = re.compile(rb"[0-9]{1,10} OPTIONS")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made for every probe, and frozen __init__ is slow
 class QuickOptions:
     """What the answer needs of a plainly well-formed OPTIONS to the gateway."""
 
@@ -83,24 +90,18 @@ def quick_options(data: bytes, for_us: bytes) -> QuickOptions | None:
     head_end = data.find(b"\r\n\r\n")
     if head_end < 0 or head_end + 4 != len(data):
         return None  # a body, or bytes after the header section
-    lines = data[:head_end].split(b"\r\n")
-    if lines[0] != b"OPTIONS " + for_us + b" SIP/2.0":
+    start = b"OPTIONS " + for_us + b" SIP/2.0\r\n"
+    if not data.startswith(start):
+        return None
+    # Every header line must be "Name: value" with a name we accept: as many lines
+    # as well-formed names (a folded line or a stray one has none).
+    first = len(start) - 2
+    names = _LINE.findall(data, first, head_end)
+    if len(names) != data.count(b"\r\n", first, head_end) or not _ACCEPTED.issuperset(names):
         return None
     copied: list[list[bytes]] = [[], [], [], [], []]
-    for line in lines[1:]:
-        name, sep, value = line.partition(b": ")
-        if not sep or value[:1] in (b" ", b"\t"):
-            return None
-        slot = _COPIED.get(name)
-        if slot is None:
-            if name in _PLAIN:
-                continue
-            key = name.lower()  # an unusual spelling: as many lookups again
-            slot = _COPIED.get(key)
-            if slot is None:
-                if key in _PLAIN:
-                    continue
-                return None
+    for name, value in _COPIED_LINE.findall(data, first, head_end):
+        slot = _COPIED[name]
         if slot == 0 and b"," in value:
             return None  # several Vias on one line: let the parser split them
         copied[slot].append(value)
