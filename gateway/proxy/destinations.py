@@ -133,7 +133,7 @@ class DestinationPolicy:
         addr, local, denied = self._classify(host)
         if addr is None:
             return None  # a name: checked once resolved (TransportLayer.destination_check)
-        if (local and port in self._local_ports) or (addr, port) in self._remote:
+        if (local and port in self._local_ports) or (self._remote and (addr, port) in self._remote):
             return "own_service"
         if local and port in self._sip_ports and not self.is_peer(str(addr), port):
             return "own_service"
