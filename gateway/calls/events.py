@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -33,6 +32,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Self, cast
 
 import msgpack
+
+from gateway.sip.random_ids import random_bytes
 
 __all__ = [
     "CAUSES",
@@ -146,8 +147,8 @@ class UUID7Generator:
         ms = int((time.time() if now is None else now) * 1000)
         if ms < 0 or ms >= 1 << 48:
             raise ValueError("timestamp outside the UUIDv7 range")
-        random = int.from_bytes(os.urandom(10), "big")
-        with self._lock:
+        with self._lock:  # the pool of random bytes is shared: draw under the lock too
+            random = int.from_bytes(random_bytes(10), "big")
             if ms > self._last_ms:
                 counter = (random >> 32) & (_COUNTER_MAX >> 1)
             else:
@@ -221,7 +222,7 @@ class _Part:
             raise ValueError(f"{cls.__name__}: {err}") from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Party(_Part):
     """The calling or called party. `number_e164` is filled by recognition, or here when
     the raw number already is E.164."""
@@ -239,7 +240,7 @@ class Party(_Part):
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Device(_Part):
     """The extension's phone: its User-Agent (or Server), Contact and where it sent from."""
 
@@ -254,7 +255,7 @@ class Device(_Part):
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Cause(_Part):
     """Why a call failed or was cleared: `normalized` is one of `CAUSES`."""
 
@@ -269,7 +270,7 @@ class Cause(_Part):
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Transfer(_Part):
     """A REFER: `kind` blind|attended, the Refer-To target, the transferor, and for an
     attended transfer the dialog it replaces (Replaces header value)."""
@@ -287,7 +288,7 @@ class Transfer(_Part):
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Diversion(_Part):
     """A diversion: RFC 5806 reason (unconditional, user-busy, no-answer, deflection, …),
     the party that diverted (`from`) and, when known, the new target (`to`)."""
@@ -303,7 +304,7 @@ class Diversion(_Part):
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Originate(_Part):
     """Click-to-dial: the request it came from, who asked, how the phone was answered."""
 
@@ -322,7 +323,7 @@ Scalar = str | int | float | bool | None
 _SCALARS = (str, int, float, bool)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Lookup(_Part):
     """Caller recognition: status hit|miss|pending|timeout|error, the local cache's
     answer (hit|miss), the time it took and its budget, the contact source the contact
@@ -365,7 +366,7 @@ class Lookup(_Part):
         return dataclasses.replace(part, contact=dict(contact))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ScreenPop(_Part):
     """One rendered screen-pop URL and the name of its template."""
 
@@ -375,7 +376,7 @@ class ScreenPop(_Part):
     _SPEC: ClassVar[_Spec] = (("name", "name", _STR), ("url", "url", _STR))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Peer(_Part):
     """A SIP peer (trunk) whose OPTIONS health changed: peer.up / peer.down."""
 
@@ -405,7 +406,7 @@ _PARTS: dict[str, type[_Part]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class CallEvent:
     """One event of schema v1. Field order here is the wire order of `to_dict()`."""
 

@@ -180,7 +180,7 @@ class MetaLike(Protocol):
     def region(self) -> str | None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Meta:
     """What the caller of observe() knows about a message."""
 

@@ -588,6 +588,8 @@ class Proxy:
 
     def _looped(self, req: Request, loop_hash: str) -> bool:
         marker = BRANCH_PREFIX + loop_hash
+        if not any(marker in value for value in req.get_all("Via")):
+            return False  # the usual case, decided without parsing every Via
         for via in req.vias:
             branch = via.branch or ""
             if branch.startswith(marker) and self._is_our_sent_by(via):

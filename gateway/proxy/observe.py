@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from gateway.sip.message import Request, Response
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Observed:
     tenant: str | None  # known for initial INVITEs; None for in-dialog messages
     direction: str | None  # "inbound" | "outbound" | "internal"

@@ -447,7 +447,7 @@ _CSEQ_RE = re.compile(rf"([0-9]+)[ \t]+([{_TOKEN_CHARS}]+)")
 MAX_CSEQ = 2**32 - 1  # RFC 3261 §8.1.1.5: "MUST be expressible as a 32-bit unsigned integer"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class CSeq:
     number: int
     method: str

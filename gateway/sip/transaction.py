@@ -111,14 +111,14 @@ class Timers:
 # --------------------------------------------------------------------------- actions
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Transmit:
     """Pass ``data`` to the transport (a request, a response or an ACK)."""
 
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Deliver:
     """Pass a response up to the TU (client transactions only)."""
 
@@ -126,19 +126,19 @@ class Deliver:
     status: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TimedOut:
     """Timer B, F or H fired: tell the TU the transaction failed (RFC 3261 §17.1.1.2,
     §17.1.2.2, §17.2.1). For B/F the TU acts as if it got a 408 (§8.1.3.1)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TransportFailed:
     """The transport could not send what this transaction sent (RFC 3261 §17.1.4,
     §17.2.4). On a client transaction the TU acts as if it got a 503 (§8.1.3.1, §16.9)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Terminated:
     """The transaction is over: forget it. Emitted exactly once."""
 
