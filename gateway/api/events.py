@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +39,7 @@ from websockets.frames import Frame as WireFrame
 from websockets.frames import Opcode
 
 from gateway.api.auth import authenticate
-from gateway.api.ws_protocol import FRAMES_EXTENSION, FrameLink
+from gateway.api.ws_protocol import FRAMES_EXTENSION, DetachedWebSocket, FrameLink
 from gateway.bus import keys
 from gateway.bus.live import LiveEvent, LiveSubscription, Sink, SubscriberOverflow
 from gateway.bus.replay import BusReader, BusUnavailable, EventFilter, events_since
@@ -327,40 +329,67 @@ class ClientGone(Exception):
 
 
 PONG = ws_frame(json.dumps({"type": "sipgw.pong"}).encode(), "json")
+PING_PAYLOAD = b"sipgw"
+# Token checks in flight at once on one node: they share the directory's connection pool.
+CHECKS_IN_FLIGHT = 64
 
 
 class WebSocketSubscriber(SubscriberState):
-    """One ``/v1/events`` WebSocket: the hub's `Sink` for it and the connection's
-    `FrameListener`. Live events are written by the hub straight to the transport, the
-    frame bytes shared by every subscriber of the format; the handler task only replays,
-    beats and closes."""
+    """One ``/v1/events`` WebSocket, from its accept to its end: the hub's `Sink` for it
+    and its connection's `FrameListener`.
 
-    __slots__ = ("fmt", "form", "gone", "limit", "link", "refused", "sub", "transport", "websocket")
+    Live events are written by the hub straight to the transport, the frame bytes shared
+    by every subscriber of the format. The handler task only replays and attaches, then
+    returns: heartbeats, token checks and keep-alive pings come from the node's
+    `Heartbeats` schedule, the client's frames and the connection's end from its
+    `DetachedWebSocket`, and how the subscription ended from the hub (`ended`). So an
+    idle subscriber is this object, its `LiveSubscription` and its transport, and
+    nothing that waits."""
+
+    __slots__ = (
+        "accept",
+        "fmt",
+        "form",
+        "gone",
+        "limit",
+        "link",
+        "ping_at",
+        "pinged_at",
+        "refused",
+        "sessions",
+        "sub",
+        "tenant",
+        "transport",
+    )
 
     def __init__(
         self,
-        websocket: WebSocket,
+        sessions: WebSocketSessions,
         link: FrameLink,
         fmt: str,
-        limit: int,
-        beat: float,
+        tenant: str,
+        accept: EventFilter,
         session_end: Callable[[], Awaitable[SessionEnd | None]] | None,
         since: str | None,
     ) -> None:
-        super().__init__(beat, session_end, since)
-        self.websocket = websocket
-        self.link = link
+        super().__init__(sessions.settings.heartbeat, session_end, since)
+        self.sessions = sessions
         self.transport = link.transport
         self.fmt = fmt
         self.form = WS_FORM[fmt]
+        self.tenant = tenant
+        self.accept = accept
         # The write buffer is this subscriber's queue: above `limit` bytes the transport
         # asks us to pause (replay waits), and a live event is refused (overflow).
-        self.limit = limit
-        self.transport.set_write_buffer_limits(high=limit)
+        self.limit = sessions.settings.subscriber_queue * EVENT_ROOM
+        self.transport.set_write_buffer_limits(high=self.limit)
         self.sub: LiveSubscription | None = None
-        self.gone = False
-        self.refused: tuple[int, str] | None = None
-        link.listener = self
+        self.gone = False  # the connection is closed, or closing: write nothing more
+        self.refused = False  # a final frame was sent; waiting for the client's close
+        self.pinged_at: float | None = None  # a keep-alive ping not yet answered
+        self.ping_at = self.busy_at + sessions.ping_interval  # the next one
+        # Out of the ASGI call chain: from here the connection is ours alone.
+        self.link: DetachedWebSocket = link.detach(self)
 
     # -- Sink: called by the hub's reader, once per live event this subscriber takes ----
     def deliver(self, item: LiveEvent) -> bool:
@@ -379,12 +408,30 @@ class WebSocketSubscriber(SubscriberState):
 
     def attached(self, sub: LiveSubscription) -> None:
         self.sub = sub
-        if self.gone or self.refused:
-            sub.close()
 
     def backlog(self) -> int:
         # In events of EVENT_ROOM bytes, rounded up, like the limit it is held to.
         return -(-self.transport.get_write_buffer_size() // EVENT_ROOM)
+
+    def ended(self, sub: LiveSubscription) -> None:
+        if sub is not self.sub or self.gone or self.refused:
+            return  # a subscription we closed ourselves, or one replaced by a resync
+        how = sub.ending
+        if how == "overflow":
+            last = sub.last_seq
+            body = {
+                "type": "sipgw.overflow",
+                "last_seq": last,
+                "detail": "subscriber too slow: resume with since=last_seq",
+            }
+            self.finish(control(self.fmt, body, final=True, close_code=CLOSE_OVERFLOW,
+                                close_reason=f"overflow since={last}"))  # fmt: skip
+        elif how == "resync":
+            # The node's pub/sub connection broke and is back: replay the gap from the
+            # stream, then attach again (a task only for this rare case).
+            self.sessions.spawn(self.replay(sub.last_seq))
+        else:  # the hub is shutting down
+            self.finish(self._closed())
 
     # -- FrameListener: the client's messages and the connection's end -----------------
     def received(self, data: bytes, text: bool) -> None:
@@ -399,34 +446,218 @@ class WebSocketSubscriber(SubscriberState):
         if not isinstance(ping, dict) or ping.get("type") != "ping":
             self._refuse(1003, 'expected {"type": "ping"}')
             return
-        self.transport.write(PONG)
+        if not self.gone:
+            self.transport.write(PONG)
+
+    def pong(self) -> None:
+        self.pinged_at = None
 
     def lost(self) -> None:
+        if self.gone:
+            return
         self.gone = True
         if self.sub is not None:
             self.sub.close()
+        self.sessions.subscribers.leave(self.tenant)
+
+    def shutdown(self) -> None:
+        """uvicorn stops: tell the client, then close at once (not waiting for its echo)."""
+        self.finish(self._closed())
+        self.transport.close()
+
+    def _closed(self) -> Frame:
+        body = {"type": "sipgw.closed", "last_seq": self.last_seq}
+        return control(self.fmt, body, final=True, close_code=1001,
+                       close_reason="gateway shutting down")  # fmt: skip
 
     def _refuse(self, code: int, reason: str) -> None:
-        if self.refused is None:
-            self.refused = (code, reason)
+        if not self.refused:
+            self.refused = True
             if self.sub is not None:
                 self.sub.close()
+            self.link.close(code, reason)
 
-    # -- the handler task's frames: ready, replay, heartbeats, the final one -----------
-    async def send(self, frame: Frame) -> None:
+    def finish(self, end: Frame) -> None:
+        """The final control message, then the close frame with its code and reason."""
+        if self.refused or self.gone:
+            return
+        self.refused = True
+        if self.sub is not None and self.sub.ending is None:
+            self.sub.close()
+        self.transport.write(ws_frame(end.data, self.fmt))
+        self.link.close(end.close_code, end.close_reason[:120])
+
+    # -- the replay: the handler's, or a resync's task -----------------------------------
+    async def replay(self, since: str | None, ready: bool = False) -> None:
+        """Subscribe, send `sipgw.ready` (if `ready`), replay after `since`, then hand the
+        subscription to the hub (`attach`); or end the connection saying why not."""
+        sessions = self.sessions
+
+        async def on_ready() -> None:
+            # Only now: an event produced after the client sees "ready" is sure to reach it.
+            await self.send(control(self.fmt, {"type": "sipgw.ready", "since": since}).data)
+            # Heartbeats and token checks from now on (never before "ready").
+            sessions.heartbeats.add(self)
+
+        try:
+            async with contextlib.aclosing(
+                events_since(
+                    sessions.bus(), self.tenant, since, self.accept,
+                    maxsize=sessions.settings.subscriber_queue,
+                    on_ready=on_ready if ready else None, sink=self,
+                )
+            ) as events:  # fmt: skip
+                async for item in events:
+                    assert item is not None  # only with `wake`
+                    seq, event = item
+                    self.last_seq = seq
+                    await self.send(sessions.cache.get(self.tenant, seq, self.form, event), True)
+        except EventsLost as err:
+            body = {"type": "sipgw.lost", "after": err.after, "oldest": err.oldest,
+                    "detail": str(err)}  # fmt: skip
+            self.finish(control(self.fmt, body, final=True, close_code=CLOSE_LOST,
+                                close_reason="since older than retained events"))  # fmt: skip
+        except BusUnavailable:
+            body = {"type": "sipgw.unavailable", "last_seq": self.last_seq}
+            self.finish(control(self.fmt, body, final=True, close_code=CLOSE_UNAVAILABLE,
+                                close_reason="event bus unavailable"))  # fmt: skip
+        except ClientGone:
+            pass
+        if self.sub is not None and (self.gone or self.refused):
+            self.sub.close()  # it went while being attached
+
+    async def send(self, data: bytes, event: bool = False) -> None:
+        """A frame of the replay (an event's, already framed; else a control payload),
+        waiting while the write buffer is over its mark."""
         if self.gone or self.refused:
             raise ClientGone
-        data = frame.data if frame.kind == "event" else ws_frame(frame.data, self.fmt)
-        if frame.final:
-            self.transport.write(data)
-            await self.websocket.close(code=frame.close_code, reason=frame.close_reason[:120])
-            return
-        self.transport.write(data)
+        self.transport.write(data if event else ws_frame(data, self.fmt))
         self.busy_at = asyncio.get_running_loop().time()
-        if not self.link.writable.is_set():
-            # Above the high-water mark: the replay waits for the client (a lost
-            # connection sets it too); live events are meanwhile queued by the hub.
-            await self.link.writable.wait()
+        # Above the high-water mark: the replay waits for the client (a lost connection
+        # ends the wait too); live events are meanwhile queued by the hub.
+        await self.link.wait_writable()
+
+    # -- the schedule's: heartbeats, keep-alive pings, token checks ----------------------
+    def wake(self) -> float:
+        return min(self.busy_at + self.beat, self.next_check)
+
+    def tick(self, now: float) -> bool:
+        """At a wake time: a heartbeat if idle, a keep-alive ping if due (or the end of a
+        client that left the last one unanswered); True if the token is due a check."""
+        if self.gone or self.refused:
+            return False
+        interval, timeout = self.sessions.ping_interval, self.sessions.ping_timeout
+        if self.pinged_at is not None and timeout and now - self.pinged_at >= timeout:
+            # As uvicorn's keep-alive did: the client is gone or stuck (RFC 6455 §5.5.2).
+            self.refused = True
+            if self.sub is not None:
+                self.sub.close()
+            self.link.close(1011, "keepalive ping timeout")
+            self.transport.close()
+            return False
+        if interval and self.pinged_at is None and now >= self.ping_at:
+            self.pinged_at = now
+            self.ping_at = now + interval
+            self.link.ping(PING_PAYLOAD)
+        if now >= self.busy_at + self.beat:
+            self.busy_at = now
+            beat = control(self.fmt, {"type": "sipgw.heartbeat", "last_seq": self.last_seq})
+            self.transport.write(ws_frame(beat.data, self.fmt))
+        if now >= self.next_check:
+            self.next_check = now + self.beat
+            return self.session_end is not None
+        return False
+
+    async def check(self) -> None:
+        """The token check (one Redis EXISTS): a revoked or expired token, or a removed
+        user, ends the subscription with the close code naming why."""
+        assert self.session_end is not None
+        reason = await _checked(self.session_end)
+        if reason is not None:
+            self.finish(_ended(self.fmt, reason, self.last_seq))
+
+
+class Heartbeats:
+    """When each WebSocket subscriber of the node is next due a heartbeat, a keep-alive
+    ping or a token check: one heap and one task for them all (a subscriber has no
+    timer and no task of its own). An entry's time may be early (events moved the
+    subscriber's heartbeat on since): it is then put back at its real wake time."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, WebSocketSubscriber]] = []
+        self._order = itertools.count()  # ties: never compare two subscribers
+        self._task: asyncio.Task[None] | None = None
+        self._idle: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, conn: WebSocketSubscriber) -> None:
+        heapq.heappush(self._heap, (conn.wake(), next(self._order), conn))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="events-heartbeats")
+        idle, self._idle = self._idle, None
+        if idle is not None and not idle.done():
+            idle.set_result(None)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        heap = self._heap
+        while True:
+            if not heap:
+                self._idle = loop.create_future()
+                await self._idle
+                continue
+            # A new subscriber is due no earlier than the first one here (its wake is a
+            # full heartbeat away): sleeping until the first is never too long.
+            delay = heap[0][0] - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time()
+            checks: list[WebSocketSubscriber] = []
+            while heap and heap[0][0] <= now:
+                _, _, conn = heapq.heappop(heap)
+                if conn.gone or conn.refused:
+                    continue  # forgotten here: nothing else of it is left
+                if conn.wake() <= now and conn.tick(now):
+                    checks.append(conn)
+                else:
+                    heapq.heappush(heap, (conn.wake(), next(self._order), conn))
+            for i in range(0, len(checks), CHECKS_IN_FLIGHT):
+                batch = checks[i : i + CHECKS_IN_FLIGHT]
+                results = await asyncio.gather(*(c.check() for c in batch), return_exceptions=True)
+                for conn, result in zip(batch, results, strict=True):
+                    if isinstance(result, Exception):
+                        log.error("token check failed", exc_info=result)
+                    if not (conn.gone or conn.refused):
+                        heapq.heappush(heap, (conn.wake(), next(self._order), conn))
+
+
+class WebSocketSessions:
+    """What the node's WebSocket subscriptions share: the bus, the encoded-event cache,
+    the settings, the per-tenant count, the heartbeat schedule and uvicorn's keep-alive
+    settings (applied by the schedule, not by a timer per connection)."""
+
+    def __init__(
+        self,
+        bus: Callable[[], BusReader],
+        settings: EventsSettings,
+        cache: EncodedCache,
+        subscribers: Subscribers,
+    ) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.cache = cache
+        self.subscribers = subscribers
+        self.heartbeats = Heartbeats()
+        self.ping_interval: float = 0.0
+        self.ping_timeout: float = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._tasks.discard)
 
 
 def events_router(
@@ -438,6 +669,7 @@ def events_router(
     router = APIRouter(tags=["events"])
     subscribers = Subscribers(settings.max_subscribers_per_tenant)
     cache = EncodedCache()
+    sessions = WebSocketSessions(bus_getter, settings, cache, subscribers)
 
     async def session_end(
         bearer: str, principal: Principal
@@ -486,20 +718,19 @@ def events_router(
             link: FrameLink | None = websocket.scope["extensions"].get(FRAMES_EXTENSION)
             if link is None:
                 raise RuntimeError("/v1/events needs the EventsWebSocketProtocol server")
+            sessions.ping_interval = link.ping_interval or 0.0
+            sessions.ping_timeout = link.ping_timeout or 0.0
             conn = WebSocketSubscriber(
-                websocket, link, fmt, settings.subscriber_queue * EVENT_ROOM,
-                settings.heartbeat, checks, cursor,
-            )  # fmt: skip
-            with contextlib.suppress(ClientGone):
-                await stream(
-                    bus_getter(), principal.tenant, cursor, accept, fmt, conn.form,
-                    settings, cache, conn, conn.send, sink=conn,
-                )  # fmt: skip
-            if conn.refused is not None and not conn.gone:
-                code, reason = conn.refused
-                await websocket.close(code=code, reason=reason)
-        finally:
+                sessions, link, fmt, principal.tenant, accept, checks, cursor
+            )
+        except BaseException:
             subscribers.leave(principal.tenant)
+            raise
+        # Detached: the connection's end (lost) leaves the count from now on. This
+        # handler returns once the replay is done and the hub delivers, and with it the
+        # whole ASGI call chain is freed (gateway/api/ws_protocol.py).
+        del websocket
+        await conn.replay(cursor, ready=True)
 
     @router.get("/v1/events/sse", summary="Live call events as Server-Sent Events")
     async def sse_events(

@@ -20,7 +20,12 @@ then costs no task, no queue hop and no coroutine switch per subscriber per even
 hub keeps the subscriptions of a tenant grouped by their filter, so a filter is asked
 once per event, not once per subscriber. A sink that cannot take an event (its write
 buffer is over its limit) returns False: the subscription overflows exactly as a full
-queue does.
+queue does. However an attached subscription ends (overflow, resync, close), the hub
+calls the sink's ``ended()`` at once, so the sink needs no task waiting on the iterator.
+
+Memory: a node holds one subscription per subscriber for as long as it is connected
+(10 000 in bench fan-out), so a subscription is slotted and makes its queue and its
+readiness waiter only when it needs them.
 
 Redis going away: the hub reconnects with capped exponential backoff and subscribes
 again. Pub/sub does not queue for absent listeners, so events published meanwhile never
@@ -116,6 +121,12 @@ class Sink(Protocol):
         """Events (or their worth) written but not yet taken by the client: the
         subscription's `depth` once attached."""
 
+    def ended(self, sub: LiveSubscription) -> None:
+        """The attached subscription ended; `sub.ending` says how ("overflow": it
+        resumes from `sub.last_seq`; "resync": replay from `sub.last_seq`, then attach
+        a new one; "closed": by the sink itself, or the hub shut down). Called from the
+        hub's reader or from `close()`: never wait."""
+
 
 _OVERFLOW = "overflow"
 _RESYNC = "resync"
@@ -129,17 +140,18 @@ class LiveSubscription:
     were taken. `depth` is the current queue length (for metrics).
 
     After `attach(sink, after)` the events go to the sink instead of the queue, from the
-    hub's reader; the iterator then yields nothing and only reports how it ended.
+    hub's reader; the iterator then yields nothing and only reports how it ended, and the
+    sink hears of the end by itself (`Sink.ended`).
     """
 
     __slots__ = (
         "_after",
-        "_backlog",
-        "_deliver",
         "_ending",
         "_items",
         "_on_end",
         "_ready",
+        "_ready_waiter",
+        "_sink",
         "_waiter",
         "accept",
         "closed",
@@ -172,10 +184,11 @@ class LiveSubscription:
         self.last_seq = last_seq
         self.overflowed = False
         self.closed = False
-        self._items: deque[LiveEvent] = deque()
+        self._items: deque[LiveEvent] | None = None  # made by the first queued event
         self._waiter: asyncio.Future[None] | None = None
         self._ending: str | None = None
-        self._ready = asyncio.Event()
+        self._ready = False
+        self._ready_waiter: asyncio.Future[None] | None = None  # only while awaited
         # Set by the hub when the pub/sub connection broke while this subscription was
         # live: the next time its channel is confirmed it must resync, not just go on.
         self.stale = False
@@ -183,23 +196,32 @@ class LiveSubscription:
         self._on_end = on_end
         # Direct delivery (attach): the sink, and the seam — events up to this key
         # came through the replay already and are skipped (None once past it).
-        self._deliver: Callable[[LiveEvent], bool] | None = None
-        self._backlog: Callable[[], int] | None = None
+        self._sink: Sink | None = None
         self._after: keys.SeqKey | None = None
 
     # -- consumer side --------------------------------------------------------------------
     @property
     def depth(self) -> int:
-        return len(self._items) if self._backlog is None else self._backlog()
+        if self._sink is not None:
+            return self._sink.backlog()
+        return len(self._items) if self._items is not None else 0
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
+        return self._ready
+
+    @property
+    def ending(self) -> str | None:
+        """How it ended: "overflow", "resync", "closed"; None while it runs."""
+        return "closed" if self.closed else self._ending
 
     async def wait_ready(self) -> None:
         """Return once Redis confirmed the channel subscription (or the subscription
         ended: iterate to learn how)."""
-        await self._ready.wait()
+        while not self._ready:
+            if self._ready_waiter is None:
+                self._ready_waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._ready_waiter)
 
     def __aiter__(self) -> LiveSubscription:
         return self
@@ -228,7 +250,7 @@ class LiveSubscription:
         if self.closed:
             return
         self.closed = True
-        self._items.clear()
+        self._items = None
         self._end()
 
     def attach(self, sink: Sink, after: str | None) -> None:
@@ -239,11 +261,10 @@ class LiveSubscription:
         self._after = keys.parse_seq(after) if after is not None else None
         if after is not None:
             self.last_seq = after
-        self._deliver = sink.deliver
-        self._backlog = sink.backlog
+        self._sink = sink
         sink.attached(self)
-        queued, self._items = self._items, deque()
-        for item in queued:
+        queued, self._items = self._items, None
+        for item in queued or ():
             if not self.take(item):
                 return
 
@@ -260,20 +281,24 @@ class LiveSubscription:
         then the subscription is overflowed and ends)."""
         if self._ending is not None or self.closed:
             return False
-        deliver = self._deliver
-        if deliver is not None:
+        sink = self._sink
+        if sink is not None:
             after = self._after
             if after is not None:
                 if item.key <= after:
                     return True  # the replay delivered it
                 self._after = None  # stream order: everything later is new
-            if deliver(item):
+            if sink.deliver(item):
                 self.last_seq = item.seq
                 return True
-        elif len(self._items) < self.maxsize:
-            self._items.append(item)
-            self._wake()
-            return True
+        else:
+            items = self._items
+            if items is None:
+                items = self._items = deque()
+            if len(items) < self.maxsize:
+                items.append(item)
+                self._wake()
+                return True
         self.overflowed = True
         self._ending = _OVERFLOW
         self._end()
@@ -287,18 +312,27 @@ class LiveSubscription:
 
     def mark_ready(self) -> None:
         self.stale = False
-        self._ready.set()
+        self._set_ready()
+
+    def _set_ready(self) -> None:
+        self._ready = True
+        waiter, self._ready_waiter = self._ready_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def mark_unready(self) -> None:
-        self._ready.clear()
+        self._ready = False
 
     def _end(self) -> None:
         # Waiters of readiness must not hang on a subscription that is over.
-        self._ready.set()
+        self._set_ready()
         self._wake()
         on_end, self._on_end = self._on_end, None
         if on_end is not None:
             on_end(self)
+        sink = self._sink
+        if sink is not None:
+            sink.ended(self)
 
     def _wake(self) -> None:
         waiter = self._waiter

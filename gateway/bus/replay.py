@@ -25,11 +25,13 @@ Loose ends, each with a defined outcome:
 - Redis unreachable (no confirmation within ``ready_timeout``, or a failed read):
   `BusUnavailable`.
 
-With a `sink` (the WebSocket endpoint), step 3 is done by the hub: the subscription is
-attached to the sink with the cursor as its seam, and live events are written from the
-hub's reader, never yielded; the iterator then only says how the subscription ended.
-With `wake`, the live phase yields None whenever the consumer's wake time (a loop
-clock value) comes without an event: its heartbeats and token checks need no task.
+With a `sink` (the WebSocket endpoint), step 3 is the hub's: once the replay is done the
+subscription is attached to the sink with the cursor as its seam and handed over, and
+the iterator ends. Live events are then written from the hub's reader, never yielded;
+how the subscription ends (overflow, resync, close) reaches the sink's ``ended()``, and
+nothing of this generator lives on. With `wake` (SSE), the live phase yields None
+whenever the consumer's wake time (a loop clock value) comes without an event: its
+heartbeats and token checks need no task.
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ async def events_since(
     once, when the live subscription is confirmed and the cursor fixed: from then on no
     event of the tenant can be missed (a client may start what it wants to observe).
     `sink` and `wake`: see the module docstring (None is yielded only with `wake`, and
-    the consumer must move its wake time on after one).
+    the consumer must move its wake time on after one). With a `sink` the iterator ends
+    once the subscription is handed over to it (or ended while being attached).
     Raises ValueError (bad tenant or since), `SubscriberOverflow`, `EventsLost`,
     `BusUnavailable` as described in the module docstring.
     """
@@ -155,9 +158,11 @@ async def events_since(
                 continue  # overflowed during the replay: replay the rest, subscribe again
 
             # Live: buffered first, then new ones; the replay covered seq <= cursor.
-            cursor_key = keys.parse_seq(cursor)
             if sink is not None:
-                sub.attach(sink, cursor)
+                handed, sub = sub, None  # the sink's now: not closed below
+                handed.attach(sink, cursor)
+                return
+            cursor_key = keys.parse_seq(cursor)
             try:
                 while True:
                     try:
@@ -170,7 +175,7 @@ async def events_since(
                         yield None
                         continue
                     except StopAsyncIteration:
-                        return  # closed: the hub is shutting down, or the sink's client left
+                        return  # closed: the hub is shutting down
                     key = keys.parse_seq(seq)
                     if key <= cursor_key:
                         continue
@@ -178,11 +183,9 @@ async def events_since(
                     if accept(event):
                         yield seq, event
             except SubscriberResync:
-                if sink is not None:
-                    cursor = sub.last_seq or cursor  # what the sink wrote
                 continue
             except SubscriberOverflow:
-                raise SubscriberOverflow(sub.last_seq if sink is not None else cursor) from None
+                raise SubscriberOverflow(cursor) from None
     finally:
         if sub is not None:
             sub.close()

@@ -3,7 +3,6 @@ and the hub writing pre-built frames to (fake) transports."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -16,6 +15,7 @@ from gateway.api.events import (
     EncodedCache,
     Frame,
     Subscribers,
+    WebSocketSessions,
     WebSocketSubscriber,
     _sse,
     checked_since,
@@ -25,6 +25,7 @@ from gateway.api.events import (
 from gateway.bus import LiveHub, SubscriberOverflow
 from gateway.bus.keys import encode_live, encode_payload
 from gateway.bus.replay import EventFilter
+from gateway.config import EventsSettings
 from gateway.security.principal import Principal
 
 ADMIN = Principal("acme", "203", "admin")
@@ -104,20 +105,30 @@ class FakeTransport:
 
 
 class FakeLink:
+    """The accepted connection, and what it becomes once detached: closes recorded."""
+
     def __init__(self, transport: FakeTransport) -> None:
         self.transport = transport
-        self.writable = asyncio.Event()
-        self.writable.set()
-        self.disconnected = False
-        self.listener = None
+        self.ping_interval = 20.0
+        self.ping_timeout = 20.0
+        self.closes: list[tuple[int, str]] = []
+
+    def detach(self, listener: Any) -> FakeLink:
+        return self
+
+    def close(self, code: int, reason: str) -> None:
+        self.closes.append((code, reason))
+
+
+def subscriber(fmt: str, transport: FakeTransport, accept: EventFilter) -> Any:
+    """A WebSocket subscriber with a write buffer limit of 4 KiB."""
+    settings = EventsSettings(subscriber_queue=4)
+    sessions = WebSocketSessions(lambda: None, settings, EncodedCache(), Subscribers(10))  # type: ignore[arg-type, return-value]
+    return WebSocketSubscriber(sessions, FakeLink(transport), fmt, "acme", accept, None, None)  # type: ignore[arg-type]
 
 
 def attached(hub: LiveHub, fmt: str, transport: FakeTransport, accept: EventFilter) -> Any:
-    conn = WebSocketSubscriber(
-        None,  # type: ignore[arg-type]  # the handler's websocket: only used to close
-        FakeLink(transport),  # type: ignore[arg-type]
-        fmt, 4096, 15.0, None, None,
-    )  # fmt: skip
+    conn = subscriber(fmt, transport, accept)
     sub = hub.subscribe("acme", accept=accept)
     sub.attach(conn, None)
     return conn, sub
@@ -166,9 +177,12 @@ async def test_a_full_write_buffer_cuts_that_subscriber_off_and_no_other() -> No
 
     # Its depth is its write buffer in 1 KiB events; the others' is empty.
     assert slow_sub.depth == 5 and before[0][1].depth == 0
-    # Written nothing, cut off at once (the hub forgets it), resumable from its start.
-    assert slow_conn.transport.writes == [] and slow_sub.overflowed
-    assert hub.overflows == 1 and hub.subscription_count == 6
+    # No event written: told at once why it is cut off (the hub forgets it), with the
+    # close code and the cursor to resume from (its start).
+    assert slow_sub.overflowed and hub.overflows == 1 and hub.subscription_count == 6
+    [notice] = slow_conn.transport.writes
+    assert json.loads(notice[2:])["type"] == "sipgw.overflow"
+    assert slow_conn.link.closes == [(4008, "overflow since=None")]
     with pytest.raises(SubscriberOverflow) as info:
         await anext(slow_sub)
     assert info.value.last_seq is None
@@ -179,11 +193,7 @@ async def test_a_full_write_buffer_cuts_that_subscriber_off_and_no_other() -> No
 
 async def test_an_attached_subscription_skips_what_the_replay_delivered() -> None:
     hub = LiveHub("redis://127.0.0.1:1/0")
-    conn = WebSocketSubscriber(
-        None,  # type: ignore[arg-type]
-        FakeLink(FakeTransport()),  # type: ignore[arg-type]
-        "json", 4096, 15.0, None, None,
-    )  # fmt: skip
+    conn = subscriber("json", FakeTransport(), EventFilter())
     sub = hub.subscribe("acme", accept=EventFilter())
     # The replay read the stream up to 6-0; of their live copies only 5-0 had arrived.
     hub._dispatch(b"{acme}:live", live_message("5-0", {"type": "call.offered"}))
