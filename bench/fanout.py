@@ -5,9 +5,11 @@ One gateway (``[events] max_subscribers_per_tenant`` raised above the largest N:
 default, 200 per node, would refuse the rest with 429), the proxied-calls call flow (sipp
 UAC as the trunk → DID → extension 201, a sipp UAS registered as 201). For each level N:
 
-1. N subscriptions (token of user 201, ``type=call.offered``) held by ⌈N / 2500⌉
-   subscriber processes (``python -m bench.subscribers``), at most 50 handshakes in flight
-   per process; each waits for its ``sipgw.ready``;
+1. N subscriptions (token of user 201, ``type=call.offered``) held by ⌈N / 10 000⌉
+   subscriber processes (``python -m bench.subscribers``: raw sockets, a few µs per
+   message, so one process keeps up with a fan-out on one core while the gateway has
+   the other), at most 50 handshakes in flight per process; each waits for its
+   ``sipgw.ready``;
 2. the gateway's RSS (VmRSS of /proc/<pid>/status) 1 s later: RSS per subscriber =
    (RSS with N connected - RSS before the first level, with none) / N;
 3. K single calls, one after the other (a fresh sipp UAC per call, ``-m 1``): each waits
@@ -59,7 +61,7 @@ from .targets import DID, EXTENSION
 
 NAME = "fan-out"
 TITLE = "One call.offered delivered to N WebSocket subscribers of one tenant"
-PER_PROCESS = 2500  # subscriptions per subscriber process
+PER_PROCESS = 10_000  # subscriptions per subscriber process
 CONCURRENCY = 50  # handshakes in flight per subscriber process
 CALLS_QUICK = 3
 CALLS_MIN, CALLS_MAX = 2, 5  # a full run: more calls where a level has few subscribers
@@ -428,9 +430,9 @@ def _method(levels: Sequence[Level], quick: bool) -> dict[str, Any]:
             for lv in levels
         ],
         "hold_ms": HOLD_MS,
-        "subscriptions": f"token of user {EXTENSION}, type={EVENT_TYPE}, websockets client "
-        f"(no client pings), {PER_PROCESS} per subscriber process, {CONCURRENCY} handshakes "
-        "in flight per process",
+        "subscriptions": f"token of user {EXTENSION}, type={EVENT_TYPE}, raw-socket client "
+        f"(bench/subscribers.py; no client pings), {PER_PROCESS} per subscriber process, "
+        f"{CONCURRENCY} handshakes in flight per process",
         "calls": "one at a time, a sipp UAC per call (-m 1); the next once every subscriber "
         "has the event (or a timeout)",
         "from_invite": "arrival at a subscriber (time.time_ns()) minus INVITE sent (sipp "

@@ -72,7 +72,7 @@ def test_levels_and_calls() -> None:
     assert [lv.subscribers for lv in LEVELS_FULL] == [1, 100, 1000, 1000, 10_000]
     assert [lv.deflate for lv in LEVELS_FULL] == [True, True, False, True, True]
     assert [lv.subscribers for lv in LEVELS_QUICK] == [1, 100, 1000]
-    assert Level(10_000).processes == 4 and Level(2501).processes == 2 and Level(1).processes == 1
+    assert Level(10_000).processes == 1 and Level(10_001).processes == 2 and Level(1).processes == 1
     assert Level(1000, deflate=False).label == "1000 (no deflate)" and Level(5).label == "5"
     assert [calls_for(n, quick=False) for n in (1, 100, 1000, 10_000)] == [5, 5, 3, 2]
     assert {calls_for(n, quick=True) for n in (1, 100, 1000)} == {3}

@@ -90,6 +90,7 @@ class FakeTransport:
         self.buffered = buffered
         self.writes: list[bytes] = []
         self.high = 0
+        self.closed = False
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
@@ -101,7 +102,10 @@ class FakeTransport:
         self.high = high
 
     def is_closing(self) -> bool:
-        return False
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class FakeLink:
@@ -112,12 +116,16 @@ class FakeLink:
         self.ping_interval = 20.0
         self.ping_timeout = 20.0
         self.closes: list[tuple[int, str]] = []
+        self.pings: list[bytes] = []
 
     def detach(self, listener: Any) -> FakeLink:
         return self
 
     def close(self, code: int, reason: str) -> None:
         self.closes.append((code, reason))
+
+    def ping(self, payload: bytes) -> None:
+        self.pings.append(payload)
 
 
 def subscriber(fmt: str, transport: FakeTransport, accept: EventFilter) -> Any:
@@ -206,3 +214,28 @@ async def test_an_attached_subscription_skips_what_the_replay_delivered() -> Non
 
 def live_message(seq: str, event: dict[str, Any]) -> bytes:
     return encode_live(seq, encode_payload(event))
+
+
+async def test_heartbeats_pings_and_token_checks_come_on_the_schedule_ticks() -> None:
+    """No timer per connection: at each tick the subscriber says what it was due."""
+    transport = FakeTransport()
+    conn = subscriber("json", transport, EventFilter())
+    conn.session_end = lambda: None  # a token to check (the check itself is not run here)
+    conn.sessions.ping_interval = conn.sessions.ping_timeout = 20.0
+    t0 = conn.busy_at
+    conn.ping_at = t0 + 20.0
+    assert conn.wake() == t0 + 15.0  # heartbeat 15 s (EventsSettings' default)
+    assert conn.tick(t0 + 15.0) is True  # the token is due its check
+    beat = json.loads(transport.writes[-1][2:])
+    assert beat == {"type": "sipgw.heartbeat", "last_seq": None} and conn.link.pings == []
+    # Busy since: no heartbeat at the next check, but the keep-alive ping is due.
+    conn.busy_at = t0 + 29.0
+    assert conn.tick(t0 + 30.0) is True and len(transport.writes) == 1
+    assert conn.link.pings == [b"sipgw"]
+    # Answered: the next ping 20 s later; unanswered for 20 s: closed like uvicorn did.
+    conn.pong()
+    conn.tick(t0 + 45.0)
+    conn.tick(t0 + 60.0)
+    assert len(conn.link.pings) == 2 and not transport.closed
+    assert conn.tick(t0 + 80.0) is False
+    assert conn.link.closes == [(1011, "keepalive ping timeout")] and transport.closed
