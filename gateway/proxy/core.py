@@ -83,6 +83,10 @@ HOUSEKEEPING_INTERVAL = 30.0
 MAX_REPLY_RATIO = 2.0
 
 ServerKey = tuple[str, ...]
+# The counter keys of an OPTIONS answered from the template (Counters.request_in and
+# response_out would build them per probe).
+_OPTIONS_IN = ("in", "udp", "OPTIONS")
+_OK_OUT = ("out", "udp", "2xx")
 
 
 class TransportPort(Protocol):
@@ -199,14 +203,16 @@ class Proxy:
         }
 
     # ================================================================== entry point ===
-    def receive(self, data: bytes, source: Source) -> None:
+    def receive(self, data: bytes, source: Source) -> bool:
+        """Handle one message; False when it changed no timer (an OPTIONS answered from
+        the template), so the I/O layer need not re-arm."""
         if data[:8] == b"OPTIONS " and not source.reliable and self._quick_options(data, source):
-            return
+            return False
         try:
             msg = parse_message(data, self.limits, stream=source.reliable)
         except SIPParseError as err:
             self._parse_error(data, source, err)
-            return
+            return True
         if self.siblings and source.transport == "udp":
             owner = self._owner(msg)
             if owner is not None and self.relay is not None:
@@ -214,13 +220,14 @@ class Proxy:
                 # transaction and the call are there.
                 self.counters.transport["relayed_to_worker"] += 1
                 self.relay(owner, data, source)
-                return
+                return True
         if isinstance(msg, Request):
             self.counters.request_in(source.transport, msg.method)
             self._on_request(msg, source, len(data))
         else:
             self.counters.response_in(source.transport, msg.status)
             self._on_response(msg, source)
+        return True
 
     def _quick_options(self, data: bytes, source: Source) -> bool:
         """Answer a probe's OPTIONS to us from a template (options.py); False: it is not
@@ -248,10 +255,11 @@ class Proxy:
         trusted = self.directory.trunk_for_source(remote_host, remote_port) is not None
         if not trusted and len(reply) > MAX_REPLY_RATIO * len(data):
             return False
-        self.counters.request_in("udp", "OPTIONS")
-        self.counters.local_replies["2xx"] += 1
-        self.counters.response_out("udp", 200)
-        self._send_raw(reply, target)
+        counters = self.counters
+        counters.requests[_OPTIONS_IN] += 1
+        counters.local_replies["2xx"] += 1
+        counters.responses[_OK_OUT] += 1
+        self.transport.send(reply, target)
         return True
 
     def _options_uri_for_us(self, uri: bytes) -> bool:

@@ -56,13 +56,9 @@ _PLAIN_NAMES = (
     b"Accept-Encoding", b"Accept-Language", b"Content-Type",
 )  # fmt: skip
 _PLAIN = frozenset(_PLAIN_NAMES) | frozenset(name.lower() for name in _PLAIN_NAMES)
-_ACCEPTED = _PLAIN | frozenset(_COPIED)
-# "\r\nName: " with a token name, exactly one space, and a value not starting with
-# more white space.
-_LINE = re.compile(rb"\r\n([!-9;-~]+): (?![ \t])")
-_COPIED_LINE = re.compile(
-    rb"\r\n(" + b"|".join(re.escape(name) for name in _COPIED) + rb"): ([^\r]*)"
-)
+# "\r\nName: value" with a token name, exactly one space, and a value not starting
+# with more white space.
+_LINE = re.compile(rb"\r\n([!-9;-~]+): (?![ \t])([^\r]*)")
 # The top Via as nearly every client writes it: "SIP/2.0/UDP host:port;params".
 _VIA = re.compile(
     rb"SIP/2\.0/UDP ([0-9A-Za-z.\-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?((?:;[!-~]+)*)"
@@ -88,49 +84,54 @@ def quick_options(data: bytes, for_us: bytes) -> QuickOptions | None:
     """Scan an OPTIONS datagram whose Request-URI should be ``for_us``; None: anything
     else, which takes the full way through the parser."""
     head_end = data.find(b"\r\n\r\n")
-    if head_end < 0 or head_end + 4 != len(data):
-        return None  # a body, or bytes after the header section
-    start = b"OPTIONS " + for_us + b" SIP/2.0\r\n"
-    if not data.startswith(start):
+    first = 8 + len(for_us) + 8  # "OPTIONS " uri " SIP/2.0", then the first "\r\n"
+    if head_end + 4 != len(data) or not data.startswith(b" SIP/2.0\r\n", first - 8):
+        return None  # no end of headers, a body, bytes after it, or another start line
+    if data[8 : first - 8] != for_us:
         return None
     # Every header line must be "Name: value" with a name we accept: as many lines
     # as well-formed names (a folded line or a stray one has none).
-    first = len(start) - 2
-    names = _LINE.findall(data, first, head_end)
-    if len(names) != data.count(b"\r\n", first, head_end) or not _ACCEPTED.issuperset(names):
+    lines = _LINE.findall(data, first, head_end)
+    if len(lines) != data.count(b"\r\n", first, head_end):
         return None
-    copied: list[list[bytes]] = [[], [], [], [], []]
-    for name, value in _COPIED_LINE.findall(data, first, head_end):
-        slot = _COPIED[name]
-        if slot == 0 and b"," in value:
-            return None  # several Vias on one line: let the parser split them
-        copied[slot].append(value)
-    vias, froms, tos, call_ids, cseqs = copied
-    if not vias or len(froms) != 1 or len(tos) != 1 or len(call_ids) != 1 or len(cseqs) != 1:
+    vias: list[bytes] = []
+    single: dict[int, bytes] = {}
+    for name, value in lines:
+        slot = _COPIED.get(name)
+        if slot is None:
+            if name not in _PLAIN:
+                return None
+        elif slot == 0:
+            if b"," in value:
+                return None  # several Vias on one line: let the parser split them
+            vias.append(value)
+        elif slot in single:
+            return None  # a second From, To, Call-ID or CSeq
+        else:
+            single[slot] = value
+    if not vias or len(single) != 4:
         return None
-    if b";tag=" in tos[0] or b";tag=" not in froms[0]:
+    from_, to, call_id, cseq = single[1], single[2], single[3], single[4]
+    if b";tag=" in to or b";tag=" not in from_:
         return None
-    if not _TOKENISH.fullmatch(call_ids[0]) or not _CSEQ.fullmatch(cseqs[0]):
+    if not _TOKENISH.fullmatch(call_id) or not _CSEQ.fullmatch(cseq):
         return None
     top = _VIA.fullmatch(vias[0])
     if top is None:
         return None
-    params = top.group(3)
+    sent_by, host, port_text, params = vias[0][: top.start(3)], *top.group(1, 2, 3)
     if b";branch=z9hG4bK" not in params or b";received" in params or b";rport=" in params:
         return None
-    port = int(top.group(2)) if top.group(2) else None
+    port = int(port_text) if port_text else None
     if port is not None and not 0 < port < 65536:
         return None
-    before_to = b"".join(b"Via: %s\r\n" % via for via in vias[1:]) + b"From: %s\r\n" % froms[0]
+    before_to = b"From: " + from_ + b"\r\n"
+    if len(vias) > 1:
+        before_to = b"".join(b"Via: %s\r\n" % via for via in vias[1:]) + before_to
     return QuickOptions(
-        sent_by=vias[0][: top.start(3)],
-        params=params[1:].split(b";"),
-        host=top.group(1),
-        port=port,
-        before_to=before_to,
-        to=tos[0],
-        after_to=b"Call-ID: %s\r\nCSeq: %s\r\n" % (call_ids[0], cseqs[0]),
-    )
+        sent_by, params[1:].split(b";"), host, port, before_to, to,
+        b"Call-ID: " + call_id + b"\r\nCSeq: " + cseq + b"\r\n",
+    )  # fmt: skip
 
 
 def quick_reply(options: QuickOptions, received: bytes | None, rport: int | None) -> bytes:

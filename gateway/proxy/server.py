@@ -180,10 +180,12 @@ class ProxyServer:
         if not self.flood.admit(source):
             self.counters.transport["flood_dropped"] += 1
             return
+        rearm = True
         try:
-            self.proxy.receive(data, source)
+            rearm = self.proxy.receive(data, source)
         finally:
-            self._arm()
+            if rearm:
+                self._arm()
 
     def _arm(self) -> None:
         deadline = self.proxy.next_deadline()
