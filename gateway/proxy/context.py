@@ -39,6 +39,7 @@ class ServerContext:
     # times the request (``size`` bytes), so a spoofed source gets no amplification.
     trusted: bool = False
     size: int = 0
+    terminated: bool = False  # the server transaction is over (see core._release)
 
     @property
     def to_tag(self) -> str:
@@ -66,6 +67,7 @@ class Branch:
     rang_out: bool = False  # cancelled by Timer C: the callee did not answer in time
     timer_c: TimerHandle | None = None
     timer_at: float | None = None  # the transaction deadline already in the TimerQueue
+    terminated: bool = False  # its client transaction is over
 
     def __post_init__(self) -> None:
         if not self.method:
