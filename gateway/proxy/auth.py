@@ -154,7 +154,7 @@ class Authenticator:
             if not self._uri_matches(fields.get("uri"), req):
                 result = AuthResult(False, None, False, "uri mismatch", who)
             else:
-                result = server.verify(value, req.method, ha1)
+                result = server.verify_fields(fields, req.method, ha1)
             if result.ok and result.username is not None:
                 user = self.directory.user(tenant, result.username)
                 if user is not None:
@@ -200,16 +200,9 @@ class Authenticator:
         except ValueError:
             return {}
 
-    @staticmethod
-    def _realm_of(value: str) -> str | None:
-        try:
-            return parse_credentials(value).get("realm")
-        except ValueError:
-            return None
-
     def consumed_headers(self, req: Request) -> list[str]:
         """Credentials for our realms are ours alone: never forward them to the next hop."""
         values = req.get_all("Proxy-Authorization")
-        if values and all(self._realm_of(v) in self._realms for v in values):
+        if values and all(self._fields(v).get("realm") in self._realms for v in values):
             return ["Proxy-Authorization"]
         return []

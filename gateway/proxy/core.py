@@ -180,7 +180,7 @@ class Proxy:
         self.route_signer = RouteSigner(secret)
         self.destinations = DestinationPolicy(
             services=service_endpoints(settings),
-            sip_listeners=[(spec.host, spec.port) for spec in self.sip.listen if spec.port],
+            sip_ports=self._listening_ports,
             deny=self.sip.deny_destinations,
             local_hosts=[spec.host for spec in self.sip.listen] + [self.sip.advertise or ""],
             is_peer=self._is_known_peer,
@@ -202,7 +202,7 @@ class Proxy:
         self.worker_ports: frozenset[int] = frozenset()
         self.relay: Callable[[int, bytes, Source], None] | None = None
         self._ports: frozenset[int] | None = None
-        self._self_uris: dict[bytes, bool] = {}  # Request-URI → an OPTIONS there is ours
+        self._options_uri_for_us = functools.lru_cache(maxsize=1024)(self._options_uri_is_us)
         self.queue.schedule(self.clock() + HOUSEKEEPING_INTERVAL, self._housekeeping)
         # Without an explicit advertise address, the listen address of the right family
         # goes into Via and Record-Route (the loader refuses wildcards without one).
@@ -271,18 +271,14 @@ class Proxy:
         self.transport.send(reply, target)
         return True
 
-    def _options_uri_for_us(self, uri: bytes) -> bool:
-        known = self._self_uris.get(uri)
-        if known is None:
-            try:
-                parsed = parse_uri(uri.decode("utf-8", "surrogateescape"))
-            except (SIPParseError, UnicodeError):
-                return False
-            known = isinstance(parsed, SipURI) and self.answers_options(parsed)
-            if len(self._self_uris) >= 1024:
-                self._self_uris.clear()
-            self._self_uris[uri] = known
-        return known
+    def _options_uri_is_us(self, uri: bytes) -> bool:
+        """An OPTIONS to this Request-URI is ours to answer (memoized per proxy as
+        ``_options_uri_for_us``: probes repeat the same few)."""
+        try:
+            parsed = parse_uri(uri.decode("utf-8", "surrogateescape"))
+        except (SIPParseError, UnicodeError):
+            return False
+        return isinstance(parsed, SipURI) and self.answers_options(parsed)
 
     def _owner(self, msg: Request | Response) -> int | None:
         """The sibling worker a message belongs to, or None when it is ours to handle."""
@@ -667,14 +663,6 @@ class Proxy:
 
     def _may_send(self, target: Target) -> bool:
         refused = self.destinations.refusal_for(target)
-        if (
-            refused is None
-            and self._is_our_address(target.host, target.port)
-            and not self.directory.is_trunk_address(target.host, target.port)
-        ):
-            # Our own SIP listener, as bound (port 0 in the settings) or a worker's:
-            # only a configured trunk may spiral back to us.
-            refused = "own_service"
         if refused is None:
             return True
         self.counters.security[f"destination_{refused}"] += 1

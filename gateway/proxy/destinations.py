@@ -26,6 +26,7 @@ has been resolved, by the transport (``TransportLayer.destination_check``).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable
@@ -69,7 +70,7 @@ class DestinationPolicy:
         self,
         *,
         services: Iterable[tuple[str, int]],
-        sip_listeners: Iterable[tuple[str, int]] = (),
+        sip_ports: Callable[[], frozenset[int]] = frozenset,
         deny: Iterable[str] = DEFAULT_DENY_DESTINATIONS,
         local_hosts: Iterable[str] = (),
         is_peer: Callable[[str, int], bool] = lambda host, port: False,
@@ -89,8 +90,8 @@ class DestinationPolicy:
         self._remote: set[tuple[IPAddress, int]] = set()
         for host, port in services:
             self._add_service(host, port)
-        self._sip_ports = frozenset(port for _host, port in sip_listeners)
-        self._classes: dict[str, tuple[IPAddress | None, bool, bool]] = {}
+        self.sip_ports = sip_ports  # as bound (port 0 in the settings), workers' too
+        self._classify = functools.lru_cache(maxsize=4096)(self._classify_host)
 
     def _add_service(self, host: str, port: int) -> None:
         if strip_brackets(host).lower() in _WILDCARDS or host.lower() == "localhost":
@@ -110,21 +111,14 @@ class DestinationPolicy:
     def _is_local(self, addr: IPAddress) -> bool:
         return addr in self._local or any(addr in net for net in _LOOPBACK)
 
-    def _classify(self, host: str) -> tuple[IPAddress | None, bool, bool]:
-        """(address, on this machine, in a denied network) of a host, cached: it runs
-        for every message sent, and network membership tests are slow."""
-        known = self._classes.get(host)
-        if known is None:
-            addr = _address(host)
-            if addr is None:
-                known = (None, False, False)
-            else:
-                denied = any(addr in net for net in self.deny)
-                known = (addr, self._is_local(addr), denied)
-            if len(self._classes) >= 4096:
-                self._classes.clear()
-            self._classes[host] = known
-        return known
+    def _classify_host(self, host: str) -> tuple[IPAddress | None, bool, bool]:
+        """(address, on this machine, in a denied network) of a host; memoized per
+        policy (``_classify``): it runs for every message sent, and network membership
+        tests are slow."""
+        addr = _address(host)
+        if addr is None:
+            return None, False, False
+        return addr, self._is_local(addr), any(addr in net for net in self.deny)
 
     # -- decisions ---------------------------------------------------------------------
     def refusal(self, host: str, port: int, *, flow: bool = False) -> str | None:
@@ -135,7 +129,7 @@ class DestinationPolicy:
             return None  # a name: checked once resolved (TransportLayer.destination_check)
         if (local and port in self._local_ports) or (self._remote and (addr, port) in self._remote):
             return "own_service"
-        if local and port in self._sip_ports and not self.is_peer(str(addr), port):
+        if local and port in self.sip_ports() and not self.is_peer(str(addr), port):
             return "own_service"
         if denied:
             return "denied_network"

@@ -8,6 +8,7 @@ instead of on every request. Read-only after start; a reload builds a new ``Dire
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ class Directory:
         # The loader refuses overlapping match entries, so the first rule that matches
         # is the only one.
         self._source_rules: list[_SourceRule] = []
-        self._trunk_of: dict[tuple[str, int], tuple[Tenant, Trunk] | None] = {}
+        self.trunk_for_source = functools.lru_cache(maxsize=16_384)(self._match_source)
         # Where trunks are reached (their host and port as configured).
         self._trunk_targets: set[tuple[str, int]] = set()
         for tenant in settings.tenants:
@@ -84,21 +85,9 @@ class Directory:
         key = digits_key(number)
         return self._dids.get(key) if key else None
 
-    def trunk_for_source(self, host: str, port: int) -> tuple[Tenant, Trunk] | None:
-        """The trunk a message from ``host:port`` comes from. Asked for every message
-        (the flood guard, trust, routing): answers are cached, bounded."""
-        key = (host, port)
-        try:
-            return self._trunk_of[key]
-        except KeyError:
-            pass
-        found = self._match_source(host, port)
-        if len(self._trunk_of) >= 16_384:
-            self._trunk_of.clear()
-        self._trunk_of[key] = found
-        return found
-
     def _match_source(self, host: str, port: int) -> tuple[Tenant, Trunk] | None:
+        """The trunk a message from ``host:port`` comes from (``trunk_for_source``,
+        memoized: asked for every message by the flood guard, trust and routing)."""
         addr = ip_address_of(host)
         if addr is None:
             return None

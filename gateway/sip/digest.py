@@ -396,6 +396,18 @@ class DigestServer:
         scheme, fields = params
         if scheme.lower() != "digest":
             return _fail("unsupported scheme")
+        return self.verify_fields(fields, method, ha1_lookup, request_uri=request_uri)
+
+    def verify_fields(
+        self,
+        fields: dict[str, str],
+        method: str,
+        ha1_lookup: Callable[[str, str], str | None],
+        *,
+        request_uri: str | None = None,
+    ) -> AuthResult:
+        """``verify`` for credentials already parsed by ``parse_credentials`` (a caller
+        that read them to find the realm need not parse them twice)."""
         claimed = fields.get("username")
         for name in _REQUIRED:
             if name not in fields:

@@ -20,6 +20,7 @@ output. Underscores are accepted in host names (container and SRV-style names).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -99,27 +100,15 @@ def _bad(text: str, detail: str) -> SIPParseError:
     return SIPParseError(f"Bad URI: {detail}", detail=detail)
 
 
-# Parsed forms of the hosts and URIs seen lately. The same few recur on every message
-# (our own address, a trunk's, each phone's Contact), and parsed values are never
-# changed in place, so a hit can be handed out as it is. Bounded: cleared when full.
+# Parsed forms of the hosts and URIs seen lately are memoized: the same few recur on
+# every message (our own address, a trunk's, each phone's Contact), and parsed values
+# are never changed in place (frozen), so a hit can be handed out as it is.
 _CACHE_SIZE = 4096
-_hosts: dict[str, tuple[str, int | None]] = {}
-_uris: dict[str, URI] = {}
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def parse_host(text: str) -> tuple[str, int | None]:
     """Split `host[:port]` (RFC 3261 hostport); host lower-cased, IPv6 kept in brackets."""
-    cached = _hosts.get(text)
-    if cached is not None:
-        return cached
-    parsed = _parse_host(text)
-    if len(_hosts) >= _CACHE_SIZE:
-        _hosts.clear()
-    _hosts[text] = parsed
-    return parsed
-
-
-def _parse_host(text: str) -> tuple[str, int | None]:
     if text.startswith("["):
         end = text.find("]") + 1
         host, rest = text[:end], text[end:]
@@ -316,19 +305,9 @@ class AbsoluteURI:
 URI: TypeAlias = SipURI | TelURI | AbsoluteURI
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def parse_uri(text: str) -> URI:
     """Parse a URI; raises `SIPParseError` (status 400) if it breaks the grammar."""
-    cached = _uris.get(text)
-    if cached is not None:
-        return cached
-    parsed = _parse_uri(text)
-    if len(_uris) >= _CACHE_SIZE:
-        _uris.clear()
-    _uris[text] = parsed
-    return parsed
-
-
-def _parse_uri(text: str) -> URI:
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME_RE.fullmatch(scheme):
         raise _bad(text, "missing or invalid scheme")

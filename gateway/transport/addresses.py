@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -75,26 +76,14 @@ def strip_brackets(host: str) -> str:
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # The same few addresses are looked at on every message (the peer's, ours): the
-# ipaddress module costs microseconds per parse, a dict hit tens of nanoseconds.
-# Bounded: cleared when full (a flood of spoofed sources only empties it).
-_ADDRESS_CACHE_SIZE = 8192
-_addresses: dict[str, IPAddress | None] = {}
-
-
+# ipaddress module costs microseconds per parse, a memoized hit tens of nanoseconds.
+@functools.lru_cache(maxsize=8192)
 def ip_address_of(host: str) -> IPAddress | None:
     """The address an IP literal names (brackets allowed), ``None`` for a name."""
     try:
-        return _addresses[host]
-    except KeyError:
-        pass
-    try:
-        addr: IPAddress | None = ipaddress.ip_address(strip_brackets(host))
+        return ipaddress.ip_address(strip_brackets(host))
     except ValueError:
-        addr = None
-    if len(_addresses) >= _ADDRESS_CACHE_SIZE:
-        _addresses.clear()
-    _addresses[host] = addr
-    return addr
+        return None
 
 
 def ip_family(host: str) -> socket.AddressFamily | None:

@@ -87,9 +87,9 @@ class Canary:
 class Attacker:
     """A UDP socket on a loopback address that counts what it sends and gets back."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, port))
         self.sock.setblocking(False)
         self.sent = 0
         self.received = 0

@@ -73,19 +73,20 @@ async def register(
         )
 
     attacker.send(register_request(1), gateway)
-    challenge = await _final(attacker, timeout)
+    challenge = await final_answer(attacker, timeout)
     if challenge.status != 401:
         return challenge
     value = challenge.get_all("WWW-Authenticate")[0]
     auth = DigestClient(user, password).authorization(value, "REGISTER", f"sip:{domain}")
     attacker.send(register_request(2, (f"Authorization: {auth}",)), gateway)
-    return await _final(attacker, timeout)
+    return await final_answer(attacker, timeout)
 
 
-async def _final(attacker: Attacker, timeout: float) -> Response:
+async def final_answer(attacker: Attacker, timeout: float = 5.0) -> Response:
+    """The next final response the attacker's socket receives (provisional ones skipped)."""
     while True:
         data = await attacker.recv(timeout)
-        assert data is not None, "no answer from the gateway"
+        assert data is not None, "the gateway did not answer"
         msg = parse_message(data)
         if isinstance(msg, Response) and msg.status >= 200:
             return msg

@@ -11,7 +11,7 @@ from gateway.proxy.record_route import RouteSigner
 def policy(**overrides: object) -> DestinationPolicy:
     options: dict[str, object] = {
         "services": [("127.0.0.1", 6379), ("0.0.0.0", 8080), ("10.0.0.5", 6380)],
-        "sip_listeners": [("127.0.0.1", 5060)],
+        "sip_ports": lambda: frozenset({5060}),
         "local_hosts": ["192.0.2.10"],
         "is_peer": lambda host, port: (host, port) == ("127.0.0.1", 5080),
     }

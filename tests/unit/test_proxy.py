@@ -159,15 +159,20 @@ PHONE_HEADERS = (
 )
 
 
-def test_register_challenge_offers_sha256_before_md5(h: Harness) -> None:
-    req = request(
+def first_register(extra: str = "") -> str:
+    """201's REGISTER before any challenge."""
+    return request(
         "REGISTER",
         "sip:acme.test",
         src=PHONE_201,
         from_="<sip:201@acme.test>;tag=a",
         to="<sip:201@acme.test>",
-        extra=PHONE_HEADERS,
+        extra=extra,
     )
+
+
+def test_register_challenge_offers_sha256_before_md5(h: Harness) -> None:
+    req = first_register(PHONE_HEADERS)
     challenges = only(h.feed(req, PHONE_201), status=401).msg.get_all("WWW-Authenticate")
     assert "algorithm=SHA-256" in challenges[0]
     assert any("algorithm=MD5" in c for c in challenges[1:])
@@ -177,13 +182,7 @@ def test_register_challenge_offers_sha256_before_md5(h: Harness) -> None:
 def test_a_small_request_gets_only_the_preferred_challenge(h: Harness) -> None:
     # Both challenges would make the answer more than twice the request: a spoofed
     # source must not get an amplifier, so only the profile's first algorithm is offered.
-    req = request(
-        "REGISTER",
-        "sip:acme.test",
-        src=PHONE_201,
-        from_="<sip:201@acme.test>;tag=a",
-        to="<sip:201@acme.test>",
-    )
+    req = first_register()
     sent = h.feed(req, PHONE_201)
     challenge = only(sent, status=401)
     assert len(challenge.data) <= 2 * len(req.encode())
