@@ -19,11 +19,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.sip.digest import DigestClient
-from gateway.sip.message import Response, parse_message
 from tests.integration.conftest import GatewayFactory
 from tests.integration.gateway import DID, PASSWORDS, GatewayPorts, GatewayProcess
 from tests.security.canary import Attacker, Canary
-from tests.security.sip import register, request, status_of
+from tests.security.sip import final_answer, register, request, status_of
 
 GW_HOST = "127.0.0.1"
 
@@ -56,15 +55,6 @@ def attacker() -> Iterator[Attacker]:
     sock = Attacker()
     yield sock
     sock.close()
-
-
-async def final_answer(attacker: Attacker, timeout: float = 5.0) -> Response:
-    while True:
-        data = await attacker.recv(timeout)
-        assert data is not None, "the gateway did not answer"
-        msg = parse_message(data)
-        if isinstance(msg, Response) and msg.status >= 200:
-            return msg
 
 
 # ------------------------------------------------------------ forged in-dialog requests ---
@@ -182,11 +172,7 @@ async def test_a_registered_phone_is_reached_over_its_flow_not_its_contact(
             rport=False,  # no NAT to see: only the policy keeps us off the Contact
         )
         assert answer.status == 200
-        trunk = Attacker()
-        trunk.sock.close()
-        trunk.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        trunk.sock.bind(("127.0.0.1", ports.trunk_src))  # a trusted trunk address
-        trunk.sock.setblocking(False)
+        trunk = Attacker(port=ports.trunk_src)  # a trusted trunk address
         try:
             trunk.send(
                 request(
@@ -224,6 +210,29 @@ async def test_a_spoofed_invite_gets_one_small_stateless_challenge(
     replies = await attacker.drain(quiet=2.5)
     assert [status_of(r) for r in replies] == [407]
     assert attacker.received <= 2 * attacker.sent, (attacker.sent, attacker.received)
+
+
+async def test_options_probes_from_strangers_get_no_amplification(
+    gateway: GatewayProcess, attacker: Attacker
+) -> None:
+    """OPTIONS to the gateway is answered from a template to anyone (probes need no
+    credentials): a spoofed source gets at most one datagram, never more than twice
+    what was sent, however small the probe."""
+    probes = [
+        request("OPTIONS", f"sip:{GW_HOST}:{gateway.ports.sip}", via=attacker.address),
+        # Minimal: the capabilities alone would make the answer more than twice this.
+        (
+            f"OPTIONS sip:{GW_HOST}:{gateway.ports.sip} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {attacker.address[0]}:{attacker.address[1]};branch=z9hG4bKa\r\n"
+            "From: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
+        ).encode(),
+    ]
+    for probe in probes:
+        attacker.send(probe, gateway_address(gateway))
+    replies = await attacker.drain(quiet=1.0)
+    assert [status_of(r) for r in replies] == [200]  # the full probe; the tiny one: none
+    assert attacker.received <= 2 * attacker.sent
+    assert refused(await gateway.metrics(), "reply_too_large") == 1
 
 
 # ------------------------------------------------------------------------------ digest ---
