@@ -10,6 +10,7 @@ packages=(
   baresip        # real softphone in the tests
   linphone-cli   # linphonec: real softphone in the tests
   postgresql     # a real PostgreSQL contact source in the sync tests (server not started)
+  chromium chromium-driver  # the web client's tests drive Debian's browser headless (Selenium)
   openssl ca-certificates
 )
 # A Debian python3 without venv/ensurepip cannot create .venv.
