@@ -45,6 +45,12 @@ from gateway.security.throttle import (
     RedisCounterStore,
     ThrottlePolicy,
 )
+from gateway.security.tickets import (
+    MAX_TICKETS_PER_TOKEN,
+    TICKET_TTL,
+    new_ticket,
+    parse_ticket,
+)
 from gateway.security.tokens import (
     LoginRefused,
     Token,
@@ -53,6 +59,7 @@ from gateway.security.tokens import (
     token_hash,
     token_id,
 )
+from gateway.security.user_settings import UserSettings
 
 log = logging.getLogger("sipgw.security")
 
@@ -493,6 +500,7 @@ class Directory:
         async with self._redis_errors():
             if not await self._redis.hdel(keys.users(tenant), username):
                 return False
+            await self._redis.hdel(keys.user_settings(tenant), username)
             revoked = await self.revoke_user(tenant, username)
             await self.audit.record(
                 tenant, "user.remove", "ok", user=username, source=source,
@@ -664,7 +672,10 @@ class Directory:
         malformed one. Raises ``DirectoryUnavailable`` if Redis is down."""
         if not looks_like_token(bearer):
             return None
-        digest = token_hash(bearer)
+        return await self._principal(token_hash(bearer))
+
+    async def _principal(self, digest: str) -> Principal | None:
+        """The principal of the token stored under ``digest``, if it is valid now."""
         async with self._redis_errors():
             data = await self._redis.hgetall(keys.token(digest))
         if not data:
@@ -688,6 +699,53 @@ class Directory:
             expires_at=expires_at,
         )
 
+    # -- subscription tickets (gateway/security/tickets.py) ---------------------------------
+    async def issue_ticket(self, bearer: str, principal: Principal) -> str | None:
+        """A single-use ticket opening one event subscription as the token ``bearer``
+        (whose principal is ``principal``) within ``TICKET_TTL`` seconds; None when the
+        token was issued ``MAX_TICKETS_PER_TOKEN`` within the last ``TICKET_TTL``."""
+        tenant = principal.tenant
+        issued_key = keys.tickets_issued(tenant, principal.token_id)
+        ticket = new_ticket(tenant)
+        parsed = parse_ticket(ticket)
+        assert parsed is not None
+        async with self._redis_errors():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(issued_key, 0, ex=TICKET_TTL, nx=True)
+                pipe.incr(issued_key)
+                _, issued = await pipe.execute()
+            if int(issued) > MAX_TICKETS_PER_TOKEN:
+                return None
+            await self._redis.set(keys.ticket(tenant, parsed[1]), token_hash(bearer), ex=TICKET_TTL)
+        return ticket
+
+    async def redeem_ticket(self, ticket: str) -> tuple[Principal, str] | None:
+        """Take a ticket (it is gone afterwards, on every node): the principal of its
+        token and the token's hash, for the session checks. None for a ticket that is
+        malformed, unknown, already used or expired, or whose token no longer stands."""
+        parsed = parse_ticket(ticket)
+        if parsed is None:
+            return None
+        tenant, digest = parsed
+        async with self._redis_errors():
+            token_digest = await self._redis.getdel(keys.ticket(tenant, digest))
+        if token_digest is None:
+            return None
+        principal = await self._principal(str(token_digest))
+        if principal is None or principal.tenant != tenant:
+            return None
+        return principal, str(token_digest)
+
+    # -- the web client's per-user settings --------------------------------------------------
+    async def user_settings(self, tenant: str, username: str) -> UserSettings:
+        async with self._redis_errors():
+            text = await self._redis.hget(keys.user_settings(tenant), username)
+        return UserSettings.from_json(None if text is None else str(text))
+
+    async def save_user_settings(self, tenant: str, username: str, settings: UserSettings) -> None:
+        async with self._redis_errors():
+            await self._redis.hset(keys.user_settings(tenant), username, settings.to_json())
+
     async def epoch(self) -> str:
         """The id of the data set Redis holds now, made when missing. A session remembers
         it at its start: a token missing under another epoch was lost with Redis's data
@@ -702,11 +760,18 @@ class Directory:
         """Why a live session (an event subscription) of this token must end now, or None
         while the token is valid. One EXISTS per call while valid; Redis errors raise
         ``DirectoryUnavailable``. ``epoch``: ``epoch()`` when the session started."""
+        return await self.session_end_of(token_hash(bearer), principal, epoch)
+
+    async def session_end_of(
+        self, digest: str, principal: Principal, epoch: str | None = None
+    ) -> SessionEnd | None:
+        """``session_end`` of the token stored under ``digest`` (a session opened with a
+        ticket knows its token by its hash only)."""
         now = self._clock()
         if principal.expires_at is not None and principal.expires_at <= now:
             return "token expired"
         async with self._redis_errors():
-            if await self._redis.exists(keys.token(token_hash(bearer))):
+            if await self._redis.exists(keys.token(digest)):
                 return None
             if epoch is not None and await self.epoch() != epoch:
                 # Redis lost every token and every revocation with them: nothing says

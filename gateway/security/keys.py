@@ -22,6 +22,12 @@ prefixed ``sipgw:``.
     sipgw:epoch                       string  random id of this Redis's data set, made
                                               when missing: a new one means the data
                                               (tokens, revocations) was lost
+    {t}:ticket:<sha256 hex>           string  the hash of the token a subscription ticket
+                                              stands for; expires in 30 s, taken (GETDEL)
+                                              by the one subscription it opens
+    {t}:tickets:<token id>            string  tickets issued to one token in the last 30 s
+    {t}:user-settings                 hash    username -> JSON of the web client's per-user
+                                              settings ({"auto_open_crm": false})
 """
 
 from __future__ import annotations
@@ -55,6 +61,18 @@ def token_order(tenant: str, user: str | None) -> str:
 
 def user_tokens_pattern(tenant: str) -> str:
     return f"{{{tenant}}}:tokens:*"
+
+
+def ticket(tenant: str, digest: str) -> str:
+    return f"{{{tenant}}}:ticket:{digest}"
+
+
+def tickets_issued(tenant: str, token_ref: str) -> str:
+    return f"{{{tenant}}}:tickets:{token_ref}"
+
+
+def user_settings(tenant: str) -> str:
+    return f"{{{tenant}}}:user-settings"
 
 
 def audit(tenant: str | None) -> str:
