@@ -32,6 +32,7 @@ from gateway.config.model import (
     Trunk,
     User,
     UserRole,
+    WebSettings,
 )
 from gateway.config.profiles import load_profiles
 from gateway.config.reader import parse_env_value
@@ -65,6 +66,7 @@ __all__ = [
     "Trunk",
     "User",
     "UserRole",
+    "WebSettings",
     "load_profiles",
     "load_settings",
     "parse_env_value",

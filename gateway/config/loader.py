@@ -1,8 +1,9 @@
 """``load_settings``: TOML file + SIPGW_* environment -> checked, frozen ``Settings``.
 
 Reading order is the order of the checks, so the first problem found is reported:
-top-level keys, node, sip, http, redis, log, events, security, profiles, tenants,
-default_tenant, monitor; then what must not face a network (gateway/config/exposure.py).
+top-level keys, node, sip, http, redis, log, events, security, recognition, dial, web,
+profiles, tenants, default_tenant, monitor; then what must not face a network
+(gateway/config/exposure.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from gateway.config.model import (
     Settings,
     SipSettings,
     Tenant,
+    WebSettings,
 )
 from gateway.config.profiles import load_profiles
 from gateway.config.reader import Context, Table, Value, apply_env, plain_text
@@ -51,6 +53,7 @@ from gateway.config.syntax import (
     uri_host,
 )
 from gateway.config.tenants import default_tenant, tenants
+from gateway.config.web import frame_ancestors
 
 CONFIG_ENV = "SIPGW_CONFIG"
 # sip_profiles/ sits next to the gateway package in the source tree (and the image).
@@ -59,7 +62,7 @@ EMBEDDED_DEFAULT = "<embedded gateway/default.toml>"
 
 TOP_LEVEL_KEYS = (
     "node", "sip", "http", "redis", "log", "events", "security", "monitor", "recognition",
-    "dial", "profiles_dir",
+    "dial", "web", "profiles_dir",
     "default_tenant", "tenants",
 )  # fmt: skip
 
@@ -154,6 +157,7 @@ def _settings(root: Table, source: str) -> Settings:
     security = SecuritySettings(**root.table("security").read(_SECURITY_READERS))
     recognition = RecognitionSettings(**root.table("recognition").read(_RECOGNITION_READERS))
     dial = DialSettings(**root.table("dial").read(_DIAL_READERS))
+    web = _web(root.table("web"))
     dir_value = root.get("profiles_dir")
     profiles_dir = DEFAULT_PROFILES_DIR if dir_value is None else dir_value.path()
     profiles = load_profiles(profiles_dir, "profiles_dir")
@@ -162,13 +166,18 @@ def _settings(root: Table, source: str) -> Settings:
     monitor = _monitor(root.table("monitor"), all_tenants, sip)
     settings = Settings(
         node=node, sip=sip, http=http, redis=redis, log=log, events=events,
-        security=security, monitor=monitor, recognition=recognition, dial=dial,
+        security=security, monitor=monitor, recognition=recognition, dial=dial, web=web,
         tenants=all_tenants, profiles=profiles,
         default_tenant=fallback, profiles_dir=profiles_dir, source=source,
     )  # fmt: skip
     # Last: the demo and published passwords stay on the loopback, plain HTTP too.
     check_exposure(settings, root.data, embedded=source == EMBEDDED_DEFAULT)
     return settings
+
+
+def _web(table: Table) -> WebSettings:
+    table.check_keys(("frame_ancestors",))
+    return WebSettings(frame_ancestors=frame_ancestors(table))
 
 
 def _node_name(v: Value) -> str:

@@ -403,6 +403,10 @@ class Tenant:
     trunks: tuple[Trunk, ...] = ()
     recognition: Recognition = field(default_factory=Recognition)
     dial: DialPolicy = field(default_factory=DialPolicy)  # click-to-dial destinations
+    # The browser (gateway/api/cors.py, gateway/api/web.py): origins whose scripts may
+    # call the API with this tenant's tokens, and pages that may frame /embed?tenant=id.
+    cors_origins: tuple[str, ...] = ()
+    frame_ancestors: tuple[str, ...] = ()
     _by_username: Mapping[str, User] = field(init=False, repr=False, compare=False)
     _by_extension: Mapping[str, User] = field(init=False, repr=False, compare=False)
     _by_did: Mapping[str, str] = field(init=False, repr=False, compare=False)
@@ -449,6 +453,15 @@ class EventsSettings:
     def max_age(self) -> float | None:
         """``stream_max_age`` with 0 read as "no age limit" (None)."""
         return self.stream_max_age or None
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """The web client served at ``/`` and ``/embed`` (gateway/api/web.py)."""
+
+    # Pages (origins, "https://*.example.com" allowed) that may frame /embed when it is
+    # opened without ?tenant=, before anyone has logged in; a tenant adds its own.
+    frame_ancestors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -565,6 +578,7 @@ class Settings:
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     recognition: RecognitionSettings = field(default_factory=RecognitionSettings)
     dial: DialSettings = field(default_factory=DialSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     tenants: tuple[Tenant, ...] = ()
     profiles: Mapping[str, Profile] = field(default_factory=lambda: types.MappingProxyType({}))
     default_tenant: str | None = None  # used when a request's domain matches no tenant

@@ -41,6 +41,7 @@ from gateway.config.syntax import (
     uri_host,
 )
 from gateway.config.templates import parse_template
+from gateway.config.web import cors_origins, frame_ancestors
 from gateway.sip.digest import compute_ha1
 
 _SLUG = re.compile(r"[a-z0-9-]{1,32}")
@@ -75,7 +76,7 @@ class _Seen:
 
 _TENANT_KEYS = (
     "id", "name", "domains", "region", "realm", "users", "dids", "trunks", "recognition",
-    "dial",
+    "dial", "cors_origins", "frame_ancestors",
 )  # fmt: skip
 
 
@@ -96,6 +97,7 @@ def _tenant(t: Table, profiles: Mapping[str, Profile]) -> Tenant:
     return Tenant(
         id=tenant_id, name=name, domains=domains, region=tenant_region, realm=realm,
         users=users, dids=dids, trunks=trunks, recognition=recognition, dial=dial,
+        cors_origins=cors_origins(t), frame_ancestors=frame_ancestors(t),
     )  # fmt: skip
 
 
