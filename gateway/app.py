@@ -311,7 +311,10 @@ class Gateway:
             sip_listening=lambda: bool(sip.transport.listening),
             draining=lambda: proxy.draining,
         )
-        app = create_app(registry, readiness, self.settings.node.name, directory=self.directory)
+        app = create_app(
+            registry, readiness, self.settings.node.name, directory=self.directory,
+            settings=self.settings, bus=lambda: self.bus,
+        )  # fmt: skip
         router, self.subscribers = events_router(
             lambda: self.bus, lambda: self.directory, self.settings.events, self._extensions_of
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -91,6 +91,20 @@ def client_address(conn: HTTPConnection, security: SecuritySettings) -> str:
     return peer
 
 
+# Where a request's principal is noted, once known, for what answers by tenant after
+# the route has run (the CORS middleware, gateway/api/cors.py).
+PRINCIPAL_SCOPE_KEY = "sipgw.principal"
+
+
+def note_principal(conn: HTTPConnection, principal: Principal) -> None:
+    conn.scope[PRINCIPAL_SCOPE_KEY] = principal
+
+
+def noted_principal(scope: Mapping[str, Any]) -> Principal | None:
+    found = scope.get(PRINCIPAL_SCOPE_KEY)
+    return found if isinstance(found, Principal) else None
+
+
 def _unauthorized(detail: str, *, presented: bool) -> NoReturn:
     challenge = f'{_REALM}, error="invalid_token"' if presented else _REALM
     raise HTTPException(401, detail, headers={"WWW-Authenticate": challenge})
@@ -131,6 +145,7 @@ def require_principal(
         found = directory if directory is not None else _app_directory(conn)
         bearer = None if credentials is None else credentials.credentials
         principal = await authenticate(found, bearer)
+        note_principal(conn, principal)
         if principal.role not in allowed:
             raise HTTPException(403, "forbidden: insufficient role")
         return principal
@@ -260,6 +275,7 @@ def auth_router(directory: Directory) -> APIRouter:
                     429, "too many failed logins, retry later", headers={"Retry-After": wait}
                 )
             return _error(401, INVALID_CREDENTIALS, headers={"WWW-Authenticate": _REALM})
+        note_principal(request, outcome.principal)
         body = {"token": outcome.bearer, "token_type": "Bearer"}
         body.update(_principal_json(outcome.principal))
         # RFC 6749 §5.1: responses with tokens must not be cached.
@@ -311,5 +327,7 @@ __all__ = [
     "client_address",
     "ensure_extension",
     "ensure_tenant",
+    "note_principal",
+    "noted_principal",
     "require_principal",
 ]

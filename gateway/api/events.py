@@ -13,6 +13,9 @@ Control messages share the stream with events; their ``type`` starts with ``sipg
 than what the stream retains), ``sipgw.unavailable`` (the bus is down),
 ``sipgw.unauthorized`` (the token was revoked or expired, or its user removed).
 
+Credentials: the ``Authorization`` header, a single-use ``ticket``, or (WebSocket) the
+token as a ``sipgw.bearer.<token>`` subprotocol; see gateway/api/tickets.py.
+
 A subscription lives no longer than its token: every ``events.heartbeat`` seconds,
 busy or idle, the token is checked again (one Redis EXISTS), and a revoked or expired
 token, or a removed user, ends it with a close code naming why (4401-4403).
@@ -38,7 +41,12 @@ from starlette.responses import JSONResponse
 from websockets.frames import Frame as WireFrame
 from websockets.frames import Opcode
 
-from gateway.api.auth import authenticate
+from gateway.api.tickets import (
+    BEARER_PROTOCOL_PREFIX,
+    BROWSER_PROTOCOL,
+    split_protocols,
+    subscriber_credential,
+)
 from gateway.api.ws_protocol import FRAMES_EXTENSION, DetachedWebSocket, FrameLink
 from gateway.bus import keys
 from gateway.bus.live import LiveEvent, LiveSubscription, Sink, SubscriberOverflow
@@ -52,7 +60,7 @@ log = logging.getLogger("sipgw.api.events")
 
 JSON_PROTOCOL = "sipgw.json.v1"
 MSGPACK_PROTOCOL = "sipgw.msgpack.v1"
-PROTOCOLS = (JSON_PROTOCOL, MSGPACK_PROTOCOL)
+PROTOCOLS = (JSON_PROTOCOL, MSGPACK_PROTOCOL, BROWSER_PROTOCOL)  # the last: JSON too
 CLIENT_MESSAGE_LIMIT = 1024  # subscribers only ever send small pings
 # A WebSocket subscriber's write buffer holds `events.subscriber_queue` events of up to
 # this size before it is cut off (a call event is ~0.3-0.6 kB of JSON).
@@ -672,48 +680,57 @@ def events_router(
     sessions = WebSocketSessions(bus_getter, settings, cache, subscribers)
 
     async def session_end(
-        bearer: str, principal: Principal
+        digest: str, principal: Principal
     ) -> Callable[[], Awaitable[SessionEnd | None]]:
         try:
             epoch: str | None = await directory_getter().epoch()
         except DirectoryUnavailable:
             epoch = None
-        return lambda: directory_getter().session_end(bearer, principal, epoch)
+        return lambda: directory_getter().session_end_of(digest, principal, epoch)
 
     @router.websocket("/v1/events")
     async def websocket_events(
         websocket: WebSocket,
         extension: list[str] = Query(default=[]),  # noqa: B008
         type: list[str] = Query(default=[]),  # noqa: B008
+        types: str | None = None,
         since: str | None = None,
+        ticket: str | None = None,
     ) -> None:
         """Live call events over WebSocket; see the module docstring for the protocol."""
-        try:
-            bearer = _bearer(websocket.headers.get("authorization"))
-            principal = await authenticate(directory_getter(), bearer)
-            assert bearer is not None  # authenticate refuses a missing one
-            accept = subscription_filter(
-                principal, extension, type, extensions_of(principal.tenant)
-            )
-            cursor = checked_since(since)
-        except HTTPException as err:
-            await _deny(websocket, err)
-            return
         offered = [
             p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")
         ]
+        offered, protocol_bearers = split_protocols(offered)
         protocol = next((p for p in offered if p in PROTOCOLS), None)
-        if any(offered) and protocol is None:
-            await _deny(
-                websocket, HTTPException(400, f"subprotocol: one of {', '.join(PROTOCOLS)}")
+        try:
+            # What can be refused without Redis first: a ticket is used up by the check.
+            cursor = checked_since(since)
+            if any(offered) and protocol is None:
+                raise HTTPException(400, f"subprotocol: one of {', '.join(PROTOCOLS)}")
+            if protocol_bearers and protocol is None:
+                # A browser fails a handshake whose answer names none of its protocols,
+                # and the token's own protocol is never echoed.
+                raise HTTPException(
+                    400, f"subprotocol: offer {BROWSER_PROTOCOL} with {BEARER_PROTOCOL_PREFIX}…"
+                )
+            wanted_types = [*type, *split_types(types)]
+            credential = await subscriber_credential(
+                websocket, directory_getter(), ticket, protocol_bearers
             )
+            principal = credential.principal
+            accept = subscription_filter(
+                principal, extension, wanted_types, extensions_of(principal.tenant)
+            )
+        except HTTPException as err:
+            await _deny(websocket, err)
             return
         fmt = "msgpack" if protocol == MSGPACK_PROTOCOL else "json"
         if not subscribers.enter(principal.tenant):
             await _deny(websocket, HTTPException(429, "too many subscribers for this tenant"))
             return
         try:
-            checks = await session_end(bearer, principal)
+            checks = await session_end(credential.token_digest, principal)
             await websocket.accept(subprotocol=protocol)
             link: FrameLink | None = websocket.scope["extensions"].get(FRAMES_EXTENSION)
             if link is None:
@@ -732,26 +749,42 @@ def events_router(
         del websocket
         await conn.replay(cursor, ready=True)
 
-    @router.get("/v1/events/sse", summary="Live call events as Server-Sent Events")
+    @router.get(
+        "/v1/events/sse",
+        summary="Live call events as Server-Sent Events",
+        responses={
+            200: {"content": {"text/event-stream": {}}},
+            400: {"description": "`since` malformed; more than one credential"},
+            401: {"description": "No token, an invalid or expired one, or a bad ticket"},
+            403: {"description": "A sync token; an extension this token may not see"},
+            429: {"description": "Too many subscribers for this tenant on this node"},
+        },
+    )
     async def sse_events(
         request: Request,
         extension: list[str] = Query(default=[]),  # noqa: B008
         type: list[str] = Query(default=[]),  # noqa: B008
+        types: str | None = Query(None, description="Event types, comma-separated"),
         since: str | None = None,
+        ticket: str | None = Query(None, description="From POST /v1/events/ticket"),
     ) -> StreamingResponse:
         """The same stream as ``/v1/events`` in ``text/event-stream`` form: each event is
         ``id: <seq>`` / ``event: <type>`` / ``data: <json>``; resume with the standard
-        ``Last-Event-ID`` header (or ``since``)."""
-        bearer = _bearer(request.headers.get("authorization"))
-        principal = await authenticate(directory_getter(), bearer)
-        assert bearer is not None  # authenticate refuses a missing one
-        accept = subscription_filter(principal, extension, type, extensions_of(principal.tenant))
+        ``Last-Event-ID`` header (or ``since``). Authenticate with the
+        ``Authorization`` header or, from a browser's ``EventSource``, a ``ticket``
+        (single use: reconnect with a new one, not the browser's automatic retry)."""
         cursor = checked_since(request.headers.get("last-event-id") or since)
+        wanted_types = [*type, *split_types(types)]
+        credential = await subscriber_credential(request, directory_getter(), ticket)
+        principal = credential.principal
+        accept = subscription_filter(
+            principal, extension, wanted_types, extensions_of(principal.tenant)
+        )
         if not subscribers.enter(principal.tenant):
             raise HTTPException(429, "too many subscribers for this tenant")
         try:
             state = SubscriberState(
-                settings.heartbeat, await session_end(bearer, principal), cursor
+                settings.heartbeat, await session_end(credential.token_digest, principal), cursor
             )
         except BaseException:
             subscribers.leave(principal.tenant)
@@ -793,10 +826,9 @@ def events_router(
     return router, subscribers
 
 
-def _bearer(header: str | None) -> str | None:
-    if header and header[:7].lower() == "bearer ":
-        return header[7:].strip() or None
-    return None
+def split_types(types: str | None) -> list[str]:
+    """``types=a,b``: the comma-separated form of repeated ``type=`` parameters."""
+    return [t.strip() for t in (types or "").split(",") if t.strip()]
 
 
 async def _deny(websocket: WebSocket, err: HTTPException) -> None:

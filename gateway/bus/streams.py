@@ -541,6 +541,9 @@ class EventBus:
         else:
             entries = await self._redis.xrange(key, start, "+", count=count)
             raise_if_cancelled()
+        return self._page(entries, count)
+
+    def _page(self, entries: Any, count: int) -> ReplayPage:
         events: list[tuple[str, dict[str, Any]]] = []
         last: str | None = None
         for raw_id, fields in entries:
@@ -550,6 +553,23 @@ class EventBus:
             except (KeyError, ValueError):
                 self.bad_entries += 1  # skipped, but the cursor passes it
         return ReplayPage(events, last, len(entries) < count)
+
+    async def older_page(
+        self, tenant: str, before: str | None, *, count: int = 1000
+    ) -> ReplayPage:
+        """Up to `count` events before `before` (exclusive; None = from the newest),
+        NEWEST first: the call history reads the stream backwards (api/history.py).
+        `last_seq` is the oldest entry read, the next `before`. ValueError for a bad
+        tenant, `before` or `count`; redis errors as is."""
+        key = keys.events_key(tenant)
+        if before is not None and keys.parse_seq(before) == (0, 0):
+            return ReplayPage([], None, True)  # nothing precedes the smallest id
+        if not 1 <= count <= MAX_REPLAY_COUNT:
+            raise ValueError(f"count must be between 1 and {MAX_REPLAY_COUNT}")
+        end = "+" if before is None else "(" + before
+        entries = await self._redis.xrevrange(key, end, "-", count=count)
+        raise_if_cancelled()
+        return self._page(entries, count)
 
     async def replay(
         self, tenant: str, after: str | None, *, count: int = 1000
