@@ -1,0 +1,656 @@
+/**
+ * The sipgw web client: log in, live calls with screen pops and desktop notifications,
+ * missed calls, click-to-dial (also from tel: links), team presence, history. Built on
+ * sipgw.js; every event goes through one path: client -> CallBook -> render.
+ */
+
+import { SipgwClient } from "./sipgw.js";
+import { byId, fill, h, show } from "./dom.js";
+import { ACTIVE, CallBook, formatDuration, presenceOf, remoteParty, screenPops } from "./model.js";
+import { buildShell } from "./shell.js";
+import * as views from "./views.js";
+
+const TOKEN_KEY = "sipgw.token";
+const SEQ_KEY = "sipgw.seq";
+const STALE_MS = 60000; // an event older than this (a replay) pops nothing up
+const CARD_AFTER_END_MS = 8000; // the incoming card stays this long after the call ended
+const DIAL_POLL_MS = 800;
+const DIAL_LABEL = {
+  calling_phone: "Calling your phone",
+  phone_ringing: "Your phone is ringing",
+  connecting: "Connecting",
+  destination_ringing: "Ringing",
+  connected: "Connected",
+  ended: "Ended",
+  failed: "Failed",
+  cancelled: "Cancelled",
+};
+// Which progress steps each state of a dial request implies (click-to-dial.md "States").
+const DIAL_REACHED = {
+  calling_phone: ["phone"],
+  phone_ringing: ["phone"],
+  connecting: ["phone", "connecting"],
+  destination_ringing: ["phone", "connecting", "destination"],
+  connected: ["phone", "connecting", "destination", "connected"],
+};
+
+const mode = document.body.dataset.mode === "embed" ? "embed" : "full";
+const ui = buildShell(byId("root"));
+const client = new SipgwClient({ token: sessionStorage.getItem(TOKEN_KEY) });
+const channel = "BroadcastChannel" in window ? new BroadcastChannel("sipgw") : null;
+
+const app = {
+  me: null,
+  book: new CallBook(),
+  skew: null, // gateway clock minus ours, from live events (durations count from answered_at)
+  missed: [],
+  missedSeenAt: 0,
+  dial: null,
+  historyCursor: null,
+  historyLoaded: false,
+  view: "calls",
+  notified: new Map(), // call_id -> Notification
+  autoOpened: new Set(),
+  ticker: null,
+  renderQueued: false,
+};
+// A handle for integrators and tests poking at a running page (the console, Selenium).
+window.sipgwApp = { client, app };
+
+// -- start ------------------------------------------------------------------------------
+
+boot();
+
+async function boot() {
+  wireStaticHandlers();
+  const pending = takeDialFromUrl();
+  if (!client.token) {
+    if (pending && (await handOffToOpenWindow(pending))) return;
+    return showLogin(pending ? `Sign in to call ${pending}.` : "", pending);
+  }
+  await start(pending);
+}
+
+/** `/?dial=tel:+31612345678` (the tel: handler's URL): the number, and the URL cleaned. */
+function takeDialFromUrl() {
+  const params = new URLSearchParams(location.search);
+  const raw = params.get("dial");
+  if (!raw) return null;
+  params.delete("dial");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : ""));
+  let number = raw.trim().replace(/^tel:/i, "");
+  number = number.split(";")[0]; // tel: parameters (;phone-context=...) are not dialled
+  try {
+    number = decodeURIComponent(number);
+  } catch {
+    /* keep as it came */
+  }
+  return number.replace(/[^0-9+*#() .-]/g, "").trim() || null;
+}
+
+/** A tel: link opened a new tab: let a signed-in sipgw tab handle it, if there is one. */
+function handOffToOpenWindow(number) {
+  if (!channel) return Promise.resolve(false);
+  const nonce = crypto.randomUUID();
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      channel.removeEventListener("message", onAck);
+      resolve(false);
+    }, 600);
+    function onAck(message) {
+      if (message.data && message.data.type === "dial-ack" && message.data.nonce === nonce) {
+        clearTimeout(timer);
+        channel.removeEventListener("message", onAck);
+        show(ui.loginView, true);
+        fill(ui.loginForm, h("div", { class: "brand brand-large" }, h("span", { class: "logo" }), "sipgw"),
+          h("p", { class: "handoff" }, `${number} is waiting in your open sipgw window: press Call there.`));
+        resolve(true);
+      }
+    }
+    channel.addEventListener("message", onAck);
+    channel.postMessage({ type: "dial", to: number, nonce });
+  });
+}
+
+function showLogin(message = "", pending = null) {
+  stopLive();
+  show(ui.appView, false);
+  show(ui.loginView, true);
+  ui.loginNote.textContent = message;
+  show(ui.loginNote, Boolean(message));
+  show(ui.loginError, false);
+  ui.loginForm.dataset.pending = pending || "";
+  ui.loginUser.focus();
+}
+
+async function onLogin(submit) {
+  submit.preventDefault();
+  ui.loginButton.disabled = true;
+  show(ui.loginError, false);
+  try {
+    await client.login({
+      username: ui.loginUser.value.trim(),
+      password: ui.loginPassword.value,
+      tenant: ui.loginTenant.value.trim() || undefined,
+    });
+    sessionStorage.setItem(TOKEN_KEY, client.token);
+    sessionStorage.removeItem(SEQ_KEY);
+    ui.loginPassword.value = "";
+    await start(ui.loginForm.dataset.pending || null);
+  } catch (err) {
+    const text = err.status === 401 ? "Wrong username or password." : err.message;
+    ui.loginError.textContent = err.status === 429 ? "Too many attempts: try again in a while." : text;
+    show(ui.loginError, true);
+  } finally {
+    ui.loginButton.disabled = false;
+  }
+}
+
+async function start(pendingDial) {
+  try {
+    app.me = await loadMe();
+  } catch (err) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    return showLogin(err.status === 401 ? "" : err.message, pendingDial);
+  }
+  show(ui.loginView, false);
+  show(ui.appView, true);
+  renderHeader();
+  renderExtensionFilter();
+  app.missedSeenAt = Number(localStorage.getItem(missedKey()) || 0);
+  ui.autoOpen.checked = autoOpenSetting();
+
+  client.on("*", onEvent);
+  client.on("state", onConnection);
+  client.on("seq", (seq) => sessionStorage.setItem(SEQ_KEY, seq));
+  client.on("lost", () => toast("Some events were too old to replay; the history has them."));
+  client.connect({ since: sessionStorage.getItem(SEQ_KEY) || undefined });
+  if (channel) channel.onmessage = onChannel;
+  app.ticker = setInterval(tick, 1000);
+
+  render();
+  loadMissed();
+  if (mode === "full") loadHistory(true);
+  if (pendingDial) offerDial(pendingDial);
+}
+
+function stopLive() {
+  client.disconnect();
+  clearInterval(app.ticker);
+  if (channel) channel.onmessage = null;
+}
+
+/** /v1/me, or what /v1/auth/me says on a gateway without it. */
+async function loadMe() {
+  try {
+    return await client.me();
+  } catch (err) {
+    if (err.status !== 404) throw err;
+    const who = await client.request("GET", "/v1/auth/me");
+    const extensions = who.extensions || [];
+    return {
+      tenant: who.tenant, username: who.user || who.username, role: who.role, extensions,
+      sees: who.role === "admin" ? "tenant" : "extensions", visible_extensions: extensions,
+      settings: {}, screen_pop: [],
+    };
+  }
+}
+
+async function logout() {
+  stopLive();
+  try {
+    await client.logout();
+  } catch {
+    /* the token is forgotten either way */
+  }
+  sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(SEQ_KEY);
+  location.replace(location.pathname);
+}
+
+// -- events -----------------------------------------------------------------------------
+
+function onEvent(event) {
+  const age = Date.now() - Date.parse(event.occurred_at || "");
+  if (event.occurred_at) {
+    const candidate = Date.parse(event.occurred_at) - Date.now();
+    app.skew = app.skew === null ? candidate : Math.max(app.skew, candidate);
+  }
+  const call = app.book.apply(event);
+  if (!call) return;
+  const fresh = !(age - (app.skew || 0) > STALE_MS);
+  if (isForMe(call)) popUp(call, event, fresh);
+  if (event.missed && (isForMe(call) || !(app.me.extensions || []).length)) addMissed(call, fresh);
+  if (app.dial && event.conversation_id === app.dial.conversation_id) onDialEvent(call, event);
+  if (!ACTIVE.has(call.state) && app.historyLoaded) refreshHistorySoon();
+  render();
+}
+
+/** Calls that ring at one of my own extensions (not those I place). */
+function isForMe(call) {
+  return (app.me.extensions || []).includes(call.extension) && call.direction !== "outbound";
+}
+
+/** Desktop notification and the CRM record, once per call, while it rings. */
+function popUp(call, event, fresh) {
+  const ringing = call.state === "offered" || call.state === "delivered";
+  if (!fresh || !ringing) {
+    if (!ringing) app.notified.get(call.call_id)?.close();
+    return;
+  }
+  const party = remoteParty(call);
+  const recognizedLate = event.type === "call.recognized";
+  if ("Notification" in window && Notification.permission === "granted" &&
+      (!app.notified.has(call.call_id) || recognizedLate)) {
+    const body = [party.company, party.name ? party.number : ""].filter(Boolean).join("\n");
+    try {
+      const note = new Notification(party.name || party.number, {
+        body: body || "Incoming call", tag: call.call_id, renotify: false, requireInteraction: true,
+      });
+      note.onclick = () => {
+        window.focus();
+        note.close();
+      };
+      app.notified.set(call.call_id, note);
+    } catch {
+      /* notifications can be unavailable (a frame, an old browser): the card is there */
+    }
+  }
+  if (ui.autoOpen.checked && !app.autoOpened.has(call.call_id)) {
+    const [record] = screenPops(call, app.me.screen_pop || []).open;
+    if (record) {
+      app.autoOpened.add(call.call_id);
+      window.open(record.url, "_blank", "noopener,noreferrer");
+    }
+  }
+}
+
+function onConnection({ state, retryIn, reason }) {
+  ui.connection.dataset.state = state;
+  const text = {
+    idle: "Offline",
+    connecting: "Connecting…",
+    live: "Live",
+    reconnecting: retryIn ? `Reconnecting in ${Math.ceil(retryIn / 1000)} s` : "Reconnecting…",
+    unauthorized: "Signed out",
+  }[state] || state;
+  ui.connectionText.textContent = text;
+  ui.connection.title = reason ? `${text}: ${reason}` : text;
+  if (state === "unauthorized") {
+    sessionStorage.removeItem(TOKEN_KEY);
+    showLogin(`Your session ended (${reason || "signed out"}). Sign in again.`);
+  }
+}
+
+function onChannel(message) {
+  const data = message.data || {};
+  if (data.type === "dial" && typeof data.to === "string") {
+    channel.postMessage({ type: "dial-ack", nonce: data.nonce });
+    offerDial(data.to);
+  }
+}
+
+// -- rendering --------------------------------------------------------------------------
+
+/** Coalesce the renders of a burst of events into one. */
+function render() {
+  if (app.renderQueued) return;
+  app.renderQueued = true;
+  queueMicrotask(() => {
+    app.renderQueued = false;
+    renderIncoming();
+    renderLive();
+    renderPresence();
+    renderMissed();
+  });
+}
+
+function renderHeader() {
+  const me = app.me;
+  const ext = (me.extensions || []).join(", ");
+  ui.userLabel.textContent = ext ? `${me.username} · ext ${ext}` : me.username;
+  ui.avatar.textContent = String(me.username || "?").slice(0, 2).toUpperCase();
+  fill(ui.userDetail,
+    h("div", { class: "menu-name" }, me.username),
+    h("div", { class: "muted" }, `${me.tenant} · ${me.role}${ext ? ` · extension ${ext}` : ""}`),
+    h("div", { class: "muted" }, me.sees === "tenant" ? "Sees every extension of the tenant" : "Sees own extensions"));
+  show(ui.notifyButton, "Notification" in window && Notification.permission === "default");
+  show(ui.telButton, "registerProtocolHandler" in navigator && mode === "full");
+}
+
+function renderExtensionFilter() {
+  const extensions = visibleExtensions();
+  const select = ui.historyExtension;
+  fill(select, h("option", { value: "" }, "All extensions"),
+    extensions.map(({ extension, label }) => h("option", { value: extension }, label)));
+  show(select, extensions.length > 1);
+}
+
+function visibleExtensions() {
+  const list = app.me.visible_extensions || app.me.extensions || [];
+  return list.map((item) => {
+    if (typeof item === "string") return { extension: item, label: `Extension ${item}` };
+    const name = item.display_name || item.name;
+    return { extension: item.extension, label: name ? `${name} (${item.extension})` : `Extension ${item.extension}` };
+  });
+}
+
+function renderIncoming() {
+  const now = Date.now();
+  const cards = [...app.book.calls.values()]
+    .filter((c) => isForMe(c) && (ACTIVE.has(c.state) || now - c.ended_seen < CARD_AFTER_END_MS))
+    .sort((a, b) => (b.created_at || "").localeCompare(a.created_at || ""))
+    .map((c) => views.incomingCard(c, { templates: app.me.screen_pop || [], skew: app.skew || 0 }));
+  fill(ui.incoming, cards);
+}
+
+function renderLive() {
+  const calls = app.book.live();
+  const showExtension = visibleExtensions().length > 1;
+  fill(ui.liveCalls, calls.map((c) => views.liveCall(c, {
+    templates: app.me.screen_pop || [], showExtension, skew: app.skew || 0,
+  })));
+  show(ui.liveEmpty, calls.length === 0);
+  const active = calls.filter((c) => ACTIVE.has(c.state)).length;
+  ui.liveCount.textContent = active ? String(active) : "";
+}
+
+function renderPresence() {
+  fill(ui.presence, visibleExtensions().map(({ extension, label }) =>
+    views.presenceRow(extension, presenceOf(extension, app.book.activeFor(extension)), label)));
+}
+
+function renderMissed() {
+  const unseen = app.missed.filter((c) => Date.parse(c.created_at || c.started_at || 0) > app.missedSeenAt).length;
+  ui.missedBadge.textContent = unseen > 99 ? "99+" : String(unseen);
+  show(ui.missedBadge, unseen > 0);
+  const rows = (list) => list.map((c) => views.missedRow(c, callNumber));
+  fill(ui.missedList, rows(app.missed));
+  fill(ui.missedShort, rows(app.missed.slice(0, 5)));
+  show(ui.missedEmpty, app.missed.length === 0);
+  show(ui.missedShortEmpty, app.missed.length === 0);
+}
+
+function tick() {
+  for (const el of document.querySelectorAll(".duration.ticking")) {
+    const text = formatDuration(Date.now() - Number(el.dataset.since));
+    if (el.textContent !== text) el.textContent = text;
+  }
+  // Ended calls leave the screen after a while; re-render when one is due.
+  let due = false;
+  for (const call of app.book.calls.values()) {
+    if (call.ended_seen && !call.gone && Date.now() - call.ended_seen > CARD_AFTER_END_MS) {
+      call.gone = true;
+      due = true;
+    }
+  }
+  if (due) render();
+  app.book.prune();
+}
+
+function toast(text) {
+  ui.toast.textContent = text;
+  show(ui.toast, true);
+  clearTimeout(ui.toast.timer);
+  ui.toast.timer = setTimeout(() => show(ui.toast, false), 5000);
+}
+
+function switchView(view) {
+  app.view = view;
+  for (const name of ["calls", "missed", "history"]) {
+    show(ui[`${name}View`], name === view);
+    byId(`tab-${name}`).classList.toggle("active", name === view);
+  }
+  if (view === "missed") markMissedSeen();
+  if (view === "history" && !app.historyLoaded) loadHistory(true);
+}
+
+// -- missed calls -----------------------------------------------------------------------
+
+async function loadMissed() {
+  try {
+    const filters = { missed: true, limit: 50 };
+    const own = app.me.extensions || [];
+    if (own.length === 1) filters.extension = own[0];
+    const { calls } = await client.history(filters);
+    const known = new Set(app.missed.map((c) => c.call_id));
+    app.missed = [...app.missed, ...calls.map(views.historyAsCall).filter((c) => !known.has(c.call_id))];
+    renderMissed();
+  } catch {
+    /* no history on this gateway: missed calls come from live events only */
+  }
+}
+
+function addMissed(call, fresh) {
+  if (app.missed.some((c) => c.call_id === call.call_id)) return;
+  app.missed.unshift({ ...call });
+  if (fresh && app.view === "missed") markMissedSeen();
+}
+
+function markMissedSeen() {
+  app.missedSeenAt = Date.now() + Math.max(0, app.skew || 0) + 1000;
+  localStorage.setItem(missedKey(), String(app.missedSeenAt));
+  renderMissed();
+}
+
+function missedKey() {
+  return `sipgw.missedSeen.${app.me.tenant}.${app.me.username}`;
+}
+
+// -- click-to-dial ----------------------------------------------------------------------
+
+/** Dial from history, missed calls: one click. */
+function callNumber(number) {
+  ui.dialInput.value = number;
+  if (mode === "full") switchView("calls");
+  startDial(number);
+}
+
+/** A number from a tel: link: filled in, waiting for the user's Call. */
+function offerDial(number) {
+  if (mode === "full") switchView("calls");
+  ui.dialInput.value = number;
+  ui.dialButton.focus();
+  toast(`Press Call to dial ${number}.`);
+}
+
+async function startDial(to) {
+  to = String(to || "").trim();
+  if (!to) return ui.dialInput.focus();
+  if (app.dial && !app.dial.finished) return toast("A call is already being set up: cancel it first.");
+  ui.dialButton.disabled = true;
+  try {
+    const request = await client.dial(to, { requestId: `web-${crypto.randomUUID()}` });
+    app.dial = {
+      id: request.id, conversation_id: request.conversation_id, phone_call_id: request.phone_call_id,
+      toLabel: to, reached: new Set(), state: "", finished: false,
+    };
+    updateDial(request);
+    pollDial(app.dial);
+  } catch (err) {
+    app.dial = null;
+    show(ui.dialProgress, true);
+    fill(ui.dialProgress, h("p", { class: "dial-outcome error", id: "dial-outcome" }, err.message));
+  } finally {
+    ui.dialButton.disabled = false;
+  }
+}
+
+function updateDial(request) {
+  const dial = app.dial;
+  if (!dial || request.id !== dial.id) return;
+  for (const step of DIAL_REACHED[request.state] || []) dial.reached.add(step);
+  dial.state = request.state;
+  dial.finished = Boolean(request.finished);
+  dial.message = request.cause && request.cause.message;
+  const to = request.to && (request.to.e164 || request.to.dialled);
+  if (to && to !== dial.toLabel && !dial.toLabel.includes(to)) dial.toLabel = `${dial.toLabel} (${to})`;
+  renderDial();
+}
+
+/** Events of the dial's conversation move the progress on before the next poll does. */
+function onDialEvent(call, event) {
+  const dial = app.dial;
+  const phoneLeg = call.call_id === dial.phone_call_id;
+  if (phoneLeg && event.type === "call.delivered") dial.reached.add("phone");
+  if (phoneLeg && event.type === "call.established") dial.reached.add("connecting");
+  if (!phoneLeg && (event.type === "call.offered" || event.type === "call.delivered")) {
+    dial.reached.add("connecting");
+    dial.reached.add("destination");
+  }
+  if (!phoneLeg && event.type === "call.established") {
+    ["connecting", "destination", "connected"].forEach((s) => dial.reached.add(s));
+  }
+  renderDial();
+  refreshDial(dial);
+}
+
+async function refreshDial(dial) {
+  try {
+    updateDial(await client.dialStatus(dial.id));
+  } catch {
+    /* the next poll tries again */
+  }
+}
+
+async function pollDial(dial) {
+  while (app.dial === dial && !dial.finished) {
+    await new Promise((resolve) => setTimeout(resolve, DIAL_POLL_MS));
+    if (app.dial !== dial || dial.finished) break;
+    await refreshDial(dial);
+  }
+}
+
+async function cancelDial() {
+  const dial = app.dial;
+  if (!dial || dial.finished) return;
+  try {
+    updateDial(await client.cancel(dial.id));
+  } catch (err) {
+    toast(err.message);
+    refreshDial(dial);
+  }
+}
+
+function renderDial() {
+  const dial = app.dial;
+  show(ui.dialProgress, Boolean(dial));
+  if (!dial) return;
+  dial.stateLabel = DIAL_LABEL[dial.state] || dial.state;
+  ui.dialProgress.dataset.state = dial.state;
+  fill(ui.dialProgress, views.dialProgress(dial, cancelDial));
+}
+
+// -- history ----------------------------------------------------------------------------
+
+let historyTimer = null;
+function refreshHistorySoon() {
+  clearTimeout(historyTimer);
+  historyTimer = setTimeout(() => loadHistory(true), 1500);
+}
+
+function historyFilters() {
+  const day = (value, end) => (value ? new Date(`${value}T${end ? "23:59:59.999" : "00:00:00"}`).toISOString() : undefined);
+  return {
+    q: ui.historyQuery.value.trim() || undefined,
+    direction: ui.historyDirection.value || undefined,
+    extension: ui.historyExtension.value || undefined,
+    missed: ui.historyMissed.checked ? true : undefined,
+    since: day(ui.historySince.value, false),
+    until: day(ui.historyUntil.value, true),
+    limit: 50,
+  };
+}
+
+async function loadHistory(reset) {
+  const filters = historyFilters();
+  if (!reset && app.historyCursor) filters.cursor = app.historyCursor;
+  ui.historyView.dataset.loading = "true";
+  try {
+    const { calls, next_cursor: next } = await client.history(filters);
+    const showExtension = visibleExtensions().length > 1;
+    const rows = calls.map((row) => views.historyRow(row, { onCall: callNumber, showExtension }));
+    if (reset) fill(ui.historyBody, rows);
+    else ui.historyBody.append(...rows);
+    app.historyCursor = next || null;
+    app.historyLoaded = true;
+    show(ui.historyMore, Boolean(next));
+    show(ui.historyEmpty, ui.historyBody.children.length === 0);
+    ui.historyEmpty.textContent = "No calls match.";
+  } catch (err) {
+    if (reset) fill(ui.historyBody);
+    show(ui.historyEmpty, true);
+    ui.historyEmpty.textContent = err.status === 404 ? "History is not available on this gateway." : err.message;
+  } finally {
+    ui.historyView.dataset.loading = "false";
+  }
+}
+
+// -- settings ---------------------------------------------------------------------------
+
+function autoOpenKey() {
+  return `sipgw.autoOpen.${app.me.tenant}.${app.me.username}`;
+}
+
+/** The per-user setting kept by the gateway (/v1/me); this browser's only without it. */
+function autoOpenSetting() {
+  const stored = app.me.settings && app.me.settings.auto_open_crm;
+  if (typeof stored === "boolean") return stored;
+  return localStorage.getItem(autoOpenKey()) === "true";
+}
+
+async function setAutoOpen(on) {
+  try {
+    const saved = await client.request("PUT", "/v1/me/settings", { auto_open_crm: on });
+    app.me.settings = { ...(app.me.settings || {}), ...(saved && saved.settings ? saved.settings : saved) };
+  } catch (err) {
+    if (err.status === 404 || err.status === 405) {
+      localStorage.setItem(autoOpenKey(), String(on));
+      return;
+    }
+    ui.autoOpen.checked = !on;
+    toast(`The setting was not saved: ${err.message}`);
+  }
+}
+
+function registerTelHandler() {
+  try {
+    navigator.registerProtocolHandler("tel", `${location.origin}/?dial=%s`);
+    toast("Your browser will ask to let sipgw open tel: links.");
+  } catch (err) {
+    toast(`This browser refused: ${err.message}`);
+  }
+}
+
+// -- handlers on the fixed frame ------------------------------------------------------
+
+function wireStaticHandlers() {
+  ui.loginForm.addEventListener("submit", onLogin);
+  ui.dialForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    startDial(ui.dialInput.value);
+  });
+  ui.historyForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    loadHistory(true);
+  });
+  for (const input of [ui.historyDirection, ui.historyExtension, ui.historyMissed, ui.historySince, ui.historyUntil]) {
+    input.addEventListener("change", () => loadHistory(true));
+  }
+  ui.historyMore.addEventListener("click", () => loadHistory(false));
+  for (const button of document.querySelectorAll("[data-view]")) {
+    button.addEventListener("click", () => switchView(button.dataset.view));
+  }
+  ui.userButton.addEventListener("click", () => show(ui.userPanel, ui.userPanel.hidden));
+  document.addEventListener("click", (e) => {
+    if (!ui.userPanel.hidden && !e.target.closest(".user-menu")) show(ui.userPanel, false);
+  });
+  ui.logoutButton.addEventListener("click", logout);
+  ui.autoOpen.addEventListener("change", () => setAutoOpen(ui.autoOpen.checked));
+  ui.telButton.addEventListener("click", registerTelHandler);
+  ui.notifyButton.addEventListener("click", async () => {
+    await Notification.requestPermission();
+    show(ui.notifyButton, Notification.permission === "default");
+  });
+}
