@@ -15,12 +15,20 @@ commas); only then does a regex tokenizer walk the quoted strings.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from .errors import SIPParseError, bad_header
 from .uri import URI, parse_host, parse_uri
+
+# A call's messages repeat the same header values (its From and Call-ID on every
+# message, its Vias and Record-Route on every response, "1 INVITE" on every call), so
+# the parsed forms of the values seen lately are memoized, like URIs (uri.py). A hit is
+# handed out as it is: parsed values are frozen and their lists and params are never
+# changed in place (an edit makes a new value). Malformed values are not cached.
+_CACHE_SIZE = 4096
 
 __all__ = [
     "COMPACT_FORMS",
@@ -260,7 +268,7 @@ _VIA_RE = re.compile(
 )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Via:
     """One via-parm (RFC 3261 §20.42). `str(via)` formats it for a new header line."""
 
@@ -315,12 +323,17 @@ def _parse_via_parm(text: str) -> Via:
     return Via(f"{name.upper()}/{version}", transport.upper(), host, port, params)
 
 
-def parse_via(value: str) -> list[Via]:
+def parse_via(value: str) -> tuple[Via, ...]:
     """All via-parms of one Via header line (RFC 3261 §7.3.1 allows several)."""
+    return _parse_via(value)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _parse_via(value: str) -> tuple[Via, ...]:
     items = split_values(value, header="Via")
     if not items:
         raise bad_header("Via", "empty value")
-    return [_parse_via_parm(item) for item in items]
+    return tuple(_parse_via_parm(item) for item in items)
 
 
 # --- name-addr / addr-spec -----------------------------------------------------------
@@ -330,7 +343,7 @@ def parse_via(value: str) -> list[Via]:
 _DISPLAY_TOKENS_RE = re.compile(f"[{_TOKEN_CHARS}]+(?:[ \t]+[{_TOKEN_CHARS}]+)*")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class NameAddr:
     """A name-addr or addr-spec with its header parameters (From, To, Contact, Route …).
 
@@ -372,6 +385,12 @@ def _parse_angle(display: str | None, text: str, header: str | None) -> NameAddr
 
 
 def parse_name_addr(value: str, *, header: str | None = None) -> NameAddr:
+    """A name-addr or addr-spec (see `_parse_name_addr`), memoized."""
+    return _parse_name_addr(value, header)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _parse_name_addr(value: str, header: str | None) -> NameAddr:
     """Parse `"Display" <uri>;params`, `token <uri>`, `<uri>` or addr-spec `uri;params`.
 
     In the addr-spec form everything after the first `;` is a header parameter, and a
@@ -404,8 +423,13 @@ def parse_name_addr(value: str, *, header: str | None = None) -> NameAddr:
     return NameAddr(None, uri, parse_params(param_text, header=header) if semi else {})
 
 
-def parse_contact(value: str, *, header: str = "Contact") -> list[NameAddr] | Literal["*"]:
-    """One Contact header line: `*` (RFC 3261 §10.2.2) or a list of addresses."""
+def parse_contact(value: str, *, header: str = "Contact") -> tuple[NameAddr, ...] | Literal["*"]:
+    """One Contact header line: `*` (RFC 3261 §10.2.2) or its addresses."""
+    return _parse_contact(value, header)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _parse_contact(value: str, header: str) -> tuple[NameAddr, ...] | Literal["*"]:
     if value.strip(" \t") == "*":
         return "*"
     items = split_values(value, header=header)
@@ -417,16 +441,21 @@ def parse_contact(value: str, *, header: str = "Contact") -> list[NameAddr] | Li
             raise bad_header(header, "empty value")
         if item == "*":
             raise bad_header(header, "'*' mixed with addresses")
-        contacts.append(parse_name_addr(item, header=header))
-    return contacts
+        contacts.append(_parse_name_addr(item, header))
+    return tuple(contacts)
 
 
-def parse_route(value: str, *, header: str = "Route") -> list[NameAddr]:
+def parse_route(value: str, *, header: str = "Route") -> tuple[NameAddr, ...]:
     """One Route/Record-Route/Path line: name-addrs only (RFC 3261 §20.30, §20.34).
 
     The brackets are required: in addr-spec form `;lr` would silently become a header
     parameter instead of the URI parameter the sender meant.
     """
+    return _parse_route(value, header)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _parse_route(value: str, header: str) -> tuple[NameAddr, ...]:
     items = split_values(value, header=header)
     if not items:
         raise bad_header(header, "empty value")
@@ -434,11 +463,11 @@ def parse_route(value: str, *, header: str = "Route") -> list[NameAddr]:
     for item in items:
         if not item:
             raise bad_header(header, "empty value")
-        route = parse_name_addr(item, header=header)
+        route = _parse_name_addr(item, header)
         if "<" not in item:
             raise bad_header(header, "URI must be enclosed in <>")
         routes.append(route)
-    return routes
+    return tuple(routes)
 
 
 # --- CSeq --------------------------------------------------------------------------
@@ -447,7 +476,7 @@ _CSEQ_RE = re.compile(rf"([0-9]+)[ \t]+([{_TOKEN_CHARS}]+)")
 MAX_CSEQ = 2**32 - 1  # RFC 3261 §8.1.1.5: "MUST be expressible as a 32-bit unsigned integer"
 
 
-@dataclass(slots=True, unsafe_hash=True)
+@dataclass(slots=True, frozen=True)
 class CSeq:
     number: int
     method: str
@@ -456,6 +485,7 @@ class CSeq:
         return f"{self.number} {self.method}"
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def parse_cseq(value: str) -> CSeq:
     match = _CSEQ_RE.fullmatch(value.strip(" \t"))
     if match is None:

@@ -236,7 +236,7 @@ class TestVia:
             "SIP/2.0", "TLS", "proxy.example.com", 5061, {"branch": "z9hG4bKx", "rport": None}
         )
         assert str(via) == "SIP/2.0/TLS proxy.example.com:5061;branch=z9hG4bKx;rport"
-        assert parse_via(str(via)) == [via]
+        assert parse_via(str(via)) == (via,)
 
     @pytest.mark.parametrize(
         ("value", "detail"),
@@ -352,7 +352,7 @@ class TestContactAndRoute:
 
     def test_list(self) -> None:
         contacts = parse_contact('"A" <sip:a@x.example>;q=0.7, sip:b@y.example;expires=60')
-        assert isinstance(contacts, list)
+        assert isinstance(contacts, tuple)
         assert [c.display for c in contacts] == ["A", None]
         assert [c.params for c in contacts] == [{"q": "0.7"}, {"expires": "60"}]
 
