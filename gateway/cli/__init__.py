@@ -6,6 +6,8 @@
     watch     WebSocket client of ``/v1/events``       } HTTP clients: they reach the
     dial      client of ``POST /v1/calls``              } gateway only over HTTP and
     sync/     the contact sync client (``sipgw sync``)  } import no server package
+    demo      the demo's simulated phone and carrier calls (sipp, scenarios in
+              gateway/demo/): it speaks SIP only and imports no server package either
 
 No server package imports this one (pyproject's import-linter contracts).
 """

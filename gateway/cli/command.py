@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.app import DEFAULT_STATE_DIR, Gateway, install_uvloop
-from gateway.cli import admin, dial
+from gateway.cli import admin, demo, dial
 from gateway.cli.sync import command as sync_command
 from gateway.cli.watch import UnsafeURL, WatchError, WatchOptions, check_url, watch
 from gateway.config import ConfigError, Settings, load_settings
@@ -224,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.register(sub)
     sync_command.register(sub)
     dial.register(sub)
+    demo.register(sub)
 
     watch_cmd = sub.add_parser("watch", help="print live call events as a table")
     watch_cmd.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's HTTP API")
