@@ -10,24 +10,27 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 
-@dataclass(order=True)
 class TimerHandle:
-    deadline: float
-    seq: int
-    callback: Callable[[], None] | None = field(compare=False)
+    __slots__ = ("callback", "deadline")
+
+    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.callback: Callable[[], None] | None = callback
 
 
 class TimerQueue:
+    """The heap holds (deadline, sequence, handle): tuples compare in C, deadline
+    first, then the order of scheduling, never reaching the handle."""
+
     def __init__(self) -> None:
-        self._heap: list[TimerHandle] = []
+        self._heap: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
 
     def schedule(self, deadline: float, callback: Callable[[], None]) -> TimerHandle:
-        handle = TimerHandle(deadline, next(self._seq), callback)
-        heapq.heappush(self._heap, handle)
+        handle = TimerHandle(deadline, callback)
+        heapq.heappush(self._heap, (deadline, next(self._seq), handle))
         return handle
 
     @staticmethod
@@ -36,14 +39,16 @@ class TimerQueue:
             handle.callback = None  # removed lazily when it reaches the top
 
     def next_deadline(self) -> float | None:
-        while self._heap and self._heap[0].callback is None:
-            heapq.heappop(self._heap)
-        return self._heap[0].deadline if self._heap else None
+        heap = self._heap
+        while heap and heap[0][2].callback is None:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def fire(self, now: float) -> int:
         fired = 0
-        while self._heap and self._heap[0].deadline <= now:
-            handle = heapq.heappop(self._heap)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            handle = heapq.heappop(heap)[2]
             callback, handle.callback = handle.callback, None
             if callback is not None:
                 callback()

@@ -160,6 +160,10 @@ class State(enum.Enum):
     ACCEPTED = "Accepted"
     TERMINATED = "Terminated"
 
+    # Members are singletons: identity hashing, in C (Enum's own hashes the name in
+    # Python, and the state tables are looked up on every message).
+    __hash__ = object.__hash__
+
 
 class Event(enum.Enum):
     """Inputs of the machines, named as on the RFC figures."""
@@ -186,6 +190,8 @@ class Event(enum.Enum):
     TIMER_L = "Timer L"
     TIMER_M = "Timer M"
     TRANSPORT_ERROR = "transport error"
+
+    __hash__ = object.__hash__
 
 
 # TU sends that a machine has no arc for are caller bugs; every other input without an
