@@ -68,7 +68,11 @@ def web_router(settings: Settings, static_dir: Path = STATIC_DIR) -> APIRouter:
         headers = {"Content-Security-Policy": policy, "Cache-Control": CACHE}
         response = FileResponse(full, stat_result=found, media_type=media_type, headers=headers)
         if files.is_not_modified(response.headers, request.headers):
-            return NotModifiedResponse(response.headers)
+            # A 304's headers replace the cached page's: it must carry the page's policy,
+            # not get the API's default-src 'none' from the middleware.
+            not_modified = NotModifiedResponse(response.headers)
+            not_modified.headers["Content-Security-Policy"] = policy
+            return not_modified
         return response
 
     @router.head("/", include_in_schema=False)
