@@ -63,6 +63,7 @@ async def test_a_recognized_call_pops_up_rings_is_answered_and_lands_in_history(
     await page.wait_visible("#login-username")
     await page.screenshot("login")
     # A wrong password is refused on the page; the right one signs in.
+    page.expected_errors.append("/v1/auth/login - Failed to load resource: the server responded with a status of 401")
     await page.type("#login-username", "201")
     await page.type("#login-password", "not-the-password")
     await page.click("#login-submit")

@@ -192,7 +192,7 @@ async function loadMe() {
     return {
       tenant: who.tenant, username: who.user || who.username, role: who.role, extensions,
       sees: who.role === "admin" ? "tenant" : "extensions", visible_extensions: extensions,
-      settings: {}, screen_pop: [],
+      settings: {}, screen_pop: {},
     };
   }
 }
@@ -258,7 +258,7 @@ function popUp(call, event, fresh) {
     }
   }
   if (ui.autoOpen.checked && !app.autoOpened.has(call.call_id)) {
-    const [record] = screenPops(call, app.me.screen_pop || []).open;
+    const [record] = screenPops(call, app.me.screen_pop || {}).open;
     if (record) {
       app.autoOpened.add(call.call_id);
       window.open(record.url, "_blank", "noopener,noreferrer");
@@ -327,12 +327,13 @@ function renderExtensionFilter() {
   show(select, extensions.length > 1);
 }
 
+/** The extensions this user may see, each with its person's name when the tenant has one. */
 function visibleExtensions() {
   const list = app.me.visible_extensions || app.me.extensions || [];
-  return list.map((item) => {
-    if (typeof item === "string") return { extension: item, label: `Extension ${item}` };
-    const name = item.display_name || item.name;
-    return { extension: item.extension, label: name ? `${name} (${item.extension})` : `Extension ${item.extension}` };
+  const names = app.me.extension_names || {};
+  return list.map((extension) => {
+    const name = names[extension];
+    return { extension, label: name ? `${name} · ${extension}` : `Extension ${extension}` };
   });
 }
 
@@ -341,7 +342,7 @@ function renderIncoming() {
   const cards = [...app.book.calls.values()]
     .filter((c) => isForMe(c) && (ACTIVE.has(c.state) || now - c.ended_seen < CARD_AFTER_END_MS))
     .sort((a, b) => (b.created_at || "").localeCompare(a.created_at || ""))
-    .map((c) => views.incomingCard(c, { templates: app.me.screen_pop || [], skew: app.skew || 0 }));
+    .map((c) => views.incomingCard(c, { templates: app.me.screen_pop || {}, skew: app.skew || 0 }));
   fill(ui.incoming, cards);
 }
 
@@ -349,7 +350,7 @@ function renderLive() {
   const calls = app.book.live();
   const showExtension = visibleExtensions().length > 1;
   fill(ui.liveCalls, calls.map((c) => views.liveCall(c, {
-    templates: app.me.screen_pop || [], showExtension, skew: app.skew || 0,
+    templates: app.me.screen_pop || {}, showExtension, skew: app.skew || 0,
   })));
   show(ui.liveEmpty, calls.length === 0);
   const active = calls.filter((c) => ACTIVE.has(c.state)).length;
@@ -569,8 +570,8 @@ async function loadHistory(reset) {
   ui.historyView.dataset.loading = "true";
   try {
     const { calls, next_cursor: next } = await client.history(filters);
-    const showExtension = visibleExtensions().length > 1;
-    const rows = calls.map((row) => views.historyRow(row, { onCall: callNumber, showExtension }));
+    const templates = app.me.screen_pop || {};
+    const rows = calls.map((row) => views.historyRow(row, { onCall: callNumber, templates }));
     if (reset) fill(ui.historyBody, rows);
     else ui.historyBody.append(...rows);
     app.historyCursor = next || null;

@@ -68,8 +68,12 @@ export function safeUrl(url) {
  * ("create"). Which is which comes from the tenant's templates (`when`, from /v1/me)
  * when known, else from the look-up: a hit opens a record, a miss creates one.
  */
-export function screenPops(call, templates = []) {
-  const when = new Map(templates.map((t) => [t.name, t.when]));
+export function screenPops(call, templates = {}) {
+  // /v1/me gives the templates as {name: {when, url}}; a list of {name, when} works too.
+  const entries = Array.isArray(templates)
+    ? templates.map((t) => [t.name, t.when])
+    : Object.entries(templates || {}).map(([name, t]) => [name, t && t.when]);
+  const when = new Map(entries);
   const hit = lookupStatus(call) === "hit";
   const open = [];
   const create = [];

@@ -152,12 +152,13 @@ export function missedRow(call, onCall) {
 
 /** History rows come from /v1/history (`contact`, `from`, `to`): shaped like a call. */
 export function historyAsCall(row) {
-  const asParty = (number) => (number ? { number_raw: String(number) } : undefined);
+  const asParty = (number, display) =>
+    number || display ? { number_raw: number ? String(number) : "", display: display || undefined } : undefined;
   return {
     ...row,
     created_at: row.started_at,
-    calling: row.calling || asParty(row.from),
-    called: row.called || asParty(row.to),
+    calling: row.calling || asParty(row.from, row.from_display),
+    called: row.called || asParty(row.to, row.to_display),
     lookup: row.contact ? { status: "hit", contact: row.contact } : row.lookup,
     duration_ms: row.duration_s === null || row.duration_s === undefined ? undefined : row.duration_s * 1000,
   };
@@ -169,17 +170,26 @@ function outcomeText(row) {
   return text ? text[0].toUpperCase() + text.slice(1) : "";
 }
 
-export function historyRow(row, { onCall, showExtension }) {
+export function historyRow(row, { onCall, templates }) {
   const call = historyAsCall(row);
   const number = callbackNumber(call);
   return h("tr", { class: `history-row${row.missed ? " missed" : ""}`, dataset: { callId: row.call_id || "", outcome: row.outcome || "" } },
     h("td", { class: "when" }, timeOf(row.started_at)),
     h("td", {}, directionIcon(row.direction)),
     h("td", {}, partyBlock(call)),
-    h("td", { class: "col-ext" }, showExtension ? row.extension || "" : row.extension || ""),
+    h("td", { class: "col-ext" }, row.extension || ""),
     h("td", { class: "duration" }, call.duration_ms !== undefined && row.answered_at ? formatDuration(call.duration_ms) : "–"),
     h("td", {}, h("span", { class: `chip outcome outcome-${row.missed ? "missed" : row.outcome || "none"}` }, outcomeText(row))),
-    h("td", { class: "actions" }, number ? h("button", { type: "button", class: "secondary small call-number", on: { click: () => onCall(number) } }, "Call") : null));
+    h("td", { class: "actions" },
+      h("div", { class: "row-actions" },
+        crmLink(call, templates),
+        number ? h("button", { type: "button", class: "secondary small call-number", on: { click: () => onCall(number) } }, "Call") : null)));
+}
+
+/** A history row's small link into the CRM record, when the call was recognized. */
+function crmLink(call, templates) {
+  const [record] = screenPops(call, templates).open;
+  return record ? link(record.url, { class: "button small ghost open-crm" }, "CRM") : null;
 }
 
 const DIAL_STEPS = [
