@@ -801,7 +801,7 @@ class Proxy:
     # ================================================================== responses ===
     def _on_response(self, resp: Response, source: Source) -> None:
         try:
-            resp.validate()
+            resp.validate_for_relay()
             top = resp.top_via
             method = resp.cseq.method
         except SIPParseError as err:
@@ -810,6 +810,12 @@ class Proxy:
         branch_id = top.branch or ""
         handler = self.response_handlers.get(branch_id[: len(BRANCH_PREFIX)])
         if handler is not None:
+            # Ours as a user agent (click-to-dial, probes): a dialog is built from it.
+            try:
+                resp.validate()
+            except SIPParseError as err:
+                self.counters.parse_errors[parse_error_label(0, err.header)] += 1
+                return
             handler(resp, source)
             return
         branch = self.client_txns.get((branch_id, method))

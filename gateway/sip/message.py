@@ -397,14 +397,7 @@ class Message:
     # --- validation ------------------------------------------------------------------
     def validate(self) -> None:
         """Check what a proxy relies on (RFC 3261 §8.1.1, §16.3); raise SIPParseError."""
-        keys = self._keys()
-        missing = [name for name, key in _MANDATORY if key not in keys]
-        if missing:
-            noun = "header" if len(missing) == 1 else "headers"
-            raise SIPParseError(f"Missing {', '.join(missing)} {noun}")
-        for name, key in _SINGLE:
-            if len(keys.get(key, ())) > 1:
-                raise SIPParseError(f"Multiple {name} headers", header=name)
+        self._check_framing_headers()
         # Parse everything a proxy reads; each raises a named 400 on malformed input.
         self.call_id  # noqa: B018
         self.cseq  # noqa: B018
@@ -416,6 +409,17 @@ class Message:
         self.routes  # noqa: B018
         self.record_routes  # noqa: B018
         self.content_length  # noqa: B018
+
+    def _check_framing_headers(self) -> None:
+        """The mandatory headers are there, and those allowed once are there once."""
+        keys = self._keys()
+        missing = [name for name, key in _MANDATORY if key not in keys]
+        if missing:
+            noun = "header" if len(missing) == 1 else "headers"
+            raise SIPParseError(f"Missing {', '.join(missing)} {noun}")
+        for name, key in _SINGLE:
+            if len(keys.get(key, ())) > 1:
+                raise SIPParseError(f"Multiple {name} headers", header=name)
 
     # --- editing (by header line) --------------------------------------------------------
     def _edited(self, name: str | None = None, *, moved: bool = True) -> None:
@@ -613,6 +617,22 @@ class Response(Message):
         """As for requests, but a bad response can only be dropped: status is 0."""
         try:
             super().validate()
+        except SIPParseError as err:
+            raise err.with_status(0) from None
+
+    def validate_for_relay(self) -> None:
+        """What a proxy relaying this response reads (RFC 3261 §16.7): the framing
+        headers, its identity (Call-ID, CSeq, From, To) and every Via (the next one is
+        where it goes). Contact and Record-Route are the UAC's business: a proxy that
+        only relays them does not parse them (their parser is still the one `validate`
+        and the readers use, so a malformed value is refused by whoever reads it)."""
+        try:
+            self._check_framing_headers()
+            self.call_id  # noqa: B018
+            self.cseq  # noqa: B018
+            self.from_  # noqa: B018
+            self.to  # noqa: B018
+            self.vias  # noqa: B018
         except SIPParseError as err:
             raise err.with_status(0) from None
 

@@ -356,6 +356,21 @@ def test_responses_are_relayed_with_our_via_removed(h: Harness) -> None:
     assert ok.msg.get("Record-Route") == f"<sip:127.0.0.1:5060;lr;sg={sig(h, 'in-1')}>"
 
 
+def test_a_relayed_response_is_checked_for_what_the_proxy_reads_only(h: Harness) -> None:
+    # §16.7: Contact is the UAC's business; the proxy relays it without parsing it. A
+    # broken Via, which the proxy does read (it says where the response goes), drops it.
+    register(h, "201", PHONE_201)
+    fwd = only(invite_from_trunk(h), method="INVITE").msg
+    assert isinstance(fwd, Request)
+    odd = h.feed(response_to(fwd, 180, "Ringing", extra="Contact: <sip:callee@[::1"), PHONE_201)
+    assert only(odd, status=180).msg.get("Contact") == "<sip:callee@[::1"
+    broken = response_to(fwd, 183, "Progress").replace(
+        "Via: SIP/2.0/UDP 127.0.0.1:5082", "Via: SIP/2.0/UDP 127.0.0.1:99999", 1
+    )
+    assert h.feed(broken, PHONE_201) == []
+    assert h.counters.parse_errors
+
+
 def test_invite_retransmission_is_absorbed(h: Harness) -> None:
     register(h, "201", PHONE_201)
     text = request("INVITE", "sip:+31201234567@127.0.0.1", call_id="rtx", branch="z9hG4bK-rtx")
@@ -641,9 +656,7 @@ def test_draining_refuses_new_calls_but_keeps_dialogs(h: Harness) -> None:
 
 def test_double_record_route_when_transport_changes(h: Harness) -> None:
     # The phone registered over TCP, the trunk sends over UDP.
-    register(
-        h, "201", PHONE_201, contact="<sip:201@127.0.0.1:5201;transport=tcp>", transport="tcp"
-    )
+    register(h, "201", PHONE_201, contact="<sip:201@127.0.0.1:5201;transport=tcp>", transport="tcp")
     fwd = only(invite_from_trunk(h, call_id="dbl"), method="INVITE")
     assert fwd.target.transport == "tcp"
     rr = fwd.msg.get_all("Record-Route")
