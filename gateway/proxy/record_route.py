@@ -45,7 +45,7 @@ class RouteSigner:
 
     def sign(self, call_id: str, tag: str) -> str:
         message = f"{call_id}\x00{tag}".encode("utf-8", "surrogateescape")
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:_LENGTH]
+        return hmac.digest(self._key, message, "sha256").hex()[:_LENGTH]  # one-shot, in C
 
     def verify(self, signature: str | None, call_id: str, tags: Iterable[str | None]) -> bool:
         """``signature`` was made by us for this Call-ID and one of ``tags``."""
