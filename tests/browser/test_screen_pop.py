@@ -4,6 +4,7 @@ chromium shows the caller's card, the team's presence and the history."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -13,8 +14,9 @@ from tests.browser.calls import KNOWN_CALLER, UNKNOWN_CALLER, phone, put_contact
 from tests.browser.chrome import Page
 from tests.browser.conftest import PageFactory
 from tests.integration.conftest import GatewayFactory
-from tests.integration.gateway import API_PASSWORDS, GatewayProcess, RedisProcess
+from tests.integration.gateway import API_PASSWORDS, DOMAIN, GatewayProcess, RedisProcess
 from tests.integration.relay import DelayRelay
+from tests.waiting import wait_until_true
 
 pytestmark = [pytest.mark.peers, pytest.mark.browser]
 
@@ -31,6 +33,13 @@ window.Notification = class {
 };
 """
 SHOWN_NOTIFICATIONS = "return window.shownNotifications.length && window.shownNotifications"
+# window.open recorded, not obeyed: a headless browser's pop-up would only be noise.
+RECORD_OPENED = "window.openedUrls = []; window.open = (url) => { window.openedUrls.push(url); };"
+
+
+async def auto_open_saved(gw: GatewayProcess, token: str) -> bool:
+    status, raw = await gw.http_get("/v1/me", token=token)
+    return status == 200 and json.loads(raw)["settings"]["auto_open_crm"] is True
 
 
 def card_field(name: str) -> str:
@@ -63,7 +72,9 @@ async def test_a_recognized_call_pops_up_rings_is_answered_and_lands_in_history(
     await page.wait_visible("#login-username")
     await page.screenshot("login")
     # A wrong password is refused on the page; the right one signs in.
-    page.expected_errors.append("/v1/auth/login - Failed to load resource: the server responded with a status of 401")
+    page.expected_errors.append(
+        "/v1/auth/login - Failed to load resource: the server responded with a status of 401"
+    )
     await page.type("#login-username", "201")
     await page.type("#login-password", "not-the-password")
     await page.click("#login-submit")
@@ -75,9 +86,19 @@ async def test_a_recognized_call_pops_up_rings_is_answered_and_lands_in_history(
     await page.login("201", API_PASSWORDS["201"])
     assert await page.js("return document.cookie") == ""
     assert await page.js("return sessionStorage.getItem('sipgw.token')")
-    assert await page.text(".user-label") == "201 · ext 201"
+    assert await page.text(".user-label") == "Phone 201 · ext 201"
     await page.js(RECORD_NOTIFICATIONS)
     await wait_presence(page, "201", "idle")
+    # The per-user setting: open the CRM record by itself on an incoming call. It is
+    # kept by the gateway (/v1/me), so it holds after a reload.
+    await page.click("#user-button")
+    await page.click("#auto-open")
+    token = await gateway.login("201")
+    await wait_until_true(lambda: auto_open_saved(gateway, token), what="the setting saved")
+    await page.open("/")
+    await page.wait_data("#connection", "state", "live")
+    assert await page.js("return document.querySelector('#auto-open').checked")
+    await page.js(RECORD_NOTIFICATIONS + RECORD_OPENED)
 
     async with await phone(gateway, "201") as desk, await trunk_call(gateway) as trunk:
         incoming = await desk.wait_incoming(timeout=15)
@@ -86,7 +107,8 @@ async def test_a_recognized_call_pops_up_rings_is_answered_and_lands_in_history(
         assert await page.text(f"{CARD} .caller-company") == "Example BV"
         assert await page.text(f"{CARD} .caller-number") == KNOWN_CALLER
         assert await page.text(f"{CARD} .incoming-title") == "Incoming call"
-        url = urlsplit(str(await page.href(f"{CARD} a.open-crm")))
+        crm = str(await page.href(f"{CARD} a.open-crm"))
+        url = urlsplit(crm)
         assert (url.scheme, url.netloc, url.path) == ("https", "crm.example", "/contacts/C-1001")
         call_id = await page.data(CARD, "callId")
         assert parse_qs(url.query) == {"call": [call_id]}
@@ -96,6 +118,7 @@ async def test_a_recognized_call_pops_up_rings_is_answered_and_lands_in_history(
         assert note["title"] == "Jane Example"
         assert note["body"] == f"Example BV\n{KNOWN_CALLER}" and note["tag"] == call_id
         await wait_presence(page, "201", "ringing", "Jane Example")
+        assert await page.js("return window.openedUrls") == [crm]
         await page.screenshot("incoming-call")
 
         await desk.answer(incoming["call"], 200)
@@ -132,6 +155,39 @@ async def test_a_recognized_call_pops_up_rings_is_answered_and_lands_in_history(
     await page.click("#history-filters button[type=submit]")
     await page.wait_visible(past)
     await page.screenshot("history")
+
+
+async def test_a_colleague_calls_puts_the_call_on_hold_and_takes_it_back(
+    gateway: GatewayProcess, page_factory: PageFactory
+) -> None:
+    page = await page_factory(gateway.http_url)
+    await page.open("/")
+    await page.login("201", API_PASSWORDS["201"])
+    async with await phone(gateway, "201") as desk, await phone(gateway, "202") as colleague:
+        call = await colleague.call(f"sip:201@{DOMAIN}")
+        incoming = await desk.wait_incoming(timeout=15)
+        await page.wait_data(CARD, "state", "delivered")
+        # 202 is not among the extensions 201 may see: no name, only what it is.
+        assert await page.text(f"{CARD} .caller-name") == "Extension 202"
+        await desk.answer(incoming["call"], 200)
+        await colleague.wait_call_state(call, "CONFIRMED")
+        await page.wait_data(CARD, "state", "established")
+        await wait_presence(page, "201", "busy", "Extension 202")
+        # On hold and back: the card and the live list follow; on hold is still busy.
+        await colleague.hold(call)
+        await page.wait_data(CARD, "state", "held")
+        assert await page.text(f"{CARD} .incoming-title") == "On hold"
+        assert await page.text("#live-calls .call .chip") == "On hold"
+        await wait_presence(page, "201", "busy", "On hold")
+        await page.screenshot("on-hold")
+        await colleague.unhold(call)
+        await page.wait_data(CARD, "state", "established")
+        await desk.hangup(incoming["call"])
+        await colleague.wait_call_state(call, "DISCONNECTED")
+    await page.wait_data(CARD, "state", "cleared")
+    await wait_presence(page, "201", "idle")
+    stages = await page.texts("#live-calls .call .timeline .stage")
+    assert stages == ["Offered", "Ringing", "Answered", "On hold", "Resumed", "Ended"]
 
 
 async def test_unknown_caller_gets_the_new_contact_pop_also_in_the_embedded_panel(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.calls import phone, trunk_call
+from tests.browser.calls import KNOWN_CALLER, phone, put_contact, trunk_call
 from tests.browser.chrome import Page
 from tests.browser.conftest import PageFactory
 from tests.integration.gateway import API_PASSWORDS, PASSWORDS, GatewayProcess
@@ -23,6 +23,9 @@ async def presence(page: Page) -> dict[str, str]:
 async def test_a_user_sees_their_own_extension_and_an_admin_the_tenant(
     gateway: GatewayProcess, page_factory: PageFactory
 ) -> None:
+    await put_contact(
+        gateway, KNOWN_CALLER, name="Jane Example", company="Example BV", crm_id="C-1001"
+    )
     user = await page_factory(gateway.http_url)
     admin = await page_factory(gateway.http_url)
     for page, name in ((user, "202"), (admin, "203")):

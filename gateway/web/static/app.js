@@ -6,7 +6,9 @@
 
 import { SipgwClient } from "./sipgw.js";
 import { byId, fill, h, show } from "./dom.js";
-import { ACTIVE, CallBook, formatDuration, presenceOf, remoteParty, screenPops } from "./model.js";
+import {
+  ACTIVE, CallBook, formatDuration, presenceOf, remoteParty, screenPops, setExtensionNames,
+} from "./model.js";
 import { buildShell } from "./shell.js";
 import * as views from "./views.js";
 
@@ -154,6 +156,7 @@ async function start(pendingDial) {
     sessionStorage.removeItem(TOKEN_KEY);
     return showLogin(err.status === 401 ? "" : err.message, pendingDial);
   }
+  setExtensionNames(app.me.extension_names);
   show(ui.loginView, false);
   show(ui.appView, true);
   renderHeader();
@@ -309,14 +312,21 @@ function render() {
 function renderHeader() {
   const me = app.me;
   const ext = (me.extensions || []).join(", ");
-  ui.userLabel.textContent = ext ? `${me.username} · ext ${ext}` : me.username;
-  ui.avatar.textContent = String(me.username || "?").slice(0, 2).toUpperCase();
+  const name = (me.extension_names || {})[(me.extensions || [])[0]] || me.username;
+  ui.userLabel.textContent = ext ? `${name} · ext ${ext}` : name;
+  ui.avatar.textContent = initials(name);
   fill(ui.userDetail,
     h("div", { class: "menu-name" }, me.username),
     h("div", { class: "muted" }, `${me.tenant} · ${me.role}${ext ? ` · extension ${ext}` : ""}`),
     h("div", { class: "muted" }, me.sees === "tenant" ? "Sees every extension of the tenant" : "Sees own extensions"));
   show(ui.notifyButton, "Notification" in window && Notification.permission === "default");
   show(ui.telButton, "registerProtocolHandler" in navigator && mode === "full");
+}
+
+function initials(name) {
+  const words = String(name || "?").split(/\s+/).filter(Boolean);
+  if (words.length > 1) return (words[0][0] + words[1][0]).toUpperCase();
+  return words[0].slice(0, 2).toUpperCase();
 }
 
 function renderExtensionFilter() {

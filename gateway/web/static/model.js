@@ -27,14 +27,27 @@ const CARRIED = [
   "missed", "transfer", "diversion", "originate", "lookup", "screen_pop",
 ];
 
+let extensionNames = {};
+
+/** The tenant's people by extension (/v1/me `extension_names`): names for internal calls. */
+export function setExtensionNames(names) {
+  extensionNames = names || {};
+}
+
 /** The remote party of a call, as the user sees it: {name, company, number, known}. */
 export function remoteParty(call) {
   const party = call.direction === "outbound" ? call.called : call.calling;
   const contact = (call.lookup && call.lookup.contact) || {};
   const number = (party && (party.number_e164 || party.number_raw)) || "";
-  const display = party && party.display;
+  // A display name that only repeats the number names nobody.
+  let display = (party && party.display) || "";
+  if (display && party && [party.number_raw, party.number_e164].includes(display)) display = "";
+  // A colleague's name is known for the extensions this user may see; else say what it is.
+  const colleague = call.direction === "internal" && party && party.number_raw
+    ? extensionNames[party.number_raw] || `Extension ${party.number_raw}`
+    : "";
   return {
-    name: contact.name || display || "",
+    name: contact.name || display || colleague || "",
     company: contact.company || "",
     number: number || "anonymous",
     known: Boolean(contact.name || contact.company),
@@ -152,7 +165,7 @@ export function involves(call, extension) {
 
 /**
  * Presence of one extension from its active calls: {state: "idle" | "ringing" | "busy",
- * with: the other party's name or number}. Busy wins over ringing (a second call rings
+ * held (busy with the call on hold), with: the other party's name or number}. Busy wins over ringing (a second call rings
  * while one is answered: the person is on the phone).
  */
 export function presenceOf(extension, calls) {
@@ -169,13 +182,15 @@ export function presenceOf(extension, calls) {
   if (!answered && ringing.originate && !ringing.parent_call_id) {
     return { state: "ringing", with: party, call };
   }
-  return { state: answered && answered.state === "held" ? "held" : "busy", with: party, call };
+  return { state: "busy", held: Boolean(answered && answered.state === "held"), with: party, call };
 }
 
 function withWhom(call, extension) {
   if (call.direction === "internal") {
     const other = call.extension === extension ? call.calling : call.called;
-    return (other && (other.display || other.number_raw)) || "";
+    if (!other) return "";
+    const number = other.number_raw || "";
+    return other.display || extensionNames[number] || (number ? `Extension ${number}` : "");
   }
   const party = remoteParty(call);
   return party.name || party.number;

@@ -56,12 +56,13 @@ function directionIcon(direction) {
 /** The caller (or callee) block: name, company, number, each its own text node. */
 export function partyBlock(call, { large = false } = {}) {
   const party = remoteParty(call);
-  const pending = lookupStatus(call) === "pending";
+  const status = lookupStatus(call);
+  const note = status === "pending" ? "Looking up the caller…" : status === "miss" && !party.name ? "Not in your CRM" : "";
   return h("div", { class: `party${large ? " party-large" : ""}` },
     h("div", { class: "caller-name" }, party.name || party.number),
     party.company ? h("div", { class: "caller-company" }, party.company) : null,
-    h("div", { class: "caller-number" }, party.name ? party.number : "",
-      pending ? h("span", { class: "pending", title: "Looking up the caller" }, "looking up…") : null));
+    party.name ? h("div", { class: "caller-number" }, party.number) : null,
+    note ? h("div", { class: `lookup-note lookup-${status}` }, note) : null);
 }
 
 /** "Open in CRM" for a known caller, "New contact" for an unknown one. */
@@ -136,7 +137,7 @@ export function presenceRow(extension, presence, label) {
     h("div", { class: "presence-who" },
       h("div", { class: "presence-ext" }, label || `Extension ${extension}`),
       h("div", { class: "presence-with" }, presence.with ? `${presence.state === "ringing" ? "Call from" : "With"} ${presence.with}` : "")),
-    h("span", { class: "presence-state" }, { idle: "Available", ringing: "Ringing", busy: "On a call", held: "On hold" }[presence.state]));
+    h("span", { class: "presence-state" }, presence.held ? "On hold" : { idle: "Available", ringing: "Ringing", busy: "On a call" }[presence.state]));
 }
 
 /** A missed call with its one-click call back. */
