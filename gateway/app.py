@@ -32,6 +32,7 @@ from gateway.calls.originate import DialRequest, Originator
 from gateway.calls.tracker import CallTracker
 from gateway.config import MonitorSource, Settings
 from gateway.enrichment import Enricher
+from gateway.gc_pauses import GcPauses
 from gateway.proxy.hep import HepIntake, HepPacket
 from gateway.proxy.observe import Observed
 from gateway.proxy.prober import OptionsProber, PeerChange
@@ -99,6 +100,7 @@ class Gateway:
         self.serves_http = plan is None or plan.index == 0
         self._worker_stats: dict[int, dict[str, object]] = {}
         self.counters = Counters()
+        self.gc_pauses = GcPauses(self.counters)
         self._extensions = {t.id: frozenset(u.extension for u in t.users) for t in settings.tenants}
         self.tracker = CallTracker(settings.node.name, e164=self._e164_of)
         events = settings.events
@@ -186,6 +188,7 @@ class Gateway:
         else:
             self._background.append(asyncio.create_task(self._report_stats()))
         log.info("gateway started", extra={"node": self.settings.node.name})
+        self.gc_pauses.install()
         tune_gc()
 
     def _extensions_of(self, tenant: str) -> frozenset[str] | None:
@@ -454,6 +457,7 @@ class Gateway:
             await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
+        self.gc_pauses.remove()
         if self.http is not None:
             self.http.should_exit = True
         if self._http_task is not None:

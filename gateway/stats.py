@@ -70,6 +70,8 @@ def outcome_label(normalized: str | None) -> str:
 
 
 LOOKUP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Garbage-collector pauses: the bar of issue #12 is 20 ms; seconds-long ones were seen.
+GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Histogram:
@@ -143,6 +145,11 @@ class Counters:
     # click-to-dial requests: "accepted", then how each finished (connected, ended,
     # failed, cancelled)
     dial_requests: Counter[str] = field(default_factory=Counter)
+    # garbage-collector pauses of this process (gc.callbacks, gateway/gc_pauses.py): each
+    # collection's duration, how many by generation, and the longest since start
+    gc_pause_seconds: Histogram = field(default_factory=lambda: Histogram(GC_PAUSE_BUCKETS))
+    gc_collections: Counter[str] = field(default_factory=Counter)
+    gc_pause_max_seconds: float = 0.0
 
     def snapshot(self) -> dict[str, Any]:
         """Every counter as JSON-able data (what a worker sends to the one scraped)."""
@@ -177,6 +184,8 @@ class Counters:
                     ]
                     mine.sum += float(theirs["sum"])
                     mine.count = sum(mine.counts)
+            elif isinstance(mine, float):  # a maximum (the longest GC pause)
+                setattr(self, item.name, max(mine, float(theirs)))
             elif isinstance(mine, int):
                 setattr(self, item.name, mine + int(theirs))
 

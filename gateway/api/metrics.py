@@ -248,6 +248,7 @@ class GatewayCollector(Collector):
         )
         yield self._depth_histogram(self.gauges.queue_depths())
         yield from self._recognition()
+        yield from self._gc(c)
         yield from self._peers()
         bus = self.gauges.bus
         if bus is not None:
@@ -336,6 +337,23 @@ class GatewayCollector(Collector):
             failed.add_metric(key, peer.failed)
             rtt.add_metric(key, peer.rtt.cumulative(), sum_value=peer.rtt.sum)
         yield from (up, sent, failed, rtt)
+
+    def _gc(self, c: Counters) -> Iterator[Metric]:
+        # Every worker's pauses together (the maximum is the longest of any worker).
+        yield folded_histogram(
+            "sipgw_gc_pause_seconds",
+            "Garbage-collector pauses: how long each collection stopped the process",
+            c.gc_pause_seconds,
+        )
+        yield GaugeMetricFamily(
+            "sipgw_gc_pause_max_seconds",
+            "The longest garbage-collector pause since start",
+            value=c.gc_pause_max_seconds,
+        )
+        yield self._simple(
+            "sipgw_gc_collections", "Garbage collections by generation", "generation",
+            c.gc_collections,
+        )  # fmt: skip
 
     def _recognition(self) -> Iterator[Metric]:
         c = self.counters
