@@ -14,7 +14,14 @@ import sys
 import time
 
 _SECRET_KEYS = re.compile(r"pass|secret|token|authorization|ha1|nonce|cookie", re.IGNORECASE)
+# Credentials a URL may carry in its query, e.g. uvicorn's `"WebSocket /v1/events?ticket=…"
+# [accepted]` line: a subscription ticket is single use, but the log outlives the page.
+_SECRET_QUERY = re.compile(r"\b(ticket|token|access_token|password)=[^&\s\"']+", re.IGNORECASE)
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
+
+
+def _message(record: logging.LogRecord) -> str:
+    return _SECRET_QUERY.sub(r"\1=***", record.getMessage())
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
@@ -33,7 +40,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _message(record),
         }
         entry.update(_fields(record))
         if record.exc_info:
@@ -45,7 +52,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
         stamp = time.strftime("%H:%M:%S")
-        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        line = f"{stamp} {record.levelname:<7} {record.name}: {_message(record)}"
         if extra:
             line += f"  {extra}"
         if record.exc_info:
