@@ -341,10 +341,7 @@ function renderExtensionFilter() {
 function visibleExtensions() {
   const list = app.me.visible_extensions || app.me.extensions || [];
   const names = app.me.extension_names || {};
-  return list.map((extension) => {
-    const name = names[extension];
-    return { extension, label: name ? `${name} · ${extension}` : `Extension ${extension}` };
-  });
+  return list.map((extension) => ({ extension, name: names[extension] || "", label: names[extension] || `Extension ${extension}` }));
 }
 
 function renderIncoming() {
@@ -368,8 +365,8 @@ function renderLive() {
 }
 
 function renderPresence() {
-  fill(ui.presence, visibleExtensions().map(({ extension, label }) =>
-    views.presenceRow(extension, presenceOf(extension, app.book.activeFor(extension)), label)));
+  fill(ui.presence, visibleExtensions().map(({ extension, name }) =>
+    views.presenceRow(extension, presenceOf(extension, app.book.activeFor(extension)), name)));
 }
 
 function renderMissed() {
@@ -470,6 +467,7 @@ async function startDial(to) {
   to = String(to || "").trim();
   if (!to) return ui.dialInput.focus();
   if (app.dial && !app.dial.finished) return toast("A call is already being set up: cancel it first.");
+  show(ui.toast, false);
   ui.dialButton.disabled = true;
   try {
     const request = await client.dial(to, { requestId: `web-${crypto.randomUUID()}` });

@@ -180,7 +180,7 @@ export function presenceOf(extension, calls) {
   // A click-to-dial phone leg (not the destination's leg that follows it) rings the
   // user's own phone: it is ringing for them too.
   if (!answered && ringing.originate && !ringing.parent_call_id) {
-    return { state: "ringing", with: party, call };
+    return { state: "ringing", outgoing: true, with: party, call };
   }
   return { state: "busy", held: Boolean(answered && answered.state === "held"), with: party, call };
 }

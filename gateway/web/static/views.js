@@ -130,13 +130,16 @@ export function incomingCard(call, { templates, skew }) {
     popLinks(call, templates));
 }
 
-/** One extension in the team list. */
-export function presenceRow(extension, presence, label) {
+/** One extension in the team list: the person (when named), the extension, with whom. */
+export function presenceRow(extension, presence, name) {
+  const verb = presence.state !== "ringing" ? "With" : presence.outgoing ? "Calling" : "Call from";
+  const who = presence.with ? `${verb} ${presence.with}` : "";
   return h("li", { class: `presence-row presence-${presence.state}`, dataset: { extension, presence: presence.state } },
     h("span", { class: "presence-dot" }),
     h("div", { class: "presence-who" },
-      h("div", { class: "presence-ext" }, label || `Extension ${extension}`),
-      h("div", { class: "presence-with" }, presence.with ? `${presence.state === "ringing" ? "Call from" : "With"} ${presence.with}` : "")),
+      h("div", { class: "presence-ext" }, name || `Extension ${extension}`,
+        name ? h("span", { class: "presence-number" }, extension) : null),
+      h("div", { class: "presence-with" }, who)),
     h("span", { class: "presence-state" }, presence.held ? "On hold" : { idle: "Available", ringing: "Ringing", busy: "On a call" }[presence.state]));
 }
 
