@@ -217,9 +217,10 @@ def phone_argv(
     argv += ["-au", demo.username, "-ap", demo.password, "-auth_uri", demo.domain]
     argv += ["-key", "domain", demo.domain, "-key", "expires", str(expires)]
     argv += ["-key", "refresh_ms", str(refresh_ms)]
+    # Always an explicit -p: without one sipp binds a random port yet writes 5060 into
+    # its Contact ([local_port]), and the callee's in-dialog requests would go there.
+    argv += ["-p", str(port or free_udp_port(host))]
     argv += ["-cp", str(free_udp_port(host)), "-mp", str(free_udp_port(host, span=4))]
-    if port is not None:
-        argv += ["-p", str(port)]
     if log is not None:
         argv += ["-trace_logs", "-log_file", str(log)]
     return argv
