@@ -14,14 +14,23 @@ import sys
 import time
 
 _SECRET_KEYS = re.compile(r"pass|secret|token|authorization|ha1|nonce|cookie", re.IGNORECASE)
-# Credentials a URL may carry in its query, e.g. uvicorn's `"WebSocket /v1/events?ticket=…"
-# [accepted]` line: a subscription ticket is single use, but the log outlives the page.
-_SECRET_QUERY = re.compile(r"\b(ticket|token|access_token|password)=[^&\s\"']+", re.IGNORECASE)
+# Credentials in a message's text, whoever logs it: in a URL's query (uvicorn's
+# `"WebSocket /v1/events?ticket=…" [accepted]`; a ticket is single use, but the log
+# outlives the page), in a header line (the websockets library logs every handshake
+# header at DEBUG: `< authorization: Bearer …`), in a WebSocket subprotocol.
+_SECRET_TEXT = (
+    (re.compile(r"\b(ticket|token|access_token|password)=[^&\s\"']+", re.I), r"\1=***"),
+    (re.compile(r"\b((?:proxy-)?authorization|cookie):[^\r\n]*", re.I), r"\1: ***"),
+    (re.compile(r"\bsipgw\.bearer\.[A-Za-z0-9_-]+"), "sipgw.bearer.***"),
+)
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 def _message(record: logging.LogRecord) -> str:
-    return _SECRET_QUERY.sub(r"\1=***", record.getMessage())
+    text = record.getMessage()
+    for pattern, mask in _SECRET_TEXT:
+        text = pattern.sub(mask, text)
+    return text
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
