@@ -205,6 +205,19 @@ def parse_params(text: str, *, header: str | None = None) -> dict[str, str | Non
         return {}
     if text[0] == ";":
         text = text[1:]
+    if '"' not in text and _PLAIN_PARAMS_RE.fullmatch(text):
+        # The common case, checked in one pass in C: unquoted tokens and values.
+        params: dict[str, str | None] = {}
+        for part in text.split(";"):
+            name, eq, value = part.partition("=")
+            params.setdefault(name.strip(" \t").lower(), value.strip(" \t") if eq else None)
+        return params
+    return _checked_params(text, header)
+
+
+def _checked_params(text: str, header: str | None) -> dict[str, str | None]:
+    """parse_params one parameter at a time, naming what is wrong (``text`` stripped,
+    without its leading ``;``)."""
     parts = _cut(text, _SEMI_SCAN, ";", header) if '"' in text else text.split(";")
     params: dict[str, str | None] = {}
     for part in parts:
@@ -224,6 +237,12 @@ def parse_params(text: str, *, header: str | None = None) -> dict[str, str | Non
         else:
             params.setdefault(name.lower(), None)
     return params
+
+
+# Parameters without quoted strings, each well-formed (what the loop in parse_params
+# checks one by one): token [ "=" token/host ], separated by ";" with SWS around both.
+_PARAM = rf"[ \t]*[{_TOKEN_CHARS}]+(?:[ \t]*=[ \t]*[{_TOKEN_CHARS}\[\]:]+)?[ \t]*"
+_PLAIN_PARAMS_RE = re.compile(rf"{_PARAM}(?:;{_PARAM})*")
 
 
 def _format_params(params: dict[str, str | None]) -> str:

@@ -268,3 +268,31 @@ def test_stream_random_bytes(data: bytes, cuts: list[int]) -> None:
     bounds = [0, *sorted(c for c in cuts if c <= len(data)), len(data)]
     chunks = [data[a:b] for a, b in pairwise(bounds)]
     assert frame(chunks) == frame([data])
+
+
+_PARAM_TEXT = st.text(alphabet=';= \t"abcAB1-.[]:!~%,<>\\', max_size=30)
+
+
+@given(_PARAM_TEXT)
+@settings(max_examples=600, deadline=None)
+def test_the_parameter_fast_path_agrees_with_the_checked_one(text: str) -> None:
+    # parse_params answers plain parameters from one regex; whatever it accepts, the
+    # checked parser (one parameter at a time) accepts the same way.
+    from gateway.sip.headers import _checked_params, parse_params
+
+    stripped = text.strip(" \t")
+    body = stripped[1:] if stripped.startswith(";") else stripped
+    try:
+        fast: dict[str, str | None] | SIPParseError = parse_params(text, header="Via")
+    except SIPParseError as err:
+        fast = err
+    try:
+        slow: dict[str, str | None] | SIPParseError = (
+            _checked_params(body, "Via") if stripped else {}
+        )
+    except SIPParseError as err:
+        slow = err
+    if isinstance(fast, SIPParseError) or isinstance(slow, SIPParseError):
+        assert type(fast) is type(slow) and str(fast) == str(slow)
+    else:
+        assert fast == slow
