@@ -44,7 +44,7 @@ const channel = "BroadcastChannel" in window ? new BroadcastChannel("sipgw") : n
 const app = {
   me: null,
   book: new CallBook(),
-  skew: null, // gateway clock minus ours, from live events (durations count from answered_at)
+  skew: 0, // the gateway's clock minus ours (durations count from answered_at)
   missed: [],
   missedSeenAt: 0,
   dial: null,
@@ -156,6 +156,7 @@ async function start(pendingDial) {
     sessionStorage.removeItem(TOKEN_KEY);
     return showLogin(err.status === 401 ? "" : err.message, pendingDial);
   }
+  app.skew = client.clockSkew;
   setExtensionNames(app.me.extension_names);
   show(ui.loginView, false);
   show(ui.appView, true);
@@ -215,14 +216,13 @@ async function logout() {
 // -- events -----------------------------------------------------------------------------
 
 function onEvent(event) {
-  const age = Date.now() - Date.parse(event.occurred_at || "");
-  if (event.occurred_at) {
-    const candidate = Date.parse(event.occurred_at) - Date.now();
-    app.skew = app.skew === null ? candidate : Math.max(app.skew, candidate);
-  }
+  const occurred = Date.parse(event.occurred_at || "");
+  // An event cannot have happened after it arrived: if it looks so, our estimate of the
+  // gateway's clock (from the Date header, to the second) was low.
+  if (occurred - Date.now() > app.skew) app.skew = occurred - Date.now();
   const call = app.book.apply(event);
   if (!call) return;
-  const fresh = !(age - (app.skew || 0) > STALE_MS);
+  const fresh = !(Date.now() + app.skew - occurred > STALE_MS); // a replay pops nothing up
   if (isForMe(call)) popUp(call, event, fresh);
   if (event.missed && (isForMe(call) || !(app.me.extensions || []).length)) addMissed(call, fresh);
   if (app.dial && event.conversation_id === app.dial.conversation_id) onDialEvent(call, event);
@@ -349,7 +349,7 @@ function renderIncoming() {
   const cards = [...app.book.calls.values()]
     .filter((c) => isForMe(c) && (ACTIVE.has(c.state) || now - c.ended_seen < CARD_AFTER_END_MS))
     .sort((a, b) => (b.created_at || "").localeCompare(a.created_at || ""))
-    .map((c) => views.incomingCard(c, { templates: app.me.screen_pop || {}, skew: app.skew || 0 }));
+    .map((c) => views.incomingCard(c, { templates: app.me.screen_pop || {}, skew: app.skew }));
   fill(ui.incoming, cards);
 }
 
@@ -357,7 +357,7 @@ function renderLive() {
   const calls = app.book.live();
   const showExtension = visibleExtensions().length > 1;
   fill(ui.liveCalls, calls.map((c) => views.liveCall(c, {
-    templates: app.me.screen_pop || {}, showExtension, skew: app.skew || 0,
+    templates: app.me.screen_pop || {}, showExtension, skew: app.skew,
   })));
   show(ui.liveEmpty, calls.length === 0);
   const active = calls.filter((c) => ACTIVE.has(c.state)).length;
@@ -370,7 +370,8 @@ function renderPresence() {
 }
 
 function renderMissed() {
-  const unseen = app.missed.filter((c) => Date.parse(c.created_at || c.started_at || 0) > app.missedSeenAt).length;
+  // A call counts from when it was missed (it may have started ringing before the list was seen).
+  const unseen = app.missed.filter((c) => Date.parse(c.ended_at || c.created_at || 0) > app.missedSeenAt).length;
   ui.missedBadge.textContent = unseen > 99 ? "99+" : String(unseen);
   show(ui.missedBadge, unseen > 0);
   const rows = (list) => list.map((c) => views.missedRow(c, callNumber));
@@ -437,7 +438,7 @@ function addMissed(call, fresh) {
 }
 
 function markMissedSeen() {
-  app.missedSeenAt = Date.now() + Math.max(0, app.skew || 0) + 1000;
+  app.missedSeenAt = Date.now() + app.skew;
   localStorage.setItem(missedKey(), String(app.missedSeenAt));
   renderMissed();
 }

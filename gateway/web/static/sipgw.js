@@ -34,6 +34,9 @@
  * gateway no longer held the events since the last one (they are gone; reload what you
  * show, e.g. from history()).
  *
+ * `clockSkew` is the gateway's clock minus this browser's, in ms, from the last answer's
+ * `Date` header: count durations from `answered_at` against `Date.now() + clockSkew`.
+ *
  * The token is kept in memory; keep it in sessionStorage yourself if a page reload should
  * not log the user out. Never put it in a cookie or a URL.
  */
@@ -74,6 +77,7 @@ export class SipgwClient {
     this.token = token;
     this.lastSeq = since;
     this.state = "idle";
+    this.clockSkew = 0; // the gateway's clock minus ours, in ms (from the HTTP Date header)
     this._listeners = new Map();
     this._seen = new Set();
     this._seenOrder = [];
@@ -133,6 +137,10 @@ export class SipgwClient {
     } catch (err) {
       throw new SipgwError(0, "The gateway cannot be reached");
     }
+    const date = response.headers.get("Date");
+    // The gateway's clock (to the second; +500 ms centres the truncation): event times are
+    // the gateway's, durations and ages are counted against it.
+    if (date) this.clockSkew = Date.parse(date) + 500 - Date.now();
     const text = await response.text();
     let data = null;
     try {
@@ -260,8 +268,7 @@ export class SipgwClient {
 
   async _open() {
     if (!this._want) return;
-    this._setState(this._attempt === 0 && this.state !== "reconnecting" ? "connecting" : "reconnecting",
-      { attempt: this._attempt });
+    this._setState(this._attempt === 0 ? "connecting" : "reconnecting", { attempt: this._attempt });
     let ticket;
     try {
       ticket = await this._ticket();
