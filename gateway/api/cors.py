@@ -29,7 +29,7 @@ from gateway.api.auth import noted_principal
 ALLOW_METHODS = "GET, POST, PUT, DELETE"
 ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 # Response headers a page's script may read besides the CORS-safelisted ones.
-EXPOSE_HEADERS = "Location, Retry-After, Idempotent-Replayed, WWW-Authenticate"
+EXPOSE_HEADERS = "Date, Location, Retry-After, Idempotent-Replayed, WWW-Authenticate"
 PREFLIGHT_MAX_AGE = "600"  # seconds a browser may reuse a preflight's answer
 
 
