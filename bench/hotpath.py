@@ -61,7 +61,7 @@ class Recorder:
         self.last[target.port] = data
         self.count += 1
 
-    def local_port(self, transport: str, family: int = 2) -> int:
+    def local_port(self, transport: str, version: int = 4) -> int:
         return PROXY[1]
 
     def supports(self, transport: str) -> bool:

@@ -28,24 +28,25 @@ from gateway.api.metrics import GatewayCollector, Gauges, make_registry
 from gateway.api.ws_protocol import EventsWebSocketProtocol
 from gateway.bus.streams import EventBus
 from gateway.calls.events import CallEvent, Peer, rfc3339
+from gateway.calls.hep import HepPacket
+from gateway.calls.monitor import Monitor
 from gateway.calls.originate import DialRequest, Originator
 from gateway.calls.tracker import CallTracker
 from gateway.config import MonitorSource, Settings
 from gateway.enrichment import Enricher
 from gateway.gc_pauses import GcPauses
-from gateway.proxy.hep import HepIntake, HepPacket
 from gateway.proxy.observe import Observed
 from gateway.proxy.prober import OptionsProber, PeerChange
-from gateway.proxy.server import ProxyServer
-from gateway.proxy.shared_location import SharedLocation
 from gateway.proxy.ua import UserAgent
 from gateway.recognition import numbers
 from gateway.recognition.cache import ContactCache
 from gateway.recognition.index import ContactIndex
 from gateway.recognition.lookup import Recognizer
+from gateway.runtime.hep_listener import HepIntake
+from gateway.runtime.shared_location import SharedLocation
+from gateway.runtime.sip_server import ProxyServer
 from gateway.security.directory import Directory
-from gateway.sip.errors import SIPParseError
-from gateway.sip.message import Request, Response, parse_message
+from gateway.sip.message import Request, Response
 from gateway.sip.uri import URI
 from gateway.stats import Counters
 from gateway.transport import tls
@@ -103,6 +104,7 @@ class Gateway:
         self.gc_pauses = GcPauses(self.counters)
         self._extensions = {t.id: frozenset(u.extension for u in t.users) for t in settings.tenants}
         self.tracker = CallTracker(settings.node.name, e164=self._e164_of)
+        self.monitor = Monitor(self.tracker, self.counters.hep_dropped)
         events = settings.events
         # Neither the bus nor the directory waits for Redis at start: calls flow without
         # it, events are buffered (bounded) and logins answer 503 until it is back.
@@ -249,32 +251,8 @@ class Gateway:
         )
 
     def _on_hep(self, payload: bytes, packet: HepPacket, source: MonitorSource) -> None:
-        # The intake checked the sender (address, auth key): `source` is who sent it.
-        try:
-            msg = parse_message(payload)
-            msg.validate()
-        except SIPParseError:
-            self.counters.hep_dropped["bad_sip"] += 1
-            return
-        direction: str | None = None
-        extension: str | None = None
-        if isinstance(msg, Request) and msg.method == "INVITE" and not msg.to.tag:
-            if source.is_trunk(packet.src_ip, packet.src_port):
-                direction, extension = "inbound", _user(msg.uri)
-            elif source.is_trunk(packet.dst_ip, packet.dst_port):
-                direction, extension = "outbound", _user(msg.from_.uri)
-            else:
-                direction, extension = "internal", _user(msg.uri)
-        info = Observed(
-            tenant=source.tenant if direction else None,
-            direction=direction,
-            extension=extension,
-            local=False,
-            source=f"hep:{packet.src_ip}:{packet.src_port}",
-            user_agent=msg.get("User-Agent" if isinstance(msg, Request) else "Server"),
-        )
-        # The capture time, not the arrival time, dates the events.
-        self._emit(self.tracker.observe(msg, info, now=packet.timestamp))
+        # The listener checked the sender (address, auth key): `source` is who sent it.
+        self._emit(self.monitor.observe(payload, packet, source))
 
     async def _start_http(self) -> None:
         sip = self.sip
@@ -538,8 +516,3 @@ def install_uvloop() -> None:
         log.warning("uvloop not available, using the default asyncio loop")
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def _user(uri: object) -> str | None:
-    user = getattr(uri, "user", None) or getattr(uri, "number", None)
-    return str(user) if user else None

@@ -130,7 +130,7 @@ class Counters:
     # socket_error
     hep: Counter[str] = field(default_factory=Counter)
     # HEP packets dropped, by reason: unknown_source, no_auth_key, bad_auth_key,
-    # malformed, bad_sip (gateway/proxy/hep.py DROP_REASONS)
+    # malformed, bad_sip (gateway/calls/hep.py DROP_REASONS)
     hep_dropped: Counter[str] = field(default_factory=Counter)
     # what the SIP edge refused (issue #11): unsigned_route, stray_response,
     # destination_<why>, reply_refused_<why>, contact_<why>, reply_too_large

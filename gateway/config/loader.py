@@ -497,7 +497,7 @@ def _monitor_source(t: Table, all_tenants: tuple[Tenant, ...]) -> MonitorSource:
     return MonitorSource(address=address, tenant=tenant, trunks=trunks, auth_key=auth_key)
 
 
-# The HEP decoder (gateway/proxy/hep.py, MAX_AUTH_KEY_LEN) refuses longer keys.
+# The HEP decoder (gateway/calls/hep.py, MAX_AUTH_KEY_LEN) refuses longer keys.
 _MAX_HEP_AUTH_KEY = 256
 
 

@@ -9,8 +9,8 @@ passwords are not kept at all (the loader turns them into HA1 hashes).
 from __future__ import annotations
 
 import ipaddress
+import platform
 import re
-import socket
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -122,7 +122,7 @@ def _default_listen() -> tuple[ListenSpec, ...]:
 class NodeSettings:
     """This gateway instance; ``name`` goes into every event's ``node``."""
 
-    name: str = field(default_factory=socket.gethostname)
+    name: str = field(default_factory=platform.node)  # the host name, as gethostname()
     # Worker processes sharing the SIP ports (SO_REUSEPORT); see docs/workers.md.
     workers: int = 1
     # Each worker's own ports (in its Via and Record-Route): listen port + step * (i+1);

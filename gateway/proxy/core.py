@@ -63,7 +63,7 @@ from gateway.transport.addresses import (
     Source,
     Target,
     host_for_uri,
-    ip_family,
+    ip_version,
     same_host,
 )
 
@@ -95,7 +95,7 @@ class TransportPort(Protocol):
     def send(
         self, data: bytes, target: Target, on_error: Callable[[], None] | None = None
     ) -> None: ...
-    def local_port(self, transport: str, family: int = ...) -> int: ...
+    def local_port(self, transport: str, version: int = ...) -> int: ...
     def supports(self, transport: str) -> bool: ...
     def add_alias(self, conn_id: int, host: str, port: int) -> None: ...
 
@@ -151,7 +151,10 @@ class Proxy:
         location: Location | None = None,
         auth_secret: bytes | None = None,
         observer: Observer | None = None,
+        resolve: Callable[[str, int], list[str]] | None = None,
     ) -> None:
+        """``resolve`` (host, port) → addresses: how the runtime looks up the host names
+        of our own services (a Redis named in a container network), once, at start."""
         self.settings = settings
         self.sip = settings.sip
         self.transport = transport
@@ -184,6 +187,7 @@ class Proxy:
             deny=self.sip.deny_destinations,
             local_hosts=[spec.host for spec in self.sip.listen] + [self.sip.advertise or ""],
             is_peer=self._is_known_peer,
+            resolve=resolve,
         )
         self.router = Router(self.directory, self.location, self.auth, self)
         self.queue = TimerQueue()
@@ -396,9 +400,7 @@ class Proxy:
             # client listens (§18.2.2), not the ephemeral port it connected from.
             default = DEFAULT_PORTS.get(source.transport, 5060)
             host = via.params.get("received") or via.host
-            return Target(
-                source.transport, host, via.port or default, source.conn_id, flow=True
-            )
+            return Target(source.transport, host, via.port or default, source.conn_id, flow=True)
         # From the port the request came to: a NAT in front of the client lets in only
         # what comes from there (and with workers, that is the port it knows).
         if via.params.get("rport"):
@@ -672,9 +674,7 @@ class Proxy:
         )
         return False
 
-    def send(
-        self, data: bytes, target: Target, on_error: Callable[[], None] | None = None
-    ) -> bool:
+    def send(self, data: bytes, target: Target, on_error: Callable[[], None] | None = None) -> bool:
         """Send what the gateway originates or answers outside a proxied transaction
         (click-to-dial, probes, stateless ACKs) if the destination policy allows it;
         False (and nothing sent) when it does not."""
@@ -693,9 +693,9 @@ class Proxy:
             req.set_uri(request_uri)
         mf = req.max_forwards
         req.set("Max-Forwards", str(self.sip.max_forwards if mf is None else mf - 1))
-        family = ip_family(target.host) or 2
+        version = ip_version(target.host) or 4
         try:
-            out_port = self.transport.local_port(target.transport, family)
+            out_port = self.transport.local_port(target.transport, version)
         except LookupError:
             self.counters.transport["no_listener_for_branch"] += 1
             return
@@ -704,7 +704,7 @@ class Proxy:
             for value in self._record_route(ctx.source, target, out_port, req, signature):
                 req.prepend("Record-Route", value)
         branch_id = f"{BRANCH_PREFIX}{ctx.loop_hash}.{random_hex(5)}"
-        sent_by = f"{host_for_uri(self._advertise_for(family))}:{out_port}"
+        sent_by = f"{host_for_uri(self._advertise_for(version))}:{out_port}"
         req.prepend("Via", f"SIP/2.0/{target.transport.upper()} {sent_by};branch={branch_id};rport")
         for name in self.auth.consumed_headers(req):
             req.remove(name)
@@ -746,8 +746,8 @@ class Proxy:
         """Our Record-Route values for this branch: the side facing the caller (where
         the request came in) and the one facing the callee (where it goes out)."""
         scheme = "sips" if isinstance(req.uri, SipURI) and req.uri.scheme == "sips" else "sip"
-        in_host = host_for_uri(self._advertise_for(ip_family(source.local[0]) or 2))
-        out_host = host_for_uri(self._advertise_for(ip_family(target.host) or 2))
+        in_host = host_for_uri(self._advertise_for(ip_version(source.local[0]) or 4))
+        out_host = host_for_uri(self._advertise_for(ip_version(target.host) or 4))
         return record_route_values(
             scheme,
             Hop(source.transport, in_host, source.local[1]),
@@ -758,41 +758,41 @@ class Proxy:
     def via_for(self, target: Target, branch: str) -> str | None:
         """A Via value for a request we originate towards ``target`` (None: we have
         no listener of that transport to send from)."""
-        family = ip_family(target.host) or 2
+        version = ip_version(target.host) or 4
         try:
-            port = self.transport.local_port(target.transport, family)
+            port = self.transport.local_port(target.transport, version)
         except LookupError:
             return None
-        sent_by = f"{host_for_uri(self._advertise_for(family))}:{port}"
+        sent_by = f"{host_for_uri(self._advertise_for(version))}:{port}"
         return f"SIP/2.0/{target.transport.upper()} {sent_by};branch={branch};rport"
 
     def contact_for(self, target: Target, user: str) -> str:
         """A Contact URI naming ``user`` at the address facing ``target``."""
-        family = ip_family(target.host) or 2
-        port = self.transport.local_port(target.transport, family)
+        version = ip_version(target.host) or 4
+        port = self.transport.local_port(target.transport, version)
         param = "" if target.transport == "udp" else f";transport={target.transport}"
-        return f"sip:{user}@{host_for_uri(self._advertise_for(family))}:{port}{param}"
+        return f"sip:{user}@{host_for_uri(self._advertise_for(version))}:{port}{param}"
 
-    def _advertise_for(self, family: int) -> str:
+    def _advertise_for(self, version: int) -> str:
         if self.sip.advertise:
-            advertised_family = ip_family(self.sip.advertise)
+            advertised_version = ip_version(self.sip.advertise)
             # A host name serves both families; an address only its own.
-            if advertised_family is None or advertised_family == family:
+            if advertised_version is None or advertised_version == version:
                 return self.sip.advertise.strip("[]")
         for spec in self.sip.listen:
-            if (ip_family(spec.host) or 2) == family:
+            if (ip_version(spec.host) or 4) == version:
                 return spec.host.strip("[]")
         return self.advertise
 
     def _forward_stateless(self, req: Request, target: Target, source: Source) -> None:
         mf = req.max_forwards
         req.set("Max-Forwards", str(self.sip.max_forwards if mf is None else mf - 1))
-        family = ip_family(target.host) or 2
+        version = ip_version(target.host) or 4
         try:
-            port = self.transport.local_port(target.transport, family)
+            port = self.transport.local_port(target.transport, version)
         except LookupError:
             return
-        sent_by = f"{host_for_uri(self._advertise_for(family))}:{port}"
+        sent_by = f"{host_for_uri(self._advertise_for(version))}:{port}"
         branch = f"{BRANCH_PREFIX}{self._loop_hash(req)}.{random_hex(5)}"
         req.prepend("Via", f"SIP/2.0/{target.transport.upper()} {sent_by};branch={branch};rport")
         if self.send(req.to_bytes(), target):

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import socket
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -74,11 +73,15 @@ class DestinationPolicy:
         deny: Iterable[str] = DEFAULT_DENY_DESTINATIONS,
         local_hosts: Iterable[str] = (),
         is_peer: Callable[[str, int], bool] = lambda host, port: False,
+        resolve: Callable[[str, int], list[str]] | None = None,
     ) -> None:
         self.deny: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(entry, strict=False) for entry in deny
         )
         self.is_peer = is_peer
+        # Service host names (a Redis in a container network) are resolved once, here,
+        # by the runtime's resolver: this module does no I/O.
+        self._resolve = resolve or _unresolved
         self._local: set[IPAddress] = set()
         for host in local_hosts:
             addr = _address(host)
@@ -100,7 +103,7 @@ class DestinationPolicy:
         addr = _address(host)
         if addr is None:
             # A name (a Redis host in a container network): whatever it resolves to now.
-            for resolved in _resolve(host, port):
+            for resolved in self._resolve(host, port):
                 self._add_service(resolved, port)
             return
         if self._is_local(addr):
@@ -156,12 +159,8 @@ class DestinationPolicy:
         return self.refusal(host, port, flow=flow)
 
 
-def _resolve(host: str, port: int) -> list[str]:
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return []
-    return [str(info[4][0]) for info in infos]
+def _unresolved(host: str, port: int) -> list[str]:
+    raise ValueError(f"service host {host!r} is a name and no resolver was given")
 
 
 def service_endpoints(settings: Settings) -> list[tuple[str, int]]:

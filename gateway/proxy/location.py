@@ -1,6 +1,6 @@
 """The location service: where each extension's phones can be reached (RFC 3261 §10).
 
-In memory, per process. `gateway.proxy.shared_location.SharedLocation` keeps the same
+In memory, per process. `gateway.runtime.shared_location.SharedLocation` keeps the same
 synchronous interface and replicates the bindings between worker processes and nodes
 through Redis.
 """

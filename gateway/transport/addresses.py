@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import socket
 from dataclasses import dataclass
 
 STREAM_TRANSPORTS = frozenset({"tcp", "tls"})
@@ -75,6 +74,7 @@ def strip_brackets(host: str) -> str:
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+
 # The same few addresses are looked at on every message (the peer's, ours): the
 # ipaddress module costs microseconds per parse, a memoized hit tens of nanoseconds.
 @functools.lru_cache(maxsize=8192)
@@ -86,12 +86,11 @@ def ip_address_of(host: str) -> IPAddress | None:
         return None
 
 
-def ip_family(host: str) -> socket.AddressFamily | None:
-    """The address family of an IP literal (brackets allowed), ``None`` for a name."""
+def ip_version(host: str) -> int | None:
+    """4 or 6 for an IP literal (brackets allowed), ``None`` for a name. The socket
+    address family is the transport's business (`transport.layer.ip_family`)."""
     addr = ip_address_of(host)
-    if addr is None:
-        return None
-    return socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    return None if addr is None else addr.version
 
 
 def host_for_uri(host: str) -> str:

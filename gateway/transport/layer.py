@@ -24,7 +24,7 @@ from gateway.transport.addresses import (
     Listen,
     Source,
     Target,
-    ip_family,
+    ip_version,
     source_bucket,
     strip_brackets,
 )
@@ -45,6 +45,23 @@ def _addr_key(transport: str, host: str, port: int) -> tuple[str, str, int]:
     with contextlib.suppress(ValueError):
         bare = ipaddress.ip_address(bare).compressed
     return transport, bare, port
+
+
+
+def ip_family(host: str) -> socket.AddressFamily | None:
+    """The socket address family of an IP literal (brackets allowed), None for a name."""
+    version = ip_version(host)
+    if version is None:
+        return None
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """The addresses a host name has now (blocking: for start-up, not the hot path)."""
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return []
+    return [str(info[4][0]) for info in infos]
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
@@ -185,13 +202,14 @@ class TransportLayer:
             task.cancel()
 
     # -- what the layer offers ----------------------------------------------------------
-    def local_port(self, transport: str, family: int = socket.AF_INET) -> int:
-        """The port we listen on for ``transport`` (for Via sent-by and Record-Route):
-        this worker's own port when it has one, so what comes back comes here."""
+    def local_port(self, transport: str, version: int = 4) -> int:
+        """The port we listen on for ``transport`` and IP ``version`` (for Via sent-by
+        and Record-Route): this worker's own port when it has one, so what comes back
+        comes here."""
         candidates = [spec for spec in self.own if spec.transport == transport]
         candidates = candidates or [s for s in self.listening if s.transport == transport]
         for spec in candidates:
-            if (ip_family(spec.host) or socket.AF_INET) == family:
+            if (ip_version(spec.host) or 4) == version:
                 return spec.port
         if candidates:
             return candidates[0].port

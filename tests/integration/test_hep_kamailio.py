@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.calls.hep import FAMILY_IPV4, IPPROTO_UDP, HepPacket, encode_hep
 from gateway.config import MonitorSettings, MonitorSource
-from gateway.proxy.hep import FAMILY_IPV4, IPPROTO_UDP, HepIntake, HepPacket, encode_hep
+from gateway.runtime.hep_listener import HepIntake
 from gateway.sip.message import Request, Response, parse_message
 from tests.peers import ports
 from tests.peers.process import PeerError, PeerProcess, in_ci, require_binary

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.proxy.core import Proxy
-from gateway.proxy.shared_location import CHANNEL, SharedLocation, aor_key
+from gateway.runtime.shared_location import CHANNEL, SharedLocation, aor_key
 from gateway.security import keys as security_keys
 from gateway.sip.digest import DigestClient
 from gateway.sip.message import Request, Response

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.bus.keys import STREAM_FIELD, decode_payload, events_key
-from gateway.proxy.hep import encode_hep
+from gateway.calls.hep import encode_hep
 from tests.integration.conftest import GatewayFactory
 from tests.integration.gateway import GatewayProcess
 from tests.peers import ports

@@ -90,7 +90,7 @@ class FakeTransport:
     def send(self, data: bytes, target: Target, on_error: Callable[[], None] | None = None) -> None:
         self.sent.append(Sent(data, target, on_error))
 
-    def local_port(self, transport: str, family: int = 2) -> int:
+    def local_port(self, transport: str, version: int = 4) -> int:
         for spec in self.listening:
             if spec.transport == transport:
                 return spec.port

@@ -14,7 +14,7 @@ import pytest
 from gateway.config import ConfigError
 from gateway.proxy.directory import Directory
 from gateway.proxy.flood import SKETCH_ROWS, SKETCH_WIDTH, FloodGuard, source_bucket
-from gateway.proxy.server import ProxyServer
+from gateway.runtime.sip_server import ProxyServer
 from gateway.sip.message import Response
 from gateway.stats import Counters
 from gateway.transport.addresses import Source

@@ -1,4 +1,4 @@
-"""HEPv3 decoder/encoder (gateway/proxy/hep.py) and the HepIntake datagram protocol.
+"""HEPv3 decoder/encoder (gateway/calls/hep.py) and the HepIntake datagram protocol.
 
 The known-good packets are written octet by octet from the HEP3 Network Protocol
 Specification (sipcapture/HEP): header "HEP3" + total length, then chunks of
@@ -18,8 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import MonitorSettings, MonitorSource
-from gateway.proxy.hep import (
+from gateway.calls.hep import (
     DROP_REASONS,
     FAMILY_IPV4,
     FAMILY_IPV6,
@@ -28,11 +27,12 @@ from gateway.proxy.hep import (
     MAX_CORRELATION_ID_LEN,
     REASONS,
     HepError,
-    HepIntake,
     HepPacket,
     decode_hep,
     encode_hep,
 )
+from gateway.config import MonitorSettings, MonitorSource
+from gateway.runtime.hep_listener import HepIntake
 
 FUZZ = settings(
     max_examples=400,

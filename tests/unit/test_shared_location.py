@@ -18,7 +18,7 @@ from gateway.config import Tenant
 from gateway.proxy.core import Proxy
 from gateway.proxy.location import Binding
 from gateway.proxy.registrar import Registrar
-from gateway.proxy.shared_location import (
+from gateway.runtime.shared_location import (
     SCAN_PATTERN,
     Clocks,
     SharedLocation,

@@ -1,4 +1,4 @@
-"""HEPv3 (HEP/EEP, the Homer encapsulation protocol): monitor-mode intake.
+"""HEPv3 (HEP/EEP, the Homer encapsulation protocol): the codec of monitor mode.
 
 In monitor mode sipgw is not in the SIP path. A PBX or proxy (Kamailio's siptrace,
 OpenSIPS' proto_hep, FreeSWITCH, Asterisk res_hep, captagent, ...) sends a HEPv3 copy of
@@ -32,10 +32,13 @@ Every other chunk (keep-alive 0x000d, compressed payload 0x0010, VLAN, MOS, vend
 chunks, types added by later revisions) is skipped by its length, as the specification
 asks of a receiver. Integers are in network byte order.
 
-`decode_hep` is sans-I/O and strict: a datagram is one packet, every length field is
-checked against the bytes actually present, fixed-size chunks must have their size, and
-any failure is a `HepError` whose `reason` is a short fixed phrase (a closed set, see
-`REASONS`). `HepIntake` is the thin asyncio listener, and it decides who may feed it.
+`decode_hep` is sans-I/O (no socket: addresses are read with `ipaddress`) and strict: a
+datagram is one packet, every length field is checked against the bytes actually
+present, fixed-size chunks must have their size, and any failure is a `HepError` whose
+`reason` is a short fixed phrase (a closed set, see `REASONS`).
+`gateway.runtime.hep_listener.HepIntake` is the thin asyncio listener, and it decides who
+may feed it; `gateway.calls.monitor` turns what it accepts into the call tracker's
+observations.
 
 Who may send (`[[monitor.sources]]`): a packet is accepted only from a configured
 sender address, and, when that source has an `auth_key`, only if it carries that key
@@ -52,18 +55,12 @@ reason in `DROP_REASONS` (a bounded metrics label); the key given is never logge
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hmac
-import logging
-import socket
+import ipaddress
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, cast
-
-from gateway.config import MonitorSettings, MonitorSource
+from typing import Final
 
 __all__ = [
     "DROP_REASONS",
@@ -72,13 +69,10 @@ __all__ = [
     "PROTO_TYPE_SIP",
     "REASONS",
     "HepError",
-    "HepIntake",
     "HepPacket",
     "decode_hep",
     "encode_hep",
 ]
-
-log = logging.getLogger("sipgw.hep")
 
 MAGIC: Final = b"HEP3"  # 0x48455033
 HEADER_LEN: Final = 6
@@ -302,16 +296,14 @@ def _build(values: dict[int, bytes], compressed: bool) -> HepPacket:
     family = need(_FAMILY)[0]
     if family == FAMILY_IPV4:
         src_chunk, dst_chunk, other = _IPV4_SRC, _IPV4_DST, (_IPV6_SRC, _IPV6_DST)
-        af = socket.AF_INET
     elif family == FAMILY_IPV6:
         src_chunk, dst_chunk, other = _IPV6_SRC, _IPV6_DST, (_IPV4_SRC, _IPV4_DST)
-        af = socket.AF_INET6
     else:
         raise HepError("bad ip family", str(family))
     if any(c in values for c in other):
         raise HepError("address family mismatch")
-    src_ip = socket.inet_ntop(af, need(src_chunk))
-    dst_ip = socket.inet_ntop(af, need(dst_chunk))
+    src_ip = _address_text(need(src_chunk))
+    dst_ip = _address_text(need(dst_chunk))
     (src_port,) = _U16.unpack(need(_SRC_PORT))
     (dst_port,) = _U16.unpack(need(_DST_PORT))
     (ts_sec,) = _U32.unpack(need(_TS_SEC))
@@ -336,6 +328,16 @@ def _build(values: dict[int, bytes], compressed: bool) -> HepPacket:
         auth_key=values.get(_AUTH_KEY),
         correlation_id=values.get(_CORRELATION_ID),
     )
+
+
+def _address_text(packed: bytes) -> str:
+    """An address chunk as text, as inet_ntop writes it (the size is already checked:
+    4 or 16 octets); an IPv4-mapped IPv6 address keeps its dotted tail."""
+    if len(packed) == 4:
+        return str(ipaddress.IPv4Address(packed))
+    v6 = ipaddress.IPv6Address(packed)
+    mapped = v6.ipv4_mapped
+    return f"::ffff:{mapped}" if mapped is not None else str(v6)
 
 
 # -- encoding ----------------------------------------------------------------------------
@@ -407,15 +409,15 @@ def _encode(
     extra_chunks: Iterable[tuple[int, int, bytes]],
 ) -> bytes:
     if family == FAMILY_IPV4:
-        af, src_type, dst_type = socket.AF_INET, _IPV4_SRC, _IPV4_DST
+        src_type, dst_type, version = _IPV4_SRC, _IPV4_DST, 4
     elif family == FAMILY_IPV6:
-        af, src_type, dst_type = socket.AF_INET6, _IPV6_SRC, _IPV6_DST
+        src_type, dst_type, version = _IPV6_SRC, _IPV6_DST, 6
     else:
         raise ValueError(f"bad ip family {family}")
     if _family_of(src[0]) != family or _family_of(dst[0]) != family:
         raise ValueError("source and destination must be of the packet's address family")
     try:
-        src_addr, dst_addr = socket.inet_pton(af, src[0]), socket.inet_pton(af, dst[0])
+        src_addr, dst_addr = _packed(src[0], version), _packed(dst[0], version)
         parts = [
             _chunk(_FAMILY, bytes([family])),
             _chunk(_PROTOCOL, bytes([protocol])),
@@ -435,9 +437,9 @@ def _encode(
         for vendor, ctype, value in extra_chunks:
             parts.append(_chunk(ctype, value, vendor))
         parts.append(_chunk(_PAYLOAD, payload))
-    except (OSError, struct.error) as exc:
-        # inet_pton: OSError for a bad address; struct: a port, id or length that does
-        # not fit its field.
+    except (ValueError, struct.error) as exc:
+        # A bad address (ValueError), or a port, id or length that does not fit its
+        # field (struct.error).
         raise ValueError(f"cannot encode HEP packet: {exc}") from exc
     body = b"".join(parts)
     total = HEADER_LEN + len(body)
@@ -446,131 +448,8 @@ def _encode(
     return MAGIC + _U16.pack(total) + body
 
 
-# -- asyncio listener --------------------------------------------------------------------
-
-SipCallback = Callable[[bytes, HepPacket, MonitorSource], None]
-
-
-class HepIntake(asyncio.DatagramProtocol):
-    """UDP listener for HEPv3: check the sender, decode, count, hand SIP to `on_sip`.
-
-    Counters are plain ints (DESIGN.md: batch hot-path metrics) in dicts the owner
-    passes in, to fold into Prometheus (or new ones): `counters` holds "received",
-    "sip", "other_proto", "callback_error", "socket_error"; `dropped` holds refused
-    packets by `DROP_REASONS`; `errors` holds malformed datagrams by `HepError.reason`.
-    Nothing a datagram or the callback does raises into the event loop.
-
-    Order of the checks, cheapest first: the sender's address (an unknown sender costs
-    no decoding), the packet's structure, then the source's auth key.
-    """
-
-    def __init__(
-        self,
-        on_sip: SipCallback,
-        monitor: MonitorSettings,
-        counters: dict[str, int] | None = None,
-        *,
-        dropped: dict[str, int] | None = None,
-        max_chunks: int = MAX_CHUNKS,
-    ) -> None:
-        self.on_sip = on_sip
-        self.monitor = monitor
-        self.counters = counters if counters is not None else {}
-        for key in ("received", "sip", "other_proto", "callback_error", "socket_error"):
-            self.counters.setdefault(key, 0)
-        self.dropped = dropped if dropped is not None else {}
-        self.errors: dict[str, int] = {}
-        self.max_chunks = max_chunks
-        self.transport: asyncio.DatagramTransport | None = None
-        self.local: tuple[str, int] | None = None
-
-    @property
-    def received(self) -> int:
-        return self.counters["received"]
-
-    @property
-    def sip(self) -> int:
-        return self.counters["sip"]
-
-    # -- lifecycle ---------------------------------------------------------------------
-    async def start(self, host: str, port: int, *, rcvbuf: int = 4 << 20) -> tuple[str, int]:
-        """Bind host:port (port 0: any free port); returns the bound (host, port)."""
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port), family=family)
-        assert self.transport is not None
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None and rcvbuf:
-            # A busy PBX mirrors every message twice (in and out): a burst must not be
-            # dropped by a default-sized kernel buffer. Capped by net.core.rmem_max.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        assert self.local is not None
-        return self.local
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-            self.transport = None
-
-    # -- DatagramProtocol --------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement the asyncio interfaces without subclassing them.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        name = self.transport.get_extra_info("sockname")
-        self.local = (str(name[0]), int(name[1]))
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.counters["received"] += 1
-        sender = (str(addr[0]), int(addr[1]))
-        source = self.monitor.source_for(*sender)
-        if source is None:
-            self._drop("unknown_source", sender)
-            return
-        try:
-            packet = decode_hep(data, max_chunks=self.max_chunks)
-        except HepError as exc:
-            self.errors[exc.reason] = self.errors.get(exc.reason, 0) + 1
-            self._drop("malformed", sender, exc.reason)
-            return
-        if source.auth_key is not None:
-            if packet.auth_key is None:
-                self._drop("no_auth_key", sender)
-                return
-            if not hmac.compare_digest(packet.auth_key, source.auth_key.encode()):
-                self._drop("bad_auth_key", sender)
-                return
-        if packet.proto_type != PROTO_TYPE_SIP:
-            self.counters["other_proto"] += 1  # RTCP, logs, ...: not for the call tracker
-            return
-        self.counters["sip"] += 1
-        try:
-            self.on_sip(packet.payload, packet, source)
-        except Exception:
-            # A bug in one consumer must not stop the intake; log sparsely (1st, 2nd,
-            # 4th, 8th, ... failure) so a failing consumer cannot flood the log.
-            self.counters["callback_error"] += 1
-            n = self.counters["callback_error"]
-            if n & (n - 1) == 0:
-                log.exception("HEP consumer failed (%d failures so far)", n)
-
-    def _drop(self, reason: str, sender: tuple[str, int], detail: str = "") -> None:
-        n = self.dropped.get(reason, 0) + 1
-        self.dropped[reason] = n
-        # Malformed packets are routine noise (debug); refused senders are worth a
-        # warning, but sparsely (1st, 2nd, 4th, ... of a reason): a forged flood must
-        # not become a log flood. Never the key that was given.
-        if reason != "malformed" and n & (n - 1) == 0:
-            log.warning(
-                "HEP packet refused",
-                extra={"reason": reason, "sender": f"{sender[0]}:{sender[1]}", "refused": n},
-            )
-        else:
-            log.debug("dropped HEP datagram from %s:%s: %s %s", *sender, reason, detail)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors on a receive-only socket: nothing to do but count them.
-        self.counters["socket_error"] += 1
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
+def _packed(address: str, version: int) -> bytes:
+    parsed = ipaddress.ip_address(address)
+    if parsed.version != version or getattr(parsed, "scope_id", None):
+        raise ValueError(f"not an IPv{version} address: {address!r}")
+    return parsed.packed

@@ -20,8 +20,8 @@ from gateway.proxy.location import Location
 from gateway.proxy.observe import Observer
 from gateway.sip.message import Limits
 from gateway.stats import Counters
-from gateway.transport.addresses import Listen, Source, ip_family
-from gateway.transport.layer import TransportLayer
+from gateway.transport.addresses import Listen, Source, ip_version
+from gateway.transport.layer import TransportLayer, resolve_host
 from gateway.transport.relay import STATS, WorkerPlan, open_stats, seal_stats, unwrap, wrap
 
 log = logging.getLogger("sipgw.proxy")
@@ -75,6 +75,7 @@ class ProxyServer:
             location=location,
             auth_secret=secret,
             observer=observer,
+            resolve=resolve_host,
         )
         directory = self.proxy.directory
         policy = self.proxy.destinations
@@ -150,14 +151,14 @@ class ProxyServer:
 
     def _udp_spec(self, local_host: str | None) -> int | None:
         """The first UDP listen entry (of the family of ``local_host``, if given)."""
-        family = ip_family(local_host) if local_host else None
+        version = ip_version(local_host) if local_host else None
         fallback: int | None = None
         for index, spec in enumerate(self.settings.sip.listen):
             if spec.transport != "udp":
                 continue
             if fallback is None:
                 fallback = index
-            if family is None or (ip_family(spec.host) or 2) == family:
+            if version is None or (ip_version(spec.host) or 4) == version:
                 return index
         return fallback
 
