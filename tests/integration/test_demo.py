@@ -182,11 +182,33 @@ def at(event: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(event["occurred_at"])
 
 
+async def one_call(ws: ClientConnection) -> list[dict[str, Any]]:
+    """The events of the next call, up to its call.cleared."""
+    events: list[dict[str, Any]] = []
+    async with asyncio.timeout(30):
+        while not events or events[-1]["type"] != "call.cleared":
+            events += await collect(ws, 1, timeout=30)
+    assert len({e["call_id"] for e in events}) == 1, events
+    return events
+
+
+def recognition(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The event that carries what recognition answered: call.offered, or call.recognized
+    when the look-up outlasted the demo's budget (20 ms) on a busy machine."""
+    (answer,) = [
+        e
+        for e in events
+        if e["type"] in ("call.offered", "call.recognized") and e["lookup"]["status"] != "pending"
+    ]
+    return answer
+
+
 def answered_after_ringing(events: list[dict[str, Any]]) -> None:
     """The phone rang its ring time between the offer and the answer, then the call
     ended: offered, delivered, established, cleared, in that order."""
-    assert [e["type"] for e in events] == FLOW
-    offered, _, established, cleared = events
+    flow = [e for e in events if e["type"] != "call.recognized"]
+    assert [e["type"] for e in flow] == FLOW
+    offered, _, established, cleared = flow
     rang = (at(established) - at(offered)).total_seconds()
     assert RING_SECONDS - 0.05 <= rang < RING_SECONDS + 5, rang
     assert at(cleared) >= at(established)
@@ -216,14 +238,14 @@ async def test_make_run_shows_a_screen_pop_without_a_softphone(tmp_path: Path) -
             "answered: holding the call for 1 s",
             "ended: the carrier hung up",
         ]
-        known = await collect(ws, 4)
+        known = await one_call(ws)
         answered_after_ringing(known)
-        lookup = known[0]["lookup"]
-        assert lookup["status"] == "hit" and lookup["source"] == "demo-crm"
-        assert lookup["contact"] == {"name": "Jane Example", "company": "Example BV",
-                                     "crm_id": "C-1001"}  # fmt: skip
-        assert known[0]["calling"]["number_e164"] == KNOWN_CALLER.number
-        assert known[0]["screen_pop"] == [
+        pop = recognition(known)
+        assert pop["lookup"]["status"] == "hit" and pop["lookup"]["source"] == "demo-crm"
+        assert pop["lookup"]["contact"] == {"name": "Jane Example", "company": "Example BV",
+                                            "crm_id": "C-1001"}  # fmt: skip
+        assert pop["calling"]["number_e164"] == KNOWN_CALLER.number
+        assert pop["screen_pop"] == [
             {"name": "crm", "url": "https://crm.example.com/contacts/C-1001"}
         ]
 
@@ -231,13 +253,14 @@ async def test_make_run_shows_a_screen_pop_without_a_softphone(tmp_path: Path) -
         assert status == 0, f"{out}\n{err}"
         assert f"{UNKNOWN_CALLER.number} calls {DID}" in out
         assert "no demo contact has this number" in out
-        unknown = await collect(ws, 4)
+        unknown = await one_call(ws)
         answered_after_ringing(unknown)
-        lookup = unknown[0]["lookup"]
-        assert lookup["status"] == "miss" and "contact" not in lookup
-        (pop,) = unknown[0]["screen_pop"]
-        assert pop["name"] == "new-contact"
-        assert parse_qs(urlsplit(pop["url"]).query)["phone"] == [UNKNOWN_CALLER.number]
+        miss = recognition(unknown)
+        assert miss["lookup"]["status"] == "miss" and "contact" not in miss["lookup"]
+        assert miss["calling"]["number_e164"] == UNKNOWN_CALLER.number
+        (new_contact,) = miss["screen_pop"]
+        assert new_contact["name"] == "new-contact"
+        assert parse_qs(urlsplit(new_contact["url"]).query)["phone"] == [UNKNOWN_CALLER.number]
         await ws.close()
         check_stream(known + unknown)
 
