@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.config import Profile
+from gateway.proxy.branch_state import BranchState
 from gateway.proxy.timers import TimerHandle
 from gateway.sip.message import Request, Response
 from gateway.sip.random_ids import random_hex
@@ -57,13 +58,11 @@ class Branch:
     invite: bool
     method: str = ""
     txn: ClientTransaction | None = None
-    provisional: bool = False
-    final: int = 0
+    state: BranchState = BranchState.TRYING  # answer and cancellation (branch_state.py)
+    final: int = 0  # the final status, once FINAL (received, or made up locally)
     response: Response | None = None
     local_reason: str | None = None
-    cancel_pending: bool = False
-    cancel_sent: bool = False
-    is_cancel: bool = False
+    is_cancel: bool = False  # the CANCEL transaction of another branch
     rang_out: bool = False  # cancelled by Timer C: the callee did not answer in time
     timer_c: TimerHandle | None = None
     timer_at: float | None = None  # the transaction deadline already in the TimerQueue

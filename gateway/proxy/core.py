@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.config import Settings, Tenant, User
 from gateway.proxy.auth import Authenticator
+from gateway.proxy.branch_state import BranchInput, BranchState, advance
 from gateway.proxy.context import Branch, ServerContext
 from gateway.proxy.destinations import DestinationPolicy, service_endpoints
 from gateway.proxy.directory import Directory
@@ -841,13 +842,14 @@ class Proxy:
         resp = parsed if parsed is not None else parse_message(data, self.limits)
         assert isinstance(resp, Response)
         if status < 200:
-            branch.provisional = True
-            if branch.cancel_pending:
-                self._cancel_branch(branch)
+            branch.state, send_cancel = advance(branch.state, BranchInput.PROVISIONAL)
+            if send_cancel:
+                self._send_cancel(branch)
             if status == 100 or ctx.final_sent:
                 return
             self._respond_with(ctx, resp)
             return
+        branch.state, _ = advance(branch.state, BranchInput.FINAL)
         branch.final = status
         self.queue.cancel(branch.timer_c)
         if status < 300:
@@ -866,15 +868,16 @@ class Proxy:
         self._maybe_send_best(ctx)
 
     def _branch_failed(self, branch: Branch, status: int, reason: str) -> None:
-        if branch.final:
+        if branch.state is BranchState.FINAL:
             return
+        branch.state, _ = advance(branch.state, BranchInput.FINAL)
         branch.final = status
         branch.local_reason = reason
         self.queue.cancel(branch.timer_c)
         self._maybe_send_best(branch.ctx)
 
     def _maybe_send_best(self, ctx: ServerContext) -> None:
-        if ctx.final_sent or any(not b.final for b in ctx.branches):
+        if ctx.final_sent or any(b.state is not BranchState.FINAL for b in ctx.branches):
             return
         best = self._best_branch(ctx)
         if best.response is None:
@@ -1093,13 +1096,14 @@ class Proxy:
 
     # ===================================================================== CANCEL ===
     def _cancel_branch(self, branch: Branch) -> None:
-        if branch.final or branch.cancel_sent or not branch.invite:
+        if not branch.invite:
             return
-        if not branch.provisional:
-            # §9.1: a CANCEL may only follow a provisional response; send it then.
-            branch.cancel_pending = True
-            return
-        branch.cancel_sent = True
+        # §9.1: a CANCEL may only follow a provisional response (branch_state.py).
+        branch.state, send_cancel = advance(branch.state, BranchInput.CANCEL)
+        if send_cancel:
+            self._send_cancel(branch)
+
+    def _send_cancel(self, branch: Branch) -> None:
         data = build_cancel(branch.request, reason=RANG_OUT if branch.rang_out else None)
         txn = ClientTransaction(
             data,
@@ -1119,10 +1123,10 @@ class Proxy:
 
     def _timer_c(self, branch: Branch) -> None:
         # Timer C (§16.6 item 11): the branch rang too long.
-        if branch.final:
+        if branch.state is BranchState.FINAL:
             return
         branch.rang_out = True
-        if branch.provisional:
+        if branch.state.heard_provisional:
             self._cancel_branch(branch)
         else:
             self._branch_failed(branch, 408, "Request Timeout")

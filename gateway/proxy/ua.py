@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from gateway.proxy.branch_state import BranchInput, BranchState, advance
 from gateway.proxy.messages import build_ack, build_cancel
 from gateway.proxy.observe import Observed
 from gateway.sip.message import Request, Response, make_response, parse_message
@@ -85,10 +86,8 @@ class _Branch:
     target: Target
     data: bytes
     txn: ClientTransaction | None = None
-    provisional: bool = False
-    final: int = 0
-    cancel_sent: bool = False
-    cancel_pending: bool = False
+    state: BranchState = BranchState.TRYING  # answer and cancellation (branch_state.py)
+    final: int = 0  # the final status, once FINAL
     timer_at: float | None = None
 
 
@@ -288,10 +287,9 @@ class UserAgent:
         call.cancel_reason = reason
         cancel: Request | None = None
         for branch in call.branches:
-            if branch.final or branch.cancel_sent:
-                continue
-            if not branch.provisional:
-                branch.cancel_pending = True  # §9.1: only after a provisional response
+            # §9.1: a CANCEL only after a provisional response (branch_state.py).
+            branch.state, send_cancel = advance(branch.state, BranchInput.CANCEL)
+            if not send_cancel:
                 continue
             data = self._send_cancel(branch)
             if cancel is None:
@@ -300,7 +298,6 @@ class UserAgent:
             self._observe_message(cancel)
 
     def _send_cancel(self, branch: _Branch) -> bytes:
-        branch.cancel_sent = True
         data = build_cancel(branch.data, reason=branch.call.cancel_reason)
         self._start_request(branch.branch_id, "CANCEL", branch.target, data, None)
         return data
@@ -401,19 +398,19 @@ class UserAgent:
     def _on_invite_response(self, branch: _Branch, status: int, resp: Response | None) -> None:
         call = branch.call
         if status < 200:
-            branch.provisional = True
-            if branch.cancel_pending:
+            branch.state, send_cancel = advance(branch.state, BranchInput.PROVISIONAL)
+            if send_cancel:
                 self._send_cancel(branch)
             if resp is not None and status > 100 and not call.ended:
                 self._observe_message(resp)
                 call.handler.on_progress(call, resp)
             return
+        branch.state, _ = advance(branch.state, BranchInput.FINAL)
+        branch.final = status
         if status < 300:
             assert resp is not None
-            branch.final = status
             self._on_2xx(branch, resp)
             return
-        branch.final = status
         reason = (
             resp.reason
             if resp is not None
@@ -439,12 +436,11 @@ class UserAgent:
         call.ended = True
         self._observe_message(resp)
         for other in call.branches:
-            if other is not branch and not other.final:
+            if other is not branch and other.state is not BranchState.FINAL:
                 call.cancel_reason = 'SIP;cause=200;text="Call completed elsewhere"'
-                if other.provisional:
+                other.state, send_cancel = advance(other.state, BranchInput.CANCEL)
+                if send_cancel:
                     self._send_cancel(other)
-                else:
-                    other.cancel_pending = True
         if call.cancelled:
             # Answered while we were cancelling: the CANCEL lost the race (§9.1).
             dialog.ack()
@@ -494,7 +490,7 @@ class UserAgent:
         call = branch.call
         if call.best is None or _rank(status) < _rank(call.best[0]):
             call.best = (status, reason)
-        if call.ended or any(not b.final for b in call.branches):
+        if call.ended or any(b.state is not BranchState.FINAL for b in call.branches):
             return
         call.ended = True
         status, reason = call.best
@@ -615,14 +611,13 @@ class UserAgent:
                 )
             elif isinstance(action, Deliver):
                 self._on_invite_response(branch, action.status, resp)
-            elif isinstance(action, TimedOut):
-                if not branch.final:
-                    branch.final = 408
-                    self._branch_failed(branch, 408, "Request Timeout", None)
-            elif isinstance(action, TransportFailed):
-                if not branch.final:
-                    branch.final = 503
-                    self._branch_failed(branch, 503, "Service Unavailable", None)
+            elif isinstance(action, TimedOut | TransportFailed):
+                if branch.state is not BranchState.FINAL:
+                    status = 408 if isinstance(action, TimedOut) else 503
+                    branch.state, _ = advance(branch.state, BranchInput.FINAL)
+                    branch.final = status
+                    reason = "Request Timeout" if status == 408 else "Service Unavailable"
+                    self._branch_failed(branch, status, reason, None)
             elif isinstance(action, Terminated):
                 self._branches.pop(branch.branch_id, None)
         if branch.txn is not None:
