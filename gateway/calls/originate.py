@@ -21,13 +21,14 @@ Any stage may end in `failed` (with a cause a person can act on) or `cancelled`
 
 from __future__ import annotations
 
+import enum
 import logging
 import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from gateway.calls import causes, media
 from gateway.calls.events import CallEvent, Originate, Party, rfc3339, uuid7
@@ -45,7 +46,37 @@ from gateway.transport.addresses import Target, host_for_uri
 log = logging.getLogger("sipgw.dial")
 
 Mode = Literal["refer", "3pcc"]
-FINAL_STATES = frozenset({"ended", "failed", "cancelled"})
+
+
+class DialState(enum.StrEnum):
+    """The stages of a dial request (the API's ``state``; docs/click-to-dial.md)."""
+
+    CALLING_PHONE = "calling_phone"
+    PHONE_RINGING = "phone_ringing"
+    CONNECTING = "connecting"
+    DESTINATION_RINGING = "destination_ringing"
+    CONNECTED = "connected"
+    ENDED = "ended"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+D = DialState
+# From each state, where a request may go next: the table *is* the life of a dial
+# request (see the module docstring). REFER ends in CONNECTED; 3PCC goes on to ENDED.
+DIAL_TRANSITIONS: Final[dict[DialState, frozenset[DialState]]] = {
+    D.CALLING_PHONE: frozenset({D.PHONE_RINGING, D.CONNECTING, D.FAILED, D.CANCELLED}),
+    D.PHONE_RINGING: frozenset({D.CONNECTING, D.FAILED, D.CANCELLED}),
+    D.CONNECTING: frozenset({D.DESTINATION_RINGING, D.CONNECTED, D.FAILED, D.CANCELLED}),
+    D.DESTINATION_RINGING: frozenset({D.CONNECTED, D.FAILED, D.CANCELLED}),
+    D.CONNECTED: frozenset({D.ENDED}),
+    D.ENDED: frozenset(),
+    D.FAILED: frozenset(),
+    D.CANCELLED: frozenset(),
+}
+del D
+FINAL_STATES: Final = frozenset({DialState.ENDED, DialState.FAILED, DialState.CANCELLED})
+PHONE_LEG_STATES: Final = frozenset({DialState.CALLING_PHONE, DialState.PHONE_RINGING})
 # RFC 3725 flow I: the phone retransmits its 2xx, unacknowledged, for 64*T1 (32 s) and
 # then hangs up; the destination must answer within that.
 FLOW_I_LIMIT = 30.0
@@ -117,7 +148,7 @@ class DialRequest:
     conversation_id: str
     phone_call_id: str
     created_at: str
-    state: str = "calling_phone"
+    state: DialState = DialState.CALLING_PHONE
     updated_at: str = ""
     cause: DialCause | None = None
     finished_at: float | None = None
@@ -135,7 +166,9 @@ class DialRequest:
 
     @property
     def finished(self) -> bool:
-        return self.state in FINAL_STATES or (self.mode == "refer" and self.state == "connected")
+        return self.state in FINAL_STATES or (
+            self.mode == "refer" and self.state is DialState.CONNECTED
+        )
 
     def to_dict(self) -> dict[str, Any]:
         order = self.order
@@ -251,13 +284,14 @@ class Originator:
         if request.finished:
             raise DialError(409, f"the dial request is already {request.state}")
         cause = DialCause("cancelled", "Cancelled by the requester")
-        if request.state in ("calling_phone", "phone_ringing"):
+        if request.state in PHONE_LEG_STATES:
             assert request.phone is not None
             request.phone.cancel(CANCELLED_BY_USER)
-            self._finish(request, "cancelled", cause)
+            self._finish(request, DialState.CANCELLED, cause)
             return request
         self._hang_up(request, CANCELLED_BY_USER)
-        self._finish(request, "ended" if request.state == "connected" else "cancelled", cause)
+        connected = request.state is DialState.CONNECTED
+        self._finish(request, DialState.ENDED if connected else DialState.CANCELLED, cause)
         return request
 
     # -------------------------------------------------------------------- phone leg ---
@@ -309,7 +343,7 @@ class Originator:
         self._arm(request, self.settings.ring_timeout, self._phone_timeout)
 
     def _phone_timeout(self, request: DialRequest) -> None:
-        if request.phone is not None and request.state in ("calling_phone", "phone_ringing"):
+        if request.phone is not None and request.state in PHONE_LEG_STATES:
             request.cause = DialCause("no_answer", "The phone did not answer", 480)
             request.phone.cancel('SIP;cause=480;text="Phone did not answer"')
 
@@ -322,7 +356,7 @@ class Originator:
             self._ack_phone(request)
             dialog.bye(CANCELLED_BY_USER)
             return
-        self._set(request, "connecting")
+        self._set(request, DialState.CONNECTING)
         if request.mode == "refer":
             self._refer(request, dialog)
             self._arm(request, self.settings.connect_timeout, self._connect_timeout)
@@ -340,7 +374,7 @@ class Originator:
         if request.state in FINAL_STATES:
             return
         cause = request.cause or _phone_cause(status, reason)
-        self._finish(request, "failed", cause)
+        self._finish(request, DialState.FAILED, cause)
 
     def _refer(self, request: DialRequest, dialog: Dialog) -> None:
         order = request.order
@@ -362,7 +396,7 @@ class Originator:
                 return
             text = f"The phone refused the transfer (SIP {status})"
             self._hang_up(request, f'SIP;cause={status};text="{text}"')
-            self._finish(request, "failed", DialCause("error", text, status))
+            self._finish(request, DialState.FAILED, DialCause("error", text, status))
 
         dialog.request("REFER", headers, on_final=refer_final)
 
@@ -387,8 +421,8 @@ class Originator:
         if status is None or request.finished:
             return Answer(200)
         if status < 200:
-            if status in (180, 183) and request.state == "connecting":
-                self._set(request, "destination_ringing")
+            if status in (180, 183) and request.state is DialState.CONNECTING:
+                self._set(request, DialState.DESTINATION_RINGING)
             return Answer(200)
         self._disarm(request)
         if status < 300:
@@ -403,13 +437,13 @@ class Originator:
             return
         if request.phone_dialog is not None:
             request.phone_dialog.bye()
-        self._finish(request, "connected", DialCause("normal", "Connected"))
+        self._finish(request, DialState.CONNECTED, DialCause("normal", "Connected"))
 
     def _refer_failed(self, request: DialRequest, cause: DialCause) -> None:
         if request.finished:
             return
         self._hang_up(request, f'SIP;cause={cause.sip_code or 500};text="{cause.message}"')
-        self._finish(request, "failed", cause)
+        self._finish(request, DialState.FAILED, cause)
 
     def _phone_hung_up(self, request: DialRequest) -> None:
         if request.finished:
@@ -418,19 +452,19 @@ class Originator:
         if request.mode == "refer":
             if request.refer_accepted:
                 # The phone took the call over and closed our leg itself (Linphone does).
-                self._finish(request, "connected", DialCause("normal", "Connected"))
+                self._finish(request, DialState.CONNECTED, DialCause("normal", "Connected"))
             else:
-                self._finish(request, "failed", DialCause("cancelled", "The phone hung up"))
+                self._finish(request, DialState.FAILED, DialCause("cancelled", "The phone hung up"))
             return
-        connected = request.state == "connected"
+        connected = request.state is DialState.CONNECTED
         self._hang_up(request, None)
         if connected:
-            self._finish(request, "ended", DialCause("normal", "The phone hung up"))
+            self._finish(request, DialState.ENDED, DialCause("normal", "The phone hung up"))
         else:
-            self._finish(request, "failed", DialCause("cancelled", "The phone hung up"))
+            self._finish(request, DialState.FAILED, DialCause("cancelled", "The phone hung up"))
 
     def _connect_timeout(self, request: DialRequest) -> None:
-        if request.finished or request.state == "connected":
+        if request.finished or request.state is DialState.CONNECTED:
             return
         cause = DialCause("no_answer", "The destination did not answer", 480)
         if request.mode == "3pcc" and request.dest is not None and request.dest_dialog is None:
@@ -438,7 +472,7 @@ class Originator:
             request.dest.cancel('SIP;cause=480;text="Destination did not answer"')
             return
         self._hang_up(request, 'SIP;cause=480;text="Destination did not answer"')
-        self._finish(request, "failed", cause)
+        self._finish(request, DialState.FAILED, cause)
 
     # ------------------------------------------------------- destination leg (3PCC) ---
     def _call_destination(
@@ -503,8 +537,8 @@ class Originator:
         return (ruri, target, False) if ruri is not None else None
 
     def destination_progress(self, request: DialRequest, resp: Response) -> None:
-        if resp.status in (180, 183) and request.state == "connecting":
-            self._set(request, "destination_ringing")
+        if resp.status in (180, 183) and request.state is DialState.CONNECTING:
+            self._set(request, DialState.DESTINATION_RINGING)
 
     def destination_answered(self, request: DialRequest, dialog: Dialog, resp: Response) -> None:
         self._disarm(request)
@@ -514,7 +548,7 @@ class Originator:
             return
         request.dest_sdp = resp.body
         request.phone_dialog.ack(resp.body, resp.content_type)
-        self._set(request, "connected")
+        self._set(request, DialState.CONNECTED)
 
     def destination_failed(self, request: DialRequest, status: int, reason: str) -> None:
         self._disarm(request)
@@ -524,14 +558,16 @@ class Originator:
         self._ack_phone(request)
         if request.phone_dialog is not None:
             request.phone_dialog.bye(f'SIP;cause={status};text="{cause.message}"')
-        self._finish(request, "failed", cause)
+        self._finish(request, DialState.FAILED, cause)
 
     def destination_request(self, request: DialRequest, dialog: Dialog, req: Request) -> Answer:
         if req.method == "BYE":
             if not request.finished:
                 if request.phone_dialog is not None:
                     request.phone_dialog.bye()
-                self._finish(request, "ended", DialCause("normal", "The destination hung up"))
+                self._finish(
+                    request, DialState.ENDED, DialCause("normal", "The destination hung up")
+                )
             return Answer(200)
         if req.method in ("INVITE", "UPDATE"):
             return self._reoffer(request, req, peer_sdp=request.phone_sdp)
@@ -582,9 +618,9 @@ class Originator:
 
     def _fail(self, request: DialRequest, cause: DialCause) -> None:
         self._hang_up(request, f'SIP;cause=500;text="{cause.message}"')
-        self._finish(request, "failed", cause)
+        self._finish(request, DialState.FAILED, cause)
 
-    def _finish(self, request: DialRequest, state: str, cause: DialCause) -> None:
+    def _finish(self, request: DialRequest, state: DialState, cause: DialCause) -> None:
         self._disarm(request)
         request.cause = cause
         request.finished_at = self.proxy.clock()
@@ -600,7 +636,17 @@ class Originator:
             },
         )
 
-    def _set(self, request: DialRequest, state: str) -> None:
+    def _set(self, request: DialRequest, state: DialState) -> None:
+        if state is not request.state and state not in DIAL_TRANSITIONS[request.state]:
+            # A path the table does not know is a bug: say so, and keep the state the
+            # API has shown (a final state is never left).
+            log.error(
+                "dial request: no transition %s -> %s",
+                request.state,
+                state,
+                extra={"dial_id": request.id},
+            )
+            return
         request.state = state
         request.updated_at = rfc3339(self.wall_clock())
         if state in FINAL_STATES and request.finished_at is None:
@@ -700,8 +746,8 @@ class _PhoneLeg:
         self.request = request
 
     def on_progress(self, call: Call, resp: Response) -> None:
-        if resp.status in (180, 183) and self.request.state == "calling_phone":
-            self.originator._set(self.request, "phone_ringing")
+        if resp.status in (180, 183) and self.request.state is DialState.CALLING_PHONE:
+            self.originator._set(self.request, DialState.PHONE_RINGING)
 
     def on_answer(self, call: Call, dialog: Dialog, resp: Response) -> None:
         self.originator.phone_answered(self.request, dialog, resp)

@@ -4,12 +4,23 @@ tracker fed by the proxy's observer, time moved by hand."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.calls.events import CallEvent
-from gateway.calls.originate import Destination, DialError, DialOrder, DialRequest, Originator
+from gateway.calls.originate import (
+    DIAL_TRANSITIONS,
+    FINAL_STATES,
+    PHONE_LEG_STATES,
+    Destination,
+    DialError,
+    DialOrder,
+    DialRequest,
+    DialState,
+    Originator,
+)
 from gateway.calls.tracker import CallTracker
 from gateway.config import Settings
 from gateway.proxy.location import Binding
@@ -155,6 +166,25 @@ class World:
 
     def types(self) -> list[str]:
         return [e.type for e in self.events]
+
+
+@pytest.fixture(autouse=True)
+def _every_stage_follows_the_table(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    # Originator._set logs (and refuses) any move DIAL_TRANSITIONS does not allow.
+    yield
+    assert not [r for r in caplog.records if "no transition" in r.getMessage()]
+
+
+def test_the_dial_table_reaches_every_state_and_ends_in_final_ones() -> None:
+    reachable, todo = {DialState.CALLING_PHONE}, [DialState.CALLING_PHONE]
+    while todo:
+        for nxt in DIAL_TRANSITIONS[todo.pop()]:
+            if nxt not in reachable:
+                reachable.add(nxt)
+                todo.append(nxt)
+    assert reachable == set(DialState)
+    assert {s for s, nxt in DIAL_TRANSITIONS.items() if not nxt} == FINAL_STATES
+    assert all(DialState.CANCELLED in DIAL_TRANSITIONS[s] for s in PHONE_LEG_STATES)
 
 
 @pytest.fixture
