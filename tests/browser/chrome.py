@@ -195,6 +195,18 @@ class Page:
 
         await self.call(type_)
 
+    async def select(self, css: str, value: str) -> None:
+        """Choose the option of `value` in a <select>, as a user would."""
+        await self.wait_visible(css)
+
+        def select() -> None:
+            from selenium.webdriver.common.by import By
+            from selenium.webdriver.support.select import Select
+
+            Select(self.driver.find_element(By.CSS_SELECTOR, css)).select_by_value(value)
+
+        await self.call(select)
+
     async def login(self, username: str, password: str) -> None:
         await self.type("#login-username", username)
         await self.type("#login-password", password)

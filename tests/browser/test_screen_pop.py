@@ -100,61 +100,84 @@ async def test_a_recognized_call_pops_up_rings_is_answered_and_lands_in_history(
     assert await page.js("return document.querySelector('#auto-open').checked")
     await page.js(RECORD_NOTIFICATIONS + RECORD_OPENED)
 
-    async with await phone(gateway, "201") as desk, await trunk_call(gateway) as trunk:
-        incoming = await desk.wait_incoming(timeout=15)
-        await page.wait_js(card_field("caller-name"), what="the incoming card")
-        assert await page.wait_js(card_field("caller-name")) == "Jane Example"
-        assert await page.text(f"{CARD} .caller-company") == "Example BV"
-        assert await page.text(f"{CARD} .caller-number") == KNOWN_CALLER
-        assert await page.text(f"{CARD} .incoming-title") == "Incoming call"
-        crm = str(await page.href(f"{CARD} a.open-crm"))
-        url = urlsplit(crm)
-        assert (url.scheme, url.netloc, url.path) == ("https", "crm.example", "/contacts/C-1001")
-        call_id = await page.data(CARD, "callId")
-        assert parse_qs(url.query) == {"call": [call_id]}
-        assert await page.count(f"{CARD} a.new-contact") == 0
-        # The desktop notification names the caller, the company and the number.
-        (note,) = await page.wait_js(SHOWN_NOTIFICATIONS)
-        assert note["title"] == "Jane Example"
-        assert note["body"] == f"Example BV\n{KNOWN_CALLER}" and note["tag"] == call_id
-        await wait_presence(page, "201", "ringing", "Jane Example")
-        assert await page.js("return window.openedUrls") == [crm]
-        await page.screenshot("incoming-call")
+    async with await phone(gateway, "201") as desk:
+        async with await trunk_call(gateway) as trunk:
+            incoming = await desk.wait_incoming(timeout=15)
+            await page.wait_js(card_field("caller-name"), what="the incoming card")
+            assert await page.wait_js(card_field("caller-name")) == "Jane Example"
+            assert await page.text(f"{CARD} .caller-company") == "Example BV"
+            assert await page.text(f"{CARD} .caller-number") == KNOWN_CALLER
+            assert await page.text(f"{CARD} .incoming-title") == "Incoming call"
+            crm = str(await page.href(f"{CARD} a.open-crm"))
+            url = urlsplit(crm)
+            assert (url.scheme, url.netloc, url.path) == (
+                "https",
+                "crm.example",
+                "/contacts/C-1001",
+            )
+            call_id = await page.data(CARD, "callId")
+            assert parse_qs(url.query) == {"call": [call_id]}
+            assert await page.count(f"{CARD} a.new-contact") == 0
+            # The desktop notification names the caller, the company and the number.
+            (note,) = await page.wait_js(SHOWN_NOTIFICATIONS)
+            assert note["title"] == "Jane Example"
+            assert note["body"] == f"Example BV\n{KNOWN_CALLER}" and note["tag"] == call_id
+            await wait_presence(page, "201", "ringing", "Jane Example")
+            assert await page.js("return window.openedUrls") == [crm]
+            await page.screenshot("incoming-call")
 
-        await desk.answer(incoming["call"], 200)
-        await page.wait_data(CARD, "state", "established")
-        await wait_presence(page, "201", "busy", "Jane Example")
-        row = f"#live-calls [data-call-id='{call_id}']"
-        await page.wait_data(row, "state", "established")
-        await page.wait_js(
-            f"return /^0:0[1-9]$/.test(document.querySelector('{CARD} .duration')?.textContent)",
-            what="the call's duration counting",
-        )
-        await page.screenshot("on-a-call")
-        await desk.hangup(incoming["call"])
-        (await trunk.wait(timeout=20)).check(calls=1)
+            await desk.answer(incoming["call"], 200)
+            await page.wait_data(CARD, "state", "established")
+            await wait_presence(page, "201", "busy", "Jane Example")
+            row = f"#live-calls [data-call-id='{call_id}']"
+            await page.wait_data(row, "state", "established")
+            await page.wait_js(
+                "return /^0:0[1-9]$/.test(document.querySelector(arguments[0])?.textContent)",
+                f"{CARD} .duration",
+                what="the call's duration counting",
+            )
+            await page.screenshot("on-a-call")
+            await desk.hangup(incoming["call"])
+            (await trunk.wait(timeout=20)).check(calls=1)
 
-    await wait_presence(page, "201", "idle")
-    await page.wait_data(row, "state", "cleared")
-    stages = await page.texts(f"{row} .timeline .stage")
-    assert stages == ["Offered", "Ringing", "Answered", "Ended"]
+        await wait_presence(page, "201", "idle")
+        await page.wait_data(row, "state", "cleared")
+        stages = await page.texts(f"{row} .timeline .stage")
+        assert stages == ["Offered", "Ringing", "Answered", "Ended"]
 
-    # The history lists the call with its outcome; the search finds it by company.
-    await page.click("#tab-history")
-    past = f"#history-body tr[data-call-id='{call_id}']"
-    await page.wait_visible(past)
-    assert "Jane Example" in str(await page.text(past))
-    assert await page.data(past, "outcome") == "answered"
-    await page.type("#history-q", "no such company")
-    await page.click("#history-filters button[type=submit]")
-    await page.wait_js("return document.querySelectorAll('#history-body tr').length === 0")
-    await page.type("#history-q", "Example BV")
-    await page.click("#history-filters button[type=submit]")
-    await page.wait_visible(past)
-    await page.type("#history-q", "")
-    await page.click("#history-filters button[type=submit]")
-    await page.wait_visible(past)
-    await page.screenshot("history")
+        # The history lists the call with its outcome; the search finds it by company.
+        await page.click("#tab-history")
+        past = f"#history-body tr[data-call-id='{call_id}']"
+        await page.wait_visible(past)
+        assert "Jane Example" in str(await page.text(past))
+        assert await page.data(past, "outcome") == "answered"
+        await page.type("#history-q", "no such company")
+        await page.click("#history-filters button[type=submit]")
+        await page.wait_js("return document.querySelectorAll('#history-body tr').length === 0")
+        await page.type("#history-q", "Example BV")
+        await page.click("#history-filters button[type=submit]")
+        await page.wait_visible(past)
+        await page.type("#history-q", "")
+        await page.click("#history-filters button[type=submit]")
+        await page.wait_visible(past)
+        # The filters: it was answered, inbound.
+        await page.click("#history-missed")
+        await page.wait_js("return document.querySelectorAll('#history-body tr').length === 0")
+        await page.click("#history-missed")
+        await page.wait_visible(past)
+        await page.select("#history-direction", "outbound")
+        await page.wait_js("return document.querySelectorAll('#history-body tr').length === 0")
+        await page.select("#history-direction", "inbound")
+        await page.wait_visible(past)
+        await page.screenshot("history")
+        # Dialling from the history: one click rings 201's own phone; cancelled from the page.
+        await page.click(f"{past} .call-number")
+        back = await desk.wait_incoming(timeout=15)
+        await page.wait_data("#dial-progress", "state", "phone_ringing")
+        assert (await page.text(".dial-to") or "").startswith(f"Calling {KNOWN_CALLER}")
+        await page.click("#dial-cancel")
+        await page.wait_data("#dial-progress", "state", "cancelled")
+        await desk.wait_call_state(back["call"], "DISCONNECTED", timeout=10)
 
 
 async def test_a_colleague_calls_puts_the_call_on_hold_and_takes_it_back(

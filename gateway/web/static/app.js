@@ -573,12 +573,16 @@ function historyFilters() {
   };
 }
 
+let historyRequests = 0;
+
 async function loadHistory(reset) {
   const filters = historyFilters();
   if (!reset && app.historyCursor) filters.cursor = app.historyCursor;
+  const mine = ++historyRequests; // only the latest request's answer is shown
   ui.historyView.dataset.loading = "true";
   try {
     const { calls, next_cursor: next } = await client.history(filters);
+    if (mine !== historyRequests) return;
     const templates = app.me.screen_pop || {};
     const rows = calls.map((row) => views.historyRow(row, { onCall: callNumber, templates }));
     if (reset) fill(ui.historyBody, rows);
@@ -589,11 +593,12 @@ async function loadHistory(reset) {
     show(ui.historyEmpty, ui.historyBody.children.length === 0);
     ui.historyEmpty.textContent = "No calls match.";
   } catch (err) {
+    if (mine !== historyRequests) return;
     if (reset) fill(ui.historyBody);
     show(ui.historyEmpty, true);
     ui.historyEmpty.textContent = err.status === 404 ? "History is not available on this gateway." : err.message;
   } finally {
-    ui.historyView.dataset.loading = "false";
+    if (mine === historyRequests) ui.historyView.dataset.loading = "false";
   }
 }
 
