@@ -30,14 +30,14 @@ from gateway.bus.streams import EventBus
 from gateway.calls.events import CallEvent, Peer, rfc3339
 from gateway.calls.hep import HepPacket
 from gateway.calls.monitor import Monitor
-from gateway.calls.originate import DialRequest, Originator
 from gateway.calls.tracker import CallTracker
 from gateway.config import MonitorSource, Settings
+from gateway.dial.originate import DialRequest, Originator
+from gateway.dial.user_agent import UserAgent
 from gateway.enrichment import Enricher
 from gateway.gc_pauses import GcPauses
 from gateway.proxy.observe import Observed
 from gateway.proxy.prober import OptionsProber, PeerChange
-from gateway.proxy.ua import UserAgent
 from gateway.recognition import numbers
 from gateway.recognition.cache import ContactCache
 from gateway.recognition.index import ContactIndex

@@ -26,8 +26,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from gateway.api.auth import client_address, require_principal
-from gateway.calls.originate import Destination, DialError, DialOrder, DialRequest, Originator
 from gateway.config import Settings, Tenant
+from gateway.dial.originate import Destination, DialError, DialOrder, DialRequest, Originator
 from gateway.recognition.lookup import Recognizer
 from gateway.recognition.numbers import normalize
 from gateway.security.directory import Directory

@@ -10,7 +10,7 @@ a provisional response came (RFC 3261 §9.1): until then the wish is remembered
 response ends every state, whatever was wished or sent; anything later is absorbed.
 
 Both the proxy's branches (`proxy/context.py`) and the click-to-dial user agent's
-(`proxy/ua.py`) follow this table: `advance` says where the branch goes and whether a
+(`dial/user_agent.py`) follow this table: `advance` says where the branch goes and whether a
 CANCEL must be sent now; the caller sends it.
 """
 

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from gateway.config import Settings, Tenant, User
 from gateway.proxy.auth import Authenticator
@@ -68,9 +68,6 @@ from gateway.transport.addresses import (
     same_host,
 )
 
-if TYPE_CHECKING:
-    from gateway.proxy.ua import UserAgent
-
 log = logging.getLogger("sipgw.proxy")
 
 BRANCH_PREFIX = "z9hG4bKsg"
@@ -88,6 +85,13 @@ ServerKey = tuple[str, ...]
 # response_out would build them per probe).
 _OPTIONS_IN = ("in", "udp", "OPTIONS")
 _OK_OUT = ("out", "udp", "2xx")
+
+
+class DialogParty(Protocol):
+    """A party the gateway itself is in some dialogs (the click-to-dial user agent,
+    gateway/dial): it takes the in-dialog requests of its own dialogs."""
+
+    def handles(self, req: Request, source: Source) -> bool: ...
 
 
 class TransportPort(Protocol):
@@ -200,7 +204,7 @@ class Proxy:
         # agent of click-to-dial, the OPTIONS prober) get the responses whose top Via
         # branch starts with their prefix (BRANCH_PREFIX's length: "z9hG4bK" + 2).
         self.response_handlers: dict[str, Callable[[Response, Source], None]] = {}
-        self.ua: UserAgent | None = None  # set by UserAgent(proxy): the gateway's own calls
+        self.ua: DialogParty | None = None  # set by UserAgent(proxy): the gateway's own calls
         # Worker processes (transport/relay.py): a sibling's own port → its index, every
         # worker's own ports (they are all "us"), and how to hand a message over.
         self.siblings: dict[int, int] = {}

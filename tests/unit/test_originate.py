@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from gateway.calls.events import CallEvent
-from gateway.calls.originate import (
+from gateway.calls.tracker import CallTracker
+from gateway.config import Settings
+from gateway.dial.originate import (
     DIAL_TRANSITIONS,
     FINAL_STATES,
     PHONE_LEG_STATES,
@@ -21,10 +23,8 @@ from gateway.calls.originate import (
     DialState,
     Originator,
 )
-from gateway.calls.tracker import CallTracker
-from gateway.config import Settings
+from gateway.dial.user_agent import UserAgent
 from gateway.proxy.location import Binding
-from gateway.proxy.ua import UserAgent
 from gateway.sip.message import Request, Response
 from gateway.transport.addresses import Source
 from tests.unit.proxy_harness import Harness, Sent, request, response_to, settings_from

@@ -9,7 +9,7 @@ the other side's answer is known (RFC 3725 flow I).
 
 Like the proxy it is synchronous and sans-I/O: messages go out through the proxy's
 transport, deadlines go into the proxy's timer queue, and what it learns goes to a
-`Handler` (gateway/calls/originate.py) by plain method calls.
+`Handler` (gateway/dial/originate.py) by plain method calls.
 
 How messages find it
     Responses: the top Via branch starts with ``BRANCH`` (the proxy hands them over by
@@ -73,15 +73,15 @@ class Answer:
 class Handler(Protocol):
     """What the UA tells the element that placed a call (one handler per call)."""
 
-    def on_progress(self, call: Call, resp: Response) -> None: ...
-    def on_answer(self, call: Call, dialog: Dialog, resp: Response) -> None: ...
-    def on_failure(self, call: Call, status: int, reason: str) -> None: ...
+    def on_progress(self, call: CallAttempt, resp: Response) -> None: ...
+    def on_answer(self, call: CallAttempt, dialog: Dialog, resp: Response) -> None: ...
+    def on_failure(self, call: CallAttempt, status: int, reason: str) -> None: ...
     def on_request(self, dialog: Dialog, req: Request) -> Answer: ...
 
 
 @dataclass(eq=False, slots=True)
 class _Branch:
-    call: Call
+    call: CallAttempt
     branch_id: str
     target: Target
     data: bytes
@@ -104,7 +104,7 @@ class _Request:
 
 
 @dataclass(eq=False, slots=True)
-class Call:
+class CallAttempt:
     """One INVITE the gateway sent (to one or several contacts) and its outcome."""
 
     ua: UserAgent
@@ -132,7 +132,7 @@ class Dialog:
     """A dialog the gateway is a party to, as the UAC of its INVITE (§12.1.2)."""
 
     ua: UserAgent
-    call: Call
+    call: CallAttempt
     call_id: str
     local_tag: str
     remote_tag: str
@@ -207,11 +207,11 @@ class UserAgent:
         observe: Observed | None = None,
         call_id: str | None = None,
         from_tag: str | None = None,
-    ) -> Call:
+    ) -> CallAttempt:
         """INVITE every (Request-URI, target) at once: the branches of one call (same
         Call-ID, From tag and CSeq, as a forking proxy would send them)."""
         from_tag = from_tag or new_tag()
-        call = Call(
+        call = CallAttempt(
             ua=self,
             handler=handler,
             call_id=call_id or f"{secrets.token_hex(10)}@sipgw",
@@ -238,7 +238,7 @@ class UserAgent:
 
     def _invite_bytes(
         self,
-        call: Call,
+        call: CallAttempt,
         request_uri: str,
         target: Target,
         headers: tuple[tuple[str, str], ...],
@@ -264,7 +264,7 @@ class UserAgent:
         lines.extend(f"{name}: {value}" for name, value in headers)
         return _finish(lines, body, content_type)
 
-    def _start_branch(self, call: Call, target: Target, data: bytes) -> None:
+    def _start_branch(self, call: CallAttempt, target: Target, data: bytes) -> None:
         branch_id = _branch_of(data)
         branch = _Branch(call, branch_id, target, data)
         branch.txn = ClientTransaction(
@@ -280,7 +280,7 @@ class UserAgent:
         self.proxy.counters.request_out(target.transport, "INVITE")
         self._run_branch(branch, branch.txn.start())
 
-    def cancel(self, call: Call, reason: str | None) -> None:
+    def cancel(self, call: CallAttempt, reason: str | None) -> None:
         if call.ended or call.cancelled:
             return
         call.cancelled = True

@@ -34,12 +34,12 @@ from gateway.calls import causes, media
 from gateway.calls.events import CallEvent, Originate, Party, rfc3339, uuid7
 from gateway.calls.tracker import CallTracker, Origination
 from gateway.config import DialSettings, Tenant, User
+from gateway.dial.user_agent import Answer, CallAttempt, Dialog, UserAgent, new_tag
 from gateway.proxy.core import Proxy
 from gateway.proxy.location import Binding
 from gateway.proxy.observe import Observed
 from gateway.proxy.routing import Forward, contact_targets
 from gateway.proxy.timers import TimerHandle
-from gateway.proxy.ua import Answer, Call, Dialog, UserAgent, new_tag
 from gateway.sip.message import Request, Response
 from gateway.transport.addresses import Target, host_for_uri
 
@@ -153,9 +153,9 @@ class DialRequest:
     cause: DialCause | None = None
     finished_at: float | None = None
     # --- what it holds on to ----------------------------------------------------------
-    phone: Call | None = None
+    phone: CallAttempt | None = None
     phone_dialog: Dialog | None = None
-    dest: Call | None = None
+    dest: CallAttempt | None = None
     dest_dialog: Dialog | None = None
     timer: TimerHandle | None = None
     refer_accepted: bool = False
@@ -745,14 +745,14 @@ class _PhoneLeg:
         self.originator = originator
         self.request = request
 
-    def on_progress(self, call: Call, resp: Response) -> None:
+    def on_progress(self, call: CallAttempt, resp: Response) -> None:
         if resp.status in (180, 183) and self.request.state is DialState.CALLING_PHONE:
             self.originator._set(self.request, DialState.PHONE_RINGING)
 
-    def on_answer(self, call: Call, dialog: Dialog, resp: Response) -> None:
+    def on_answer(self, call: CallAttempt, dialog: Dialog, resp: Response) -> None:
         self.originator.phone_answered(self.request, dialog, resp)
 
-    def on_failure(self, call: Call, status: int, reason: str) -> None:
+    def on_failure(self, call: CallAttempt, status: int, reason: str) -> None:
         self.originator.phone_failed(self.request, status, reason)
 
     def on_request(self, dialog: Dialog, req: Request) -> Answer:
@@ -766,13 +766,13 @@ class _DestinationLeg:
         self.originator = originator
         self.request = request
 
-    def on_progress(self, call: Call, resp: Response) -> None:
+    def on_progress(self, call: CallAttempt, resp: Response) -> None:
         self.originator.destination_progress(self.request, resp)
 
-    def on_answer(self, call: Call, dialog: Dialog, resp: Response) -> None:
+    def on_answer(self, call: CallAttempt, dialog: Dialog, resp: Response) -> None:
         self.originator.destination_answered(self.request, dialog, resp)
 
-    def on_failure(self, call: Call, status: int, reason: str) -> None:
+    def on_failure(self, call: CallAttempt, status: int, reason: str) -> None:
         self.originator.destination_failed(self.request, status, reason)
 
     def on_request(self, dialog: Dialog, req: Request) -> Answer:
