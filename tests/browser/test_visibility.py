@@ -65,3 +65,12 @@ async def test_a_user_sees_their_own_extension_and_an_admin_the_tenant(
     assert await user.count("#history-body tr") == 0
     assert await user.count("#live-calls .call, .incoming-card") == 0
     assert await presence(user) == {"202": "idle"}
+
+    # Signing out revokes the token at the gateway and forgets it in the tab.
+    token = str(await user.js("return sessionStorage.getItem('sipgw.token')"))
+    assert (await gateway.http_get("/v1/me", token=token))[0] == 200
+    await user.click("#user-button")
+    await user.click("#logout")
+    await user.wait_visible("#login-username")
+    assert await user.js("return sessionStorage.getItem('sipgw.token')") is None
+    assert (await gateway.http_get("/v1/me", token=token))[0] == 401
