@@ -554,9 +554,7 @@ class EventBus:
                 self.bad_entries += 1  # skipped, but the cursor passes it
         return ReplayPage(events, last, len(entries) < count)
 
-    async def older_page(
-        self, tenant: str, before: str | None, *, count: int = 1000
-    ) -> ReplayPage:
+    async def older_page(self, tenant: str, before: str | None, *, count: int = 1000) -> ReplayPage:
         """Up to `count` events before `before` (exclusive; None = from the newest),
         NEWEST first: the call history reads the stream backwards (api/history.py).
         `last_seq` is the oldest entry read, the next `before`. ValueError for a bad
