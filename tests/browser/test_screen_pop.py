@@ -32,7 +32,6 @@ window.Notification = class {
   close() {}
 };
 """
-SHOWN_NOTIFICATIONS = "return window.shownNotifications.length && window.shownNotifications"
 # window.open recorded, not obeyed: a headless browser's pop-up would only be noise.
 RECORD_OPENED = "window.openedUrls = []; window.open = (url) => { window.openedUrls.push(url); };"
 
@@ -42,14 +41,23 @@ async def auto_open_saved(gw: GatewayProcess, token: str) -> bool:
     return status == 200 and json.loads(raw)["settings"]["auto_open_crm"] is True
 
 
-def card_field(name: str) -> str:
-    return f"return document.querySelector('{CARD} .{name}')?.textContent"
+async def wait_notifications(page: Page, title: str) -> list[dict[str, str]]:
+    """The notifications shown so far, once the last one has `title` (a first one may
+    name only the number, before a late call.recognized)."""
+    notes = await page.wait_js(
+        "const n = window.shownNotifications; return n.at(-1)?.title === arguments[0] && n",
+        title,
+        what=f"a notification titled {title}",
+    )
+    return list(notes)
 
 
-async def presence_of(page: Page, extension: str) -> str:
-    return str(await page.js(
-        "return document.querySelector(`#presence [data-extension='${arguments[0]}']`)"
-        "?.dataset.presence", extension))  # fmt: skip
+async def wait_name(page: Page, name: str) -> None:
+    await page.wait_js(
+        f"return document.querySelector('{CARD} .caller-name')?.textContent === arguments[0]",
+        name,
+        what=f"the incoming card naming {name}",
+    )
 
 
 async def wait_presence(page: Page, extension: str, state: str, with_text: str = "") -> None:
@@ -103,8 +111,9 @@ async def test_a_recognized_call_pops_up_rings_is_answered_and_lands_in_history(
     async with await phone(gateway, "201") as desk:
         async with await trunk_call(gateway) as trunk:
             incoming = await desk.wait_incoming(timeout=15)
-            await page.wait_js(card_field("caller-name"), what="the incoming card")
-            assert await page.wait_js(card_field("caller-name")) == "Jane Example"
+            # (On a loaded machine the look-up may miss its budget: then the name comes
+            # with call.recognized a moment later, on the same card.)
+            await wait_name(page, "Jane Example")
             assert await page.text(f"{CARD} .caller-company") == "Example BV"
             assert await page.text(f"{CARD} .caller-number") == KNOWN_CALLER
             assert await page.text(f"{CARD} .incoming-title") == "Incoming call"
@@ -119,9 +128,9 @@ async def test_a_recognized_call_pops_up_rings_is_answered_and_lands_in_history(
             assert parse_qs(url.query) == {"call": [call_id]}
             assert await page.count(f"{CARD} a.new-contact") == 0
             # The desktop notification names the caller, the company and the number.
-            (note,) = await page.wait_js(SHOWN_NOTIFICATIONS)
-            assert note["title"] == "Jane Example"
-            assert note["body"] == f"Example BV\n{KNOWN_CALLER}" and note["tag"] == call_id
+            notes = await wait_notifications(page, "Jane Example")
+            assert {n["tag"] for n in notes} == {call_id}
+            assert notes[-1]["body"] == f"Example BV\n{KNOWN_CALLER}"
             await wait_presence(page, "201", "ringing", "Jane Example")
             assert await page.js("return window.openedUrls") == [crm]
             await page.screenshot("incoming-call")
@@ -307,14 +316,12 @@ async def test_a_contact_written_as_html_is_shown_as_text_and_runs_nothing(
     await page.js("window.alerts = []; window.alert = (m) => window.alerts.push(String(m));")
     async with await phone(gateway, "201") as desk, await trunk_call(gateway) as trunk:
         incoming = await desk.wait_incoming(timeout=15)
-        await page.wait_js(card_field("caller-name"), what="the incoming card")
-        assert await page.text(f"{CARD} .caller-name") == hostile
+        await wait_name(page, hostile)
         assert await page.text(f"{CARD} .caller-company") == company
         await wait_presence(page, "201", "ringing", hostile)
         # Nothing of it became markup: no image, no script, no bold anywhere on the page.
         assert await page.count("img, script:not([src]), b") == 0
-        notes = await page.wait_js(SHOWN_NOTIFICATIONS)
-        assert notes[0]["title"] == hostile
+        await wait_notifications(page, hostile)
         # The screen pop's escaped URL is still an https link into the CRM.
         crm = urlsplit(str(await page.href(f"{CARD} a.open-crm")))
         assert (crm.scheme, crm.netloc) == ("https", "crm.example")
