@@ -152,7 +152,8 @@ async def test_a_recognized_call_pops_up_rings_is_answered_and_lands_in_history(
         await wait_presence(page, "201", "idle")
         await page.wait_data(row, "state", "cleared")
         stages = await page.texts(f"{row} .timeline .stage")
-        assert stages == ["Offered", "Ringing", "Answered", "Ended"]
+        late = ["Caller recognized"]  # only if the look-up missed its budget
+        assert [s for s in stages if s not in late] == ["Offered", "Ringing", "Answered", "Ended"]
 
         # The history lists the call with its outcome; the search finds it by company.
         await page.click("#tab-history")
