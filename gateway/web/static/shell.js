@@ -99,7 +99,7 @@ export function buildShell(root) {
       h("div", { class: "table-wrap" },
         h("table", { class: "history", id: "history-table" },
           h("thead", {}, h("tr", {},
-            h("th", {}, "When"), h("th", {}, ""), h("th", {}, "Caller / callee"), h("th", { class: "col-ext" }, "Extension"),
+            h("th", {}, "When"), h("th", {}, ""), h("th", { class: "party-cell" }, "Caller / callee"), h("th", { class: "col-ext" }, "Extension"),
             h("th", {}, "Duration"), h("th", {}, "Outcome"), h("th", {}, ""))),
           ref("historyBody", h("tbody", { id: "history-body" })))),
       ref("historyEmpty", h("p", { class: "empty", hidden: true }, "No calls match.")),

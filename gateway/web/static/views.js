@@ -180,7 +180,7 @@ export function historyRow(row, { onCall, templates }) {
   return h("tr", { class: `history-row${row.missed ? " missed" : ""}`, dataset: { callId: row.call_id || "", outcome: row.outcome || "" } },
     h("td", { class: "when" }, timeOf(row.started_at)),
     h("td", {}, directionIcon(row.direction)),
-    h("td", {}, partyBlock(call)),
+    h("td", { class: "party-cell" }, partyBlock(call)),
     h("td", { class: "col-ext" }, row.extension || ""),
     h("td", { class: "duration" }, call.duration_ms !== undefined && row.answered_at ? formatDuration(call.duration_ms) : "–"),
     h("td", {}, h("span", { class: `chip outcome outcome-${row.missed ? "missed" : row.outcome || "none"}` }, outcomeText(row))),
