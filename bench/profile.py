@@ -19,6 +19,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from . import flame
@@ -63,6 +64,35 @@ def top_frames(collapsed: Path, count: int = 25) -> tuple[list[tuple[str, int]],
     return own.most_common(count), inclusive.most_common(count)
 
 
+def _gc_pauses(target: Target) -> str:
+    """The gateway's garbage-collector pauses so far (from its /metrics)."""
+    url = getattr(target, "url", None)
+    if url is None:
+        return "GC pauses: not measured (no /metrics)"
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError as err:
+        return f"GC pauses: /metrics unreadable ({err})"
+    values: dict[str, float] = {}
+    generations = []
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("sipgw_gc_collections_total{"):
+            generation = name.split('"')[1]
+            generations.append(f"{generation}: {float(value):.0f}")
+        if name in ("sipgw_gc_pause_seconds_sum", "sipgw_gc_pause_seconds_count",
+                    "sipgw_gc_pause_max_seconds"):  # fmt: skip
+            values[name] = float(value)
+    count = values.get("sipgw_gc_pause_seconds_count", 0.0)
+    total = values.get("sipgw_gc_pause_seconds_sum", 0.0)
+    longest = values.get("sipgw_gc_pause_max_seconds", 0.0)
+    return (
+        f"GC pauses since start: {count:.0f} collections, {1000 * total:.1f} ms in all, "
+        f"the longest {1000 * longest:.2f} ms (by generation {', '.join(generations)})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="proxied-calls")
@@ -93,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 spy = Managed("py-spy", argv_spy, cwd=workdir, log_path=Path(str(base) + ".log"))
                 time.sleep(1.0)  # py-spy attaches before the load starts
             step = scenario.run_step(target, workdir, args.rate, plan)
+            gc_line = _gc_pauses(target)
         finally:
             if spy is not None:
                 # py-spy writes its file on SIGINT, not on SIGTERM.
@@ -105,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'-' if cpu is None else f'{1000 * cpu:.1f}'} µs per {scenario.unit.split('/')[0][:-1]}, "
         f"response p50/p99 {step.response_ms.get('p50')}/{step.response_ms.get('p99')} ms"
     )
+    print(gc_line)
     collapsed = Path(str(base) + ".txt")
     if spy is None or not collapsed.exists():
         return 0

@@ -43,3 +43,35 @@ def test_workers_pauses_add_up_and_the_longest_wins() -> None:
     counts = {lb.get("le"): v for lb, v in families["sipgw_gc_pause_seconds"] if "le" in lb}
     assert counts["0.005"] == 1 and counts["0.05"] == 2
     assert ({"generation": "2"}, 1.0) in families["sipgw_gc_collections"]
+
+
+def test_proxied_calls_leave_no_cyclic_garbage() -> None:
+    # The gateway never runs a full collection by itself (app.GC_THRESHOLDS): whatever
+    # a call leaves in cycles would stay. Calls through the proxy and the call tracker,
+    # every timer run out: the collector must find nothing to free.
+    from bench import hotpath
+
+    bench = hotpath.Bench(hotpath.settings())
+    bench.call(0)
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        for n in range(1, 301):
+            bench.call(n)
+        bench.clock.now += 400  # past every transaction timer (64 x T1) and Timer C
+        bench.proxy.fire_timers(bench.clock.now)
+        assert bench.tracker is not None and bench.tracker.active_calls == 0
+        assert bench.events == 301 * 4
+        assert gc.collect() == 0
+    finally:
+        if was:
+            gc.enable()
+
+
+def test_the_gateway_never_starts_a_full_collection_by_itself() -> None:
+    from gateway.app import GC_THRESHOLDS
+
+    young, middle, old = GC_THRESHOLDS
+    assert young <= 2_000 and middle <= 2  # small, frequent pauses
+    assert old >= 10**8  # ~a full collection per 10^8 middle ones: never, in practice
