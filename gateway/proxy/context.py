@@ -32,7 +32,10 @@ class ServerContext:
     direction: str | None = None  # "inbound" | "outbound" | "internal"
     extension: str | None = None  # callee for inbound/internal, caller for outbound
     peer: Profile | None = None  # the profile of the trunk or phone the request came from
-    observed: bool = False  # the initial INVITE was handed to the observer
+    observed: bool = False  # the request is reported to the observer (call events)
+    # ... but not yet: it is reported once it has been forwarded (the call events come
+    # after the forward), or before anything about it is, whichever is first.
+    report_pending: bool = False
     loop_hash: str = ""  # §16.6 item 8, computed once: loop check and branch ids
     timer_at: float | None = None  # the transaction deadline already in the TimerQueue
     # The sender proved who it is (a trunk's address, a digest, our signed Record-Route):

@@ -507,12 +507,13 @@ class Proxy:
             # Request-URI, no location look-up (§16.5). One of the dialog's parties
             # (or someone who saw its Record-Route) sent it: it may be answered in full.
             ctx.trusted = True
-            self._observe_request(ctx)
+            self._observe_request(ctx, after_forward=True)
             target = self._next_hop(req)
             if target is None:
                 self._respond(ctx, 404, "Next hop unknown")
                 return
             self._fork(ctx, [(None, target)], record_route=False)
+            self._report_request(ctx)
             return
         if req.routes:
             # An initial request pre-routed to some other host: relaying it would let
@@ -530,7 +531,7 @@ class Proxy:
             return
         challenge = isinstance(decision, Reply) and decision.status in (401, 407)
         if req.method == "INVITE" and ctx.direction is not None and not challenge:
-            self._observe_request(ctx)
+            self._observe_request(ctx, after_forward=True)
         if isinstance(decision, Reply):
             self._respond(ctx, decision.status, decision.reason, headers=decision.headers)
             return
@@ -539,6 +540,7 @@ class Proxy:
             self._respond(ctx, 480, "Temporarily Unavailable")
             return
         self._fork(ctx, decision.targets, record_route=req.method in RECORD_ROUTE_METHODS)
+        self._report_request(ctx)
 
     # -- what the router calls back for --------------------------------------------------
     def is_for_us(self, req: Request) -> bool:
@@ -1000,15 +1002,27 @@ class Proxy:
         self._run_server(ctx, actions, status)
 
     # ================================================================ observation ===
-    def _observe_request(self, ctx: ServerContext) -> None:
+    def _observe_request(self, ctx: ServerContext, *, after_forward: bool = False) -> None:
+        """Report the request to the observer: now, or ``after_forward``: once it has
+        left (call events are built after the forward, off the SIP path's latency), or
+        before the first response to it is reported, whichever comes first."""
         ctx.observed = True
-        self._observe(ctx.request, ctx, local=False, source=ctx.source)
+        ctx.report_pending = True
+        if not after_forward:
+            self._report_request(ctx)
+
+    def _report_request(self, ctx: ServerContext) -> None:
+        if ctx.report_pending:
+            ctx.report_pending = False
+            self._observe(ctx.request, ctx, local=False, source=ctx.source)
 
     def _observe(
         self, msg: Request | Response, ctx: ServerContext, *, local: bool, source: Source | None
     ) -> None:
         if self.observer is None:
             return
+        if ctx.report_pending and msg is not ctx.request:
+            self._report_request(ctx)  # the request first, then what answers it
         initial = isinstance(msg, Request) and msg.method == "INVITE" and not msg.to.tag
         where = f"{source.transport}:{source.remote[0]}:{source.remote[1]}" if source else ""
         info = Observed(

@@ -122,3 +122,29 @@ def test_timer_c_rings_out_as_no_answer(h: Harness) -> None:
     failed = events[-1]
     assert failed.type == "call.failed" and failed.cause is not None
     assert (failed.cause.normalized, failed.cause.sip_code) == ("no_answer", 487)
+
+
+def test_the_call_events_come_after_the_forward(h: Harness) -> None:
+    # The tracker (and the events it makes) runs once the INVITE has left: the SIP
+    # path does not wait for it. A request answered here is reported before its answer.
+    register(h, "201", PHONE_201)
+    sent_when_observed: list[int] = []
+    observer = h.proxy.observer
+    assert observer is not None
+
+    def watch(msg: object, info: object) -> None:
+        sent_when_observed.append(len(h.transport.sent))
+        observer(msg, info)  # type: ignore[arg-type]
+
+    h.proxy.observer = watch
+    before = len(h.transport.sent)
+    sent = invite_from_trunk(h, call_id="after-fwd")
+    assert [s.msg.method for s in sent if isinstance(s.msg, Request)] == ["INVITE"]
+    assert sent_when_observed == [before + len(sent)]  # the 100 and the INVITE went first
+
+
+def test_a_call_answered_here_is_reported_before_its_answer(tmp_path: Path) -> None:
+    h = Harness(settings_from(CONFIG, tmp_path))  # 201 not registered: 480 from us
+    sent = invite_from_trunk(h, call_id="nobody-home")
+    assert [s.msg.status for s in sent if not isinstance(s.msg, Request)] == [480]
+    assert h.observations() == ["INVITE", "480 (local)"]
