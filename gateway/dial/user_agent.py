@@ -12,8 +12,11 @@ transport, deadlines go into the proxy's timer queue, and what it learns goes to
 `Handler` (gateway/dial/originate.py) by plain method calls.
 
 How messages find it
-    Responses: the top Via branch starts with ``BRANCH`` (the proxy hands them over by
-    prefix). In-dialog requests: the To tag is ours (``TAG_PREFIX``); the proxy asks
+    Responses: its requests are client transactions of the proxy's one transaction
+    layer (``Proxy.tm``, proxy/tm.py), which matches their responses and reports to it
+    (``txn_response``, ``txn_failed``); a 2xx that comes again after its transaction
+    ended reaches it by its branch prefix, ``BRANCH`` (``on_stray_response``: ACK it
+    again). In-dialog requests: the To tag is ours (``TAG_PREFIX``); the proxy asks
     `handles()` before routing anything that carries a To tag.
 
 Every message it sends or receives that matters for call state is also handed to the
@@ -27,7 +30,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.proxy.branch_state import BranchInput, BranchState, advance
 from gateway.proxy.messages import build_ack, build_cancel
@@ -35,13 +38,9 @@ from gateway.proxy.observe import Observed
 from gateway.sip.message import Request, Response, make_response, parse_message
 from gateway.sip.transaction import (
     Action,
-    ClientTransaction,
-    Deliver,
     ServerTransaction,
     Terminated,
-    TimedOut,
     Transmit,
-    TransportFailed,
 )
 from gateway.sip.uri import SipURI
 from gateway.transport.addresses import Source, Target
@@ -85,10 +84,8 @@ class _Branch:
     branch_id: str
     target: Target
     data: bytes
-    txn: ClientTransaction | None = None
     state: BranchState = BranchState.TRYING  # answer and cancellation (branch_state.py)
     final: int = 0  # the final status, once FINAL
-    timer_at: float | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -98,9 +95,7 @@ class _Request:
     branch_id: str
     method: str
     target: Target
-    txn: ClientTransaction
     on_final: OnFinal | None
-    timer_at: float | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -186,10 +181,10 @@ class UserAgent:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.user_agent = proxy.sip.user_agent
-        self._branches: dict[str, _Branch] = {}
-        self._requests: dict[tuple[str, str], _Request] = {}
         self._dialogs: dict[tuple[str, str], Dialog] = {}  # (Call-ID, our tag)
-        proxy.response_handlers[BRANCH] = self.on_response
+        # Its transactions are in the proxy's one layer (tm.py); what comes back after
+        # one ended (a 2xx retransmitted once more) comes here by the branch prefix.
+        proxy.response_handlers[BRANCH] = self.on_stray_response
         proxy.ua = self
 
     # ------------------------------------------------------------------ placing calls ---
@@ -267,18 +262,13 @@ class UserAgent:
     def _start_branch(self, call: CallAttempt, target: Target, data: bytes) -> None:
         branch_id = _branch_of(data)
         branch = _Branch(call, branch_id, target, data)
-        branch.txn = ClientTransaction(
-            data,
-            invite=True,
-            reliable=target.reliable,
-            timers=self.proxy.timers,
-            now=self.proxy.clock(),
-            make_ack=functools.partial(build_ack, data),
-        )
         call.branches.append(branch)
-        self._branches[branch_id] = branch
         self.proxy.counters.request_out(target.transport, "INVITE")
-        self._run_branch(branch, branch.txn.start())
+        self.proxy.tm.start_client(
+            branch_id, "INVITE", data, target,
+            send=self.proxy.send, user=self, owner=branch,
+            make_ack=functools.partial(build_ack, data),
+        )  # fmt: skip
 
     def cancel(self, call: CallAttempt, reason: str | None) -> None:
         if call.ended or call.cancelled:
@@ -357,37 +347,18 @@ class UserAgent:
     def _start_request(
         self, branch_id: str, method: str, target: Target, data: bytes, on_final: OnFinal | None
     ) -> None:
-        txn = ClientTransaction(
-            data,
-            invite=False,
-            reliable=target.reliable,
-            timers=self.proxy.timers,
-            now=self.proxy.clock(),
-        )
-        request = _Request(branch_id, method, target, txn, on_final)
-        self._requests[branch_id, method] = request
+        request = _Request(branch_id, method, target, on_final)
         self.proxy.counters.request_out(target.transport, method)
-        self._run_request(request, txn.start())
+        self.proxy.tm.start_client(
+            branch_id, method, data, target, send=self.proxy.send, user=self, owner=request
+        )
 
     # ---------------------------------------------------------------------- responses ---
-    def on_response(self, resp: Response, source: Source) -> None:
-        branch_id = resp.top_via.branch or ""
-        method = resp.cseq.method
-        if method == "INVITE":
-            branch = self._branches.get(branch_id)
-            if branch is not None and branch.txn is not None:
-                self._run_branch(
-                    branch,
-                    branch.txn.on_response(resp.status, resp.to_bytes(), self.proxy.clock()),
-                    resp,
-                )
-            elif 200 <= resp.status < 300:
-                self._late_2xx(resp)
-            return
-        request = self._requests.get((branch_id, method))
-        if request is not None:
-            now = self.proxy.clock()
-            self._run_request(request, request.txn.on_response(resp.status, b"", now), resp)
+    def on_stray_response(self, resp: Response, source: Source) -> None:
+        """A response to one of our requests whose transaction is over: a 2xx to an
+        INVITE is ACKed again (§13.2.2.4); anything else is late and dropped."""
+        if resp.cseq.method == "INVITE" and 200 <= resp.status < 300:
+            self._late_2xx(resp)
 
     def _late_2xx(self, resp: Response) -> None:
         """A 2xx retransmission after its transaction ended: ACK it again (§13.2.2.4)."""
@@ -600,58 +571,30 @@ class UserAgent:
         self.proxy.counters.response_out(target.transport, status)
         self.proxy.send(resp.to_bytes(), target)
 
-    # ---------------------------------------------------------- transaction actions ---
-    def _run_branch(
-        self, branch: _Branch, actions: list[Action], resp: Response | None = None
-    ) -> None:
-        for action in actions:
-            if isinstance(action, Transmit):
-                self.proxy.send(
-                    action.data, branch.target, functools.partial(self._branch_error, branch)
-                )
-            elif isinstance(action, Deliver):
-                self._on_invite_response(branch, action.status, resp)
-            elif isinstance(action, TimedOut | TransportFailed):
-                if branch.state is not BranchState.FINAL:
-                    status = 408 if isinstance(action, TimedOut) else 503
-                    branch.state, _ = advance(branch.state, BranchInput.FINAL)
-                    branch.final = status
-                    reason = "Request Timeout" if status == 408 else "Service Unavailable"
-                    self._branch_failed(branch, status, reason, None)
-            elif isinstance(action, Terminated):
-                self._branches.pop(branch.branch_id, None)
-        if branch.txn is not None:
-            self._rearm(branch, branch.txn.deadline, self._expire_branch)
+    # -- the user agent as the transaction user of its requests (proxy/tm.py) ---------
+    def txn_response(self, owner: Any, status: int, data: bytes, resp: Response | None) -> None:
+        if isinstance(owner, _Branch):
+            self._on_invite_response(owner, status, resp)
+            return
+        request: _Request = owner
+        if status >= 200:
+            if resp is not None and request.method != "CANCEL":
+                self._observe_message(resp)
+            self._final(request, status, resp)
 
-    def _branch_error(self, branch: _Branch) -> None:
-        if branch.txn is not None:
-            self._run_branch(branch, branch.txn.on_transport_error(self.proxy.clock()))
+    def txn_failed(self, owner: Any, status: int) -> None:
+        reason = "Request Timeout" if status == 408 else "Service Unavailable"
+        if isinstance(owner, _Branch):
+            branch = owner
+            if branch.state is not BranchState.FINAL:
+                branch.state, _ = advance(branch.state, BranchInput.FINAL)
+                branch.final = status
+                self._branch_failed(branch, status, reason, None)
+            return
+        self._final(owner, status, None)
 
-    def _expire_branch(self, branch: _Branch) -> None:
-        branch.timer_at = None
-        if branch.txn is not None:
-            self._run_branch(branch, branch.txn.expire(self.proxy.clock()))
-
-    def _run_request(
-        self, request: _Request, actions: list[Action], resp: Response | None = None
-    ) -> None:
-        for action in actions:
-            if isinstance(action, Transmit):
-                self.proxy.send(
-                    action.data, request.target, functools.partial(self._request_error, request)
-                )
-            elif isinstance(action, Deliver):
-                if action.status >= 200:
-                    if resp is not None and request.method != "CANCEL":
-                        self._observe_message(resp)
-                    self._final(request, action.status, resp)
-            elif isinstance(action, TimedOut):
-                self._final(request, 408, None)
-            elif isinstance(action, TransportFailed):
-                self._final(request, 503, None)
-            elif isinstance(action, Terminated):
-                self._requests.pop((request.branch_id, request.method), None)
-        self._rearm(request, request.txn.deadline, self._expire_request)
+    def txn_ended(self, owner: Any) -> None:
+        pass  # the table entry is gone; our records go with the call or the dialog
 
     def _final(self, request: _Request, status: int, resp: Response | None) -> None:
         on_final, request.on_final = request.on_final, None
@@ -660,13 +603,6 @@ class UserAgent:
                 on_final(status, resp)
             except Exception:
                 log.exception("request outcome handler failed")
-
-    def _request_error(self, request: _Request) -> None:
-        self._run_request(request, request.txn.on_transport_error(self.proxy.clock()))
-
-    def _expire_request(self, request: _Request) -> None:
-        request.timer_at = None
-        self._run_request(request, request.txn.expire(self.proxy.clock()))
 
     def _run_served(self, served: _Served, actions: list[Action]) -> None:
         for action in actions:
@@ -682,16 +618,6 @@ class UserAgent:
     def _expire_served(self, served: _Served) -> None:
         served.timer_at = None
         self._run_served(served, served.txn.expire(self.proxy.clock()))
-
-    def _rearm(
-        self,
-        owner: _Branch | _Request,
-        deadline: float | None,
-        expire: Callable[[_Branch], None] | Callable[[_Request], None],
-    ) -> None:
-        if deadline is not None and deadline != owner.timer_at:
-            owner.timer_at = deadline
-            self.proxy.queue.schedule(deadline, functools.partial(expire, owner))  # type: ignore[arg-type]
 
     def _forget_later(self, dialog: Dialog) -> None:
         # Kept for 64*T1 so retransmitted BYEs and NOTIFYs still find their dialog.

@@ -9,7 +9,7 @@ from gateway.proxy.branch_state import BranchState
 from gateway.proxy.timers import TimerHandle
 from gateway.sip.message import Request, Response
 from gateway.sip.random_ids import random_hex
-from gateway.sip.transaction import ClientTransaction, ServerTransaction
+from gateway.sip.transaction import ServerTransaction
 from gateway.transport.addresses import Source, Target
 
 
@@ -60,7 +60,6 @@ class Branch:
     request: bytes  # exactly what was sent: ACK and CANCEL are built from it
     invite: bool
     method: str = ""
-    txn: ClientTransaction | None = None
     state: BranchState = BranchState.TRYING  # answer and cancellation (branch_state.py)
     final: int = 0  # the final status, once FINAL (received, or made up locally)
     response: Response | None = None
@@ -68,8 +67,7 @@ class Branch:
     is_cancel: bool = False  # the CANCEL transaction of another branch
     rang_out: bool = False  # cancelled by Timer C: the callee did not answer in time
     timer_c: TimerHandle | None = None
-    timer_at: float | None = None  # the transaction deadline already in the TimerQueue
-    terminated: bool = False  # its client transaction is over
+    terminated: bool = False  # its client transaction is over (tm.py: txn_ended)
 
     def __post_init__(self) -> None:
         if not self.method:

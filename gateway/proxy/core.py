@@ -40,14 +40,13 @@ from gateway.proxy.record_route import (
 from gateway.proxy.registrar import Registrar
 from gateway.proxy.routing import Forward, Handled, Reply, Router
 from gateway.proxy.timers import TimerQueue
+from gateway.proxy.tm import TransactionLayer
 from gateway.sip.errors import SIPParseError
 from gateway.sip.headers import Via
 from gateway.sip.message import Limits, Request, Response, make_response, parse_message
 from gateway.sip.random_ids import random_hex
 from gateway.sip.transaction import (
     Action,
-    ClientTransaction,
-    Deliver,
     ServerTransaction,
     Terminated,
     TimedOut,
@@ -197,12 +196,14 @@ class Proxy:
         self.router = Router(self.directory, self.location, self.auth, self)
         self.queue = TimerQueue()
         self.server_txns: dict[ServerKey, ServerContext] = {}
-        self.client_txns: dict[tuple[str, str], Branch] = {}
+        # Every client transaction of the gateway: the proxy's branches, the user agent's
+        # and the prober's requests (tm.py, like Kamailio's tm).
+        self.tm = TransactionLayer(queue=self.queue, timers=self.timers, clock=self.clock)
         self.draining = False
         self.observer = observer
-        # Elements that originate requests of their own beside the proxy (the user
-        # agent of click-to-dial, the OPTIONS prober) get the responses whose top Via
-        # branch starts with their prefix (BRANCH_PREFIX's length: "z9hG4bK" + 2).
+        # Elements that originate requests of their own (the click-to-dial user agent)
+        # get the responses that match no transaction any more whose top Via branch
+        # starts with their prefix (BRANCH_PREFIX's length: "z9hG4bK" + 2).
         self.response_handlers: dict[str, Callable[[Response, Source], None]] = {}
         self.ua: DialogParty | None = None  # set by UserAgent(proxy): the gateway's own calls
         # Worker processes (transport/relay.py): a sibling's own port → its index, every
@@ -718,17 +719,7 @@ class Proxy:
         data = req.to_bytes()
         invite = req.method == "INVITE"
         branch = Branch(ctx, branch_id, target, data, invite=invite)
-        txn = ClientTransaction(
-            data,
-            invite=invite,
-            reliable=target.reliable,
-            timers=self.timers,
-            now=self.clock(),
-            make_ack=functools.partial(build_ack, data) if invite else None,
-        )
-        branch.txn = txn
         ctx.branches.append(branch)
-        self.client_txns[branch_id, req.method] = branch
         self.counters.transactions_created["client"] += 1
         self.counters.request_out(target.transport, req.method)
         if log.isEnabledFor(logging.DEBUG):
@@ -741,7 +732,16 @@ class Proxy:
                     "target": f"{target.transport}:{target.host}:{target.port}",
                 },
             )
-        self._run_client(branch, txn.start())
+        self.tm.start_client(
+            branch_id,
+            req.method,
+            data,
+            target,
+            send=self._send_raw,  # the destination policy was asked once, by _fork
+            user=self,
+            owner=branch,
+            make_ack=functools.partial(build_ack, data) if invite else None,
+        )
         if invite:
             branch.timer_c = self.queue.schedule(
                 self.clock() + self.sip.fork_timeout, functools.partial(self._timer_c, branch)
@@ -815,31 +815,42 @@ class Proxy:
             self.counters.parse_errors[parse_error_label(0, err.header)] += 1
             return
         branch_id = top.branch or ""
-        handler = self.response_handlers.get(branch_id[: len(BRANCH_PREFIX)])
-        if handler is not None:
-            # Ours as a user agent (click-to-dial, probes): a dialog is built from it.
-            try:
-                resp.validate()
-            except SIPParseError as err:
-                self.counters.parse_errors[parse_error_label(0, err.header)] += 1
-                return
-            handler(resp, source)
+        entry = self.tm.client.get((branch_id, method))
+        if entry is not None and entry.user is not self:
+            # A transaction of the gateway as a party (click-to-dial, probes): what it
+            # acts on is validated in full.
+            if self._valid_for_us(resp):
+                self.tm.receive(entry, resp)
             return
-        branch = self.client_txns.get((branch_id, method))
-        if branch is None or branch.txn is None:
+        if entry is None:
+            stray = self.response_handlers.get(branch_id[: len(BRANCH_PREFIX)])
+            if stray is not None:
+                # The user agent's own, its transaction over (a 2xx again: ACK again).
+                if self._valid_for_us(resp):
+                    stray(resp, source)
+                return
             # No transaction of ours: RFC 6026 keeps the client transaction Accepted for
             # 64*T1 to pass 2xx retransmissions on, so anything later is a stray. A
             # stray is never forwarded statelessly on its Via: that Via is whatever the
             # sender wrote, and forwarding would relay its body there.
             self.counters.security["stray_response"] += 1
             return
+        branch = entry.owner
+        assert isinstance(branch, Branch)
         # Final failures of INVITE branches are not reported one by one: what counts is
         # the answer chosen for the caller (observed in _respond/_respond_with).
         branch_failure = branch.ctx.request.method == "INVITE" and resp.status >= 300
         if branch.ctx.observed and not branch.is_cancel and not branch_failure:
             self._observe(resp, branch.ctx, local=False, source=source)
-        actions = branch.txn.on_response(resp.status, resp.to_bytes(), self.clock())
-        self._run_client(branch, actions, resp)
+        self.tm.receive(entry, resp)
+
+    def _valid_for_us(self, resp: Response) -> bool:
+        try:
+            resp.validate()
+        except SIPParseError as err:
+            self.counters.parse_errors[parse_error_label(0, err.header)] += 1
+            return False
+        return True
 
     def _branch_response(
         self, branch: Branch, data: bytes, status: int, parsed: Response | None
@@ -1058,36 +1069,25 @@ class Proxy:
                 self.counters.transport["server_txn_timeout"] += 1
         self._reschedule(ctx, ctx.txn.deadline, self._expire_server)
 
-    def _run_client(
-        self, branch: Branch, actions: list[Action], response: Response | None = None
-    ) -> None:
-        """Carry out a client transaction's actions; ``response`` is the parsed form of
-        the response the actions came from, so a Deliver never parses it again."""
-        for action in actions:
-            if branch.is_cancel and isinstance(action, Deliver | TimedOut | TransportFailed):
-                # A CANCEL's own outcome changes nothing upstream: the INVITE branch
-                # still ends with its 487 (or its own timeout).
-                continue
-            if isinstance(action, Transmit):
-                self._send_raw(
-                    action.data, branch.target, functools.partial(self._transport_error, branch)
-                )
-            elif isinstance(action, Deliver):
-                self._branch_response(branch, action.data, action.status, response)
-            elif isinstance(action, TimedOut):
-                self._branch_failed(branch, 408, "Request Timeout")
-            elif isinstance(action, TransportFailed):
-                self._branch_failed(branch, 503, "Service Unavailable")
-            elif isinstance(action, Terminated):
-                self.client_txns.pop((branch.branch_id, branch.method), None)
-                branch.terminated = True
-                _release(branch.ctx)
-        if branch.txn is not None:
-            self._reschedule(branch, branch.txn.deadline, self._expire_client)
+    # -- the proxy as the transaction user of its branches (tm.py) ----------------------
+    def txn_response(self, owner: Any, status: int, data: bytes, resp: Response | None) -> None:
+        branch: Branch = owner
+        if branch.is_cancel:
+            # A CANCEL's own outcome changes nothing upstream: the INVITE branch still
+            # ends with its 487 (or its own timeout).
+            return
+        self._branch_response(branch, data, status, resp)
 
-    def _transport_error(self, branch: Branch) -> None:
-        if branch.txn is not None:
-            self._run_client(branch, branch.txn.on_transport_error(self.clock()))
+    def txn_failed(self, owner: Any, status: int) -> None:
+        branch: Branch = owner
+        if not branch.is_cancel:
+            reason = "Request Timeout" if status == 408 else "Service Unavailable"
+            self._branch_failed(branch, status, reason)
+
+    def txn_ended(self, owner: Any) -> None:
+        branch: Branch = owner
+        branch.terminated = True
+        _release(branch.ctx)
 
     def _send_raw(
         self, data: bytes, target: Target, on_error: Callable[[], None] | None = None
@@ -1123,21 +1123,15 @@ class Proxy:
 
     def _send_cancel(self, branch: Branch) -> None:
         data = build_cancel(branch.request, reason=RANG_OUT if branch.rang_out else None)
-        txn = ClientTransaction(
-            data,
-            invite=False,
-            reliable=branch.target.reliable,
-            timers=self.timers,
-            now=self.clock(),
-        )
         cancel = Branch(
             branch.ctx, branch.branch_id, branch.target, data, invite=False, method="CANCEL"
         )
-        cancel.txn = txn
         cancel.is_cancel = True
-        self.client_txns[branch.branch_id, "CANCEL"] = cancel
         self.counters.request_out(branch.target.transport, "CANCEL")
-        self._run_client(cancel, txn.start())
+        self.tm.start_client(
+            branch.branch_id, "CANCEL", data, branch.target,
+            send=self._send_raw, user=self, owner=cancel,
+        )  # fmt: skip
 
     def _timer_c(self, branch: Branch) -> None:
         # Timer C (§16.6 item 11): the branch rang too long.
@@ -1152,7 +1146,7 @@ class Proxy:
     # ====================================================================== timers ===
     def _reschedule(
         self,
-        owner: ServerContext | Branch,
+        owner: ServerContext,
         deadline: float | None,
         expire: Callable[[Any], None],
     ) -> None:
@@ -1165,12 +1159,6 @@ class Proxy:
     def _expire_server(self, ctx: ServerContext) -> None:
         ctx.timer_at = None
         self._run_server(ctx, ctx.txn.expire(self.clock()))
-
-    def _expire_client(self, branch: Branch) -> None:
-        if branch.txn is None:
-            return
-        branch.timer_at = None
-        self._run_client(branch, branch.txn.expire(self.clock()))
 
     def _housekeeping(self) -> None:
         # Bindings expire lazily when their AOR is looked up; this sweeps the ones of
@@ -1204,7 +1192,7 @@ class Proxy:
 
     @property
     def active_transactions(self) -> tuple[int, int]:
-        return len(self.server_txns), len(self.client_txns)
+        return len(self.server_txns), len(self.tm)
 
     @property
     def pending_requests(self) -> int:

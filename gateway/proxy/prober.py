@@ -23,9 +23,11 @@ At most one probe per trunk is in flight: the next one starts ``options_interval
 after the previous one started, or when it ends if it took longer (a dead UDP trunk is
 probed every Timer F, never with a pile of overlapping transactions).
 
-The prober is driven like the proxy it lives beside: responses arrive through
-``Proxy.response_handlers`` (branch prefix ``z9hG4bKop``) and deadlines go into the
-proxy's ``TimerQueue``, so unit tests run it with a hand-moved clock and no sockets.
+The prober is driven like the proxy it lives beside: its OPTIONS are client
+transactions of the proxy's one transaction layer (``Proxy.tm``, tm.py), which matches
+their responses and reports to the prober (``txn_response``, ``txn_failed``), and
+deadlines go into the proxy's ``TimerQueue``, so unit tests run it with a hand-moved
+clock and no sockets.
 Work that starts outside a received message or a timer (a transport error reported
 later by a failed TCP connect) goes through ``run``, which the asyncio layer sets to
 ``ProxyServer.run`` so the proxy's timer is re-armed afterwards.
@@ -41,29 +43,21 @@ import logging
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import Tenant, Trunk
 from gateway.proxy.timers import TimerHandle
 from gateway.sip.message import Response
-from gateway.sip.transaction import (
-    Action,
-    ClientTransaction,
-    Deliver,
-    Terminated,
-    TimedOut,
-    Transmit,
-    TransportFailed,
-)
 from gateway.stats import Histogram
-from gateway.transport.addresses import Source, Target, host_for_uri
+from gateway.transport.addresses import Target, host_for_uri
 
 if TYPE_CHECKING:
     from gateway.proxy.core import Proxy
 
 log = logging.getLogger("sipgw.prober")
 
-# "z9hG4bK" + 2 characters, like the proxy's own "z9hG4bKsg" (Proxy.response_handlers).
+# "z9hG4bK" + 2 characters, like the proxy's own "z9hG4bKsg": a probe's branch says
+# whose it is in a capture.
 BRANCH_PREFIX = "z9hG4bKop"
 # Round trips from a LAN SBC (ms) to a distant carrier with retransmissions (s); the
 # last bound is Timer F with the default T1.
@@ -125,11 +119,8 @@ class _Probe:
 
     peer: Peer
     branch: str
-    txn: ClientTransaction
     started: float
     done: bool = False  # the outcome is counted; the transaction may still absorb
-    timer: TimerHandle | None = None
-    timer_at: float | None = None
 
 
 @dataclass(eq=False)
@@ -194,14 +185,13 @@ class OptionsProber:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Take the response prefix, tell routing about health, schedule first probes.
+        """Tell routing about health, schedule the first probes.
 
         The first probes are spread over the first second (or interval, if shorter) so a
         gateway with many trunks does not send them in one burst."""
         if self._started:
             return
         self._started = True
-        self.proxy.response_handlers[BRANCH_PREFIX] = self._on_response
         self.proxy.directory.health = self
         now = self.proxy.clock()
         count = len(self.peers)
@@ -212,16 +202,16 @@ class OptionsProber:
     def stop(self) -> None:
         """Stop probing; transactions in flight are forgotten (nobody waits for them)."""
         self._started = False
-        if self.proxy.response_handlers.get(BRANCH_PREFIX) == self._on_response:
-            del self.proxy.response_handlers[BRANCH_PREFIX]
         if self.proxy.directory.health is self:
             self.proxy.directory.health = None
         queue = self.proxy.queue
         for peer in self.peers:
             queue.cancel(peer.next_timer)
             peer.next_timer, peer.probe = None, None
-        for probe in self._probes.values():
-            queue.cancel(probe.timer)
+        for branch in self._probes:
+            entry = self.proxy.tm.client.get((branch, "OPTIONS"))
+            if entry is not None:
+                self.proxy.tm.forget(entry)
         self._probes.clear()
 
     # -- what routing asks (directory.TrunkHealth) -------------------------------------------
@@ -252,14 +242,13 @@ class OptionsProber:
             self._outcome(peer, alive=False, reason=reason, rtt=None)
             self._schedule_next(peer, now + peer.trunk.options_interval)
             return
-        txn = ClientTransaction(
-            data, invite=False, reliable=peer.target.reliable, timers=proxy.timers, now=now
-        )
-        probe = _Probe(peer, branch, txn, now)
+        probe = _Probe(peer, branch, now)
         peer.probe = probe
         self._probes[branch] = probe
         proxy.counters.request_out(peer.target.transport, "OPTIONS")
-        self._act(probe, txn.start())
+        proxy.tm.start_client(
+            branch, "OPTIONS", data, peer.target, send=self._send, user=self, owner=probe
+        )
 
     def _request(self, peer: Peer, branch: str) -> bytes | None:
         """The OPTIONS for one probe; None when we have no listener to send it from."""
@@ -292,16 +281,30 @@ class OptionsProber:
         )
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
-    # -- transaction events ----------------------------------------------------------------
-    def _on_response(self, resp: Response, source: Source) -> None:
-        probe = self._probes.get(resp.top_via.branch or "")
-        if probe is None or resp.cseq.method != "OPTIONS":
-            return  # a late retransmission (the transaction is gone) or not ours
-        now = self.proxy.clock()
-        actions = probe.txn.on_response(resp.status, b"", now)
-        if resp.status >= 200 and not probe.done:
-            self._answered(probe, resp, now)
-        self._act(probe, [a for a in actions if not isinstance(a, Deliver)])
+    def _send(self, data: bytes, target: Target, on_error: Callable[[], None] | None) -> None:
+        # A transport error comes later, outside a message: through `run`, which
+        # re-arms the timers.
+        if on_error is not None:
+            on_error = functools.partial(self.run, on_error)
+        self.proxy.send(data, target, on_error)
+
+    # -- the prober as the transaction user of its OPTIONS (tm.py) ---------------------------
+    def txn_response(self, owner: Any, status: int, data: bytes, resp: Response | None) -> None:
+        probe: _Probe = owner
+        if status >= 200 and not probe.done and resp is not None:
+            self._answered(probe, resp, self.proxy.clock())
+
+    def txn_failed(self, owner: Any, status: int) -> None:
+        probe: _Probe = owner
+        if status == 408:
+            reason = f"no answer to OPTIONS within {self.proxy.timers.timeout:g} s"
+        else:
+            reason = "OPTIONS could not be sent (transport error)"
+        self._finish(probe, self.proxy.clock(), alive=False, reason=reason, rtt=None)
+
+    def txn_ended(self, owner: Any) -> None:
+        probe: _Probe = owner
+        self._probes.pop(probe.branch, None)
 
     def _answered(self, probe: _Probe, resp: Response, now: float) -> None:
         peer = probe.peer
@@ -310,38 +313,6 @@ class OptionsProber:
         alive = resp.status not in peer.trunk.options_failure_codes
         reason = f"OPTIONS answered {answer}"
         self._finish(probe, now, alive=alive, reason=reason, rtt=now - probe.started)
-
-    def _act(self, probe: _Probe, actions: list[Action]) -> None:
-        now = self.proxy.clock()
-        for action in actions:
-            if isinstance(action, Transmit):
-                on_error = functools.partial(self.run, functools.partial(self._failed_send, probe))
-                self.proxy.send(action.data, probe.peer.target, on_error)
-            elif isinstance(action, TimedOut):
-                timeout = self.proxy.timers.timeout
-                reason = f"no answer to OPTIONS within {timeout:g} s"
-                self._finish(probe, now, alive=False, reason=reason, rtt=None)
-            elif isinstance(action, TransportFailed):
-                reason = "OPTIONS could not be sent (transport error)"
-                self._finish(probe, now, alive=False, reason=reason, rtt=None)
-            elif isinstance(action, Terminated):
-                self._probes.pop(probe.branch, None)
-        deadline = probe.txn.deadline
-        if deadline is not None and deadline != probe.timer_at and self._started:
-            probe.timer_at = deadline
-            self.proxy.queue.cancel(probe.timer)
-            probe.timer = self.proxy.queue.schedule(
-                deadline, functools.partial(self._expire, probe)
-            )
-
-    def _expire(self, probe: _Probe) -> None:
-        probe.timer, probe.timer_at = None, None
-        if self._probes.get(probe.branch) is probe:
-            self._act(probe, probe.txn.expire(self.proxy.clock()))
-
-    def _failed_send(self, probe: _Probe) -> None:
-        if self._probes.get(probe.branch) is probe:
-            self._act(probe, probe.txn.on_transport_error(self.proxy.clock()))
 
     # -- outcomes --------------------------------------------------------------------------
     def _finish(

@@ -125,9 +125,7 @@ class Router:
             if not isinstance(uri, SipURI):
                 continue
             port = uri.port or DEFAULT_PORTS.get(uri.transport, 5060)
-            refused = self.proxy.destinations.contact_refusal(
-                uri.host, port, ctx.source.remote[0]
-            )
+            refused = self.proxy.destinations.contact_refusal(uri.host, port, ctx.source.remote[0])
             if refused is not None:
                 return refused
         return None
