@@ -82,14 +82,16 @@ def _gc_pauses(target: Target) -> str:
             generation = name.split('"')[1]
             generations.append(f"{generation}: {float(value):.0f}")
         if name in ("sipgw_gc_pause_seconds_sum", "sipgw_gc_pause_seconds_count",
-                    "sipgw_gc_pause_max_seconds"):  # fmt: skip
+                    "sipgw_gc_pause_max_seconds", "sipgw_gc_pause_cpu_max_seconds"):  # fmt: skip
             values[name] = float(value)
     count = values.get("sipgw_gc_pause_seconds_count", 0.0)
     total = values.get("sipgw_gc_pause_seconds_sum", 0.0)
     longest = values.get("sipgw_gc_pause_max_seconds", 0.0)
+    longest_cpu = values.get("sipgw_gc_pause_cpu_max_seconds", 0.0)
     return (
         f"GC pauses since start: {count:.0f} collections, {1000 * total:.1f} ms in all, "
-        f"the longest {1000 * longest:.2f} ms (by generation {', '.join(generations)})"
+        f"the longest {1000 * longest:.2f} ms ({1000 * longest_cpu:.2f} ms of CPU) "
+        f"(by generation {', '.join(generations)})"
     )
 
 

@@ -35,6 +35,10 @@ def summarize_soak(doc: Doc) -> Doc:
     final_gc = (doc.get("gateway") or {}).get("gc_pause_max_s")
     if final_gc is not None:
         gc.append(final_gc)
+    gc_cpu = [s["gc_pause_cpu_max_s"] for s in samples if s.get("gc_pause_cpu_max_s") is not None]
+    final_cpu = (doc.get("gateway") or {}).get("gc_pause_cpu_max_s")
+    if final_cpu is not None:
+        gc_cpu.append(final_cpu)
     bus = [s["bus_lag_s"] for s in samples if s.get("bus_lag_s") is not None]
     events = doc.get("events") or {}
     doc["summary"] = {
@@ -53,6 +57,7 @@ def summarize_soak(doc: Doc) -> Doc:
         **rss_growth(samples, warmup),
         "warmup_s": warmup,
         "gc_pause_max_ms": round(1000 * max(gc), 2) if gc else None,
+        "gc_pause_cpu_max_ms": round(1000 * max(gc_cpu), 2) if gc_cpu else None,
         "bus_lag_max_s": max(bus) if bus else None,
         "events_received": events.get("received"),
         "events_missing": events.get("missing"),
@@ -83,7 +88,9 @@ def soak_table(doc: Doc) -> str:
          f"{_fmt(s['rss_kib_max'], 0)} KiB "
          f"({_fmt(None if growth is None else 100 * growth, 1)} %; warm-up {s['warmup_s']:.0f} s)"),
         ("longest GC pause", f"{_fmt(s['gc_pause_max_ms'], 1)} ms"
-         + ("" if s["gc_pause_max_ms"] is not None else " (not exported by the gateway)")),
+         + ("" if s["gc_pause_max_ms"] is not None else " (not exported by the gateway)")
+         + ("" if s.get("gc_pause_cpu_max_ms") is None
+            else f" wall clock; {_fmt(s['gc_pause_cpu_max_ms'], 1)} ms of CPU")),
         ("events (call.offered)", f"{s['events_received']} received, "
          f"{s['events_missing']} missing"),
         ("event lag (arrival - occurred_at)", f"p50 {_fmt(lag.get('p50_ms'), 2)}, p99 "

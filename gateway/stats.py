@@ -150,6 +150,7 @@ class Counters:
     gc_pause_seconds: Histogram = field(default_factory=lambda: Histogram(GC_PAUSE_BUCKETS))
     gc_collections: Counter[str] = field(default_factory=Counter)
     gc_pause_max_seconds: float = 0.0
+    gc_pause_cpu_max_seconds: float = 0.0  # the longest in CPU time (no preemption)
 
     def snapshot(self) -> dict[str, Any]:
         """Every counter as JSON-able data (what a worker sends to the one scraped)."""

@@ -350,6 +350,12 @@ class GatewayCollector(Collector):
             "The longest garbage-collector pause since start",
             value=c.gc_pause_max_seconds,
         )
+        yield GaugeMetricFamily(
+            "sipgw_gc_pause_cpu_max_seconds",
+            "The longest garbage-collector pause since start, in CPU time (the wall-clock "
+            "one also counts time the scheduler gave the core to another process)",
+            value=c.gc_pause_cpu_max_seconds,
+        )
         yield self._simple(
             "sipgw_gc_collections", "Garbage collections by generation", "generation",
             c.gc_collections,
