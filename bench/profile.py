@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--no-profile", action="store_true", help="the figures alone")
     args = parser.parse_args(argv)
+    args.out = args.out.resolve()  # py-spy runs in the work directory
 
     scenario = SCENARIOS[args.scenario]
     plan = scenario.plan(quick=False, duration_s=args.seconds, hold_ms=100)
