@@ -519,15 +519,15 @@ ERRORS = [
         TENANT + 'profile = "nokia"\n',
         {},
         'tenants[0].users[0].profile: unknown profile "nokia" '
-        "(known phone profiles: baresip, generic-phone, legacy-md5, linphone, "
+        "(known phone profiles: baresip, basic-md5, generic-phone, legacy-md5, linphone, "
         "no-refer-phone, pjsua)",
     ),
     (
         TENANT + 'profile = "generic-trunk"\n',
         {},
         'tenants[0].users[0].profile: "generic-trunk" is a trunk profile, a phone profile is '
-        "needed (known phone profiles: baresip, generic-phone, legacy-md5, linphone, "
-        "no-refer-phone, pjsua)",
+        "needed (known phone profiles: baresip, basic-md5, generic-phone, legacy-md5, "
+        "linphone, no-refer-phone, pjsua)",
     ),
     (
         '[[tenants]]\nid = "a"\nname = "A"\ndomains = ["a.example"]\n'
@@ -1036,10 +1036,15 @@ def test_profiles_are_loaded() -> None:
         "generic-phone",
         "generic-trunk",
         "legacy-md5",
+        "basic-md5",
         "no-refer-phone",
     }
     assert profiles["legacy-md5"].digest_algorithms == ("MD5",)
+    assert profiles["legacy-md5"].supports_refer
     assert not profiles["no-refer-phone"].supports_refer
+    basic = profiles["basic-md5"]  # the demo's simulated phone (scripts/run-demo.sh)
+    assert (basic.kind, basic.digest_algorithms, basic.auto_answer) == ("phone", ("MD5",), "none")
+    assert not basic.supports_refer
     assert profiles["generic-phone"].digest_algorithms == ("SHA-256", "MD5")
 
     linphone = profiles["linphone"]
