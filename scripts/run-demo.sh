@@ -3,8 +3,9 @@
 # settings (or $SIPGW_CONFIG). With the demo settings it also loads the demo contacts
 # through `sipgw sync`, starts a simulated carrier (sipp) on the demo trunk and a
 # simulated phone for extension 201 (`sipgw demo phone`, sipp: it rings, then answers),
-# and prints the web client's address, its demo login and how to place a demo call
-# (`sipgw demo call`), so a newcomer sees a screen pop without any softphone.
+# and prints the web client's address, its demo login, how to place a demo call
+# (`sipgw demo call`) and how to click-to-dial, so a newcomer sees a screen pop and a
+# connected click-to-dial call without any softphone.
 # Ctrl-C stops everything.
 #
 # The demo's ports can be moved (the tests run it on free ones): DEMO_SIP_PORT (5060,
@@ -76,13 +77,14 @@ if ((demo)); then
   # The embedded demo on the chosen ports, and what the simulated peers need of it:
   # - the demo call comes from the carrier's second address, which the trunk trusts too
   #   (its first is taken by the simulated carrier answering the phones' outbound calls);
-  # - user 201 (the first) gets the legacy-md5 profile: sipp 3.6, the simulated phone,
-  #   reads only the first digest challenge and knows only MD5 (sip_profiles/).
+  # - user 201 (the first) gets the basic-md5 profile (sip_profiles/): sipp 3.6, the
+  #   simulated phone, reads only the first digest challenge and knows only MD5, and it
+  #   cannot follow a REFER, so click-to-dial bridges it (third-party call control).
   export SIPGW_SIP__LISTEN="[\"udp:127.0.0.1:$sip_port\", \"tcp:127.0.0.1:$sip_port\", \"tls:127.0.0.1:$tls_port\"]"
   export SIPGW_HTTP__LISTEN="127.0.0.1:$http_port"
   export SIPGW_TENANTS__0__TRUNKS__0__PORT="$trunk_port"
   export SIPGW_TENANTS__0__TRUNKS__0__MATCH="[\"127.0.0.1:$trunk_port\", \"127.0.0.1:$caller_port\"]"
-  export SIPGW_TENANTS__0__USERS__0__PROFILE=legacy-md5
+  export SIPGW_TENANTS__0__USERS__0__PROFILE=basic-md5
 fi
 
 .venv/bin/sipgw run --state-dir "$run_dir" "$@" &
@@ -124,11 +126,14 @@ PY
   if ! command -v sipp >/dev/null 2>&1; then
     echo "sipp is not installed: no simulated carrier or phone (Debian package sip-tester)" >&2
   else
-    # A simulated carrier on the demo trunk: it answers every call, so a demo phone
-    # dialling an outside number gets a connected call. Its control and media ports are
-    # chosen free (sipp's defaults, 8888 and 6000, collide with any other sipp).
-    sipp -sn uas -aa -i 127.0.0.1 -p "$trunk_port" -cp "$(free_port 8888)" \
-      -mp "$(free_port 6000 4)" -nostdin >"$run_dir/carrier.log" 2>&1 &
+    # A simulated carrier on the demo trunk: every number rings 2 s, answers, and hangs
+    # up 10 s later (gateway/demo/carrier_answer.xml), so a phone dialling an outside
+    # number, or click-to-dial, gets a connected call that ends by itself. Its control
+    # and media ports are chosen free (sipp's defaults, 8888 and 6000, collide with any
+    # other sipp).
+    sipp -sf gateway/demo/carrier_answer.xml -aa -i 127.0.0.1 -p "$trunk_port" \
+      -cp "$(free_port 8888)" -mp "$(free_port 6000 4)" -nostdin \
+      -trace_logs -log_file "$run_dir/carrier-calls.log" >"$run_dir/carrier.log" 2>&1 &
     pids+=($!)
     echo "simulated carrier (sipp UAS) answering on the demo trunk 127.0.0.1:$trunk_port"
   fi
@@ -173,10 +178,10 @@ Try caller recognition with a softphone:
   trunk, and its call.offered event names Jane Example (Example BV) with the screen pop
   https://crm.example.com/contacts/C-1001. Watch it with the \`sipgw watch\` line above.
 
-Try click-to-dial (your phone rings first, then it is connected to the number):
-  with a softphone registered as 201 (answer it, or turn its auto-answer on), and the
-  simulated phone left out (DEMO_PHONE=0 make run): it would answer first, and it cannot
-  take the transfer to the number (it declines the REFER):
+Try click-to-dial, no softphone needed either: in the web client, as 201, dial
+0612345678. Phone 201 rings 3 s and answers, then sipgw calls the number through the
+demo trunk (the carrier rings 2 s, answers, and hangs up 10 s later) and connects the
+two. Or from a terminal:
   SIPGW_PASSWORD='Demo-Api-201!' .venv/bin/sipgw dial 201 0612345678 --tenant demo --username 201 --url http://127.0.0.1:$http_port
 EOF
 fi

@@ -4,8 +4,9 @@ It starts its Redis, the gateway on the embedded demo settings, the demo contact
 simulated carrier and the simulated phone 201 (`sipgw demo phone`, sipp). `sipgw demo
 call` then places inbound calls from the demo carrier, and a WebSocket subscriber logged
 in as the demo's user 201 sees the screen pop: the recognized contact, the answer after
-the phone's ring time, the end. Stopping the script (as Ctrl-C does) stops every process
-it started.
+the phone's ring time, the end. Click-to-dial as 201 connects the simulated phone to the
+simulated carrier (third-party call control), and a softphone's call out reaches the
+carrier. Stopping the script (as Ctrl-C does) stops every process it started.
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from gateway.cli.demo import KNOWN_CALLER, RING_SECONDS, UNKNOWN_CALLER
 from tests.integration.gateway import REPO, GatewayProcess
+from tests.integration.test_click_to_dial import cleared, events_until, flows
 from tests.integration.test_events import check_stream, collect
+from tests.peers.pjsua import PjsuaAgent
 from tests.peers.ports import free_port
 from tests.peers.process import PeerProcess, require_binary
 from tests.peers.sipp import run_sipp, scenario
+from tests.waiting import wait_until_true
 
 pytestmark = [pytest.mark.peers]
 
@@ -44,6 +48,13 @@ DEMO_USER = next(u for u in DEMO["tenants"][0]["users"] if u["username"] == "201
 DID = DEMO["tenants"][0]["dids"][0]["number"]
 FLOW = ["call.offered", "call.delivered", "call.established", "call.cleared"]
 PHONE_EXPIRES = 4  # seconds: the phone must register again within the test
+DIAL_TO = "0612345678"  # Jane Example's mobile: the demo trunk's simulated carrier answers
+# A 3PCC dial request's life (docs/click-to-dial.md).
+DIAL_STATES = ["calling_phone", "phone_ringing", "connecting", "destination_ringing",
+               "connected", "ended"]  # fmt: skip
+# gateway/demo/carrier_answer.xml: it rings 2 s (its wait for a CANCEL), then answers
+# and hangs up 10 s later (its wait for the caller's BYE).
+CARRIER_RING_SECONDS, CARRIER_TALK_SECONDS = 2.0, 10.0
 
 
 @dataclass
@@ -269,13 +280,9 @@ async def test_make_run_shows_a_screen_pop_without_a_softphone(tmp_path: Path) -
         assert registrations.count("registered") >= 2, registrations
 
 
-async def test_the_simulated_phone_stops_ringing_when_told_and_declines_a_transfer(
-    tmp_path: Path,
-) -> None:
+async def test_the_simulated_phone_stops_ringing_when_told(tmp_path: Path) -> None:
     """A CANCEL while it rings gets 200, and the INVITE 487 with all its Vias, so the
-    gateway's 487 reaches the caller (RFC 3261 §9.2). Click-to-dial asks it to place the
-    call itself (REFER), which it cannot: it declines, and the dial request fails saying
-    so, as `make run` warns."""
+    gateway's 487 reaches the caller (RFC 3261 §9.2)."""
     async with make_run(tmp_path) as demo:
         result = await run_sipp(
             ["-sf", scenario("uac_cancel"), f"127.0.0.1:{demo.sip}", "-s", DID, "-m", "1",
@@ -284,21 +291,131 @@ async def test_the_simulated_phone_stops_ringing_when_told_and_declines_a_transf
         )  # fmt: skip
         result.check(calls=1)
 
-        token = await login_as_201(demo)
-        calls = f"http://127.0.0.1:{demo.http}/v1/calls"
-        body = {"from": "201", "to": "0612345678"}
-        status, dial = await asyncio.to_thread(http_json, "POST", calls, body, token)
-        assert status in (200, 201, 202), dial
-        assert dial["mode"] == "refer"
-        async with asyncio.timeout(30):
-            while not dial["finished"]:
-                await asyncio.sleep(0.1)  # the API is what a CRM polls too
-                status, dial = await asyncio.to_thread(
-                    http_json, "GET", f"{calls}/{dial['id']}", None, token
-                )
+
+async def follow_dial(
+    demo: RunningDemo, token: str, dial: dict[str, Any], *, hang_up: bool
+) -> tuple[list[str], dict[str, Any]]:
+    """`GET /v1/calls/{id}` (what a CRM or the web client polls) until the request is
+    finished: the states seen, in order, and the last answer. With `hang_up`, `DELETE`
+    once it is connected, as the web client's button does."""
+    url = f"http://127.0.0.1:{demo.http}/v1/calls/{dial['id']}"
+    seen = [dial["state"]]
+    async with asyncio.timeout(RING_SECONDS + CARRIER_RING_SECONDS + CARRIER_TALK_SECONDS + 20):
+        while not dial["finished"]:
+            await asyncio.sleep(0.05)  # no event says a GET would answer something new
+            status, dial = await asyncio.to_thread(http_json, "GET", url, None, token)
+            assert status == 200, dial
+            if hang_up and dial["state"] == "connected":
+                seen.append("connected")
+                status, dial = await asyncio.to_thread(http_json, "DELETE", url, None, token)
                 assert status == 200, dial
-        assert dial["state"] == "failed"
-        assert dial["cause"]["message"] == "The phone refused the transfer (SIP 603)"
+            if dial["state"] != seen[-1]:
+                seen.append(dial["state"])
+    return seen, dial
+
+
+def in_order(seen: list[str]) -> bool:
+    """`seen` follows the 3PCC dial's life (polling may miss a short stage)."""
+    steps = iter(DIAL_STATES)
+    return all(state in steps for state in seen)
+
+
+def log_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def logged(path: Path, line: str, count: int) -> None:
+    """Wait until sipp wrote `line` `count` times into its -log_file."""
+
+    async def check() -> bool:
+        return log_lines(path).count(line) >= count
+
+    await wait_until_true(check, timeout=10, what=f"{count} x {line!r} in {path.name}")
+
+
+async def test_click_to_dial_in_the_demo_connects_the_simulated_phone_to_the_number(
+    tmp_path: Path,
+) -> None:
+    """What a newcomer gets from the web client's dial box during `make run`: the
+    simulated phone (profile basic-md5: no REFER) rings, answers, and the gateway bridges
+    it to the number by third-party call control (RFC 3725 flow I): the simulated
+    carrier gets the phone's offer, the phone gets the carrier's answer in the ACK.
+    Hung up from the API once, then left until the carrier hangs up."""
+    async with make_run(tmp_path) as demo:
+        token = await login_as_201(demo)
+        ws = await subscribe(demo, token)
+        calls = f"http://127.0.0.1:{demo.http}/v1/calls"
+        phone_log, carrier_log = demo.run_dir / "demo-phone.log", demo.run_dir / "carrier-calls.log"
+        dials: list[dict[str, Any]] = []
+        for hang_up in (True, False):
+            status, dial = await asyncio.to_thread(
+                http_json, "POST", calls, {"from": "201", "to": DIAL_TO}, token
+            )
+            assert status == 202, dial
+            assert (dial["mode"], dial["auto_answer"]) == ("3pcc", "none")
+            assert dial["to"]["e164"] == KNOWN_CALLER.number
+            seen, done = await follow_dial(demo, token, dial, hang_up=hang_up)
+            assert in_order(seen), seen
+            assert {"phone_ringing", "destination_ringing", "connected", "ended"} <= set(seen)
+            assert done["state"] == "ended", done
+            if hang_up:
+                assert done["cause"]["message"] == "Cancelled by the requester"
+            else:
+                assert done["cause"]["message"] == "The destination hung up"
+            # Flow I on the wire: the carrier answered the phone's offer, and the ACK
+            # brought the phone the carrier's answer; both legs were hung up.
+            count = len(dials) + 1
+            await logged(carrier_log, "answered o=sipgw-demo", count)
+            await logged(phone_log, "answered o=sipgw-demo-carrier", count)
+            await logged(phone_log, "ended", count)
+            await logged(carrier_log, "ended" if hang_up else "hung up", 1)
+            dials.append(dial)
+        events = await events_until(ws, cleared(4))
+        await ws.close()
+
+    check_stream(events)
+    for dial in dials:
+        mine = [e for e in events if e["conversation_id"] == dial["conversation_id"]]
+        legs = flows(mine)
+        phone = dial["phone_call_id"]
+        assert legs.pop(phone) == ["call.originated", "call.offered", "call.delivered",
+                                   "call.established", "call.cleared"]  # fmt: skip
+        ((destination, destination_leg),) = legs.items()
+        assert destination_leg == FLOW
+        event = {(e["call_id"], e["type"]): e for e in mine}
+        rang = at(event[phone, "call.established"]) - at(event[phone, "call.offered"])
+        assert RING_SECONDS - 0.05 <= rang.total_seconds() < RING_SECONDS + 5, rang
+        # connecting: the number is called once the phone has answered (with its offer).
+        offered = event[destination, "call.offered"]
+        assert at(offered) >= at(event[phone, "call.established"])
+        assert offered["parent_call_id"] == phone
+        assert offered["called"]["number_e164"] == KNOWN_CALLER.number
+
+
+async def test_a_softphone_call_out_of_the_demo_is_answered_and_hung_up_by_the_carrier(
+    tmp_path: Path,
+) -> None:
+    """The README's softphone call: registered as 202, it dials 0612345678, the demo
+    trunk's simulated carrier rings, answers, and hangs up 10 s later; its BYE reaches
+    the phone through the gateway (the INVITE's Record-Route)."""
+    user = next(u for u in DEMO["tenants"][0]["users"] if u["username"] == "202")
+    domain = DEMO["tenants"][0]["domains"][0]
+    async with make_run(tmp_path) as demo:
+        async with await PjsuaAgent.start("pjsua-202", transport="udp") as phone:
+            status = await phone.register(
+                f"sip:127.0.0.1:{demo.sip}", "202", domain, user["password"]
+            )
+            assert status == 200, phone.describe()
+            call = await phone.call(f"sip:{DIAL_TO}@{domain}")
+            await phone.wait_call_state(call, "EARLY", timeout=10)
+            await phone.wait_call_state(call, "CONFIRMED", timeout=10)
+            ended = await phone.wait_call_state(
+                call, "DISCONNECTED", timeout=CARRIER_TALK_SECONDS + 10
+            )
+        states = [e["state"] for e in phone.call_states(call)]
+        assert states.index("CONFIRMED") < states.index("DISCONNECTED"), states
+        assert ended["code"] == 200, ended
+        await logged(demo.run_dir / "carrier-calls.log", "hung up", 1)
 
 
 async def test_sipgw_demo_call_without_a_gateway_says_what_is_missing() -> None:
