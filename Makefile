@@ -54,12 +54,16 @@ deps: system-deps $(STAMP)
 system-deps:
 	@scripts/install-system-deps.sh
 
-# The lock first, hashes required; then sipgw itself from the work tree, without its
-# dependencies (all in the lock) and without build isolation, so that the setuptools and
-# wheel that build it are the locked ones and nothing is fetched unpinned.
+# The lock first, hashes required, exactly as pinned: the lock is the whole closure, so
+# nothing is resolved again (--no-deps; a fresh venv's pip 23 would otherwise look past
+# the pins for an extra, e.g. pip-audit's CacheControl[filecache], and refuse), and
+# `pip check` proves the set consistent. Then sipgw itself from the work tree, without
+# its dependencies and without build isolation, so that the setuptools and wheel that
+# build it are the locked ones and nothing is fetched unpinned.
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --require-hashes -r $(LOCK)
+	$(PIP) install -q --require-hashes --no-deps -r $(LOCK)
+	$(PIP) check
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
