@@ -92,7 +92,10 @@ def test_make_deps_installs_only_from_the_lock(tmp_path: Path) -> None:
     installs = [line for line in plan.splitlines() if " install " in line]
     assert len(installs) == 2, plan
     from_lock, itself = installs
-    assert "--require-hashes -r requirements.lock" in from_lock
+    # Exactly the pins (the lock is the whole closure: nothing resolved again), then
+    # proven consistent.
+    assert "--require-hashes --no-deps -r requirements.lock" in from_lock
+    assert re.search(r"pip\S* check", plan), plan
     assert "--no-deps" in itself and "--no-build-isolation" in itself
     # The stamp follows the lock: a changed lock installs again.
     (tmp_path / ".venv").mkdir()
@@ -110,7 +113,7 @@ def test_make_deps_installs_only_from_the_lock(tmp_path: Path) -> None:
     again = subprocess.run(
         [make, "-n", "deps"], cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout
-    assert "--require-hashes -r requirements.lock" in again
+    assert "--require-hashes --no-deps -r requirements.lock" in again
 
 
 def test_lint_audits_the_lock_strictly() -> None:

@@ -26,7 +26,7 @@ def test_each_collection_is_timed_and_counted_by_generation() -> None:
     assert counters.gc_collections["2"] >= 1
     assert counters.gc_pause_seconds.count == sum(counters.gc_collections.values())
     assert 0 < counters.gc_pause_max_seconds <= counters.gc_pause_seconds.sum
-    assert 0 < counters.gc_pause_cpu_max_seconds
+    assert counters.gc_pause_cpu_max_seconds > 0
 
 
 def test_workers_pauses_add_up_and_the_longest_wins() -> None:
