@@ -35,13 +35,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gateway.proxy.branch_state import BranchInput, BranchState, advance
 from gateway.proxy.messages import build_ack, build_cancel
 from gateway.proxy.observe import Observed
+from gateway.proxy.tm import ServerEntry
 from gateway.sip.message import Request, Response, make_response, parse_message
-from gateway.sip.transaction import (
-    Action,
-    ServerTransaction,
-    Terminated,
-    Transmit,
-)
 from gateway.sip.uri import SipURI
 from gateway.transport.addresses import Source, Target
 
@@ -171,9 +166,9 @@ class _Served:
 
     dialog: Dialog
     key: tuple[str, str]
-    txn: ServerTransaction
     target: Target
-    timer_at: float | None = None
+    # Its server transaction in the proxy's one layer (proxy/tm.py); None once ended.
+    entry: ServerEntry | None = None
     acked: bool = False  # the ACK of our 2xx to a re-INVITE came: stop re-sending it
 
 
@@ -492,23 +487,23 @@ class UserAgent:
         key = (req.top_via.branch or "", req.method)
         served = dialog._responses.get(key)
         if served is not None:  # a retransmission: the transaction answers it again
-            self._run_served(served, served.txn.on_request(self.proxy.clock()))
+            if served.entry is not None:
+                self.proxy.tm.request_again(served.entry)
             return True
         cseq = req.cseq.number
         if dialog.remote_cseq is not None and cseq <= dialog.remote_cseq:
             self._reply(req, target, 500, "CSeq out of order")  # §12.2.2
             return True
         dialog.remote_cseq = cseq
-        served = _Served(
-            dialog,
-            key,
-            ServerTransaction(
-                invite=req.method == "INVITE",
-                reliable=source.reliable,
-                timers=self.proxy.timers,
-                now=self.proxy.clock(),
-            ),
-            target,
+        served = _Served(dialog, key, target)
+        served.entry = self.proxy.tm.start_server(
+            ("ua", *key),
+            invite=req.method == "INVITE",
+            reliable=source.reliable,
+            target=target,
+            send=self.proxy.send,
+            user=self,
+            owner=served,
         )
         dialog._responses[key] = served
         self._observe_message(req)
@@ -541,7 +536,8 @@ class UserAgent:
             self._observe_message(resp)
         self.proxy.counters.response_out(served.target.transport, answer.status)
         data = resp.to_bytes()
-        self._run_served(served, served.txn.send_response(answer.status, data, self.proxy.clock()))
+        if served.entry is not None:
+            self.proxy.tm.respond(served.entry, answer.status, data)
         if req.method == "INVITE" and 200 <= answer.status < 300 and not served.target.reliable:
             # §13.3.1.4: the UAS core, not the transaction, retransmits a 2xx until ACK.
             self._retransmit_2xx(served, data, self.proxy.timers.t1)
@@ -558,12 +554,12 @@ class UserAgent:
         self.proxy.queue.schedule(self.proxy.clock() + interval, again)
 
     def _on_ack(self, dialog: Dialog, req: Request) -> None:
-        now = self.proxy.clock()
         for served in list(dialog._responses.values()):
             if served.key[1] == "INVITE" and not served.acked:
                 served.acked = True
                 # The ACK of a non-2xx is the transaction's (§17.2.1); of a 2xx, ours.
-                self._run_served(served, served.txn.on_request(now, is_ack=True))
+                if served.entry is not None:
+                    self.proxy.tm.request_again(served.entry, is_ack=True)
         self._observe_message(req)
 
     def _reply(self, req: Request, target: Target, status: int, reason: str) -> None:
@@ -583,6 +579,8 @@ class UserAgent:
             self._final(request, status, resp)
 
     def txn_failed(self, owner: Any, status: int) -> None:
+        if isinstance(owner, _Served):
+            return  # our final answer was never acknowledged: nothing more to do
         reason = "Request Timeout" if status == 408 else "Service Unavailable"
         if isinstance(owner, _Branch):
             branch = owner
@@ -594,7 +592,10 @@ class UserAgent:
         self._final(owner, status, None)
 
     def txn_ended(self, owner: Any) -> None:
-        pass  # the table entry is gone; our records go with the call or the dialog
+        if isinstance(owner, _Served):
+            owner.dialog._responses.pop(owner.key, None)
+            owner.entry = None  # the entry pointed back at it: no cycle is left
+        # A client transaction's records go with the call or the dialog.
 
     def _final(self, request: _Request, status: int, resp: Response | None) -> None:
         on_final, request.on_final = request.on_final, None
@@ -603,21 +604,6 @@ class UserAgent:
                 on_final(status, resp)
             except Exception:
                 log.exception("request outcome handler failed")
-
-    def _run_served(self, served: _Served, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Transmit):
-                self.proxy.send(action.data, served.target)
-            elif isinstance(action, Terminated):
-                served.dialog._responses.pop(served.key, None)
-        deadline = served.txn.deadline
-        if deadline is not None and deadline != served.timer_at:
-            served.timer_at = deadline
-            self.proxy.queue.schedule(deadline, functools.partial(self._expire_served, served))
-
-    def _expire_served(self, served: _Served) -> None:
-        served.timer_at = None
-        self._run_served(served, served.txn.expire(self.proxy.clock()))
 
     def _forget_later(self, dialog: Dialog) -> None:
         # Kept for 64*T1 so retransmitted BYEs and NOTIFYs still find their dialog.

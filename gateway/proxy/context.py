@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from gateway.config import Profile
 from gateway.proxy.branch_state import BranchState
 from gateway.proxy.timers import TimerHandle
+from gateway.proxy.tm import ServerEntry
 from gateway.sip.message import Request, Response
 from gateway.sip.random_ids import random_hex
-from gateway.sip.transaction import ServerTransaction
 from gateway.transport.addresses import Source, Target
 
 
@@ -17,7 +17,9 @@ from gateway.transport.addresses import Source, Target
 class ServerContext:
     request: Request
     source: Source
-    txn: ServerTransaction
+    # Its server transaction in the one layer (tm.py); None once it has ended: the
+    # entry points back at this context, so the link is dropped then.
+    entry: ServerEntry | None
     key: tuple[str, ...]
     response_target: Target
     branches: list[Branch] = field(default_factory=list)
@@ -37,7 +39,6 @@ class ServerContext:
     # after the forward), or before anything about it is, whichever is first.
     report_pending: bool = False
     loop_hash: str = ""  # §16.6 item 8, computed once: loop check and branch ids
-    timer_at: float | None = None  # the transaction deadline already in the TimerQueue
     # The sender proved who it is (a trunk's address, a digest, our signed Record-Route):
     # until then every answer is one stateless datagram no larger than MAX_REPLY_RATIO
     # times the request (``size`` bytes), so a spoofed source gets no amplification.

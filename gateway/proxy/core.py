@@ -46,14 +46,8 @@ from gateway.sip.headers import Via
 from gateway.sip.message import Limits, Request, Response, make_response, parse_message
 from gateway.sip.random_ids import random_hex
 from gateway.sip.transaction import (
-    Action,
-    ServerTransaction,
-    Terminated,
-    TimedOut,
     Timers,
     TransactionError,
-    Transmit,
-    TransportFailed,
     is_rfc3261_branch,
 )
 from gateway.sip.uri import SipURI, TelURI, parse_uri
@@ -195,7 +189,6 @@ class Proxy:
         )
         self.router = Router(self.directory, self.location, self.auth, self)
         self.queue = TimerQueue()
-        self.server_txns: dict[ServerKey, ServerContext] = {}
         # Every client transaction of the gateway: the proxy's branches, the user agent's
         # and the prober's requests (tm.py, like Kamailio's tm).
         self.tm = TransactionLayer(queue=self.queue, timers=self.timers, clock=self.clock)
@@ -338,10 +331,10 @@ class Proxy:
             self._on_cancel(req, source, size)
             return
         key = _server_key(req, req.method)
-        ctx = self.server_txns.get(key)
-        if ctx is not None:
+        entry = self.tm.server.get(key)
+        if entry is not None:
             # A retransmission: the transaction re-sends its last response, if any.
-            self._run_server(ctx, ctx.txn.on_request(self.clock()))
+            self.tm.request_again(entry)
             return
         response_target = self.response_target(req, source)
         refused = self.destinations.refusal_for(response_target)
@@ -367,17 +360,21 @@ class Proxy:
         size: int,
         response_target: Target | None = None,
     ) -> ServerContext:
-        now = self.clock()
-        txn = ServerTransaction(
-            invite=req.method == "INVITE", reliable=source.reliable, timers=self.timers, now=now
-        )
         if response_target is None:
             response_target = self.response_target(req, source)
-        ctx = ServerContext(req, source, txn, key, response_target)
+        ctx = ServerContext(req, source, None, key, response_target)
+        ctx.entry = self.tm.start_server(
+            key,
+            invite=req.method == "INVITE",
+            reliable=source.reliable,
+            target=response_target,
+            send=self._send_raw,
+            user=self,
+            owner=ctx,
+        )
         ctx.size = size
         # A trunk is trusted by its address: its requests get full, stateful answers.
         ctx.trusted = self.directory.trunk_for_source(*source.remote) is not None
-        self.server_txns[key] = ctx
         self.counters.transactions_created["server"] += 1
         if source.reliable and source.conn_id is not None:
             self._alias_connection(req, source)
@@ -428,10 +425,10 @@ class Proxy:
 
     # ---------------------------------------------------------------- ACK and CANCEL ---
     def _on_ack(self, req: Request, source: Source) -> None:
-        ctx = self.server_txns.get(_server_key(req, "INVITE"))
-        if ctx is not None and ctx.final_status >= 300:
+        ctx = self._server_context(_server_key(req, "INVITE"))
+        if ctx is not None and ctx.entry is not None and ctx.final_status >= 300:
             # The ACK of a non-2xx final answer is hop by hop: ours to absorb (§17.2.1).
-            self._run_server(ctx, ctx.txn.on_request(self.clock(), is_ack=True))
+            self.tm.request_again(ctx.entry, is_ack=True)
             return
         # The ACK of a 2xx is a request of its own that goes end to end (§13.2.2.4).
         if req.max_forwards == 0:
@@ -451,12 +448,12 @@ class Proxy:
 
     def _on_cancel(self, req: Request, source: Source, size: int) -> None:
         own_key = _server_key(req, "CANCEL")
-        cancel_ctx = self.server_txns.get(own_key)
-        if cancel_ctx is not None:
-            self._run_server(cancel_ctx, cancel_ctx.txn.on_request(self.clock()))
+        known = self.tm.server.get(own_key)
+        if known is not None:
+            self.tm.request_again(known)
             return
         cancel_ctx = self._new_server_context(req, source, own_key, size)
-        invite_ctx = self.server_txns.get(_server_key(req, "INVITE"))
+        invite_ctx = self._server_context(_server_key(req, "INVITE"))
         if invite_ctx is None:
             self._respond(cancel_ctx, 481, "Call/Transaction Does Not Exist")
             return
@@ -968,7 +965,7 @@ class Proxy:
         address), and never more than MAX_REPLY_RATIO times the request's bytes."""
         ctx.final_sent = True
         ctx.final_status = status
-        self.server_txns.pop(ctx.key, None)
+        self._end_server(ctx)
         to_tag = ctx.to_tag if not ctx.request.to.tag else None
         resp = make_response(ctx.request, status, reason, to_tag=to_tag, headers=headers)
         if ctx.observed and status >= 300 and ctx.request.method == "INVITE":
@@ -1001,8 +998,10 @@ class Proxy:
                 return
             ctx.final_sent = True
             ctx.final_status = ctx.final_status or status
+        if ctx.entry is None:
+            return  # its transaction is over: nothing goes out through it any more
         try:
-            actions = ctx.txn.send_response(status, data, self.clock())
+            self.tm.respond(ctx.entry, status, data)
         except TransactionError:
             # A further 2xx to an INVITE (another fork answered, or a retransmission):
             # RFC 6026 has the proxy pass it on outside the transaction.
@@ -1010,7 +1009,7 @@ class Proxy:
                 self.counters.response_out(ctx.response_target.transport, status)
                 self._send_raw(data, ctx.response_target)
             return
-        self._run_server(ctx, actions, status)
+        self.counters.response_out(ctx.response_target.transport, status)
 
     # ================================================================ observation ===
     def _observe_request(self, ctx: ServerContext, *, after_forward: bool = False) -> None:
@@ -1054,22 +1053,19 @@ class Proxy:
             log.exception("call observer failed")
 
     # ===================================================== transaction action loops ===
-    def _run_server(self, ctx: ServerContext, actions: list[Action], status: int = 0) -> None:
-        for action in actions:
-            if isinstance(action, Transmit):
-                if status:
-                    self.counters.response_out(ctx.response_target.transport, status)
-                self._send_raw(action.data, ctx.response_target)
-            elif isinstance(action, Terminated):
-                self.server_txns.pop(ctx.key, None)
-                ctx.terminated = True
-                _release(ctx)
-            elif isinstance(action, TimedOut | TransportFailed):
-                # Our final response was never acknowledged: nothing more to do.
-                self.counters.transport["server_txn_timeout"] += 1
-        self._reschedule(ctx, ctx.txn.deadline, self._expire_server)
+    def _server_context(self, key: ServerKey) -> ServerContext | None:
+        entry = self.tm.server.get(key)
+        owner = None if entry is None else entry.owner
+        return owner if isinstance(owner, ServerContext) else None
 
-    # -- the proxy as the transaction user of its branches (tm.py) ----------------------
+    def _end_server(self, ctx: ServerContext) -> None:
+        """Drop a server transaction nobody answers through any more (an untrusted
+        request answered statelessly)."""
+        if ctx.entry is not None:
+            self.tm.forget_server(ctx.entry)
+            ctx.entry = None
+
+    # -- the proxy as the transaction user of its branches and requests (tm.py) --------
     def txn_response(self, owner: Any, status: int, data: bytes, resp: Response | None) -> None:
         branch: Branch = owner
         if branch.is_cancel:
@@ -1079,12 +1075,21 @@ class Proxy:
         self._branch_response(branch, data, status, resp)
 
     def txn_failed(self, owner: Any, status: int) -> None:
+        if isinstance(owner, ServerContext):
+            # Our final response was never acknowledged: nothing more to do.
+            self.counters.transport["server_txn_timeout"] += 1
+            return
         branch: Branch = owner
         if not branch.is_cancel:
             reason = "Request Timeout" if status == 408 else "Service Unavailable"
             self._branch_failed(branch, status, reason)
 
     def txn_ended(self, owner: Any) -> None:
+        if isinstance(owner, ServerContext):
+            owner.entry = None  # the entry pointed back at it: no cycle is left
+            owner.terminated = True
+            _release(owner)
+            return
         branch: Branch = owner
         branch.terminated = True
         _release(branch.ctx)
@@ -1144,22 +1149,6 @@ class Proxy:
             self._branch_failed(branch, 408, "Request Timeout")
 
     # ====================================================================== timers ===
-    def _reschedule(
-        self,
-        owner: ServerContext,
-        deadline: float | None,
-        expire: Callable[[Any], None],
-    ) -> None:
-        # One queue entry per new deadline; an entry whose deadline moved is harmless
-        # (expire() fires nothing that is not due).
-        if deadline is not None and deadline != owner.timer_at:
-            owner.timer_at = deadline
-            self.queue.schedule(deadline, functools.partial(expire, owner))
-
-    def _expire_server(self, ctx: ServerContext) -> None:
-        ctx.timer_at = None
-        self._run_server(ctx, ctx.txn.expire(self.clock()))
-
     def _housekeeping(self) -> None:
         # Bindings expire lazily when their AOR is looked up; this sweeps the ones of
         # phones nobody calls, so memory follows the live registrations.
@@ -1192,12 +1181,13 @@ class Proxy:
 
     @property
     def active_transactions(self) -> tuple[int, int]:
-        return len(self.server_txns), len(self.tm)
+        return len(self.tm.server), len(self.tm.client)
 
     @property
     def pending_requests(self) -> int:
         """Requests still waiting for their final answer (what draining waits for)."""
-        return sum(1 for ctx in self.server_txns.values() if not ctx.final_sent)
+        contexts = (entry.owner for entry in self.tm.server.values())
+        return sum(1 for c in contexts if isinstance(c, ServerContext) and not c.final_sent)
 
     def start_draining(self) -> None:
         if not self.draining:

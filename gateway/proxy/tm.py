@@ -1,21 +1,26 @@
-"""The one client-transaction layer, like Kamailio's tm: every request the gateway sends
-in a transaction (the proxy's branches and their CANCELs, the click-to-dial user
-agent's INVITEs and in-dialog requests, the prober's OPTIONS) is kept in one table,
-matched here to its responses (RFC 3261 §17.1.3: the top Via's branch and the CSeq
-method), carried out by one action loop, and reported to its owner.
+"""The one transaction layer, like Kamailio's tm: every transaction of the gateway is
+kept in its tables and run by its action loops.
+
+- Client transactions (RFC 3261 §17.1): the proxy's branches and their CANCELs, the
+  click-to-dial user agent's INVITEs and in-dialog requests, the prober's OPTIONS.
+  Responses are matched here (§17.1.3: the top Via's branch and the CSeq method).
+- Server transactions (§17.2): the requests the proxy handles, and the requests inside
+  the user agent's own dialogs, by the key their user computes (§17.2.3).
 
 A transaction's owner is any object; its *user* (the proxy, the user agent, the prober)
 gets the owner back with each outcome:
 
 - ``txn_response(owner, status, data, resp)``: a response for the transaction user
   (§17.1: provisional ones, the final one, RFC 6026's later 2xx);
-- ``txn_failed(owner, status)``: 408 when the transaction timed out (Timer B/F), 503
-  when the transport failed (§17.1.4);
+- ``txn_failed(owner, status)``: 408 when the transaction timed out (Timer B/F, or a
+  server transaction's final response never acknowledged), 503 when the transport
+  failed (§17.1.4);
 - ``txn_ended(owner)``: the transaction is over and gone from the table.
 
 Sans-I/O like the machines it drives (`sip/transaction.py`): it sends through the
 callable each transaction is started with and keeps its deadlines in the proxy's
-`TimerQueue`.
+`TimerQueue`. An owner that keeps its entry drops it in ``txn_ended`` (the entry
+points back at the owner: no cycle may outlive the transaction).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from gateway.sip.transaction import (
     Action,
     ClientTransaction,
     Deliver,
+    ServerTransaction,
     Terminated,
     TimedOut,
     Timers,
@@ -72,12 +78,38 @@ class ClientEntry:
         self.timer_at: float | None = None
 
 
+class ServerEntry:
+    """One server transaction in the table: its machine, where its responses go."""
+
+    __slots__ = ("key", "owner", "send", "target", "timer_at", "txn", "user")
+
+    def __init__(
+        self,
+        key: tuple[str, ...],
+        txn: ServerTransaction,
+        target: Target,
+        send: Send,
+        user: TransactionUser,
+        owner: object,
+    ) -> None:
+        self.key = key
+        self.txn = txn
+        self.target = target
+        self.send = send
+        self.user = user
+        self.owner = owner
+        self.timer_at: float | None = None
+
+
 class TransactionLayer:
     def __init__(self, *, queue: TimerQueue, timers: Timers, clock: Callable[[], float]) -> None:
         self.queue = queue
         self.timers = timers
         self.clock = clock
         self.client: dict[tuple[str, str], ClientEntry] = {}
+        # Server transactions by their §17.2.3 key (the user computes it: branch,
+        # sent-by and method, or RFC 2543's fallback), with the same action loop.
+        self.server: dict[tuple[str, ...], ServerEntry] = {}
 
     def start_client(
         self,
@@ -121,7 +153,61 @@ class TransactionLayer:
             del self.client[entry.key]
 
     def __len__(self) -> int:
-        return len(self.client)
+        return len(self.client)  # client transactions (server ones: len(self.server))
+
+    # -- server transactions ----------------------------------------------------------------
+    def start_server(
+        self,
+        key: tuple[str, ...],
+        *,
+        invite: bool,
+        reliable: bool,
+        target: Target,
+        send: Send,
+        user: TransactionUser,
+        owner: object,
+    ) -> ServerEntry:
+        txn = ServerTransaction(
+            invite=invite, reliable=reliable, timers=self.timers, now=self.clock()
+        )
+        entry = ServerEntry(key, txn, target, send, user, owner)
+        self.server[key] = entry
+        return entry
+
+    def request_again(self, entry: ServerEntry, *, is_ack: bool = False) -> None:
+        """A retransmission of the request (or the ACK of a non-2xx final response)."""
+        self._run_server(entry, entry.txn.on_request(self.clock(), is_ack=is_ack))
+
+    def respond(self, entry: ServerEntry, status: int, data: bytes) -> None:
+        """Send a response through the transaction (TransactionError if its state does
+        not allow one: a further 2xx goes outside it, RFC 6026)."""
+        self._run_server(entry, entry.txn.send_response(status, data, self.clock()))
+
+    def forget_server(self, entry: ServerEntry) -> None:
+        if self.server.get(entry.key) is entry:
+            del self.server[entry.key]
+
+    def _run_server(self, entry: ServerEntry, actions: list[Action]) -> None:
+        user, owner = entry.user, entry.owner
+        for action in actions:
+            if isinstance(action, Transmit):
+                entry.send(action.data, entry.target, None)
+            elif isinstance(action, TimedOut):
+                user.txn_failed(owner, 408)
+            elif isinstance(action, TransportFailed):
+                user.txn_failed(owner, 503)
+            elif isinstance(action, Terminated):
+                self.forget_server(entry)
+                user.txn_ended(owner)
+        deadline = entry.txn.deadline
+        if deadline is not None and deadline != entry.timer_at:
+            entry.timer_at = deadline
+            self.queue.schedule(deadline, lambda: self._expire_server(entry))
+
+    def _expire_server(self, entry: ServerEntry) -> None:
+        entry.timer_at = None
+        if self.server.get(entry.key) is entry:
+            self._run_server(entry, entry.txn.expire(self.clock()))
 
     # -- the action loop ------------------------------------------------------------------
     def _run(self, entry: ClientEntry, actions: list[Action], resp: Response | None = None) -> None:
