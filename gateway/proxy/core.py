@@ -1062,7 +1062,7 @@ class Proxy:
         """Drop a server transaction nobody answers through any more (an untrusted
         request answered statelessly)."""
         if ctx.entry is not None:
-            self.tm.forget_server(ctx.entry)
+            self.tm.forget(ctx.entry)
             ctx.entry = None
 
     # -- the proxy as the transaction user of its branches and requests (tm.py) --------

@@ -26,7 +26,7 @@ points back at the owner: no cycle may outlive the transaction).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from gateway.proxy.timers import TimerQueue
 from gateway.sip.message import Response
@@ -43,6 +43,7 @@ from gateway.sip.transaction import (
 )
 from gateway.transport.addresses import Target
 
+_Txn = TypeVar("_Txn", ClientTransaction, ServerTransaction)
 OnError = Callable[[], None]
 Send = Callable[[bytes, Target, OnError | None], object]
 
@@ -55,50 +56,33 @@ class TransactionUser(Protocol):
     def txn_ended(self, owner: Any) -> None: ...
 
 
-class ClientEntry:
-    """One client transaction in the table: its machine, where it sends, for whom."""
+class Entry(Generic[_Txn]):
+    """One transaction in a table: its machine, where it sends, for whom."""
 
-    __slots__ = ("key", "owner", "send", "target", "timer_at", "txn", "user")
-
-    def __init__(
-        self,
-        key: tuple[str, str],
-        txn: ClientTransaction,
-        target: Target,
-        send: Send,
-        user: TransactionUser,
-        owner: object,
-    ) -> None:
-        self.key = key
-        self.txn = txn
-        self.target = target
-        self.send = send
-        self.user = user
-        self.owner = owner
-        self.timer_at: float | None = None
-
-
-class ServerEntry:
-    """One server transaction in the table: its machine, where its responses go."""
-
-    __slots__ = ("key", "owner", "send", "target", "timer_at", "txn", "user")
+    __slots__ = ("key", "owner", "send", "table", "target", "timer_at", "txn", "user")
 
     def __init__(
         self,
+        table: dict[Any, Entry[_Txn]],
         key: tuple[str, ...],
-        txn: ServerTransaction,
+        txn: _Txn,
         target: Target,
         send: Send,
         user: TransactionUser,
         owner: object,
     ) -> None:
+        self.table: dict[Any, Entry[_Txn]] = table  # the layer's client or server table
         self.key = key
-        self.txn = txn
+        self.txn: _Txn = txn
         self.target = target
         self.send = send
         self.user = user
         self.owner = owner
         self.timer_at: float | None = None
+
+
+ClientEntry = Entry[ClientTransaction]
+ServerEntry = Entry[ServerTransaction]
 
 
 class TransactionLayer:
@@ -106,7 +90,7 @@ class TransactionLayer:
         self.queue = queue
         self.timers = timers
         self.clock = clock
-        self.client: dict[tuple[str, str], ClientEntry] = {}
+        self.client: dict[tuple[str, ...], ClientEntry] = {}
         # Server transactions by their §17.2.3 key (the user computes it: branch,
         # sent-by and method, or RFC 2543's fallback), with the same action loop.
         self.server: dict[tuple[str, ...], ServerEntry] = {}
@@ -132,25 +116,21 @@ class TransactionLayer:
             now=self.clock(),
             make_ack=make_ack,
         )
-        entry = ClientEntry((branch, method), txn, target, send, user, owner)
+        entry: ClientEntry = Entry(self.client, (branch, method), txn, target, send, user, owner)
         self.client[entry.key] = entry
         self._run(entry, txn.start())
         return entry
-
-    def match(self, resp: Response) -> ClientEntry | None:
-        """The transaction a response belongs to (§17.1.3), or None."""
-        return self.client.get((resp.top_via.branch or "", resp.cseq.method))
 
     def receive(self, entry: ClientEntry, resp: Response) -> None:
         """A response matched to ``entry``."""
         actions = entry.txn.on_response(resp.status, resp.to_bytes(), self.clock())
         self._run(entry, actions, resp)
 
-    def forget(self, entry: ClientEntry) -> None:
+    def forget(self, entry: ClientEntry | ServerEntry) -> None:
         """Drop a transaction whose outcome nobody waits for any more (its timers then
         find it gone)."""
-        if self.client.get(entry.key) is entry:
-            del self.client[entry.key]
+        if entry.table.get(entry.key) is entry:
+            del entry.table[entry.key]
 
     def __len__(self) -> int:
         return len(self.client)  # client transactions (server ones: len(self.server))
@@ -170,51 +150,35 @@ class TransactionLayer:
         txn = ServerTransaction(
             invite=invite, reliable=reliable, timers=self.timers, now=self.clock()
         )
-        entry = ServerEntry(key, txn, target, send, user, owner)
+        entry: ServerEntry = Entry(self.server, key, txn, target, send, user, owner)
         self.server[key] = entry
         return entry
 
     def request_again(self, entry: ServerEntry, *, is_ack: bool = False) -> None:
         """A retransmission of the request (or the ACK of a non-2xx final response)."""
-        self._run_server(entry, entry.txn.on_request(self.clock(), is_ack=is_ack))
+        self._run(entry, entry.txn.on_request(self.clock(), is_ack=is_ack))
 
     def respond(self, entry: ServerEntry, status: int, data: bytes) -> None:
         """Send a response through the transaction (TransactionError if its state does
         not allow one: a further 2xx goes outside it, RFC 6026)."""
-        self._run_server(entry, entry.txn.send_response(status, data, self.clock()))
-
-    def forget_server(self, entry: ServerEntry) -> None:
-        if self.server.get(entry.key) is entry:
-            del self.server[entry.key]
-
-    def _run_server(self, entry: ServerEntry, actions: list[Action]) -> None:
-        user, owner = entry.user, entry.owner
-        for action in actions:
-            if isinstance(action, Transmit):
-                entry.send(action.data, entry.target, None)
-            elif isinstance(action, TimedOut):
-                user.txn_failed(owner, 408)
-            elif isinstance(action, TransportFailed):
-                user.txn_failed(owner, 503)
-            elif isinstance(action, Terminated):
-                self.forget_server(entry)
-                user.txn_ended(owner)
-        deadline = entry.txn.deadline
-        if deadline is not None and deadline != entry.timer_at:
-            entry.timer_at = deadline
-            self.queue.schedule(deadline, lambda: self._expire_server(entry))
-
-    def _expire_server(self, entry: ServerEntry) -> None:
-        entry.timer_at = None
-        if self.server.get(entry.key) is entry:
-            self._run_server(entry, entry.txn.expire(self.clock()))
+        self._run(entry, entry.txn.send_response(status, data, self.clock()))
 
     # -- the action loop ------------------------------------------------------------------
-    def _run(self, entry: ClientEntry, actions: list[Action], resp: Response | None = None) -> None:
+    def _run(
+        self,
+        entry: ClientEntry | ServerEntry,
+        actions: list[Action],
+        resp: Response | None = None,
+    ) -> None:
         user, owner = entry.user, entry.owner
         for action in actions:
             if isinstance(action, Transmit):
-                entry.send(action.data, entry.target, lambda: self._transport_error(entry))
+                # A request's transport failure is the transaction's input (§17.1.4); a
+                # response that cannot be sent has nobody to tell.
+                on_error = (
+                    (lambda: self._transport_error(entry)) if entry.table is self.client else None
+                )
+                entry.send(action.data, entry.target, on_error)
             elif isinstance(action, Deliver):
                 user.txn_response(owner, action.status, action.data, resp)
             elif isinstance(action, TimedOut):
@@ -231,11 +195,11 @@ class TransactionLayer:
             entry.timer_at = deadline
             self.queue.schedule(deadline, lambda: self._expire(entry))
 
-    def _transport_error(self, entry: ClientEntry) -> None:
-        if self.client.get(entry.key) is entry:
+    def _transport_error(self, entry: ClientEntry | ServerEntry) -> None:
+        if entry.table.get(entry.key) is entry:
             self._run(entry, entry.txn.on_transport_error(self.clock()))
 
-    def _expire(self, entry: ClientEntry) -> None:
+    def _expire(self, entry: ClientEntry | ServerEntry) -> None:
         entry.timer_at = None
-        if self.client.get(entry.key) is entry:
+        if entry.table.get(entry.key) is entry:
             self._run(entry, entry.txn.expire(self.clock()))
