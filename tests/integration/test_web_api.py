@@ -261,6 +261,10 @@ async def test_a_ticket_from_one_node_opens_a_subscription_on_another(
 ) -> None:
     node_a = await gateway_factory(node="node-a")
     node_b = await gateway_factory(node="node-b", redis_url=node_a.redis_url)
+    # Logins answer once a node has copied its configuration into Redis: B's copy must
+    # not land after A's token is issued (a reseed revokes the tokens of the users it
+    # rewrites; docs/next-steps.md).
+    await node_b.login("203")
     issued = await ticket(node_a, await node_a.login("203"))
     ws = await ready(await connect(ws_url(node_b, f"?ticket={issued}"), open_timeout=5))
     await trunk_to_did(node_a, "uas", "uac", 1)
