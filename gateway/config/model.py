@@ -3,7 +3,8 @@
 Building these by hand (tests, tools) skips the loader's validation; ``load_settings``
 is the way to get a checked ``Settings``. Secrets never show in a repr: HA1 hashes and
 ``auth_secret`` print as ``'***'`` and a Redis URL's password is masked; plain SIP
-passwords are not kept at all (the loader turns them into HA1 hashes).
+passwords are not kept at all (the loader turns them into HA1 hashes), and a plain API
+password is kept only for the directory's seed, never shown (``User``).
 """
 
 from __future__ import annotations
@@ -279,10 +280,13 @@ class Profile:
 class User:
     """A user of a tenant: a SIP phone line, and optionally an HTTP API login.
 
-    Only hashes are kept, never a password: HA1 hashes for SIP digest, an Argon2id hash
-    (``api_password_hash``) for the API. ``role`` and ``extensions`` govern what the
-    user's API tokens may see: a "user" sees its own extension plus ``extensions``, an
-    "admin" sees every extension of the tenant.
+    The SIP password is not kept, only its HA1 hashes; the API is served by an Argon2id
+    hash (``api_password_hash``). ``api_password`` keeps the API password as the file
+    gave it (never shown in a repr) for one purpose: each load hashes it with a fresh
+    salt, so the directory's seed checks it against the hash stored in Redis to tell an
+    unchanged password from a changed one (``gateway.security.directory``). ``role``
+    and ``extensions`` govern what the user's API tokens may see: a "user" sees its own
+    extension plus ``extensions``, an "admin" sees every extension of the tenant.
     """
 
     username: str
@@ -294,6 +298,8 @@ class User:
     api_password_hash: str | None = field(default=None, metadata=_SECRET)
     role: UserRole = "user"
     extensions: tuple[str, ...] = ()  # watched besides its own (role "user")
+    # None when the file gave api_password_hash (that hash is compared as it is).
+    api_password: str | None = field(default=None, repr=False, compare=False, metadata=_SECRET)
 
     __repr__ = _masked_repr
 

@@ -1,8 +1,9 @@
 """API password policy and Argon2id hashing, defined once.
 
 They live in the configuration layer because the loader hashes ``api_password`` while it
-reads the file (the plain password never reaches ``Settings``), and the configuration
-sits below ``gateway.security`` in the layer order. ``gateway.security.passwords``
+reads the file (``Settings`` keeps the password only, unshown, for the directory's seed
+to recognise it in the stored hash), and the configuration sits below
+``gateway.security`` in the layer order. ``gateway.security.passwords``
 re-exports them and adds verification.
 
 Parameters: Argon2id, 19 MiB of memory, 2 passes, 1 lane, 16-byte salt, 32-byte tag:

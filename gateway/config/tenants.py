@@ -163,14 +163,14 @@ def _user(t: Table, realm: str, profiles: Mapping[str, Profile]) -> User:
     display_name = "" if display_value is None else _display_name(display_value)
     ha1_md5, ha1_sha256 = _ha1s(t, username, realm)
     profile = _profile_ref(t, "generic-phone", "phone", profiles)
-    api_password_hash = _api_password_hash(t, username, realm, ha1_md5)
+    api_password_hash, api_password = _api_password(t, username, realm, ha1_md5)
     role_value = t.get("role")
     role = cast(UserRole, "user" if role_value is None else role_value.choice(USER_ROLES))
     watched = _watched_extensions(t, extension, role)
     return User(
         username=username, extension=extension, ha1_md5=ha1_md5, ha1_sha256=ha1_sha256,
         display_name=display_name, profile=profile, api_password_hash=api_password_hash,
-        role=role, extensions=watched,
+        role=role, extensions=watched, api_password=api_password,
     )  # fmt: skip
 
 
@@ -235,9 +235,13 @@ def _password(v: Value) -> str:
     return secret
 
 
-def _api_password_hash(t: Table, username: str, realm: str, ha1_md5: str) -> str | None:
-    """The Argon2id hash of the HTTP API password: hashed here from ``api_password`` (which
-    is then dropped) or given as ``api_password_hash``. None: no API login."""
+def _api_password(
+    t: Table, username: str, realm: str, ha1_md5: str
+) -> tuple[str | None, str | None]:
+    """The Argon2id hash of the HTTP API password, and the password when the file gives
+    it: hashed here from ``api_password`` (with a fresh salt, so each load's hash
+    differs; the seed checks the password itself against the stored hash), or given as
+    ``api_password_hash`` (no password then). (None, None): no API login."""
     plain, given = t.get("api_password"), t.get("api_password_hash")
     if plain is not None and given is not None:
         raise plain.error("give either api_password or api_password_hash, not both")
@@ -246,9 +250,9 @@ def _api_password_hash(t: Table, username: str, realm: str, ha1_md5: str) -> str
         problem = hash_problem(text)
         if problem is not None:
             raise given.error(f"{problem}; make one with `sipgw password-hash`")
-        return text
+        return text, None
     if plain is None:
-        return None
+        return None, None
     secret = plain.text(secret=True)
     problem = password_problem(secret)
     if problem is not None:
@@ -256,7 +260,7 @@ def _api_password_hash(t: Table, username: str, realm: str, ha1_md5: str) -> str
     if compute_ha1(username, realm, secret, "MD5") == ha1_md5:
         # The SIP HA1 is a fast MD5: reusing the password would make Argon2 pointless.
         raise plain.error("must differ from the SIP password")
-    return hash_password(secret)
+    return hash_password(secret), secret
 
 
 def _watched_extensions(t: Table, own: str, role: str) -> tuple[str, ...]:

@@ -2,7 +2,9 @@
 
 Seeded from ``Settings`` at start (``seed``): every configured tenant and user is
 written with ``source = "config"``; a configured user that disappeared, or whose
-password, role or extensions changed, loses its tokens. ``sipgw tenant create`` and
+password, role or extensions changed, loses its tokens. A restart, or another node's
+start, with the same configuration changes nothing: the configured password is checked
+against the stored hash (each load salts its own hash afresh). ``sipgw tenant create`` and
 ``sipgw user add`` add records with ``source = "cli"``, which seeding leaves alone
 (except when the configuration takes the name over). Every node reads the same Redis,
 so a login on one node gives a token valid on all of them, and a revocation is
@@ -24,7 +26,7 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, cast
 
 import redis.asyncio as aioredis
@@ -331,23 +333,55 @@ class Directory:
 
     async def _seed_users(self, tenant: Tenant) -> None:
         existing = await self._user_records(tenant.id)
-        wanted = {u.username: UserRecord.from_config(u) for u in tenant.users}
-        for username, record in wanted.items():
-            old = existing.get(username)
+        wanted = {u.username for u in tenant.users}
+        for user in tenant.users:
+            old = existing.get(user.username)
+            record, revokes = await self._seed_record(user, old)
             if old == record:
                 continue
-            await self._redis.hset(keys.users(tenant.id), username, record.to_json())
-            if old is not None:
-                revoked = await self.revoke_user(tenant.id, username)
+            await self._redis.hset(keys.users(tenant.id), user.username, record.to_json())
+            if revokes:
+                revoked = await self.revoke_user(tenant.id, user.username)
                 detail = f"changed by the configuration; {revoked} tokens revoked"
                 await self.audit.record(
-                    tenant.id, "user.update", "ok", user=username, source="config", detail=detail
-                )
+                    tenant.id, "user.update", "ok", user=user.username, source="config",
+                    detail=detail,
+                )  # fmt: skip
         for username, old in existing.items():
             if old.source == "config" and username not in wanted:
                 await self.remove_user(
                     tenant.id, username, source="config", why="removed from the configuration"
                 )
+
+    async def _seed_record(self, user: User, old: UserRecord | None) -> tuple[UserRecord, bool]:
+        """The record to store for a configured user, and whether replacing ``old`` with
+        it revokes the user's tokens: a new password, role or extensions do, and so does
+        taking over a CLI user. The same password keeps its stored hash (no rewrite),
+        unless that hash has outdated parameters: then the fresh one replaces it, and
+        the tokens stand."""
+        record = UserRecord.from_config(user)
+        if old is None:
+            return record, False
+        if not await self._same_password(user, old.password_hash):
+            return record, True
+        if old.password_hash is not None and not needs_rehash(old.password_hash):
+            record = replace(record, password_hash=old.password_hash)
+        return record, replace(old, password_hash=record.password_hash) != record
+
+    async def _same_password(self, user: User, stored: str | None) -> bool:
+        """True when ``stored`` (the hash in Redis) is of the API password the
+        configuration gives ``user`` now; both None (no API login) count as the same.
+
+        A configured ``api_password_hash`` compares as it is. A configured
+        ``api_password`` was hashed with a fresh salt at this load, so its hash never
+        equals the stored one: the password itself is verified against the stored hash,
+        one Argon2 verification (~25 ms in a worker thread, sharing the logins' slots)
+        per such user at every seed, which every start of every node runs."""
+        if stored == user.api_password_hash:
+            return True
+        if stored is None or user.api_password is None:
+            return False
+        return await self.verifier.verify(stored, user.api_password)
 
     # -- tenants ---------------------------------------------------------------------------
     async def _tenant_records(self) -> dict[str, TenantRecord]:

@@ -11,9 +11,11 @@ import secrets
 import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import argon2
 import httpx
 import pytest
 import redis
@@ -25,6 +27,7 @@ from gateway.cli import admin as cli_admin
 from gateway.config import Settings, load_settings
 from gateway.security import keys
 from gateway.security.directory import Directory, DirectoryError, DirectoryUnavailable
+from gateway.security.passwords import hash_password, needs_rehash
 from gateway.security.principal import Principal
 from gateway.security.tokens import LoginRefused, Token, token_hash
 from tests.peers import ports
@@ -454,6 +457,146 @@ async def test_seed_follows_the_configuration(
         # A restart with the same configuration changes nothing.
         await second.seed()
         assert await second.token(fresh.bearer) is not None
+    finally:
+        await second.stop()
+
+
+# A seed must leave alone what the configuration did not change: every start of every
+# node seeds the same Redis, and each load salts a plain api_password's hash afresh.
+
+CAROL_PW = "Carol-api-203!"
+NEW_PW = "Newer-pass-77!"
+
+
+def carol(password: str) -> str:
+    """Tenant A's user "carol", whose API password the file gives as a hash."""
+    return (
+        '[[tenants.users]]\nusername = "carol"\nextension = "203"\npassword = "Sip-pass-203"\n'
+        f'api_password_hash = "{hash_password(password)}"\n'
+    )
+
+
+async def started(tmp_path: Path, text: str, redis_url: str, clock: Clock) -> Directory:
+    """A node's directory, seeded from its own load of ``text`` (its own salts)."""
+    d = Directory(redis_url, settings_for(tmp_path, text, redis_url), clock=clock)
+    await d.start()
+    return d
+
+
+async def test_another_nodes_start_with_the_same_configuration_keeps_every_token(
+    tmp_path: Path, redis_url: str, ids: tuple[str, str], clock: Clock
+) -> None:
+    a, b = ids
+    text = config_text(a, b, extra_a_users=carol(CAROL_PW))
+    node_a = await started(tmp_path, text, redis_url, clock)
+    node_b: Directory | None = None
+    try:
+        tokens = [
+            await login_ok(node_a, a, "alice", ALICE_PW, "192.0.2.50"),
+            await login_ok(node_a, a, "boss", BOSS_PW, "192.0.2.50"),
+            await login_ok(node_a, a, "carol", CAROL_PW, "192.0.2.50"),
+            await login_ok(node_a, b, "alice", OTHER_ALICE_PW, "192.0.2.50"),
+        ]
+        stored = await node_a.users(a)
+        node_b = await started(tmp_path, text, redis_url, clock)
+        alice_a, alice_b = (n.settings.tenants[0].users[0] for n in (node_a, node_b))
+        assert alice_a.api_password_hash != alice_b.api_password_hash  # salted afresh
+        await node_a.seed()  # and node A's own restart
+        for token in tokens:
+            assert await node_a.token(token.bearer) is not None
+            assert await node_b.token(token.bearer) is not None
+        assert await node_b.users(a) == stored  # nothing rewritten
+        assert "user.update" not in {e.event for e in await node_b.audit_entries(a)}
+        await login_ok(node_b, a, "alice", ALICE_PW, "192.0.2.51")
+    finally:
+        await node_a.stop()
+        if node_b is not None:
+            await node_b.stop()
+
+
+async def test_a_changed_api_password_revokes_and_only_the_new_one_logs_in(
+    tmp_path: Path, redis_url: str, ids: tuple[str, str], clock: Clock
+) -> None:
+    a, b = ids
+    first = await started(
+        tmp_path, config_text(a, b, extra_a_users=carol(CAROL_PW)), redis_url, clock
+    )
+    alice = await login_ok(first, a, "alice", ALICE_PW, "192.0.2.50")
+    carol_token = await login_ok(first, a, "carol", CAROL_PW, "192.0.2.50")
+    boss = await login_ok(first, a, "boss", BOSS_PW, "192.0.2.50")
+    await first.stop()
+
+    text = config_text(a, b, extra_a_users=carol(NEW_PW)).replace(ALICE_PW, NEW_PW)
+    second = await started(tmp_path, text, redis_url, clock)
+    try:
+        assert await second.token(alice.bearer) is None
+        assert await second.token(carol_token.bearer) is None  # a new hash in the file
+        assert await second.token(boss.bearer) is not None  # unchanged: kept
+        for user, old in (("alice", ALICE_PW), ("carol", CAROL_PW)):
+            assert await second.login(a, user, old, "192.0.2.50") == LoginRefused("invalid")
+            await login_ok(second, a, user, NEW_PW, "192.0.2.50")
+        updates = [e for e in await second.audit_entries(a) if e.event == "user.update"]
+        assert sorted(e.user for e in updates) == ["alice", "carol"]
+        assert all("1 tokens revoked" in e.detail for e in updates)
+    finally:
+        await second.stop()
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "before", "after", "sees"),
+    [
+        ("alice", ALICE_PW, 'extensions = ["202"]', 'extensions = ["202", "209"]',
+         {"201", "202", "209"}),
+        ("alice", ALICE_PW, 'extension = "201"\npassword = "Sip-pass-201"',
+         'extension = "205"\npassword = "Sip-pass-201"', {"205", "202"}),
+        ("boss", BOSS_PW, 'role = "admin"', 'role = "user"', {"209"}),
+    ],
+    ids=["watched extensions", "own extension", "role"],
+)  # fmt: skip
+async def test_a_changed_role_or_extension_revokes(
+    tmp_path: Path, redis_url: str, ids: tuple[str, str], clock: Clock,
+    user: str, password: str, before: str, after: str, sees: set[str],
+) -> None:  # fmt: skip
+    a, b = ids
+    text = config_text(a, b)
+    first = await started(tmp_path, text, redis_url, clock)
+    changed = await login_ok(first, a, user, password, "192.0.2.50")
+    other_user, other_password = ("boss", BOSS_PW) if user == "alice" else ("alice", ALICE_PW)
+    other = await login_ok(first, a, other_user, other_password, "192.0.2.50")
+    await first.stop()
+
+    assert text.count(before) == 1
+    second = await started(tmp_path, text.replace(before, after), redis_url, clock)
+    try:
+        assert await second.token(changed.bearer) is None
+        assert await second.token(other.bearer) is not None
+        fresh = await login_ok(second, a, user, password, "192.0.2.50")
+        assert (fresh.role, fresh.extensions) == ("user", frozenset(sees))
+    finally:
+        await second.stop()
+
+
+async def test_an_outdated_hash_of_the_same_password_is_renewed_and_tokens_stand(
+    tmp_path: Path, redis_url: str, ids: tuple[str, str], clock: Clock, raw: aioredis.Redis
+) -> None:
+    a, b = ids
+    first = await started(tmp_path, config_text(a, b), redis_url, clock)
+    alice = await login_ok(first, a, "alice", ALICE_PW, "192.0.2.50")
+    stored = await first.user(a, "alice")
+    await first.stop()
+    assert stored is not None
+    outdated = argon2.PasswordHasher(time_cost=1, memory_cost=8192).hash(ALICE_PW)
+    assert needs_rehash(outdated)
+    record = replace(stored, password_hash=outdated)
+    await raw.hset(keys.users(a), "alice", record.to_json())
+
+    second = await started(tmp_path, config_text(a, b), redis_url, clock)
+    try:
+        renewed = await second.user(a, "alice")
+        assert renewed is not None and renewed.password_hash is not None
+        assert renewed.password_hash != outdated and not needs_rehash(renewed.password_hash)
+        assert await second.token(alice.bearer) is not None
+        assert "user.update" not in {e.event for e in await second.audit_entries(a)}
     finally:
         await second.stop()
 

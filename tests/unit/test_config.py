@@ -1300,7 +1300,7 @@ auth_key = "hep-key-of-pbx-two"
     assert not first.is_trunk("198.51.100.7", 5061) and not first.is_trunk("bogus", 1)
 
 
-def test_api_password_is_hashed_with_argon2_and_never_kept(tmp_path: Path) -> None:
+def test_api_password_is_hashed_with_argon2_and_never_shown(tmp_path: Path) -> None:
     api_password = "Alice-api-42!"
     text = TENANT + f'api_password = "{api_password}"\nrole = "user"\n'
     user = load(tmp_path, text).tenants[0].users[0]
@@ -1310,7 +1310,7 @@ def test_api_password_is_hashed_with_argon2_and_never_kept(tmp_path: Path) -> No
     for shown in (repr(user), str(user), repr(load(tmp_path, text))):
         assert api_password not in shown and user.api_password_hash not in shown
     assert "api_password_hash='***'" in repr(user)
-    assert not hasattr(user, "api_password")
+    assert user.api_password == api_password  # for the seed: is the stored hash of it?
     assert (user.role, user.extensions) == ("user", ())
     assert user.visible_extensions == frozenset({"201"})
 
@@ -1318,7 +1318,7 @@ def test_api_password_is_hashed_with_argon2_and_never_kept(tmp_path: Path) -> No
 def test_api_password_hash_given_directly(tmp_path: Path) -> None:
     hashed = argon2.PasswordHasher().hash("Given-hash-1!")
     user = load(tmp_path, TENANT + f'api_password_hash = "{hashed}"\n').tenants[0].users[0]
-    assert user.api_password_hash == hashed
+    assert user.api_password_hash == hashed and user.api_password is None
     costly = hashed.replace("m=65536", "m=1048576")
     assert error_of(tmp_path, TENANT + f'api_password_hash = "{costly}"\n') == (
         "tenants[0].users[0].api_password_hash: Argon2 parameters too costly (at most "
