@@ -261,9 +261,9 @@ async def test_a_ticket_from_one_node_opens_a_subscription_on_another(
 ) -> None:
     node_a = await gateway_factory(node="node-a")
     node_b = await gateway_factory(node="node-b", redis_url=node_a.redis_url)
-    # Logins answer once a node has copied its configuration into Redis: B's copy must
-    # not land after A's token is issued (a reseed revokes the tokens of the users it
-    # rewrites; docs/next-steps.md).
+    # Logins answer once a node has copied its configuration into Redis: B is wholly up
+    # before A's ticket is redeemed there. B's seed leaves A's token alone either way
+    # (test_security.py: another node's start with the same configuration keeps tokens).
     await node_b.login("203")
     issued = await ticket(node_a, await node_a.login("203"))
     ws = await ready(await connect(ws_url(node_b, f"?ticket={issued}"), open_timeout=5))
