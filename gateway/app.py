@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -35,7 +34,7 @@ from gateway.config import MonitorSource, Settings
 from gateway.dial.originate import DialRequest, Originator
 from gateway.dial.user_agent import UserAgent
 from gateway.enrichment import Enricher
-from gateway.gc_pauses import GcPauses
+from gateway.gc_pauses import GcPauses, collect_young, gc_auto, tune_gc
 from gateway.proxy.observe import Observed
 from gateway.proxy.prober import OptionsProber, PeerChange
 from gateway.recognition import numbers
@@ -63,28 +62,6 @@ class _EmbeddedUvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-# Allocations between young collections, young collections per middle one, middle ones
-# per full one (CPython's defaults: 700, 10, 10). Each call leaves transactions alive for
-# 32 s (Timer B, Timer K…): at 600 calls/s about 2 million objects, which a full
-# collection walks in one to two seconds, stopping every call. So the gateway never
-# runs one by itself (the third threshold is out of reach), and keeps the young and
-# middle collections small and frequent: measured at 600 calls/s (bench.profile, GC
-# pauses from /metrics), 10 000/20/100 spent 108 µs of GC per call with pauses up to
-# 123 ms; 5 000/2 spent 76 µs, up to 11 ms; 1 000/2 spends 39 µs, up to 1.5 ms. Never
-# collecting the old generation relies on a call's state being freed by reference
-# counting, not left in cycles: tests guard it (a proxied call through the proxy and the
-# call tracker leaves no cyclic garbage).
-GC_THRESHOLDS = (1_000, 2, 1_000_000_000)
-
-
-def tune_gc() -> None:
-    """Once started: the heap built so far (modules, the app, settings) never becomes
-    garbage, so it is frozen out of every later collection; then the thresholds above."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class Gateway:
@@ -193,6 +170,7 @@ class Gateway:
             self._background.append(asyncio.create_task(self._report_stats()))
         log.info("gateway started", extra={"node": self.settings.node.name})
         tune_gc()
+        self._background.append(asyncio.create_task(collect_young()))
         # Timed from here: the one full collection of the startup heap above is not a
         # pause of the running gateway.
         self.gc_pauses.install()
@@ -440,6 +418,7 @@ class Gateway:
 
     async def stop(self) -> None:
         self.gc_pauses.remove()
+        gc_auto()
         if self.http is not None:
             self.http.should_exit = True
         if self._http_task is not None:

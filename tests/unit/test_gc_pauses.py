@@ -47,7 +47,7 @@ def test_workers_pauses_add_up_and_the_longest_wins() -> None:
 
 
 def test_proxied_calls_leave_no_cyclic_garbage() -> None:
-    # The gateway never runs a full collection by itself (app.GC_THRESHOLDS): whatever
+    # The gateway never runs a full collection (gc_pauses.tune_gc): whatever
     # a call leaves in cycles would stay. Calls through the proxy and the call tracker,
     # every timer run out: the collector must find nothing to free.
     from bench import hotpath
@@ -70,9 +70,37 @@ def test_proxied_calls_leave_no_cyclic_garbage() -> None:
             gc.enable()
 
 
-def test_the_gateway_never_starts_a_full_collection_by_itself() -> None:
-    from gateway.app import GC_THRESHOLDS
+async def test_the_gateway_collects_young_objects_on_a_clock_and_never_the_old() -> None:
+    # CPython's own trigger is off once the gateway runs (gc_pauses.tune_gc): a
+    # collection of the young and middle generations every YOUNG_INTERVAL instead, and
+    # never a full one.
+    import asyncio
+    import contextlib
 
-    young, middle, old = GC_THRESHOLDS
-    assert young <= 2_000 and middle <= 2  # small, frequent pauses
-    assert old >= 10**8  # ~a full collection per 10^8 middle ones: never, in practice
+    from gateway.gc_pauses import collect_young, gc_auto, tune_gc
+
+    counters = Counters()
+    meter = GcPauses(counters)
+    tune_gc()
+    meter.install()
+    task = asyncio.create_task(collect_young(0.01))
+    try:
+        assert not gc.isenabled()
+        garbage = [[] for _ in range(5_000)]
+        for item in garbage:
+            item.append(item)
+        del garbage, item  # far past the default young threshold: no automatic collection
+        assert counters.gc_pause_seconds.count == 0
+        for _ in range(500):  # bounded: 5 s at most
+            if counters.gc_collections["1"] >= 3:
+                break
+            await asyncio.sleep(0.01)  # the clock the collector runs on
+        assert counters.gc_collections["1"] >= 3
+        assert counters.gc_collections["0"] == counters.gc_collections["2"] == 0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        meter.remove()
+        gc_auto()
+    assert gc.isenabled()
