@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.gc_pauses import YOUNG_INTERVAL, tune_gc
 from gateway.calls.events import CallEvent
 from gateway.calls.tracker import CallTracker
 from gateway.config import Settings, load_settings
+from gateway.gc_pauses import YOUNG_INTERVAL, tune_gc
 from gateway.proxy.core import Proxy
 from gateway.proxy.location import Binding
 from gateway.proxy.observe import Observed

@@ -8,7 +8,7 @@ about two million objects, which a full collection walks in one to two seconds. 
 CPython's own trigger (allocations minus deallocations of tracked objects) misfires in
 a steady state: the old transactions freed each second cancel the new ones counted, so
 the young generation grows far past its threshold before a collection starts, and then
-walks all of it in one pause (measured with thresholds 1 000 / 2: pauses of 20–28 ms at
+walks all of it in one pause (measured with thresholds 1 000 / 2: pauses of 20 to 95 ms at
 600 calls/s). So once started (`tune_gc`) the gateway turns the automatic collector off
 and collects the young and middle generations together on a clock (`collect_young`):
 each collection walks only what was made since the last one and is still alive, ~50 ms
