@@ -33,7 +33,6 @@ from gateway.config.model import (
     MonitorSource,
     NodeSettings,
     RecognitionSettings,
-    RedisSettings,
     SecuritySettings,
     Settings,
     SipSettings,
@@ -41,7 +40,8 @@ from gateway.config.model import (
     WebSettings,
 )
 from gateway.config.profiles import load_profiles
-from gateway.config.reader import Context, Table, Value, apply_env, plain_text
+from gateway.config.reader import Context, Table, Value, apply_env, existing_file, plain_text
+from gateway.config.redis_modes import redis_settings
 from gateway.config.syntax import (
     mask_url_password,
     normalize_host,
@@ -143,15 +143,15 @@ def _settings(root: Table, source: str) -> Settings:
         **http_table.read(
             {
                 "listen": _http_listen,
-                "tls_cert": _existing_file,
-                "tls_key": _existing_file,
+                "tls_cert": existing_file,
+                "tls_key": existing_file,
                 "tls_min_version": lambda v: v.choice(("1.2", "1.3")),
                 "allow_plain_http": lambda v: v.boolean(),
             }
         )
     )
     _check_tls_files(http_table, http)
-    redis = RedisSettings(**root.table("redis").read({"url": _redis_url}))
+    redis = redis_settings(root.table("redis"))
     log = LogSettings(**root.table("log").read(_LOG_READERS))
     events = EventsSettings(**root.table("events").read(_EVENTS_READERS))
     security = SecuritySettings(**root.table("security").read(_SECURITY_READERS))
@@ -203,8 +203,8 @@ def _sip(table: Table) -> SipSettings:
         "max_connections": lambda v: v.integer(1),
         "max_connections_per_source": lambda v: v.integer(0),
         "idle_timeout": lambda v: v.number(),
-        "tls_cert": _existing_file,
-        "tls_key": _existing_file,
+        "tls_cert": existing_file,
+        "tls_key": existing_file,
         "tls_min_version": lambda v: v.choice(("1.2", "1.3")),
         "tls_ciphers": _tls_ciphers,
         "max_forwards": lambda v: v.integer(1, 255),
@@ -252,13 +252,6 @@ def _listen(v: Value) -> tuple[ListenSpec, ...]:
             raise item.error(f'duplicate of {first} ("{spec}")')
         specs.append(spec)
     return tuple(specs)
-
-
-def _existing_file(v: Value) -> Path:
-    path = v.path()
-    if not path.is_file():
-        raise v.error(f"file not found: {path}")
-    return path
 
 
 def _tls_ciphers(v: Value) -> str:
@@ -330,7 +323,7 @@ def _check_advertise(table: Table, sip: SipSettings) -> None:
             )
 
 
-# --- [http], [redis], [log] --------------------------------------------------------
+# --- [http], [log] ---------------------------------------------------------------
 
 
 def _http_listen(v: Value) -> str:

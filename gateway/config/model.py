@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from gateway.config.dial_policy import DialPolicy
 from gateway.config.syntax import (
@@ -233,13 +234,54 @@ class HttpSettings:
         return int(self.listen.rpartition(":")[2])
 
 
+RedisMode = Literal["standalone", "cluster", "sentinel"]
+
+
 @dataclass(frozen=True, repr=False)
 class RedisSettings:
-    """Where the event streams and the contact index live."""
+    """Where the event streams and the contact index live: one server (`url`), a Redis
+    Cluster (`cluster_nodes`, the seeds it is discovered from) or a master watched by
+    Sentinel (`sentinel_service` on the `sentinels`). The credentials and the TLS
+    options apply to every mode; ``gateway/redis_link.py`` makes the client for each.
+    The loader admits exactly one mode (a cluster or Sentinel leaves `url` at its
+    default, unused)."""
 
     url: str = field(default="redis://127.0.0.1:6379/0", metadata={"mask": _url_without_password})
+    cluster_nodes: tuple[tuple[str, int], ...] = ()  # (host, port) seeds
+    sentinel_service: str | None = None  # the master's name in the sentinels' configuration
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_password: str | None = field(default=None, metadata=_SECRET)  # for the sentinels
+    username: str | None = None  # ACL user; None: "default" (or the url's)
+    password: str | None = field(default=None, metadata=_SECRET)  # or in the url
+    tls: bool = False  # the url's rediss:// sets it too
+    tls_ca: Path | None = None  # None: the system's trusted CAs
+    tls_cert: Path | None = None  # a client certificate, for a server that asks for one
+    tls_key: Path | None = None
+    tls_verify: bool = True  # False: no check of the server's certificate (tests only)
 
     __repr__ = _masked_repr
+
+    @property
+    def mode(self) -> RedisMode:
+        if self.cluster_nodes:
+            return "cluster"
+        if self.sentinel_service is not None:
+            return "sentinel"
+        return "standalone"
+
+    @property
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """The (host, port) the gateway is configured to reach Redis at: the seeds or
+        the sentinels, or the url's host (none for a unix socket). A cluster's other
+        nodes and the master a sentinel names are learnt at run time."""
+        if self.cluster_nodes:
+            return self.cluster_nodes
+        if self.sentinel_service is not None:
+            return self.sentinels
+        parts = urlsplit(self.url)
+        if parts.scheme in ("redis", "rediss") and parts.hostname:
+            return ((parts.hostname, parts.port or 6379),)
+        return ()
 
 
 @dataclass(frozen=True)

@@ -299,3 +299,11 @@ def plain_text(v: Value) -> str:
     if not text.strip() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
         raise v.error(f"must be non-empty text without control characters, got {describe(text)}")
     return text
+
+
+def existing_file(v: Value) -> Path:
+    """A path (see ``Value.path``) that names an existing file."""
+    path = v.path()
+    if not path.is_file():
+        raise v.error(f"file not found: {path}")
+    return path
