@@ -6,9 +6,10 @@ The SIP path calls `publish(event)`: synchronous, O(1), never waits and never ra
 asyncio.Queue; a full queue drops it and counts ``dropped["queue_full"]``.
 
 One writer task drains the queue into an ordered in-memory buffer and sends the buffer's
-head in batches, ONE round trip per batch: a non-transactional pipeline with one
-EVALSHA of `_APPEND_SCRIPT` per event. The script XADDs the event to
-``{tenant}:events`` (trimmed by length, and by age when configured) and PUBLISHes
+head in batches, ONE round trip per batch: one EVALSHA of `_APPEND_SCRIPT` per event,
+pipelined on a connection of the writer's own (gateway/redis_wire.py: redis-py's
+pipeline cost several times the CPU, and every call goes through here). The script
+XADDs the event to ``{tenant}:events`` (trimmed by length, and by age when configured) and PUBLISHes
 ``seq \\n payload`` to ``{tenant}:live``; because both happen inside one script, every
 live message carries the stream id the event got, and no event can be live without
 being in the stream (the replay seam relies on it). The id is set as the event's seq.
@@ -51,11 +52,12 @@ from itertools import islice
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from gateway.bus import keys, rewrite
 from gateway.bus.live import LiveHub, LiveSubscription
 from gateway.redis_link import Backoff, LinkOptions, RedisLink, client, raise_if_cancelled
+from gateway.redis_wire import WireProtocol, connect, endpoint_of
 from gateway.stats import Counters, Histogram
 
 log = logging.getLogger("sipgw.bus")
@@ -203,6 +205,10 @@ class EventBus:
                 socket_timeout=socket_timeout, connect_timeout=min(socket_timeout, 2.0)
             ),
         )
+        # Appends go over a connection of the writer's own (see `_connected`).
+        self._endpoint = endpoint_of(redis_url)
+        self._socket_timeout = socket_timeout
+        self._wire: WireProtocol | None = None
         # Up until a round trip fails: the writer has nothing to say before its first.
         self._link = RedisLink(up=True, on_change=self._link_changed)
         self.hub = LiveHub(
@@ -292,6 +298,8 @@ class EventBus:
             self.dropped["shutdown"] += left
             log.warning("bus: stopped with events not written to redis", extra={"left": left})
         await self.hub.close()
+        if self._wire is not None:
+            self._wire.close()
         await self._redis.aclose()
         return left
 
@@ -454,6 +462,17 @@ class EventBus:
             log.info("bus: retention trimmed old events", extra={"entries": removed})
         return removed
 
+    async def _connected(self) -> WireProtocol:
+        """The writer's own connection (redis_wire: the lean path), made when needed:
+        a broken one is replaced at the next batch, after the writer's backoff."""
+        wire = self._wire
+        if wire is None or not wire.is_open:
+            wire = self._wire = await connect(
+                self._endpoint, name="bus", timeout=self._socket_timeout,
+                connect_timeout=min(self._socket_timeout, 2.0),
+            )  # fmt: skip
+        return wire
+
     async def _send_batch(self) -> bool:
         """Send the head of the buffer in one round trip. Returns True if some events
         must go again at once (the script had to be loaded); raises on connection
@@ -462,7 +481,7 @@ class EventBus:
         min_id = self._min_id()
         trimmed: set[str] = set()  # age trimming once per tenant and batch is enough
         maxlen = str(self.stream_maxlen)
-        pipe = self._redis.pipeline(transaction=False)
+        commands: list[tuple[bytes | str, ...]] = []
         use_eval = self._need_eval
         for item in batch:
             age = ""
@@ -477,13 +496,14 @@ class EventBus:
                 item.payload,
             )
             if use_eval:
-                # EVAL also caches the script: the rest of this pipeline, which Redis
-                # runs after it, can use EVALSHA.
-                pipe.eval(_APPEND_SCRIPT, 1, *args)
+                # EVAL also caches the script: the rest of this batch, which Redis runs
+                # after it, can use EVALSHA.
+                commands.append(("EVAL", _APPEND_SCRIPT, "1", *args))
                 use_eval = False
             else:
-                pipe.evalsha(_APPEND_SHA, 1, *args)
-        results = await pipe.execute(raise_on_error=False)
+                commands.append(("EVALSHA", _APPEND_SHA, "1", *args))
+        wire = await self._connected()
+        results = await wire.call(*commands)
         self.round_trips += 1
         self._need_eval = False
 
@@ -495,7 +515,7 @@ class EventBus:
                 _set_seq(item.event, result.decode("ascii"))
                 self.published += 1
                 self.publish_latency.observe(acked - item.queued_at)
-            elif isinstance(result, NoScriptError):
+            elif isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT"):
                 self._need_eval = True  # script cache flushed (e.g. Redis restarted)
                 again.append(item)
             elif isinstance(result, ResponseError) and str(result).startswith(_TRANSIENT_REPLIES):
