@@ -51,18 +51,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from redis.asyncio.connection import Connection
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError, RedisError
 
 from gateway.bus import keys
-from gateway.redis_link import (
-    Backoff,
-    LinkOptions,
-    RedisLink,
-    client,
-    dedicated_connection,
-    raise_if_cancelled,
-)
+from gateway.redis_link import Backoff, RedisLink, raise_if_cancelled
+from gateway.redis_wire import Reply, WireProtocol, connect, endpoint_of
 
 log = logging.getLogger("sipgw.bus")
 
@@ -344,7 +337,8 @@ class LiveSubscription:
 class _Link:
     """State of one pub/sub connection; thrown away with it."""
 
-    conn: Connection
+    wire: WireProtocol | None = None  # set once connected
+    heard: float = 0.0  # the loop's clock when Redis last sent anything
     requested: set[str] = field(default_factory=set)  # SUBSCRIBE sent, no UNSUBSCRIBE since
     awaiting: Counter[str] = field(default_factory=Counter)  # confirmations to come
     live: set[str] = field(default_factory=set)  # confirmed: messages flow
@@ -366,13 +360,11 @@ class LiveHub:
         self.default_maxsize = default_maxsize
         self._ping_interval = ping_interval
         self._backoff = Backoff(backoff_initial, backoff_max)
-        # No library retries: this hub decides when to retry and must see every
-        # disconnect (it signals a resync). No socket timeout: its reads pass their own.
-        self._redis = client(
-            redis_url,
-            name="live",
-            options=LinkOptions(socket_timeout=None, connect_timeout=connect_timeout),
-        )
+        # Its own lean connection (gateway/redis_wire.py: every event of the node is
+        # read here), which never reconnects by itself: this hub decides when to retry
+        # and must see every disconnect (it signals a resync).
+        self._endpoint = endpoint_of(redis_url)
+        self._connect_timeout = connect_timeout
         self._state = RedisLink(on_change=self._link_changed)
         # tenant -> filter -> its subscriptions: a filter is asked once per event.
         self._subs: dict[str, dict[EventPredicate | None, dict[LiveSubscription, None]]] = {}
@@ -413,9 +405,8 @@ class LiveHub:
             sub.close()
         self._subs.clear()
         link, self._link = self._link, None
-        if link is not None:
-            await link.conn.disconnect()
-        await self._redis.aclose()
+        if link is not None and link.wire is not None:
+            link.wire.close()
         self._state.up = None  # closed: neither up nor failed
 
     # -- subscriptions --------------------------------------------------------------------
@@ -503,31 +494,39 @@ class LiveHub:
         )
 
     async def _session(self) -> None:
-        conn = dedicated_connection(self._redis)
-        try:
-            await conn.connect()  # type: ignore[no-untyped-call]
-            raise_if_cancelled()
-        except BaseException:
-            await conn.disconnect()
-            raise
-        link = self._link = _Link(conn)
+        link = _Link()
+
+        def pushed(reply: Reply) -> None:
+            link.heard = loop.time()
+            self._handle(link, reply)
+
+        loop = asyncio.get_running_loop()
+        wire = link.wire = await connect(
+            self._endpoint, name="live", timeout=None,
+            connect_timeout=self._connect_timeout, on_push=pushed,
+        )  # fmt: skip
+        link.heard = loop.time()
+        self._link = link
         self._state.came_up()
         self._dirty.set()  # the commander subscribes the wanted channels
         try:
-            await self._read(link)
+            await self._watch(link, wire)
         finally:
             self._lost(link)
-            await conn.disconnect()
+            wire.close()
 
-    async def _read(self, link: _Link) -> None:
-        # Data (even a PONG) comes at least every ping_interval: silence means a dead peer.
+    async def _watch(self, link: _Link, wire: WireProtocol) -> None:
+        """Until the connection breaks. Data (even a PONG) comes at least every
+        ping_interval: silence for three of them means a dead peer."""
+        loop = asyncio.get_running_loop()
         silence = self._ping_interval * 3
-        while True:
-            response = await link.conn.read_response(timeout=silence)
+        while not wire.closed.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(wire.closed), silence)
             raise_if_cancelled()
-            if response is None:
+            if not wire.closed.done() and loop.time() - link.heard >= silence:
                 raise TimeoutError(f"no data from redis for {silence:.0f} s")
-            self._handle(link, response)
+        raise ConnectionError("the live connection to redis was lost")
 
     def _handle(self, link: _Link, response: object) -> None:
         if not (isinstance(response, list) and len(response) == 3):
@@ -614,8 +613,8 @@ class LiveHub:
                     last_ping = time.monotonic()
                 elif time.monotonic() - last_ping >= self._ping_interval:
                     last_ping = time.monotonic()
-                    if link.conn.is_connected:
-                        await link.conn.send_command("PING")
+                    if link.wire is not None and link.wire.is_open:
+                        link.wire.send(["PING"])
             except (RedisError, OSError) as exc:
                 # The reader sees the broken connection too and reconnects.
                 self._state.went_down(exc)
@@ -629,15 +628,13 @@ class LiveHub:
         if add:
             link.requested.update(add)
             link.awaiting.update(add)
-            # is_connected is checked right before the send: a dead connection must not
-            # be silently reconnected (without subscriptions) by the client library.
-            if link.conn.is_connected:
-                await link.conn.send_command("SUBSCRIBE", *add)
+            if link.wire is not None and link.wire.is_open:
+                link.wire.send(["SUBSCRIBE", *add])
         if drop:
             link.requested.difference_update(drop)
             link.live.difference_update(drop)
-            if link.conn.is_connected:
-                await link.conn.send_command("UNSUBSCRIBE", *drop)
+            if link.wire is not None and link.wire.is_open:
+                link.wire.send(["UNSUBSCRIBE", *drop])
         return bool(add or drop)
 
     @staticmethod

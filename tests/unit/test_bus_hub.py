@@ -14,13 +14,15 @@ from gateway.bus.live import _Link
 
 
 class RecordingConn:
-    is_connected = True
+    """Stands in for the hub's redis_wire connection: keeps what is sent."""
+
+    is_open = True
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, ...]] = []
 
-    async def send_command(self, *args: str) -> None:
-        self.sent.append(args)
+    def send(self, *commands: list[str]) -> None:
+        self.sent.extend(tuple(command) for command in commands)
 
 
 def link_for(hub: LiveHub) -> tuple[_Link, RecordingConn]:
