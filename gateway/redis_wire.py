@@ -235,3 +235,65 @@ async def connect(
                         raise AuthenticationError(str(reply))
                     raise ConnectionError(f"redis refused the connection's setup: {reply}")
     return protocol
+
+
+class WireLink:
+    """A connection made when first needed and shared by whoever calls meanwhile (the
+    look-ups of concurrent calls pipeline on it); after it breaks, the next `get` makes
+    another, but no sooner than `retry_after` seconds after a failed attempt: while
+    Redis is away, a caller on a budget of milliseconds gets ``ConnectionError`` at once
+    instead of a connect per call."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        name: str | None,
+        timeout: float | None = 5.0,
+        connect_timeout: float = 2.0,
+        retry_after: float = 1.0,
+    ) -> None:
+        self._endpoint = endpoint
+        self._name = name
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._retry_after = retry_after
+        self._wire: WireProtocol | None = None
+        self._connecting: asyncio.Future[WireProtocol] | None = None
+        self._failed_at: float | None = None
+        self._last_error = ""
+
+    async def get(self) -> WireProtocol:
+        wire = self._wire
+        if wire is not None and wire.is_open:
+            return wire
+        if self._connecting is None:
+            loop = asyncio.get_running_loop()
+            failed_at = self._failed_at
+            if failed_at is not None and loop.time() - failed_at < self._retry_after:
+                raise ConnectionError(f"redis unavailable: {self._last_error}")
+            self._connecting = loop.create_task(self._connect())
+        return await asyncio.shield(self._connecting)
+
+    async def _connect(self) -> WireProtocol:
+        try:
+            self._wire = await connect(
+                self._endpoint, name=self._name, timeout=self._timeout,
+                connect_timeout=self._connect_timeout,
+            )  # fmt: skip
+        except (ConnectionError, OSError) as exc:
+            self._failed_at = asyncio.get_running_loop().time()
+            self._last_error = str(exc) or type(exc).__name__
+            raise
+        finally:
+            self._connecting = None
+        self._failed_at = None
+        return self._wire
+
+    def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        if self._wire is not None:
+            self._wire.close()
+            self._wire = None

@@ -57,7 +57,7 @@ from redis.exceptions import RedisError, ResponseError
 from gateway.bus import keys, rewrite
 from gateway.bus.live import LiveHub, LiveSubscription
 from gateway.redis_link import Backoff, LinkOptions, RedisLink, client, raise_if_cancelled
-from gateway.redis_wire import WireProtocol, connect, endpoint_of
+from gateway.redis_wire import WireLink, endpoint_of
 from gateway.stats import Counters, Histogram
 
 log = logging.getLogger("sipgw.bus")
@@ -205,10 +205,12 @@ class EventBus:
                 socket_timeout=socket_timeout, connect_timeout=min(socket_timeout, 2.0)
             ),
         )
-        # Appends go over a connection of the writer's own (see `_connected`).
-        self._endpoint = endpoint_of(redis_url)
-        self._socket_timeout = socket_timeout
-        self._wire: WireProtocol | None = None
+        # Appends go over a lean connection of the writer's own; the writer's own
+        # backoff paces the attempts after a failure.
+        self._wire = WireLink(
+            endpoint_of(redis_url), name="bus", timeout=socket_timeout,
+            connect_timeout=min(socket_timeout, 2.0), retry_after=0.0,
+        )  # fmt: skip
         # Up until a round trip fails: the writer has nothing to say before its first.
         self._link = RedisLink(up=True, on_change=self._link_changed)
         self.hub = LiveHub(
@@ -298,8 +300,7 @@ class EventBus:
             self.dropped["shutdown"] += left
             log.warning("bus: stopped with events not written to redis", extra={"left": left})
         await self.hub.close()
-        if self._wire is not None:
-            self._wire.close()
+        self._wire.close()
         await self._redis.aclose()
         return left
 
@@ -462,17 +463,6 @@ class EventBus:
             log.info("bus: retention trimmed old events", extra={"entries": removed})
         return removed
 
-    async def _connected(self) -> WireProtocol:
-        """The writer's own connection (redis_wire: the lean path), made when needed:
-        a broken one is replaced at the next batch, after the writer's backoff."""
-        wire = self._wire
-        if wire is None or not wire.is_open:
-            wire = self._wire = await connect(
-                self._endpoint, name="bus", timeout=self._socket_timeout,
-                connect_timeout=min(self._socket_timeout, 2.0),
-            )  # fmt: skip
-        return wire
-
     async def _send_batch(self) -> bool:
         """Send the head of the buffer in one round trip. Returns True if some events
         must go again at once (the script had to be loaded); raises on connection
@@ -502,7 +492,7 @@ class EventBus:
                 use_eval = False
             else:
                 commands.append(("EVALSHA", _APPEND_SHA, "1", *args))
-        wire = await self._connected()
+        wire = await self._wire.get()
         results = await wire.call(*commands)
         self.round_trips += 1
         self._need_eval = False

@@ -33,6 +33,7 @@ from gateway.redis_link import (
     dedicated_connection,
     raise_if_cancelled,
 )
+from gateway.redis_wire import WireLink, endpoint_of
 
 log = logging.getLogger("sipgw.recognition")
 
@@ -175,16 +176,26 @@ class ContactIndex:
         self._apply = self.redis.register_script(_APPLY)
         self._remove_chunk = self.redis.register_script(_REMOVE_CHUNK)
         self._erase = self.redis.register_script(_ERASE)
+        # Look-ups (one per call whose caller is not cached, on a budget of
+        # milliseconds) go over a lean connection (gateway/redis_wire.py); the rest
+        # over redis-py.
+        self._lookups = WireLink(
+            endpoint_of(url), name="lookups", timeout=socket_timeout, connect_timeout=1.0
+        )
 
     async def close(self) -> None:
+        self._lookups.close()
         await self.redis.aclose()
 
     # -- reads ---------------------------------------------------------------------------
     async def get(self, tenant: str, number: str) -> Contact | None:
         try:
-            value = await self.redis.hget(keys.contacts(tenant), number)
+            wire = await self._lookups.get()
+            [value] = await wire.call(("HGET", keys.contacts(tenant), number))
         except (RedisError, OSError) as exc:
             raise IndexUnavailable(str(exc)) from exc
+        if isinstance(value, RedisError):
+            raise IndexUnavailable(str(value))
         if not isinstance(value, bytes):
             return None  # absent (the client does not decode, so a value is bytes)
         source, fields = unpack_value(value)[0]

@@ -10,7 +10,15 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
 
-from gateway.redis_wire import Endpoint, Reply, WireProtocol, connect, endpoint_of, pack
+from gateway.redis_wire import (
+    Endpoint,
+    Reply,
+    WireLink,
+    WireProtocol,
+    connect,
+    endpoint_of,
+    pack,
+)
 
 
 @pytest.fixture
@@ -137,3 +145,33 @@ async def test_nothing_listening_is_a_connection_error(
     port = free_tcp_port()
     with pytest.raises(ConnectionError):
         await connect(Endpoint(port=port), name=None)
+
+
+async def test_a_link_shares_one_connection_and_replaces_a_broken_one(
+    redis_server: str, redis: Redis
+) -> None:
+    link = WireLink(endpoint_of(redis_server), name="wire-link")
+    try:
+        first, second = await asyncio.gather(link.get(), link.get())
+        assert first is second
+        names = [c["name"] for c in await redis.client_list()]
+        assert names.count("sipgw-wire-link") == 1
+        [client_id] = await first.call(["CLIENT", "ID"])
+        assert await redis.client_kill_filter(_id=str(client_id)) == 1
+        await asyncio.wait_for(first.closed, 5)
+        third = await link.get()
+        assert third is not first and await third.call(["PING"]) == [b"PONG"]
+    finally:
+        link.close()
+
+
+async def test_a_link_that_failed_answers_at_once_until_its_retry_time(
+    free_tcp_port: Callable[[], int],
+) -> None:
+    link = WireLink(Endpoint(port=free_tcp_port()), name=None, retry_after=60.0)
+    with pytest.raises(ConnectionError, match="cannot connect"):
+        await link.get()
+    # Within retry_after no new attempt is made: the last error, at once.
+    with pytest.raises(ConnectionError, match="redis unavailable: cannot connect"):
+        await link.get()
+    link.close()
