@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.peers import ports
-from tests.peers.process import in_ci, kill_leftovers
+from tests.peers.process import kill_leftovers
+from tests.redis_servers import LocalCluster, LocalSentinel, RedisServer
 
 
 @pytest.fixture
@@ -43,52 +40,43 @@ def _no_leftover_peers() -> Iterator[None]:
         pytest.fail(f"test left peer processes running (killed now): {', '.join(leaked)}")
 
 
-def _redis_ping(port: int) -> bool:
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throw-away redis-server on 127.0.0.1 (free port, no persistence) for the whole
+    session; yields its URL, e.g. redis://127.0.0.1:23456/0."""
+    server = RedisServer.start_new("redis-server", tmp_path_factory.mktemp("redis"))
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[str]:
-    """A throw-away redis-server on 127.0.0.1 (free port, no persistence) for the whole
-    session; yields its URL, e.g. redis://127.0.0.1:23456/0."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if in_ci():
-            pytest.fail("redis-server is not installed; CI must install it")
-        pytest.skip("redis-server is not installed")
-    port = ports.free_tcp_port()
-    workdir = tempfile.TemporaryDirectory(prefix="redis-")
-    proc = subprocess.Popen(
-        [
-            binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-            "--appendonly", "no", "--dir", workdir.name, "--protected-mode", "yes",
-            "--loglevel", "warning",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+def _redis_cluster_of_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = LocalCluster.start(tmp_path_factory.mktemp("redis-cluster"))
     try:
-        deadline = time.monotonic() + 10
-        while not _redis_ping(port):
-            if proc.poll() is not None:
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                pytest.fail(f"redis-server exited with {proc.returncode}:\n{out}")
-            if time.monotonic() > deadline:
-                pytest.fail("redis-server did not answer PING within 10 s")
-            time.sleep(0.02)  # no event to await from a foreign process: bounded polling
-        yield f"redis://127.0.0.1:{port}/0"
+        yield cluster
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
-        workdir.cleanup()
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(_redis_cluster_of_session: LocalCluster) -> LocalCluster:
+    """A Redis Cluster of 3 masters and 3 replicas on the loopback (tests/redis_servers.py),
+    started once per session: each test gets it whole (the nodes an earlier test killed
+    are started again and have rejoined) and empty."""
+    cluster = _redis_cluster_of_session
+    cluster.heal()
+    cluster.flush()
+    return cluster
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path: Path) -> Iterator[LocalSentinel]:
+    """A master, its replica and 3 sentinels of this test alone (it may fail the master
+    over), stopped after it."""
+    deployment = LocalSentinel.start(tmp_path / "sentinel")
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
