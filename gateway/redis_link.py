@@ -172,9 +172,11 @@ def client(
         )
     if target.mode == "sentinel":
         return _sentinel_master(target, common, secrets)
-    if target.tls and not target.url.startswith("rediss://"):
+    rediss = target.url.startswith("rediss://")
+    if target.tls and not rediss:
         raise ValueError("TLS to one server is a rediss:// URL")
-    tls = _tls(target) if target.url.startswith("rediss://") else {}
+    tls = _tls(target, enabled=rediss)
+    tls.pop("ssl", None)  # from_url takes TLS from the scheme
     return Redis.from_url(target.url, **common, **secrets, **tls)
 
 
@@ -200,11 +202,13 @@ def _credentials(username: str | None, password: str | None) -> dict[str, Any]:
     return {key: value for key, value in found.items() if value is not None}
 
 
-def _tls(target: RedisTarget) -> dict[str, Any]:
-    """redis-py's SSL settings for `target` (none when it has no TLS)."""
-    if not target.tls and not target.url.startswith("rediss://"):
+def _tls(target: RedisTarget, *, enabled: bool | None = None) -> dict[str, Any]:
+    """redis-py's SSL settings for `target` (none without TLS: `enabled`, by default
+    the settings' ``tls``)."""
+    if not (target.tls if enabled is None else enabled):
         return {}
     settings: dict[str, Any] = {
+        "ssl": True,  # without it RedisCluster and Sentinel ignore the ssl_* keys
         "ssl_cert_reqs": "required" if target.tls_verify else "none",
         "ssl_check_hostname": target.tls_verify,
     }
@@ -232,8 +236,6 @@ class _OwnedSentinelPool(SentinelConnectionPool):
 def _sentinel_master(target: RedisTarget, common: dict[str, Any], secrets: dict[str, Any]) -> Redis:
     assert target.sentinel_service is not None
     tls = _tls(target)
-    if tls:
-        tls["ssl"] = True
     # The sentinels get the same timeouts, name, TLS and retries as the master, and
     # their own password (they have no data, and often no ACL of the master's).
     sentinel_kwargs = {**common, **tls, **_credentials(None, target.sentinel_password)}

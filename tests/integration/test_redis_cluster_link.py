@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import AuthenticationError, CrossSlotTransactionError, NoScriptError
 
 from gateway.config.model import RedisSettings
 from gateway.redis_link import LINK_ERRORS, client, dedicated_connection, shard_connection
+from tests.peers import ports
+from tests.peers.tls import CertPair, make_self_signed
 from tests.redis_servers import SENTINEL_SERVICE, LocalCluster, LocalSentinel, RedisServer
 
 T = TypeVar("T")
@@ -229,3 +233,77 @@ async def test_a_standalone_server_gets_the_password_of_the_settings(tmp_path: P
             await without.aclose()
     finally:
         server.stop()
+
+
+# -- TLS ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[RedisServer, int, CertPair]]:
+    """A server that speaks TLS on a port of its own (its plain port is for the fixture)
+    and wants a client certificate signed by its CA (the self-signed `CertPair`)."""
+    pair = make_self_signed(tmp_path / "certs", name="redis")
+    tls_port = ports.free_tcp_port()
+    server = RedisServer.start_new("redis-tls", tmp_path / "tls", [
+        "--tls-port", str(tls_port), "--tls-cert-file", str(pair.cert),
+        "--tls-key-file", str(pair.key), "--tls-ca-cert-file", str(pair.ca),
+        "--tls-auth-clients", "yes",
+    ])  # fmt: skip
+    try:
+        yield server, tls_port, pair
+    finally:
+        server.stop()
+
+
+async def test_tls_settings_verify_the_server_and_present_the_client_certificate(
+    tmp_path: Path, tls_server: tuple[RedisServer, int, CertPair]
+) -> None:
+    server, tls_port, pair = tls_server
+    stranger = make_self_signed(tmp_path / "other", name="other")
+    url = f"rediss://127.0.0.1:{tls_port}/0"
+    mine = {"tls": True, "tls_cert": pair.cert, "tls_key": pair.key}
+
+    async def works(**settings: Any) -> bool:
+        redis = client(RedisSettings(url=url, **settings), name="link-test")
+        try:
+            return bool(await redis.set("k", "over tls"))
+        except LINK_ERRORS:
+            return False
+        finally:
+            await redis.aclose()
+
+    assert await works(tls_ca=pair.ca, **mine)
+    assert server.command("GET", "k") == "over tls"
+    assert not await works(tls_ca=stranger.ca, **mine)  # not the server's CA
+    assert await works(tls_ca=stranger.ca, tls_verify=False, **mine)
+    assert not await works(tls=True, tls_ca=pair.ca)  # no client certificate
+
+
+async def test_a_tls_cluster_and_sentinel_connect_with_the_same_tls_settings(
+    tmp_path: Path,
+) -> None:
+    # Their handshake is the one proven above; here: each mode hands the TLS settings to
+    # the connections it makes (redis-py ignores the ssl_* keys of a cluster or a
+    # Sentinel client made without ssl=True).
+    pair = make_self_signed(tmp_path, name="redis")
+    tls = {"tls": True, "tls_ca": pair.ca, "tls_cert": pair.cert, "tls_key": pair.key}
+    cluster = client(RedisSettings(cluster_nodes=(("127.0.0.1", 7000),), **tls), name=None)
+    sentinel = client(
+        RedisSettings(sentinel_service="m", sentinels=(("127.0.0.1", 26379),), **tls), name=None
+    )
+    assert isinstance(cluster, RedisCluster) and isinstance(sentinel, Redis)
+    expected = {"ssl_ca_certs": str(pair.ca), "ssl_certfile": str(pair.cert),
+                "ssl_keyfile": str(pair.key), "ssl_cert_reqs": "required"}  # fmt: skip
+    seed = cluster.startup_nodes[0]
+    master_pool = sentinel.connection_pool
+    assert isinstance(master_pool, SentinelConnectionPool)
+    sentinel_pool = master_pool.sentinel_manager.sentinels[0].connection_pool
+    for connection_class, settings in (
+        (seed.connection_class, seed.connection_kwargs),
+        (master_pool.connection_class, master_pool.connection_kwargs),
+        (sentinel_pool.connection_class, sentinel_pool.connection_kwargs),
+    ):
+        assert issubclass(connection_class, SSLConnection)
+        assert expected.items() <= settings.items()
+    await cluster.aclose()
+    await sentinel.aclose()
