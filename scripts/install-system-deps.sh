@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   redis-server   # event streams and contact index; the tests start their own instances
+  redis-tools    # redis-cli: the tests create their Redis Cluster with it (Sentinel is redis-server --sentinel)
   sip-tester     # sipp: scripted SIP peers and load
   kamailio       # reference proxy for the benchmark
   baresip        # real softphone in the tests
