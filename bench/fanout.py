@@ -29,8 +29,10 @@ tests/unit/test_bench_fanout.py.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -365,6 +367,7 @@ def run(quick: bool, budget_s: float, workroot: Path) -> dict[str, Any]:
             ctx = _setup(gw, workdir, doc)
             for level in levels:
                 doc["levels"].append(_one_level(ctx, level, quick, deadline, soft))
+            doc["floor"] = write_floor(top)
     except Exception as err:
         doc["error"] = f"{type(err).__name__}: {err}"
         doc["traceback"] = traceback.format_exc()
@@ -408,6 +411,17 @@ def _one_level(
         failed = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
         return {"subscribers": level.subscribers, "deflate": level.deflate,
                 "label": level.label, **failed}  # fmt: skip
+
+
+def write_floor(connections: int) -> dict[str, Any]:
+    """What writing one frame to `connections` loopback sockets costs a bare uvloop
+    process (bench/fanout_floor.py): the floor of the gateway's CPU per subscriber."""
+    argv = [sys.executable, "-m", "bench.fanout_floor", "--connections", str(connections)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True)
+        return {"argv": argv, **json.loads(done.stdout.strip().splitlines()[-1])}
+    except (subprocess.SubprocessError, ValueError, IndexError) as err:
+        return {"argv": argv, "error": f"{type(err).__name__}: {err}"}
 
 
 def _teardown(gw: EventsGateway, gw_doc: dict[str, Any]) -> None:

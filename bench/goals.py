@@ -301,6 +301,13 @@ def g5(goal: Goal, docs: Mapping[str, Doc]) -> Verdict:
         Part(f"{_fmt(rss, 1)} KiB per subscriber", None if rss is None else rss <= b["rss_kib"]),
     ]
     notes = [f"{row['live']} live, {row['deliveries']}/{row['deliveries_expected']} deliveries"]
+    floor = doc.get("summary", {}).get("floor") or {}
+    if floor.get("cpu_us_per_socket_median") is not None:
+        notes.append(
+            f"the floor, a bare uvloop write to each of {floor['connections']} loopback "
+            f"sockets: {_fmt(floor['cpu_us_per_socket_median'], 1)} µs per socket (median; "
+            f"fastest round {_fmt(floor['cpu_us_per_socket_min'], 1)})"
+        )
     return _verdict(goal, parts, notes)
 
 

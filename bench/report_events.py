@@ -183,6 +183,18 @@ def latency_markdown(doc: Doc, images: Sequence[Path]) -> list[str]:
         lines += [*_segments_table(s["rows"]), ""]
     lines += _notes(s)
     lines += [f"- Skipped (--quick), {x}" for x in s["skipped_steps"]]
+    floor = s.get("floor") or {}
+    if floor.get("cpu_us_per_socket_median") is not None:
+        lines.append(
+            f"- The floor: a bare uvloop process writing one {floor['frame_bytes']}-byte frame "
+            f"to each of {floor['connections']} loopback sockets spends "
+            f"{_fmt(floor['cpu_us_per_socket_median'], 1)} µs of CPU per socket (median of "
+            f"{floor['rounds']} rounds; fastest {_fmt(floor['cpu_us_per_socket_min'], 1)}): "
+            "one send() each, which on loopback also runs the receiver's TCP input "
+            "(bench/fanout_floor.py)"
+        )
+    elif floor.get("error"):
+        lines.append(f"- The floor (bench/fanout_floor.py) failed: {floor['error']}")
     lines.append("")
     for path in images:
         lines += [f"![{path.stem}]({path.name})", ""]
@@ -241,6 +253,7 @@ def summarize_fanout(doc: Doc) -> Doc:
     doc["summary"] = {
         "rows": rows,
         "rss_kib_baseline": doc.get("rss_kib_baseline"),
+        "floor": doc.get("floor"),
         "skipped_levels": _skipped(levels, "{label}"),
         "level_errors": [f"{lv['label']}: {lv['error']}" for lv in levels if lv.get("error")],
         "findings": findings,
@@ -316,6 +329,18 @@ def fanout_markdown(doc: Doc, images: Sequence[Path]) -> list[str]:
             f"the first), gone {_fmt(r['teardown_s'])} s after the clients left; "
             f"extensions: {', '.join(r['extensions']) or 'none'}"
         )
+    floor = s.get("floor") or {}
+    if floor.get("cpu_us_per_socket_median") is not None:
+        lines.append(
+            f"- The floor: a bare uvloop process writing one {floor['frame_bytes']}-byte frame "
+            f"to each of {floor['connections']} loopback sockets spends "
+            f"{_fmt(floor['cpu_us_per_socket_median'], 1)} µs of CPU per socket (median of "
+            f"{floor['rounds']} rounds; fastest {_fmt(floor['cpu_us_per_socket_min'], 1)}): "
+            "one send() each, which on loopback also runs the receiver's TCP input "
+            "(bench/fanout_floor.py)"
+        )
+    elif floor.get("error"):
+        lines.append(f"- The floor (bench/fanout_floor.py) failed: {floor['error']}")
     lines.append("")
     for path in images:
         lines += [f"![{path.stem}]({path.name})", ""]

@@ -194,6 +194,26 @@ def test_fanout_table_and_markdown(tmp_path: Path) -> None:
     assert "exceeded by 3 s" in md
 
 
+def test_the_write_floor_is_reported_beside_the_levels() -> None:
+    doc = _doc()
+    doc["floor"] = {"connections": 10000, "frame_bytes": 512, "rounds": 11,
+                    "cpu_us_per_socket_median": 9.4, "cpu_us_per_socket_min": 8.1}  # fmt: skip
+    md = report.markdown([report.summarize(doc)], {})
+    assert "writing one 512-byte frame to each of 10000 loopback sockets spends 9.4 µs" in md
+    failed = _doc()
+    failed["floor"] = {"error": "TimeoutExpired: too slow"}
+    assert "The floor (bench/fanout_floor.py) failed: TimeoutExpired" in report.markdown(
+        [report.summarize(failed)], {}
+    )
+
+
+def test_the_write_floor_measures_a_real_uvloop_fan_out() -> None:
+    found = fanout.write_floor(200)
+    assert "error" not in found, found
+    assert found["connections"] == 200 and found["rounds"] == 11
+    assert 0 < found["cpu_us_per_socket_min"] <= found["cpu_us_per_socket_median"]
+
+
 def test_fanout_plots_are_written(tmp_path: Path) -> None:
     doc = report.summarize(_doc())
     paths = report.plot(doc, tmp_path / "run-fan-out")

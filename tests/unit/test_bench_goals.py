@@ -69,7 +69,8 @@ def _good() -> list[Doc]:
         {"subscribers": 10000, "deflate": True, "live": 10000, "deliveries": 20000,
          "deliveries_expected": 20000, "from_publish": {"p99_ms": 120.0},
          "gateway_cpu_us_per_extra_subscriber": 4.0, "rss_per_subscriber_kib": 18.0},
-    ]}}  # fmt: skip
+    ], "floor": {"connections": 10000, "cpu_us_per_socket_median": 3.5,
+                 "cpu_us_per_socket_min": 3.1}}}  # fmt: skip
     soak = {"scenario": "soak", "summary": {
         "error": None, "duration_s": 600.0, "rate": 1200, "max_clean_rate": 2000,
         "failed": 0, "rss_growth": 0.02, "gc_pause_max_ms": 12.0, "clean": True,
@@ -112,6 +113,7 @@ def test_every_goal_met() -> None:
     assert "CPU resolution ±0.6 µs per call (one /proc tick per step)" in g2.notes
     assert any(n.startswith("workers = 2: sipgw-2w 4000") for n in verdicts[2].notes)
     assert "300 calls/s: p50 0.80 ms, p99 4.00 ms, 600/600 events" in verdicts[3].measured
+    assert any("each of 10000 loopback sockets: 3.5 µs per socket" in n for n in verdicts[4].notes)
     table = goals.table(verdicts)
     assert "| G1 CPU per proxied call | sipgw 0.300 / kamailio-1w" in table
     assert table.rstrip().endswith("6 of 6 goals met.")
