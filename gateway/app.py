@@ -42,6 +42,7 @@ from gateway.recognition.cache import ContactCache
 from gateway.recognition.index import ContactIndex
 from gateway.recognition.lookup import Recognizer
 from gateway.runtime.hep_listener import HepIntake
+from gateway.runtime.shared_dials import SharedDials
 from gateway.runtime.shared_location import SharedLocation
 from gateway.runtime.sip_server import ProxyServer
 from gateway.security.directory import Directory
@@ -109,6 +110,7 @@ class Gateway:
         self.sip: ProxyServer | None = None
         self.location: SharedLocation | None = None
         self.originator: Originator | None = None  # click-to-dial, once SIP is up
+        self.dials: SharedDials | None = None  # the dial requests of every node
         self.hep: HepIntake | None = None
         self.prober: OptionsProber | None = None
         self.http: _EmbeddedUvicorn | None = None
@@ -155,6 +157,13 @@ class Gateway:
             self.settings.node.name,
             counts=self.counters.dial_requests,
         )
+        if self.serves_http:
+            # Dial requests in Redis: any node reads them, and relays a DELETE to the
+            # node that placed the call (runtime/shared_dials.py).
+            self.dials = SharedDials(self.settings.node.name, self.settings.dial.keep_finished)
+            self.dials.serve(self.originator, self.sip.run)
+            self.originator.on_change = self.dials.changed
+            self._background.append(asyncio.create_task(self.dials.run(self.settings.redis)))
         # OPTIONS health probes of the trunks: routing skips a trunk that is down, and a
         # change becomes a peer.down/peer.up event of the trunk's tenant.
         if self.serves_http:
@@ -285,7 +294,7 @@ class Gateway:
         app.include_router(
             calls_router(
                 lambda: self.originator, self._run_sip, self.directory, self.settings,
-                self.recognizer,
+                self.recognizer, self.dials,
             )
         )  # fmt: skip
         app.include_router(

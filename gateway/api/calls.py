@@ -12,6 +12,11 @@ gives the one request it started.
 Requests are rate-limited per user (token bucket, `[dial] rate_per_minute` / `burst`).
 Whatever is not the caller's — another tenant's request, another user's — answers 404,
 exactly like an id that does not exist.
+
+Any node answers (runtime/shared_dials.py): a request placed by another node is read
+from Redis, where its owner writes every change, and a DELETE of it is relayed to the
+owner, which cancels it (503 when the owner cannot be reached, 504 when it does not
+answer in time).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from gateway.config import Settings, Tenant
 from gateway.dial.originate import Destination, DialError, DialOrder, DialRequest, Originator
 from gateway.recognition.lookup import Recognizer
 from gateway.recognition.numbers import normalize
+from gateway.runtime.shared_dials import SharedDials, StoredDial
 from gateway.security.directory import Directory
 from gateway.security.principal import Principal
 from gateway.security.ratelimit import TokenBuckets
@@ -75,14 +81,16 @@ def _error(refused: _Refused) -> JSONResponse:
 
 
 def _view(
-    request: DialRequest,
+    request: DialRequest | StoredDial,
     status: int = 200,
     replayed: bool = False,
     body: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    """The request as JSON; `body`: its state captured earlier (the SIP side moves on
-    while the response is being written)."""
-    body = request.to_dict() if body is None else body
+    """The request as JSON (held here, or another node's as stored in Redis); `body`:
+    its state captured earlier (the SIP side moves on while the response is being
+    written)."""
+    if body is None:
+        body = request.to_dict() if isinstance(request, DialRequest) else dict(request.view)
     link = f"/v1/calls/{request.id}"
     body["links"] = {"self": link, "events": "/v1/events"}
     headers = {"Location": link}
@@ -129,7 +137,9 @@ def calls_router(
     directory: Directory,
     settings: Settings,
     recognizer: Recognizer | None = None,
+    shared: SharedDials | None = None,
 ) -> APIRouter:
+    """`shared`: the dial requests of every node (None: this node's only)."""
     router = APIRouter(tags=["click-to-dial"])
     dialer = require_principal(roles=("user", "admin"), directory=directory)
     dial = settings.dial
@@ -148,14 +158,32 @@ def calls_router(
         return tenant
 
     def visible(principal: Principal, request: DialRequest | None) -> DialRequest:
-        if request is None or request.tenant != principal.tenant:
-            raise _Refused(404, "no such dial request")
-        mine = request.order.requested_by == principal.user
-        if not (
-            principal.is_admin or mine or principal.may_see_extension(request.order.user.extension)
+        if request is None or not may_see(
+            principal, request.tenant, request.order.requested_by, request.order.user.extension
         ):
             raise _Refused(404, "no such dial request")
         return request
+
+    def may_see(principal: Principal, tenant: str, requested_by: str, extension: str) -> bool:
+        return tenant == principal.tenant and (
+            principal.is_admin
+            or requested_by == principal.user
+            or principal.may_see_extension(extension)
+        )
+
+    async def elsewhere(principal: Principal, dial_id: str) -> StoredDial:
+        """Another node's request, as stored in Redis, under the same rules."""
+        if shared is None:
+            raise _Refused(404, "no such dial request")
+        try:
+            stored = await shared.read(principal.tenant, dial_id)
+        except DialError as err:
+            raise _Refused(err.status, err.message, {"Retry-After": "1"}) from None
+        if stored is None or not may_see(
+            principal, stored.tenant, stored.requested_by, stored.extension
+        ):
+            raise _Refused(404, "no such dial request")
+        return stored
 
     async def contact_name(tenant: Tenant, e164: str | None) -> str | None:
         if recognizer is None or e164 is None or not tenant.recognition.enabled:
@@ -256,27 +284,51 @@ def calls_router(
         )  # fmt: skip
         return _view(started, 202, body=accepted)
 
-    @router.get("/v1/calls/{dial_id}", summary="The state of a dial request")
+    @router.get(
+        "/v1/calls/{dial_id}",
+        summary="The state of a dial request (placed through any node)",
+        responses={503: {"description": "Another node's requests cannot be read now"}},
+    )
     async def read(dial_id: str, principal: Principal = Depends(dialer)) -> JSONResponse:  # noqa: B008
         try:
-            return _view(visible(principal, originator().get(principal.tenant, dial_id)))
+            here = originator().get(principal.tenant, dial_id)
+            if here is not None:
+                return _view(visible(principal, here))
+            return _view(await elsewhere(principal, dial_id))
         except _Refused as refused:
             return _error(refused)
 
     @router.delete(
         "/v1/calls/{dial_id}",
         summary="Cancel a dial request (rings no more, or hangs up the legs the gateway holds)",
-        responses={409: {"description": "The request is already finished"}},
+        responses={
+            409: {"description": "The request is already finished"},
+            503: {"description": "The node that placed the call cannot be reached"},
+            504: {"description": "The node that placed the call did not answer in time"},
+        },
     )
     async def cancel(dial_id: str, principal: Principal = Depends(dialer)) -> JSONResponse:  # noqa: B008
         try:
-            found = visible(principal, originator().get(principal.tenant, dial_id))
+            here = originator().get(principal.tenant, dial_id)
+            if here is None:
+                return await cancel_elsewhere(await elsewhere(principal, dial_id))
+            found = visible(principal, here)
             cancelled = run(lambda: originator().cancel(found.tenant, found.id))
             return _view(cancelled, body=cancelled.to_dict())
         except _Refused as refused:
             return _error(refused)
         except DialError as err:
             return _error(_Refused(err.status, err.message))
+
+    async def cancel_elsewhere(stored: StoredDial) -> JSONResponse:
+        """Relayed to the node that holds the request's calls (it alone can end them)."""
+        assert shared is not None  # elsewhere() found it there
+        if stored.finished:
+            return _error(_Refused(409, f"the dial request is already {stored.state}"))
+        reply = await shared.relay_cancel(stored)
+        if reply.status != 200 or reply.view is None:
+            return _error(_Refused(reply.status, reply.detail or "not cancelled"))
+        return _view(stored, body=reply.view)
 
     return router
 

@@ -207,6 +207,7 @@ class Originator:
         *,
         counts: Counter[str] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        on_change: Callable[[DialRequest], None] | None = None,
     ) -> None:
         self.proxy = proxy
         self.ua = ua
@@ -218,6 +219,10 @@ class Originator:
         self._requests: dict[str, DialRequest] = {}  # by id, oldest first
         self._by_key: dict[tuple[str, str, str], str] = {}  # (tenant, user, request_id)
         self.counts: Counter[str] = Counter() if counts is None else counts  # for metrics
+        # Told of every request accepted and every change of its state (its public view,
+        # `to_dict()`): the runtime shares it with the other nodes (runtime/shared_dials.py).
+        # Called inside the SIP core: it must only note the request, never wait.
+        self.on_change = on_change
 
     # ------------------------------------------------------------------- the API side ---
     def existing(
@@ -230,8 +235,16 @@ class Originator:
         return self._requests.get(found) if found is not None else None
 
     def get(self, tenant: str, request_id: str) -> DialRequest | None:
+        """The tenant's request, until `keep_finished` after it finished: the retention
+        is the same whether or not a later `dial()` has swept the table yet (and the
+        same as the copy other nodes read from Redis)."""
         found = self._requests.get(request_id)
-        return found if found is not None and found.tenant == tenant else None
+        if found is None or found.tenant != tenant:
+            return None
+        cutoff = self.proxy.clock() - self.settings.keep_finished
+        if found.finished_at is not None and found.finished_at < cutoff:
+            return None
+        return found
 
     def dial(self, order: DialOrder) -> DialRequest:
         """Start a dial request, or raise `DialError` (403: a destination the tenant's
@@ -270,6 +283,7 @@ class Originator:
         )
         self._remember(request)
         self.counts["accepted"] += 1
+        self._changed(request)
         self.emit([self._originated(request, wall)])
         lines = profile.auto_answer_headers if auto_answer else ()
         host = host_for_uri(self.proxy.advertise)
@@ -651,6 +665,11 @@ class Originator:
         request.updated_at = rfc3339(self.wall_clock())
         if state in FINAL_STATES and request.finished_at is None:
             request.finished_at = self.proxy.clock()
+        self._changed(request)
+
+    def _changed(self, request: DialRequest) -> None:
+        if self.on_change is not None:
+            self.on_change(request)
 
     def _arm(
         self, request: DialRequest, seconds: float, fire: Callable[[DialRequest], None]
