@@ -37,12 +37,14 @@ from gateway.enrichment import Enricher
 from gateway.gc_pauses import GcPauses, collect_young, gc_auto, tune_gc
 from gateway.proxy.observe import Observed
 from gateway.proxy.prober import OptionsProber, PeerChange
+from gateway.proxy.trunk_health import HealthView
 from gateway.recognition import numbers
 from gateway.recognition.cache import ContactCache
 from gateway.recognition.index import ContactIndex
 from gateway.recognition.lookup import Recognizer
 from gateway.runtime.hep_listener import HepIntake
 from gateway.runtime.shared_dials import SharedDials
+from gateway.runtime.shared_health import SharedHealth
 from gateway.runtime.shared_location import SharedLocation
 from gateway.runtime.sip_server import ProxyServer
 from gateway.security.directory import Directory
@@ -113,6 +115,7 @@ class Gateway:
         self.dials: SharedDials | None = None  # the dial requests of every node
         self.hep: HepIntake | None = None
         self.prober: OptionsProber | None = None
+        self.trunk_health: SharedHealth | None = None  # every node's probes, merged
         self.http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -172,6 +175,7 @@ class Gateway:
             )
             self.sip.run(self.prober.start)
             await self._start_hep()
+        self._start_trunk_health()
         self._background.append(asyncio.create_task(self._expire_calls()))
         if self.serves_http:
             await self._start_http()
@@ -183,6 +187,28 @@ class Gateway:
         # Timed from here: the one full collection of the startup heap above is not a
         # pause of the running gateway.
         self.gc_pauses.install()
+
+    # -- trunk health of every worker and node (runtime/shared_health.py) ----------------
+    def _start_trunk_health(self) -> None:
+        """Routing in every worker reads the merged view of every node's probes: this
+        node's prober (here on worker 0, by envelope elsewhere) and the others' (Redis)."""
+        assert self.sip is not None
+        proxy = self.sip.proxy
+        view = HealthView(self.settings.node.name, clock=proxy.clock)
+        self.trunk_health = SharedHealth(
+            view,
+            prober=self.prober,
+            to_siblings=self._trunks_to_siblings if self.plan is not None else None,
+            log_flips=self.serves_http,
+        )
+        proxy.directory.health = view
+        self._background.append(asyncio.create_task(self.trunk_health.run(self.settings.redis)))
+
+    def _trunks_to_siblings(self, report: list[Any]) -> None:
+        assert self.sip is not None and self.plan is not None
+        message = {"worker": self.plan.index, "at": time.time(), "trunks": report}
+        for index in range(1, self.plan.count):
+            self.sip.send_stats(message, worker=index)
 
     def _extensions_of(self, tenant: str) -> frozenset[str] | None:
         found = self.settings.tenant_by_id(tenant)
@@ -203,6 +229,8 @@ class Gateway:
         peer = Peer(change.peer, address=change.address, reason=change.reason)
         node = self.settings.node.name
         self._emit([CallEvent(kind, rfc3339(time.time()), node, change.tenant, peer=peer)])
+        if self.trunk_health is not None:
+            self.trunk_health.prober_changed()
 
     def _publish(self, event: CallEvent) -> None:
         # Counted here, after enrichment, so /metrics and the stream see the same events;
@@ -267,6 +295,8 @@ class Gateway:
             bus=self.bus,
             contact_cache=self.contact_cache,
             peers=lambda: self.prober.peers if self.prober is not None else (),
+            trunk_health=self.trunk_health.view if self.trunk_health is not None else None,
+            peers_down=self._peers_down,
             dial_active=self._summed(
                 "dial_active", lambda: self.originator.active if self.originator else 0
             ),
@@ -363,6 +393,7 @@ class Gateway:
                         "stream_connections": self.sip.transport.connection_count,
                         "active_calls": self.tracker.active_calls,
                         "dial_active": self.originator.active if self.originator else 0,
+                        "peers_down": self._peers_down(),
                     },
                 }
             )
@@ -371,6 +402,8 @@ class Gateway:
     def _on_worker_stats(self, index: int, stats: dict[str, object]) -> None:
         if self.plan is not None and self.plan.index == 0 and 0 < index < self.plan.count:
             self._worker_stats[index] = stats
+        elif index == 0 and "trunks" in stats and self.trunk_health is not None:
+            self.trunk_health.from_sibling(stats["trunks"])  # worker 0's probes
 
     def _siblings(self) -> dict[int, dict[str, Any]]:
         """The latest counters of each sibling that reported in the last 5 seconds."""
@@ -396,6 +429,10 @@ class Gateway:
             return own() + others
 
         return total
+
+    def _peers_down(self) -> int:
+        """Trunks this worker's routing skips (sipgw_worker_peers_down)."""
+        return len(self.trunk_health.view.down_trunks()) if self.trunk_health is not None else 0
 
     def _run_sip(self, action: Callable[[], DialRequest]) -> DialRequest:
         """Run click-to-dial work in the SIP core (it may send, and arm timers)."""
@@ -435,6 +472,8 @@ class Gateway:
                 await self._http_task
         if self.prober is not None:
             self.prober.stop()
+        if self.trunk_health is not None:
+            await self.trunk_health.stop()
         if self.sip is not None:
             await self.sip.stop()
         if self.location is not None:

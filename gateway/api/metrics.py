@@ -43,6 +43,9 @@ class Gauges:
     contact_cache: CacheStats | None = None
     # The trunks the OPTIONS prober watches (gateway/proxy/prober.py Peer).
     peers: Callable[[], Iterable[PeerStats]] = lambda: ()
+    # Every node's probes merged (gateway/proxy/trunk_health.py): what routing skips.
+    trunk_health: TrunkHealthStats | None = None
+    peers_down: Callable[[], int] = lambda: 0  # trunks this worker's routing skips
     dial_active: Callable[[], int] = lambda: 0  # click-to-dial requests not finished
 
 
@@ -61,6 +64,13 @@ class PeerStats(Protocol):
     def failed(self) -> int: ...
     @property
     def rtt(self) -> Histogram: ...
+
+
+class TrunkHealthStats(Protocol):
+    """The merged view of every node's probes (gateway/proxy/trunk_health.py HealthView)."""
+
+    def is_down(self, tenant: str, trunk: str) -> bool: ...
+    def down_by(self, tenant: str, trunk: str) -> tuple[str, ...]: ...
 
 
 class CacheStats(Protocol):
@@ -317,8 +327,19 @@ class GatewayCollector(Collector):
         # tenant only), so the label set is as bounded as the configuration.
         labels = ["tenant", "peer"]
         up = GaugeMetricFamily(
-            "sipgw_peer_up", "1 while the trunk answers OPTIONS probes, 0 when down", labels=labels
+            "sipgw_peer_up",
+            "1 while routing takes the trunk, 0 while a node's probes find it down",
+            labels=labels,
         )
+        probe_up = GaugeMetricFamily(
+            "sipgw_peer_probe_up", "1 while this node's own probes find the trunk up", labels=labels
+        )
+        reports = GaugeMetricFamily(
+            "sipgw_peer_down_reports",
+            "Nodes (this one included) whose fresh reports list the trunk down",
+            labels=labels,
+        )
+        health = self.gauges.trunk_health
         sent = CounterMetricFamily("sipgw_peer_options_sent", "OPTIONS probes sent", labels=labels)
         failed = CounterMetricFamily(
             "sipgw_peer_options_failed",
@@ -332,11 +353,15 @@ class GatewayCollector(Collector):
         )
         for peer in self.gauges.peers():
             key = [peer.tenant, peer.name]
-            up.add_metric(key, 1 if peer.up else 0)
+            down_by = health.down_by(peer.tenant, peer.name) if health else ()
+            shared_up = not down_by if health else peer.up
+            up.add_metric(key, 1 if shared_up else 0)
+            probe_up.add_metric(key, 1 if peer.up else 0)
+            reports.add_metric(key, len(down_by) if health else 0 if peer.up else 1)
             sent.add_metric(key, peer.sent)
             failed.add_metric(key, peer.failed)
             rtt.add_metric(key, peer.rtt.cumulative(), sum_value=peer.rtt.sum)
-        yield from (up, sent, failed, rtt)
+        yield from (up, probe_up, reports, sent, failed, rtt)
 
     def _gc(self, c: Counters) -> Iterator[Metric]:
         # Every worker's pauses together (the maximum is the longest of any worker).
@@ -418,15 +443,26 @@ class GatewayCollector(Collector):
             "SIP requests received, by worker process (how the kernel spreads them)",
             labels=["worker"],
         )
+        skipped = GaugeMetricFamily(
+            "sipgw_worker_peers_down",
+            "Trunks each worker process's routing skips (the same on every worker once "
+            "the reports have reached it)",
+            labels=["worker"],
+        )
         own = sum(n for (d, _, _), n in self.counters.requests.items() if d == "in")
         up.add_metric(["0"], 1)
         taken.add_metric(["0"], own)
+        skipped.add_metric(["0"], self.gauges.peers_down())
         for index, stats in sorted(siblings.items()):
             up.add_metric([str(index)], 1)
             requests = stats.get("counters", {}).get("requests", [])
             taken.add_metric([str(index)], sum(n for key, n in requests if key[0] == "in"))
+            gauges = stats.get("gauges", {})
+            down = gauges.get("peers_down", 0) if isinstance(gauges, dict) else 0
+            skipped.add_metric([str(index)], down if isinstance(down, int) else 0)
         yield up
         yield taken
+        yield skipped
 
     @staticmethod
     def _simple(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

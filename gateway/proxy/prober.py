@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config import Tenant, Trunk
 from gateway.proxy.timers import TimerHandle
+from gateway.proxy.trunk_health import DownTrunk
 from gateway.sip.message import Response
 from gateway.stats import Histogram
 from gateway.transport.addresses import Target, host_for_uri
@@ -62,6 +63,10 @@ BRANCH_PREFIX = "z9hG4bKop"
 # Round trips from a LAN SBC (ms) to a distant carrier with retransmissions (s); the
 # last bound is Timer F with the default T1.
 RTT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 32.0)
+# A node's report of the trunks it finds down is published again this often (see
+# refresh_period), and lapses after REPORT_LIFE periods without a refresh.
+REFRESH_MIN, REFRESH_MAX = 1.0, 5.0
+REPORT_LIFE = 3
 # Reason phrases come from the far end: they go into events and logs, so bounded.
 _MAX_PHRASE = 64
 
@@ -137,6 +142,8 @@ class Peer:
     last_reason: str = ""
     probe: _Probe | None = None  # the probe whose outcome is awaited
     next_timer: TimerHandle | None = None
+    change: PeerChange | None = None  # the latest change of state
+    changed_at: float = 0.0  # when it happened (the proxy's clock)
 
     @property
     def name(self) -> str:
@@ -185,14 +192,17 @@ class OptionsProber:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Tell routing about health, schedule the first probes.
+        """Tell routing about health (unless a merged view of every node's probes,
+        trunk_health.py, is there already: this prober feeds it), schedule the first
+        probes.
 
         The first probes are spread over the first second (or interval, if shorter) so a
         gateway with many trunks does not send them in one burst."""
         if self._started:
             return
         self._started = True
-        self.proxy.directory.health = self
+        if self.proxy.directory.health is None:
+            self.proxy.directory.health = self
         now = self.proxy.clock()
         count = len(self.peers)
         for index, peer in enumerate(self.peers):
@@ -221,6 +231,30 @@ class OptionsProber:
 
     def peer(self, tenant: str, trunk: str) -> Peer | None:
         return self._by_name.get((tenant, trunk))
+
+    # -- what other processes are told (trunk_health.NodeReport) ------------------------------
+    def down_trunks(self, wall: float) -> tuple[DownTrunk, ...]:
+        """The trunks this prober finds down. `wall` is ``time.time()`` now: the
+        prober's clock is the proxy's monotonic one, which means nothing elsewhere."""
+        now = self.proxy.clock()
+        return tuple(
+            DownTrunk(
+                peer.tenant,
+                peer.name,
+                wall - (now - peer.changed_at),
+                peer.change.reason if peer.change is not None else peer.last_reason,
+            )
+            for peer in self.peers
+            if not peer.up
+        )
+
+    @property
+    def refresh_period(self) -> float:
+        """How often this node's report is published again (trunk_health.py: reports
+        lapse after three periods): as often as the quickest trunk is probed, between
+        once a second and once every 5 s."""
+        fastest = min((p.trunk.options_interval for p in self.peers), default=REFRESH_MAX)
+        return min(REFRESH_MAX, max(REFRESH_MIN, fastest))
 
     # -- sending ---------------------------------------------------------------------------
     def _schedule_next(self, peer: Peer, at: float) -> None:
@@ -345,6 +379,7 @@ class OptionsProber:
             up=peer.up,
             reason=f"{reason} ({in_a_row} probe{'s' if in_a_row > 1 else ''} in a row)",
         )
+        peer.change, peer.changed_at = change, self.proxy.clock()
         extra = {
             "tenant": change.tenant,
             "peer": change.peer,

@@ -139,15 +139,16 @@ class ProxyServer:
         host = self.settings.sip.listen[spec_index].host
         self.transport.send_envelope(packet, host, self.plan.ports[worker][spec_index])
 
-    def send_stats(self, stats: dict[str, object]) -> None:
-        """This worker's counters, to worker 0 (which answers /metrics for all)."""
+    def send_stats(self, stats: dict[str, object], worker: int = 0) -> None:
+        """This worker's counters, to worker 0 (which answers /metrics for all); or,
+        from worker 0, its node's trunk health to a sibling (runtime/shared_health.py)."""
         assert self.plan is not None
         spec_index = self._udp_spec(None)
         if spec_index is None:
             return
         host = self.settings.sip.listen[spec_index].host
         packet = seal_stats(self.plan.secret, stats)
-        self.transport.send_envelope(packet, host, self.plan.ports[0][spec_index])
+        self.transport.send_envelope(packet, host, self.plan.ports[worker][spec_index])
 
     def _udp_spec(self, local_host: str | None) -> int | None:
         """The first UDP listen entry (of the family of ``local_host``, if given)."""
