@@ -64,7 +64,7 @@ def _redis_cluster_of_session(tmp_path_factory: pytest.TempPathFactory) -> Itera
 def redis_cluster(_redis_cluster_of_session: LocalCluster) -> LocalCluster:
     """A Redis Cluster of 3 masters and 3 replicas on the loopback (tests/redis_servers.py),
     started once per session: each test gets it whole (the nodes an earlier test killed
-    are started again and have rejoined) and empty."""
+    are started again and have rejoined) and empty (no keys, no cached scripts)."""
     cluster = _redis_cluster_of_session
     cluster.heal()
     cluster.flush()

@@ -406,9 +406,10 @@ class LocalCluster:
         self.wait_ready(FAILOVER_TIMEOUT)
 
     def flush(self) -> None:
-        """Empty every master (replicas follow)."""
+        """Empty every master (replicas follow) and its script cache."""
         for node in self.masters():
             node.command("FLUSHALL")
+            node.command("SCRIPT", "FLUSH")
 
     def stop(self) -> None:
         _stop_all(self.nodes)

@@ -119,13 +119,18 @@ async def test_a_transaction_within_one_slot_is_atomic_on_its_node(
 ) -> None:
     node = redis_cluster.node_for_key("{acme}")
     pipe = on_cluster.pipeline(transaction=True)
-    pipe.set("{acme}:a", "1").incr("{acme}:a").set("{acme}:b", "x").get("{acme}:a")
+    for command, *args in (
+        ("SET", "{acme}:a", "1"), ("INCR", "{acme}:a"), ("SET", "{acme}:b", "x"),
+        ("GET", "{acme}:a"),
+    ):  # fmt: skip
+        pipe.execute_command(command, *args)
     assert await pipe.execute() == [True, 2, True, b"2"]
     assert (node.command("GET", "{acme}:a"), node.command("GET", "{acme}:b")) == ("2", "x")
 
     # Keys of two slots cannot be one transaction: refused before anything is sent.
     cross = on_cluster.pipeline(transaction=True)
-    cross.set("{acme}:c", "1").set("{other}:c", "1")
+    cross.execute_command("SET", "{acme}:c", "1")
+    cross.execute_command("SET", "{other}:c", "1")
     with pytest.raises(CrossSlotTransactionError):
         await cross.execute()
     assert node.command("EXISTS", "{acme}:c") == 0
@@ -286,7 +291,9 @@ async def test_a_tls_cluster_and_sentinel_connect_with_the_same_tls_settings(
     # the connections it makes (redis-py ignores the ssl_* keys of a cluster or a
     # Sentinel client made without ssl=True).
     pair = make_self_signed(tmp_path, name="redis")
-    tls = {"tls": True, "tls_ca": pair.ca, "tls_cert": pair.cert, "tls_key": pair.key}
+    tls: dict[str, Any] = {
+        "tls": True, "tls_ca": pair.ca, "tls_cert": pair.cert, "tls_key": pair.key,
+    }  # fmt: skip
     cluster = client(RedisSettings(cluster_nodes=(("127.0.0.1", 7000),), **tls), name=None)
     sentinel = client(
         RedisSettings(sentinel_service="m", sentinels=(("127.0.0.1", 26379),), **tls), name=None
