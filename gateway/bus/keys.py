@@ -140,6 +140,16 @@ def encode_live(seq: str, payload: bytes) -> bytes:
     return seq.encode("ascii") + b"\n" + payload
 
 
+def seq_of_live(message: bytes) -> str:
+    """The seq of a live message, its payload not decoded; ValueError if it has none."""
+    head, sep, _ = message.partition(b"\n")
+    if not sep:
+        raise ValueError("live message without a seq separator")
+    seq = head.decode("ascii", "replace")
+    parse_seq(seq)
+    return seq
+
+
 def decode_live(message: bytes) -> tuple[str, dict[str, Any]]:
     """Split and decode a live message; ValueError if it is not one of ours."""
     head, sep, payload = message.partition(b"\n")

@@ -23,6 +23,13 @@ buffer is over its limit) returns False: the subscription overflows exactly as a
 queue does. However an attached subscription ends (overflow, resync, close), the hub
 calls the sink's ``ended()`` at once, so the sink needs no task waiting on the iterator.
 
+The node's own events arrive sooner: the append script answers the writer with the new
+id and the id before it, and the writer offers the event to the hub (`offer_local`). The
+hub delivers it at once if its subscribers were given exactly that previous id last, so
+the stream's order holds across writers; the pub/sub copy that follows is skipped by its
+seq (read from the message's head, the payload left undecoded). Otherwise, another
+writer's event in between not read yet, the pub/sub copy delivers it in its turn.
+
 Memory: a node holds one subscription per subscriber for as long as it is connected
 (10 000 in bench fan-out), so a subscription is slotted and makes its queue and its
 readiness waiter only when it needs them.
@@ -379,6 +386,10 @@ class LiveHub:
         self.bad_messages = 0  # messages on our channels that did not decode
         self.overflows = 0  # subscriptions ended by SubscriberOverflow
         self.resyncs = 0  # subscriptions ended by SubscriberResync
+        self.local_deliveries = 0  # events handed over by this node's writer (below)
+        # tenant -> the seq of the last event its subscribers were given, by either way
+        # (`offer_local`): known only while its channel is live.
+        self._last: dict[str, str] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -463,6 +474,7 @@ class LiveHub:
             del groups[sub.accept]
         if not groups:
             del self._subs[sub.tenant]
+            self._last.pop(sub.tenant, None)
             self._dirty.set()
 
     # -- connection -----------------------------------------------------------------------
@@ -550,9 +562,13 @@ class LiveHub:
             return
         tenant = keys.tenant_of_channel(channel)
         groups = self._subs.get(tenant) if tenant is not None else None
-        if not groups:
+        if not groups or tenant is None:
             return  # a channel we are leaving
         try:
+            seq = keys.seq_of_live(data)
+            last = self._last.get(tenant)
+            if last is not None and keys.parse_seq(seq) <= keys.parse_seq(last):
+                return  # this node's writer handed it over already (offer_local)
             seq, event = keys.decode_live(data)
             item = LiveEvent(seq, event, asyncio.get_running_loop().time())
         except ValueError as exc:
@@ -563,8 +579,33 @@ class LiveHub:
                 log.warning("bus: undecodable live message", extra={"error": str(exc)})
             return
         self.messages += 1
+        self._last[tenant] = seq
+        self._fan_out(groups, item)
+
+    def offer_local(self, tenant: str, prev: str, seq: str, event: dict[str, Any]) -> bool:
+        """An event this node's writer appended (`seq`, right after `prev` in the
+        stream): delivered now, one pub/sub hop sooner, if the tenant's subscribers
+        were given exactly `prev` last, so the stream's order holds. Otherwise (another
+        writer's event in between not read yet, the channel not live) the pub/sub copy
+        delivers it in its turn; the copy of an event delivered here is skipped."""
+        groups = self._subs.get(tenant)
+        if not groups or not prev or self._last.get(tenant) != prev:
+            return False
+        self.local_deliveries += 1
+        self._last[tenant] = seq
+        self._fan_out(groups, LiveEvent(seq, event, asyncio.get_running_loop().time()))
+        return True
+
+    def wants(self, tenant: str) -> bool:
+        """Whether this node has live subscribers of `tenant` (`offer_local` may help)."""
+        return tenant in self._subs
+
+    def _fan_out(
+        self, groups: dict[EventPredicate | None, dict[LiveSubscription, None]], item: LiveEvent
+    ) -> None:
         # The hot loop of a fan-out: one filter call per group, one take() per
         # subscriber (for an attached one: a write to its transport, no task switch).
+        event = item.event
         for accept, group in tuple(groups.items()):
             if accept is not None and not accept(event):
                 continue
@@ -578,6 +619,7 @@ class LiveHub:
 
     def _channel_live(self, channel: str) -> None:
         tenant = keys.tenant_of_channel(channel)
+        self._last.pop(tenant or "", None)
         for sub in self._each(tenant or ""):
             if sub.stale:
                 self.resyncs += 1
@@ -588,6 +630,7 @@ class LiveHub:
     def _lost(self, link: _Link) -> None:
         if self._link is link:
             self._link = None
+        self._last.clear()
         for channel in link.live:
             tenant = keys.tenant_of_channel(channel)
             for sub in self._each(tenant or ""):

@@ -63,16 +63,21 @@ from gateway.stats import Counters, Histogram
 log = logging.getLogger("sipgw.bus")
 
 # KEYS[1] stream key; ARGV: maxlen, min id for age trimming ('' = none), live channel,
-# payload. Returns the new entry's id. Age trimming is a separate XTRIM because XADD
-# takes only one trimming strategy; ``~`` lets Redis trim whole radix-tree nodes only,
-# which is what keeps trimming cheap.
+# payload. Returns the new entry's id and the id of the entry before it ('' for none:
+# the live hub of this node delivers at once when it has delivered that one, see
+# LiveHub.offer_local). Age trimming is a separate XTRIM because XADD takes only one
+# trimming strategy; ``~`` lets Redis trim whole radix-tree nodes only, which is what
+# keeps trimming cheap.
 _APPEND_SCRIPT = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[4])
 if ARGV[2] ~= '' then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[2])
 end
 redis.call('PUBLISH', ARGV[3], id .. '\\n' .. ARGV[4])
-return id
+local prev = ''
+if last[1] then prev = last[1][1] end
+return {id, prev}
 """
 _APPEND_SHA = hashlib.sha1(_APPEND_SCRIPT.encode()).hexdigest()
 
@@ -89,6 +94,10 @@ _TRANSIENT_REPLIES = (
 )
 
 MAX_REPLAY_COUNT = 10_000
+
+# Events a writer keeps as dicts for its node's live hub (`_Item.local`): beyond this
+# many buffered, Redis is away and the hub will resync from the stream anyway.
+LOCAL_HANDOVER_MAX = 1_000
 
 # Seconds from publish() to Redis' acknowledgement: milliseconds when Redis is up, up to
 # minutes while it is down (the events wait in the buffer).
@@ -133,6 +142,9 @@ class _Item:
     tenant: str
     payload: bytes
     queued_at: float  # time.monotonic() of publish(): for the lag and latency metrics
+    # The event as a dict, for this node's live hub once the stream id is known (None:
+    # the hub has no subscriber of the tenant, or the buffer is long: Redis is away).
+    local: dict[str, Any] | None = None
 
 
 class _TransientReply(RedisError):
@@ -382,14 +394,18 @@ class EventBus:
     def _take(self, entry: tuple[Publishable, float]) -> None:
         event, queued_at = entry
         try:
-            payload = keys.encode_payload(event.to_dict())
+            data = event.to_dict()
+            payload = keys.encode_payload(data)
         except Exception:
             self._drop("encode_error")
             return
-        if len(self._pending) >= self.max_buffer:
-            self._pending.popleft()
+        pending = self._pending
+        if len(pending) >= self.max_buffer:
+            pending.popleft()
             self._drop("buffer_full")
-        self._pending.append(_Item(event, event.tenant, payload, queued_at))
+        tenant = event.tenant
+        local = data if len(pending) < LOCAL_HANDOVER_MAX and self.hub.wants(tenant) else None
+        pending.append(_Item(event, tenant, payload, queued_at, local))
 
     def _absorb_nowait(self) -> None:
         queue = self._queue
@@ -500,11 +516,16 @@ class EventBus:
         again: list[_Item] = []
         transient: ResponseError | None = None
         acked = time.monotonic()
+        hub = self.hub
         for item, result in zip(batch, results, strict=True):
-            if isinstance(result, bytes):
-                _set_seq(item.event, result.decode("ascii"))
+            if isinstance(result, list) and len(result) == 2:
+                seq, prev = result[0].decode("ascii"), result[1].decode("ascii")
+                _set_seq(item.event, seq)
                 self.published += 1
                 self.publish_latency.observe(acked - item.queued_at)
+                if item.local is not None:
+                    item.local["seq"] = seq
+                    hub.offer_local(item.tenant, prev, seq, item.local)
             elif isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT"):
                 self._need_eval = True  # script cache flushed (e.g. Redis restarted)
                 again.append(item)

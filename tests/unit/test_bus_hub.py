@@ -72,8 +72,11 @@ async def test_leave_and_rejoin_before_confirmations_waits_for_the_last_one(
     await hub._reconcile(link)
     second = hub.subscribe("acme")
     await hub._reconcile(link)
-    assert conn.sent == [("SUBSCRIBE", "{acme}:live"), ("UNSUBSCRIBE", "{acme}:live"),
-                         ("SUBSCRIBE", "{acme}:live")]
+    assert conn.sent == [
+        ("SUBSCRIBE", "{acme}:live"),
+        ("UNSUBSCRIBE", "{acme}:live"),
+        ("SUBSCRIBE", "{acme}:live"),
+    ]
     # Redis answers in order: the first SUBSCRIBE's confirmation must not make the new
     # subscription ready, an UNSUBSCRIBE is still to take effect before the second.
     hub._handle(link, confirm("subscribe", "acme"))
@@ -156,3 +159,54 @@ async def test_closed_hub_hands_out_ended_subscriptions(hub: LiveHub) -> None:
     assert [x async for x in late] == []
     with pytest.raises(ValueError):
         hub.subscribe("Not-A-Tenant")
+
+
+async def _live_acme(hub: LiveHub) -> tuple[_Link, Any]:
+    link, _ = link_for(hub)
+    sub = hub.subscribe("acme", maxsize=100)
+    await hub._reconcile(link)
+    hub._handle(link, confirm("subscribe", "acme"))
+    return link, sub
+
+
+def _taken(sub: Any) -> list[str]:
+    seqs = []
+    while sub.depth:
+        seqs.append(sub._items.popleft().seq)
+    return seqs
+
+
+async def test_this_nodes_event_is_delivered_at_once_and_its_pubsub_copy_skipped(
+    hub: LiveHub,
+) -> None:
+    link, sub = await _live_acme(hub)
+    hub._handle(link, message("acme", 1))
+    assert hub.offer_local("acme", "1-0", "2-0", {"n": 2, "seq": "2-0"})
+    hub._handle(link, message("acme", 2))  # the pub/sub copy: already delivered
+    hub._handle(link, message("acme", 3))
+    assert _taken(sub) == ["1-0", "2-0", "3-0"]
+    assert hub.local_deliveries == 1 and hub.messages == 2
+
+
+async def test_an_event_after_one_not_read_yet_waits_for_its_turn(hub: LiveHub) -> None:
+    link, sub = await _live_acme(hub)
+    hub._handle(link, message("acme", 1))
+    # Another writer's 2-0 is on its way through pub/sub: 3-0 must not overtake it.
+    assert not hub.offer_local("acme", "2-0", "3-0", {"n": 3, "seq": "3-0"})
+    hub._handle(link, message("acme", 2))
+    hub._handle(link, message("acme", 3))
+    assert _taken(sub) == ["1-0", "2-0", "3-0"] and hub.local_deliveries == 0
+
+
+async def test_no_hand_over_before_the_channel_delivered_or_after_the_link_broke(
+    hub: LiveHub,
+) -> None:
+    link, sub = await _live_acme(hub)
+    # Nothing seen on the channel yet: where the stream stands is not known here.
+    assert not hub.offer_local("acme", "1-0", "2-0", {"n": 2})
+    assert not hub.offer_local("acme", "", "1-0", {"n": 1})
+    hub._handle(link, message("acme", 1))
+    hub._lost(link)
+    assert not hub.offer_local("acme", "1-0", "2-0", {"n": 2})
+    assert not hub.offer_local("beta", "1-0", "2-0", {"n": 2})  # no subscriber at all
+    assert _taken(sub) == ["1-0"]
