@@ -19,6 +19,11 @@ answered probes in a row mark it up again; a probe that goes the other way reset
 count. Only a change is reported (``on_change``: the app publishes ``peer.down`` /
 ``peer.up`` to the trunk's tenant and logs it), never the steady state.
 
+The prober runs on one worker per node. What it finds down (`down_trunks`) is this
+node's report in the merged view of every node (trunk_health.py), which routing reads
+in every worker: the prober is ``directory.health`` itself only where no merged view is
+installed (unit tests, a proxy used alone).
+
 At most one probe per trunk is in flight: the next one starts ``options_interval``
 after the previous one started, or when it ends if it took longer (a dead UDP trunk is
 probed every Timer F, never with a pile of overlapping transactions).
