@@ -91,7 +91,7 @@ class Gateway:
         # Neither the bus nor the directory waits for Redis at start: calls flow without
         # it, events are buffered (bounded) and logins answer 503 until it is back.
         self.bus = EventBus(
-            settings.redis.url,
+            settings.redis,
             counters=self.counters,
             max_queue=events.max_queue,
             max_buffer=events.max_buffer,

@@ -233,13 +233,22 @@ class _OwnedSentinelPool(SentinelConnectionPool):
             await self.sentinel_manager.aclose()
 
 
+def sentinel_for(target: RedisTarget, options: LinkOptions = LinkOptions()) -> Sentinel:
+    """redis-py's Sentinel client of `target`'s sentinels: where the master is now."""
+    return _sentinel(target, _common(None, options))
+
+
+def _sentinel(target: RedisTarget, common: dict[str, Any]) -> Sentinel:
+    # The sentinels get the same timeouts, name, TLS and retries as the master, and
+    # their own password (they have no data, and often no ACL of the master's).
+    sentinel_kwargs = {**common, **_tls(target), **_credentials(None, target.sentinel_password)}
+    return Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
+
+
 def _sentinel_master(target: RedisTarget, common: dict[str, Any], secrets: dict[str, Any]) -> Redis:
     assert target.sentinel_service is not None
     tls = _tls(target)
-    # The sentinels get the same timeouts, name, TLS and retries as the master, and
-    # their own password (they have no data, and often no ACL of the master's).
-    sentinel_kwargs = {**common, **tls, **_credentials(None, target.sentinel_password)}
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
+    sentinel = _sentinel(target, common)
     master: Redis = sentinel.master_for(
         target.sentinel_service,
         connection_pool_class=_OwnedSentinelPool,

@@ -263,6 +263,10 @@ class WireLink:
         self._failed_at: float | None = None
         self._last_error = ""
 
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._endpoint
+
     async def get(self) -> WireProtocol:
         wire = self._wire
         if wire is not None and wire.is_open:

@@ -61,8 +61,9 @@ from typing import Any, Protocol
 from redis.exceptions import ConnectionError, RedisError
 
 from gateway.bus import keys
-from gateway.redis_link import Backoff, RedisLink, raise_if_cancelled
-from gateway.redis_wire import Reply, WireProtocol, connect, endpoint_of
+from gateway.redis_link import Backoff, RedisLink, RedisTarget, raise_if_cancelled
+from gateway.redis_routes import WireRoutes
+from gateway.redis_wire import Reply, WireProtocol, connect
 
 log = logging.getLogger("sipgw.bus")
 
@@ -70,6 +71,8 @@ Event = tuple[str, dict[str, Any]]
 EventPredicate = Callable[[dict[str, Any]], bool]
 
 DEFAULT_MAXSIZE = 1000
+# The key whose node a cluster's live hub connects to (classic pub/sub reaches them all).
+HUB_ROUTE = "{sipgw}:live"
 
 
 class SubscriberOverflow(Exception):
@@ -356,7 +359,7 @@ class LiveHub:
 
     def __init__(
         self,
-        redis_url: str,
+        redis: str | RedisTarget,
         *,
         default_maxsize: int = DEFAULT_MAXSIZE,
         ping_interval: float = 5.0,
@@ -370,7 +373,7 @@ class LiveHub:
         # Its own lean connection (gateway/redis_wire.py: every event of the node is
         # read here), which never reconnects by itself: this hub decides when to retry
         # and must see every disconnect (it signals a resync).
-        self._endpoint = endpoint_of(redis_url)
+        self._routes = WireRoutes(redis, name="live", timeout=None, connect_timeout=connect_timeout)
         self._connect_timeout = connect_timeout
         self._state = RedisLink(on_change=self._link_changed)
         # tenant -> filter -> its subscriptions: a filter is asked once per event.
@@ -418,6 +421,7 @@ class LiveHub:
         link, self._link = self._link, None
         if link is not None and link.wire is not None:
             link.wire.close()
+        await self._routes.close()
         self._state.up = None  # closed: neither up nor failed
 
     # -- subscriptions --------------------------------------------------------------------
@@ -513,8 +517,11 @@ class LiveHub:
             self._handle(link, reply)
 
         loop = asyncio.get_running_loop()
+        # On a cluster the script PUBLISHes (classic pub/sub, which the cluster bus
+        # copies to every node), so any node serves: the one of a node-wide key.
+        endpoint = await self._routes.endpoint_for(HUB_ROUTE)
         wire = link.wire = await connect(
-            self._endpoint, name="live", timeout=None,
+            endpoint, name="live", timeout=None,
             connect_timeout=self._connect_timeout, on_push=pushed,
         )  # fmt: skip
         link.heard = loop.time()

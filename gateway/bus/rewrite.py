@@ -32,10 +32,8 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
-from redis.asyncio import Redis
-
 from gateway.bus import keys
-from gateway.redis_link import raise_if_cancelled
+from gateway.redis_link import Client, raise_if_cancelled
 
 CHUNK = 1000
 MAX_PASSES = 3
@@ -88,7 +86,7 @@ return 0
 
 
 @contextlib.asynccontextmanager
-async def editing(redis: Redis, tenant: str) -> AsyncIterator[None]:
+async def editing(redis: Client, tenant: str) -> AsyncIterator[None]:
     """Hold the tenant's stream edit lock (StreamBusy after `LOCK_WAIT` seconds)."""
     lock, token = keys.edit_lock_key(tenant), secrets.token_hex(16)
     loop = asyncio.get_running_loop()
@@ -106,7 +104,7 @@ async def editing(redis: Redis, tenant: str) -> AsyncIterator[None]:
         await redis.eval(_RELEASE, 1, lock, token)
 
 
-async def delete_entries(redis: Redis, tenant: str, seqs: list[str]) -> int:
+async def delete_entries(redis: Client, tenant: str, seqs: list[str]) -> int:
     """XDEL `seqs` (held lock assumed): how many were there."""
     deleted = 0
     for start in range(0, len(seqs), CHUNK):
@@ -115,7 +113,7 @@ async def delete_entries(redis: Redis, tenant: str, seqs: list[str]) -> int:
     return deleted
 
 
-async def rewrite_entries(redis: Redis, tenant: str, edit: Edit) -> int:
+async def rewrite_entries(redis: Client, tenant: str, edit: Edit) -> int:
     """Apply `edit` to every entry of the tenant's stream (held lock assumed): how many
     entries changed. Nothing is copied when no entry needs a change."""
     changed = 0
@@ -129,13 +127,13 @@ async def rewrite_entries(redis: Redis, tenant: str, edit: Edit) -> int:
     raise StreamBusy(f"the event stream of {tenant} kept changing; retry")
 
 
-async def _xrange(redis: Redis, key: str, start: str, end: str, count: int | None) -> list[Entry]:
+async def _xrange(redis: Client, key: str, start: str, end: str, count: int | None) -> list[Entry]:
     entries = await redis.xrange(key, start, end, count=count)
     raise_if_cancelled()
     return cast(list[Entry], entries or [])
 
 
-async def _needs_change(redis: Redis, tenant: str, edit: Edit) -> bool:
+async def _needs_change(redis: Client, tenant: str, edit: Edit) -> bool:
     key, after = keys.events_key(tenant), "-"
     while True:
         entries = await _xrange(redis, key, after, "+", CHUNK)
@@ -146,7 +144,7 @@ async def _needs_change(redis: Redis, tenant: str, edit: Edit) -> bool:
         after = "(" + entries[-1][0].decode("ascii")
 
 
-async def _rewrite_once(redis: Redis, tenant: str, edit: Edit) -> tuple[int, bool]:
+async def _rewrite_once(redis: Client, tenant: str, edit: Edit) -> tuple[int, bool]:
     """One copy and swap: (entries changed, whether the swap copied one that needs it)."""
     key, copy = keys.events_key(tenant), keys.rewrite_key(tenant)
     await redis.delete(copy)  # a copy left by a holder that died

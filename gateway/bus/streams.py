@@ -51,13 +51,21 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.bus import keys, rewrite
 from gateway.bus.live import LiveHub, LiveSubscription
-from gateway.redis_link import Backoff, LinkOptions, RedisLink, client, raise_if_cancelled
-from gateway.redis_wire import WireLink, endpoint_of
+from gateway.redis_link import (
+    Backoff,
+    Client,
+    LinkOptions,
+    RedisLink,
+    RedisTarget,
+    client,
+    raise_if_cancelled,
+)
+from gateway.redis_routes import WireRoutes, is_moved
+from gateway.redis_wire import WireLink
 from gateway.stats import Counters, Histogram
 
 log = logging.getLogger("sipgw.bus")
@@ -177,7 +185,7 @@ class EventBus:
 
     def __init__(
         self,
-        redis_url: str,
+        redis: str | RedisTarget,
         *,
         counters: Counters,
         max_queue: int = 10_000,
@@ -210,23 +218,24 @@ class EventBus:
         self._backoff = Backoff(backoff_initial, backoff_max)
         self._clock = clock
         # The writer owns retrying (backoff, ordering, counting): no library retries.
-        self._redis: Redis = client(
-            redis_url,
+        self._redis: Client = client(
+            redis,
             name="bus",
             options=LinkOptions(
                 socket_timeout=socket_timeout, connect_timeout=min(socket_timeout, 2.0)
             ),
         )
-        # Appends go over a lean connection of the writer's own; the writer's own
-        # backoff paces the attempts after a failure.
-        self._wire = WireLink(
-            endpoint_of(redis_url), name="bus", timeout=socket_timeout,
+        # Appends go over lean connections of the writer's own, to the server of each
+        # tenant's stream; the writer's own backoff paces the attempts after a failure.
+        self._routes = WireRoutes(
+            redis, name="bus", timeout=socket_timeout,
             connect_timeout=min(socket_timeout, 2.0), retry_after=0.0,
         )  # fmt: skip
+        self._scripted: set[WireLink] = set()  # links whose server has the script
         # Up until a round trip fails: the writer has nothing to say before its first.
         self._link = RedisLink(up=True, on_change=self._link_changed)
         self.hub = LiveHub(
-            redis_url,
+            redis,
             default_maxsize=live_maxsize,
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
@@ -238,7 +247,6 @@ class EventBus:
         self._stopping = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._trimmer: asyncio.Task[None] | None = None
-        self._need_eval = True  # the first call loads the script (EVAL caches it)
         self._warned_at: dict[str, float] = {}
         self.published = 0
         self.dropped: Counter[str] = Counter()
@@ -312,7 +320,7 @@ class EventBus:
             self.dropped["shutdown"] += left
             log.warning("bus: stopped with events not written to redis", extra={"left": left})
         await self.hub.close()
-        self._wire.close()
+        await self._routes.close()
         await self._redis.aclose()
         return left
 
@@ -480,16 +488,82 @@ class EventBus:
         return removed
 
     async def _send_batch(self) -> bool:
-        """Send the head of the buffer in one round trip. Returns True if some events
-        must go again at once (the script had to be loaded); raises on connection
-        trouble and on "not now" replies (the caller backs off)."""
+        """Send the head of the buffer, one round trip per server that holds its
+        tenants (one, unless Redis is a cluster). Returns True if some events must go
+        again at once (the script had to be loaded, a slot moved); raises on connection
+        trouble and on "not now" replies (the caller backs off) after counting what
+        went through."""
         batch = list(islice(self._pending, self.batch_size))
+        groups = await self._by_server(batch)
+        calls = []
+        for link, items in groups.items():
+            wire = await link.get()
+            calls.append(wire.call(*self._commands(link, [item for _, item in items])))
+        outcome = await asyncio.gather(*calls, return_exceptions=True)
+        self.round_trips += len(calls)
+
+        again: list[tuple[int, _Item]] = []
+        transient: Exception | None = None
+        broken: BaseException | None = None
+        acked = time.monotonic()
+        for (link, items), results in zip(groups.items(), outcome, strict=True):
+            if isinstance(results, BaseException):
+                if not isinstance(results, (RedisError, OSError)):
+                    raise results
+                broken = results
+                again += items
+                continue
+            self._scripted.add(link)
+            for (index, item), result in zip(items, results, strict=True):
+                if isinstance(result, list) and len(result) == 2:
+                    self._acked(item, result, acked)
+                elif isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT"):
+                    self._scripted.discard(link)  # script cache flushed (a restart, a failover)
+                    again.append((index, item))
+                elif is_moved(result):
+                    self._routes.failed()  # the tenant's slot is served elsewhere now
+                    again.append((index, item))
+                elif isinstance(result, ResponseError) and str(result).startswith(
+                    _TRANSIENT_REPLIES
+                ):
+                    transient = result
+                    again.append((index, item))
+                else:
+                    # WRONGTYPE and the like: retrying cannot help; say so and move on.
+                    self._drop("rejected")
+                    self.last_error = f"{type(result).__name__}: {result}"
+        for _ in batch:
+            self._pending.popleft()
+        again.sort(key=lambda entry: entry[0])  # publish order, for each tenant too
+        self._pending.extendleft(reversed([item for _, item in again]))
+        if broken is not None:
+            self._routes.failed()
+            raise broken
+        if transient is not None:
+            raise _TransientReply(str(transient))
+        return bool(again)
+
+    async def _by_server(self, batch: list[_Item]) -> dict[WireLink, list[tuple[int, _Item]]]:
+        """The batch's events by the server that holds their tenant's stream, each
+        server's in publish order."""
+        groups: dict[WireLink, list[tuple[int, _Item]]] = {}
+        link_of: dict[str, WireLink] = {}
+        for index, item in enumerate(batch):
+            link = link_of.get(item.tenant)
+            if link is None:
+                link = link_of[item.tenant] = await self._routes.link_for(
+                    keys.events_key(item.tenant)
+                )
+            groups.setdefault(link, []).append((index, item))
+        return groups
+
+    def _commands(self, link: WireLink, items: list[_Item]) -> list[tuple[bytes | str, ...]]:
         min_id = self._min_id()
         trimmed: set[str] = set()  # age trimming once per tenant and batch is enough
         maxlen = str(self.stream_maxlen)
         commands: list[tuple[bytes | str, ...]] = []
-        use_eval = self._need_eval
-        for item in batch:
+        use_eval = link not in self._scripted
+        for item in items:
             age = ""
             if min_id and item.tenant not in trimmed:
                 trimmed.add(item.tenant)
@@ -508,40 +582,16 @@ class EventBus:
                 use_eval = False
             else:
                 commands.append(("EVALSHA", _APPEND_SHA, "1", *args))
-        wire = await self._wire.get()
-        results = await wire.call(*commands)
-        self.round_trips += 1
-        self._need_eval = False
+        return commands
 
-        again: list[_Item] = []
-        transient: ResponseError | None = None
-        acked = time.monotonic()
-        hub = self.hub
-        for item, result in zip(batch, results, strict=True):
-            if isinstance(result, list) and len(result) == 2:
-                seq, prev = result[0].decode("ascii"), result[1].decode("ascii")
-                _set_seq(item.event, seq)
-                self.published += 1
-                self.publish_latency.observe(acked - item.queued_at)
-                if item.local is not None:
-                    item.local["seq"] = seq
-                    hub.offer_local(item.tenant, prev, seq, item.local)
-            elif isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT"):
-                self._need_eval = True  # script cache flushed (e.g. Redis restarted)
-                again.append(item)
-            elif isinstance(result, ResponseError) and str(result).startswith(_TRANSIENT_REPLIES):
-                transient = result
-                again.append(item)
-            else:
-                # WRONGTYPE and the like: retrying cannot help; say so and move on.
-                self._drop("rejected")
-                self.last_error = f"{type(result).__name__}: {result}"
-        for _ in batch:
-            self._pending.popleft()
-        self._pending.extendleft(reversed(again))
-        if transient is not None:
-            raise _TransientReply(str(transient))
-        return bool(again)
+    def _acked(self, item: _Item, result: list[Any], acked: float) -> None:
+        seq, prev = result[0].decode("ascii"), result[1].decode("ascii")
+        _set_seq(item.event, seq)
+        self.published += 1
+        self.publish_latency.observe(acked - item.queued_at)
+        if item.local is not None:
+            item.local["seq"] = seq
+            self.hub.offer_local(item.tenant, prev, seq, item.local)
 
     # -- reading --------------------------------------------------------------------------
     async def replay_page(
