@@ -494,19 +494,30 @@ class EventBus:
         trouble and on "not now" replies (the caller backs off) after counting what
         went through."""
         batch = list(islice(self._pending, self.batch_size))
-        groups = await self._by_server(batch)
+        try:
+            groups = await self._by_server(batch)
+        except (RedisError, OSError):
+            self._routes.failed()  # no map of the slots, no master: look again next time
+            raise
+        again: list[tuple[int, _Item]] = []
+        broken: BaseException | None = None
+        sent: list[tuple[WireLink, list[tuple[int, _Item]]]] = []
         calls = []
         for link, items in groups.items():
-            wire = await link.get()
+            try:
+                wire = await link.get()
+            except (RedisError, OSError) as exc:  # this server is gone (a failover?)
+                broken = exc
+                again += items
+                continue
+            sent.append((link, items))
             calls.append(wire.call(*self._commands(link, [item for _, item in items])))
         outcome = await asyncio.gather(*calls, return_exceptions=True)
         self.round_trips += len(calls)
 
-        again: list[tuple[int, _Item]] = []
         transient: Exception | None = None
-        broken: BaseException | None = None
         acked = time.monotonic()
-        for (link, items), results in zip(groups.items(), outcome, strict=True):
+        for (link, items), results in zip(sent, outcome, strict=True):
             if isinstance(results, BaseException):
                 if not isinstance(results, (RedisError, OSError)):
                     raise results

@@ -1,0 +1,135 @@
+"""The event bus on a real Redis Cluster and on Sentinel (issue #14): appends go to the
+master of each tenant's slot over the lean connections (gateway/redis_routes.py), live
+events reach a subscriber, and a failover is followed.
+
+Every event is checked where it landed: in the stream of its tenant on the process that
+serves the tenant's slot, not only through the bus under test.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis
+
+from gateway.bus import EventBus, keys
+from gateway.config.model import RedisSettings
+from gateway.stats import Counters
+from tests.integration.test_bus import Ev, numbers, ready, take
+from tests.integration.test_redis_cluster_link import cluster_settings, sentinel_settings
+from tests.redis_servers import LocalCluster, LocalSentinel, RedisServer
+from tests.waiting import wait_until, wait_until_true
+
+BusMaker = Callable[[RedisSettings], Awaitable[EventBus]]
+
+
+@pytest.fixture
+async def make_bus() -> AsyncIterator[BusMaker]:
+    made: list[EventBus] = []
+
+    async def make(settings: RedisSettings) -> EventBus:
+        bus = EventBus(settings, counters=Counters(), backoff_initial=0.05, backoff_max=0.5)
+        await bus.start()
+        made.append(bus)
+        return bus
+
+    yield make
+    for bus in made:
+        await bus.stop()
+
+
+def tenants_on_every_master(cluster: LocalCluster) -> dict[str, RedisServer]:
+    """One tenant whose slot each master serves: tenant -> that master."""
+    found: dict[str, RedisServer] = {}
+    for _ in range(1000):
+        tenant = "t-" + uuid.uuid4().hex[:10]
+        node = cluster.node_for_key(keys.events_key(tenant))
+        if node not in found.values():
+            found[tenant] = node
+        if len(found) == len(cluster.masters()):
+            return found
+    raise AssertionError("1000 tenants did not cover every master")
+
+
+def stream_on(server: RedisServer, tenant: str) -> list[int]:
+    """The event numbers of `tenant`'s stream, read on `server` itself."""
+    # Payloads are bytes; READONLY: a cluster replica answers reads of its master's slots.
+    with redis.Redis(
+        "127.0.0.1", server.port, socket_timeout=1, single_connection_client=True
+    ) as raw:
+        if "cluster" in server.name:
+            raw.execute_command("READONLY")
+        entries = raw.xrange(keys.events_key(tenant), "-", "+")
+    return [keys.decode_payload("0-0", fields[b"e"])["n"] for _, fields in entries]
+
+
+def holds(server: RedisServer, tenant: str, count: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return len(stream_on(server, tenant)) == count
+
+    return check
+
+
+async def test_each_tenants_events_land_on_its_slots_master_and_go_live(
+    redis_cluster: LocalCluster, make_bus: BusMaker
+) -> None:
+    bus = await make_bus(cluster_settings(redis_cluster))
+    tenants = tenants_on_every_master(redis_cluster)
+    subs = {tenant: bus.subscribe(tenant) for tenant in tenants}
+    await ready(*subs.values())
+    for n in range(300):
+        for tenant in tenants:
+            assert bus.publish(Ev(tenant, n))
+    for tenant, master in tenants.items():
+        assert numbers(await take(subs[tenant], 300)) == list(range(300))
+        assert stream_on(master, tenant) == list(range(300))
+    # A subscriber may see an event before the writer has read Redis' answer to it.
+    await wait_until(lambda: bus.published == 300 * len(tenants))
+    assert not bus.dropped
+    # One lean connection per master, named as the writer.
+    for master in redis_cluster.masters():
+        names = str(master.command("CLIENT", "LIST"))
+        assert "name=sipgw-bus" in names
+
+
+async def test_a_cluster_failover_is_followed_and_every_acknowledged_event_is_held(
+    redis_cluster: LocalCluster, make_bus: BusMaker
+) -> None:
+    bus = await make_bus(cluster_settings(redis_cluster))
+    tenant, master = next(iter(tenants_on_every_master(redis_cluster).items()))
+    for n in range(100):
+        bus.publish(Ev(tenant, n))
+    await wait_until(lambda: bus.published == 100)
+    # Replication is asynchronous: wait until the replica holds what was acknowledged,
+    # so that what this test measures is the bus following the failover.
+    replica = redis_cluster.replica_of(master)
+    await wait_until_true(holds(replica, tenant, 100))
+    promoted = await redis_cluster.kill_master_and_wait_for_promotion(master)
+    for n in range(100, 200):
+        bus.publish(Ev(tenant, n))  # buffered while the slot has no master
+    await wait_until(lambda: bus.published == 200, timeout=20)
+    assert stream_on(promoted, tenant) == list(range(200))
+    assert bus.redis_errors >= 1 and not bus.dropped
+
+
+async def test_a_sentinel_failover_is_followed(
+    redis_sentinel: LocalSentinel, make_bus: BusMaker
+) -> None:
+    bus = await make_bus(sentinel_settings(redis_sentinel))
+    tenant = "t-" + uuid.uuid4().hex[:10]
+    sub = bus.subscribe(tenant)
+    await ready(sub)
+    for n in range(50):
+        bus.publish(Ev(tenant, n))
+    assert numbers(await take(sub, 50)) == list(range(50))
+    old = redis_sentinel.master()
+    replica = next(s for s in redis_sentinel.servers if s is not old)
+    await wait_until_true(holds(replica, tenant, 50))
+    new = await redis_sentinel.kill_master_and_wait_for_failover()
+    assert new is not old
+    for n in range(50, 100):
+        bus.publish(Ev(tenant, n))
+    await wait_until(lambda: bus.published == 100, timeout=20)
+    assert stream_on(new, tenant) == list(range(100))
