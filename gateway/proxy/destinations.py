@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Callable, Iterable
-from urllib.parse import urlsplit
 
 from gateway.config import Settings
 from gateway.config.model import DEFAULT_DENY_DESTINATIONS
@@ -164,11 +163,9 @@ def _unresolved(host: str, port: int) -> list[str]:
 
 
 def service_endpoints(settings: Settings) -> list[tuple[str, int]]:
-    """Our own listeners and backends besides SIP, from the settings."""
-    endpoints: list[tuple[str, int]] = []
-    redis = urlsplit(settings.redis.url)
-    if redis.scheme in ("redis", "rediss") and redis.hostname:
-        endpoints.append((redis.hostname, redis.port or 6379))
+    """Our own listeners and backends besides SIP, from the settings: Redis as
+    configured (the server, or every cluster seed and every sentinel)."""
+    endpoints: list[tuple[str, int]] = list(settings.redis.endpoints)
     http_host, _, http_port = settings.http.listen.rpartition(":")
     if http_port.isdigit():
         endpoints.append((http_host, int(http_port)))
