@@ -2,6 +2,14 @@
 
 Every key of a tenant carries the hash tag ``{tenant}`` so that, on a Redis Cluster, all
 of them live in one slot: the Lua script that appends and publishes touches them together.
+The names here are fixed, so security/keys.py lists them among every tenant's keys
+(what deleting a tenant unlinks, without SCAN).
+
+Finding every stream (the age trimmer): not by SCAN, which on a cluster covers one node
+and walks the whole keyspace; the tenants are the fields of ``{sipgw}:tenants``
+(`TENANTS`, kept by the security directory: every configured tenant and every one made
+with ``sipgw tenant create``), and `tenant_streams` names their streams:
+``tenant_streams(await redis.hkeys(TENANTS))``; trimming a missing stream is a no-op.
 
 Names
     ``{tenant}:events``   stream; one entry per event, one field ``e`` = msgpack of the
@@ -27,9 +35,12 @@ can contain ``}``, ``:`` or a glob character and reach another tenant's keys.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
+
+from gateway.security import keys as tenant_names
 
 _TENANT = re.compile(r"[a-z0-9-]{1,32}")
 # A stream id: milliseconds and a sequence number, both unsigned 64-bit in Redis.
@@ -38,9 +49,12 @@ U64 = 2**64 - 1
 
 STREAM_FIELD = b"e"
 EVENTS_SUFFIX = ":events"
-# Every tenant stream, for SCAN (``{`` and ``}`` are not glob characters).
+# Every tenant stream as a glob (``{`` and ``}`` are not glob characters): for tests and
+# an operator's check; the trimmer finds the streams through `TENANTS`.
 EVENTS_PATTERN = "{*}" + EVENTS_SUFFIX
 LIVE_SUFFIX = ":live"
+# The tenants (hash: tenant id -> JSON record); the security directory keeps it.
+TENANTS = tenant_names.TENANTS
 
 SeqKey = tuple[int, int]
 
@@ -58,6 +72,13 @@ def is_valid_tenant(tenant: object) -> bool:
 
 def events_key(tenant: str) -> str:
     return "{" + validate_tenant(tenant) + "}" + EVENTS_SUFFIX
+
+
+def tenant_streams(tenants: Iterable[bytes | str]) -> list[str]:
+    """The stream key of each valid tenant id in `tenants` (e.g. the fields of
+    `TENANTS`); anything else is skipped."""
+    names = (t.decode("ascii", "replace") if isinstance(t, bytes) else t for t in tenants)
+    return [events_key(t) for t in names if is_valid_tenant(t)]
 
 
 def rewrite_key(tenant: str) -> str:

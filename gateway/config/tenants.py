@@ -104,6 +104,8 @@ def _tenant(t: Table, profiles: Mapping[str, Profile]) -> Tenant:
 def _slug(text: str) -> str:
     if not _SLUG.fullmatch(text):
         raise ValueError(f"must be 1-32 of a-z, 0-9 and '-', got {show(text)}")
+    if text == "sipgw":  # the hash tag of the node-wide Redis keys (security/keys.py)
+        raise ValueError('"sipgw" is reserved')
     return text
 
 

@@ -17,9 +17,10 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgpack
+from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
@@ -29,11 +30,14 @@ from gateway.redis_link import (
     Backoff,
     LinkOptions,
     RedisLink,
+    RedisTarget,
     client,
     dedicated_connection,
     raise_if_cancelled,
 )
 from gateway.redis_wire import WireLink, endpoint_of
+from gateway.security import keys as tenant_names
+from gateway.security import tenant_keys
 
 log = logging.getLogger("sipgw.recognition")
 
@@ -74,13 +78,15 @@ local function drop_entry(contacts, number, source)
 end
 """
 
-# KEYS: contacts, source set, sources hash, generation set (or the source set again)
+# KEYS: contacts, source set, sources hash, generation set (or the source set again),
+#       the tenant's key index (the source and generation sets are entered there).
 # ARGV: source, tenant, now ms, upsert count, with generation "1"/"0", generation ttl,
 #       then number, fields pairs, then numbers to delete.
 _APPLY = (
     _DROP_ENTRY
+    + tenant_keys.INDEX_KEY_LUA
     + f"""
-local contacts, srcset, sources, genset = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local contacts, srcset, sources, genset, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local source, tenant = ARGV[1], ARGV[2]
 local n, with_gen = tonumber(ARGV[4]), ARGV[5] == '1'
 local touched, upserted, deleted = {{}}, 0, 0
@@ -109,7 +115,11 @@ for j = i, #ARGV do
     touched[#touched + 1] = number
   end
 end
-if with_gen then redis.call('EXPIRE', genset, tonumber(ARGV[6])) end
+if upserted > 0 then index_key(index, srcset, nil) end
+if with_gen then
+  redis.call('EXPIRE', genset, tonumber(ARGV[6]))
+  index_key(index, genset, tonumber(ARGV[3]) + 1000 * tonumber(ARGV[6]))
+end
 if upserted + deleted > 0 then
   redis.call('HSET', sources, source, ARGV[3])
   redis.call('PUBLISH', '{keys.INVALIDATE_CHANNEL}', tenant .. '\\n' .. table.concat(touched, ','))
@@ -138,10 +148,13 @@ return {{#numbers, redis.call('SCARD', popset)}}
 """
 )
 
-# Erases one number from every source of the tenant. KEYS: contacts. ARGV: number, tenant,
-# then the source set key prefix. Returns the number of entries removed.
+# Erases one number from every source of the tenant. KEYS: contacts. ARGV: number, tenant.
+# Returns the number of entries removed. The source sets it touches are named by the
+# sources in the value, under the tag of KEYS[1] (not from ARGV): in the slot of
+# KEYS[1] by construction, where a cluster routed the call.
 _ERASE = f"""
-local contacts, number, tenant, prefix = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local contacts, number, tenant = KEYS[1], ARGV[1], ARGV[2]
+local prefix = string.match(contacts, '^{{[^}}]*}}') .. ':source:'
 local current = redis.call('HGET', contacts, number)
 if not current then return 0 end
 local entries = cmsgpack.unpack(current)
@@ -165,30 +178,37 @@ def unpack_value(value: bytes) -> list[tuple[str, dict[str, Scalar]]]:
 
 
 class ContactIndex:
-    def __init__(self, url: str, *, socket_timeout: float = 5.0) -> None:
+    def __init__(self, redis: str | RedisTarget, *, socket_timeout: float = 5.0) -> None:
+        """`redis`: a URL, or the [redis] settings (one server, a cluster or Sentinel)."""
         # No library retries: a look-up has a budget of milliseconds and the sync client
-        # retries a refused batch itself.
-        self.redis = client(
-            url,
+        # retries a refused batch itself. A RedisCluster serves the same commands here
+        # (every script and transaction stays within the tenant's slot).
+        self.redis = cast(Redis, client(
+            redis,
             name="contacts",
             options=LinkOptions(socket_timeout=socket_timeout, connect_timeout=1.0),
-        )
+        ))  # fmt: skip
         self._apply = self.redis.register_script(_APPLY)
         self._remove_chunk = self.redis.register_script(_REMOVE_CHUNK)
         self._erase = self.redis.register_script(_ERASE)
+        self._unlink_indexed = self.redis.register_script(tenant_keys.UNLINK_INDEXED)
         # Look-ups (one per call whose caller is not cached, on a budget of
-        # milliseconds) go over a lean connection (gateway/redis_wire.py); the rest
-        # over redis-py.
-        self._lookups = WireLink(
+        # milliseconds) go over a lean connection (gateway/redis_wire.py) to one server;
+        # on a cluster or through Sentinel over redis-py, which finds the shard.
+        url = redis if isinstance(redis, str) else redis.url if redis.mode == "standalone" else None
+        self._lookups = None if url is None else WireLink(
             endpoint_of(url), name="lookups", timeout=socket_timeout, connect_timeout=1.0
-        )
+        )  # fmt: skip
 
     async def close(self) -> None:
-        self._lookups.close()
+        if self._lookups is not None:
+            self._lookups.close()
         await self.redis.aclose()
 
     # -- reads ---------------------------------------------------------------------------
     async def get(self, tenant: str, number: str) -> Contact | None:
+        if self._lookups is None:
+            return self._first(await self._call(self.redis.hget(keys.contacts(tenant), number)))
         try:
             wire = await self._lookups.get()
             [value] = await wire.call(("HGET", keys.contacts(tenant), number))
@@ -196,6 +216,10 @@ class ContactIndex:
             raise IndexUnavailable(str(exc)) from exc
         if isinstance(value, RedisError):
             raise IndexUnavailable(str(value))
+        return self._first(value)
+
+    @staticmethod
+    def _first(value: object) -> Contact | None:
         if not isinstance(value, bytes):
             return None  # absent (the client does not decode, so a value is bytes)
         source, fields = unpack_value(value)[0]
@@ -241,7 +265,8 @@ class ContactIndex:
             args += (item.number, pack_fields(item.fields))
         args += deletes
         result = await self._call(
-            self._apply(keys=[keys.contacts(tenant), source_key, keys.sources(tenant), gen_key],
+            self._apply(keys=[keys.contacts(tenant), source_key, keys.sources(tenant), gen_key,
+                              tenant_names.key_index(tenant)],
                         args=args)
         )  # fmt: skip
         return int(result[0]), int(result[1])
@@ -251,10 +276,12 @@ class ContactIndex:
         source_key = keys.source(tenant, source)
         gen_key = keys.generation(tenant, source, generation)
         stale = keys.erasing(tenant, secrets.token_hex(8))
+        now = time.time()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.sdiffstore(stale, [source_key, gen_key])
             pipe.expire(stale, GENERATION_TTL)
             pipe.unlink(gen_key)
+            tenant_keys.index_in(pipe, tenant, stale, now + GENERATION_TTL, now)
             await self._call(pipe.execute())
         return await self._drain(tenant, source, source_key, stale)
 
@@ -266,22 +293,32 @@ class ContactIndex:
             return None
         removed = await self._drain(tenant, source, source_key, source_key)
         await self._call(self.redis.hdel(keys.sources(tenant), source))
-        await self._unlink_matching(keys.generations_pattern(tenant, source))
+        index = tenant_names.key_index(tenant)
+        # Its full syncs in progress, found in the tenant's index (no SCAN).
+        await self._call(
+            self._unlink_indexed(
+                keys=[index, source_key], args=[keys.generations_prefix(tenant, source)]
+            )
+        )
+        await self._call(self.redis.zrem(index, source_key))
         return removed
 
     async def erase(self, tenant: str, number: str) -> int:
         """GDPR erasure of one number from every source: entries removed."""
-        prefix = keys.source_prefix(tenant)
-        result = await self._call(
-            self._erase(keys=[keys.contacts(tenant)], args=[number, tenant, prefix])
-        )
+        result = await self._call(self._erase(keys=[keys.contacts(tenant)], args=[number, tenant]))
         return int(result)
 
     async def drop_tenant(self, tenant: str) -> int:
-        """Delete every key of the tenant (contacts, events, users, audit…): keys deleted."""
-        deleted = await self._unlink_matching(keys.tenant_pattern(tenant))
+        """Delete every key of the tenant (contacts, events, users, audit…: the fixed
+        names of every package and the tenant's index, security/tenant_keys.py): keys
+        deleted. Tokens are the directory's (Directory.delete_tenant revokes them)."""
+        index = tenant_names.key_index(tenant)
+        fixed = [k for k in tenant_names.fixed_keys(tenant) if k != index]
+        deleted = await self._call(
+            self._unlink_indexed(keys=[index, *fixed], args=[keys.tenant_prefix(tenant)])
+        )
         await self.forget_tenant(tenant)
-        return deleted
+        return int(deleted)
 
     async def forget_tenant(self, tenant: str) -> None:
         """Tell every node's cache that the tenant's contacts are gone."""
@@ -365,16 +402,6 @@ class ContactIndex:
             removed += int(result[0])
             if int(result[1]) == 0:
                 return removed
-
-    async def _unlink_matching(self, pattern: str) -> int:
-        deleted = 0
-        cursor = 0
-        while True:
-            cursor, found = await self._call(self.redis.scan(cursor, match=pattern, count=1000))
-            if found:
-                deleted += int(await self._call(self.redis.unlink(*found)))
-            if cursor == 0:
-                return deleted
 
     @staticmethod
     async def _call(awaitable: Any) -> Any:

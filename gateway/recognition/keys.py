@@ -1,14 +1,17 @@
 """Redis names and value format of the contact index.
 
 Every key of a tenant carries the hash tag ``{tenant}`` so that, on a Redis Cluster, the
-scripts that touch a tenant's contacts and source sets run in one slot.
+scripts that touch a tenant's contacts and source sets run in one slot. The keys whose
+names are not fixed (a source's set, a generation, an erase set) are entered in the
+tenant's key index ``{t}:keys`` by the script or transaction that creates them
+(security/tenant_keys.py), so removing a source or a tenant needs no SCAN.
 
     {t}:contacts              hash  E.164 number -> msgpack value (below)
     {t}:sources               hash  source id -> last change (ms since the epoch, ASCII)
     {t}:source:<source>       set   the numbers a source holds (to remove it at once)
     {t}:gen:<source>:<gen>    set   numbers sent by a full sync in progress (expires)
     {t}:erase:<random>        set   numbers being removed in chunks (expires)
-    sipgw:contacts:invalidate channel  "<tenant>\\n<number>,<number>,…" or "<tenant>\\n*"
+    {sipgw}:contacts:invalidate  channel  "<tenant>\\n<number>,…" or "<tenant>\\n*"
 
 Value
     msgpack array of ``[source, fields]`` pairs, first come first served: the first
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import re
 
-INVALIDATE_CHANNEL = "sipgw:contacts:invalidate"
+INVALIDATE_CHANNEL = "{sipgw}:contacts:invalidate"
 ALL = "*"  # an invalidation of every number of a tenant
 
 _TENANT = re.compile(r"[a-z0-9-]{1,32}")
@@ -65,14 +68,9 @@ def source(tenant: str, source_id: str) -> str:
     return f"{_tenant(tenant)}:source:{_source(source_id)}"
 
 
-def source_prefix(tenant: str) -> str:
-    """What precedes a source id in its set's key (the erase script appends ids)."""
-    return f"{_tenant(tenant)}:source:"
-
-
-def generations_pattern(tenant: str, source_id: str) -> str:
-    """Every full-sync set of a source, for SCAN."""
-    return f"{_tenant(tenant)}:gen:{_source(source_id)}:*"
+def generations_prefix(tenant: str, source_id: str) -> str:
+    """What the key of every full-sync set of a source starts with."""
+    return f"{_tenant(tenant)}:gen:{_source(source_id)}:"
 
 
 def generation(tenant: str, source_id: str, gen: str) -> str:
@@ -85,8 +83,13 @@ def erasing(tenant: str, token: str) -> str:
     return f"{_tenant(tenant)}:erase:{token}"
 
 
+def tenant_prefix(tenant: str) -> str:
+    """What every key of the tenant starts with."""
+    return _tenant(tenant) + ":"
+
+
 def tenant_pattern(tenant: str) -> str:
-    """Every key of the tenant, for SCAN (the tenant id holds no glob character)."""
+    """Every key of the tenant as a glob, for tests (the code never SCANs)."""
     return _tenant(tenant) + ":*"
 
 

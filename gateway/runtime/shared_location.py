@@ -11,7 +11,14 @@ Redis
         binding's expiry, so Redis forgets expired registrations by itself (Redis 7.0
         has no per-field expiry: expired fields are dropped whenever the key is
         written, and ignored when read). The last binding removed deletes the key.
-    ``sipgw:location``  pub/sub channel: after every write, the AOR's whole state as
+        The key is entered in the tenant's key index ``{tenant}:keys`` (with its
+        expiry) by the same script (security/tenant_keys.py): loading reads the AORs
+        of each tenant from there, without a SCAN (which on a cluster covers one
+        node), and deleting the tenant finds them there.
+    ``{sipgw}:location:tenants``  set: every tenant that has had an AOR written (added
+        with each write, before its script; removed when the tenant is deleted), the
+        tenants whose index loading reads.
+    ``{sipgw}:location``  pub/sub channel: after every write, the AOR's whole state as
         msgpack ``[origin, seq, tenant, extension, [binding, …]]`` (`decode_message`).
 
 A hash per AOR rather than one value: two phones of one extension that register
@@ -69,13 +76,14 @@ from gateway.redis_link import (
     dedicated_connection,
     raise_if_cancelled,
 )
+from gateway.security import keys as tenant_names
+from gateway.security import tenant_keys
 from gateway.transport.addresses import Source
 
 log = logging.getLogger("sipgw.location")
 
-CHANNEL = "sipgw:location"
+CHANNEL = "{sipgw}:location"
 KEY_INFIX = ":loc:"
-SCAN_PATTERN = "{*}" + KEY_INFIX + "*"  # every AOR of every tenant ("{" is no glob)
 
 STEADY = 10.0  # seconds a session must have served for a reconnection to start quick
 MAX_BINDINGS_READ = 256  # per AOR, when reading a stored or published state
@@ -98,8 +106,8 @@ def is_valid_aor(tenant: str, extension: str) -> bool:
 
 
 def aor_key(tenant: str, extension: str) -> str:
-    """``{tenant}:loc:<extension>``: inside ``{tenant}:*``, which tenant deletion
-    unlinks (security/directory.py), and in the tenant's Redis Cluster slot."""
+    """``{tenant}:loc:<extension>``: in the tenant's Redis Cluster slot and its key
+    index, where tenant deletion finds it (security/directory.py)."""
     if not is_valid_aor(tenant, extension):
         raise ValueError(f"invalid address of record {tenant!r}/{extension!r}")
     return "{" + tenant + "}" + KEY_INFIX + extension
@@ -250,10 +258,12 @@ def decode_message(data: bytes) -> Published | None:
 
 
 # -- the write script --------------------------------------------------------------------
-# KEYS[1] the AOR's hash. ARGV: channel, origin, seq, tenant, extension, now (wall ms),
-# upsert count n, then n (contact, binding) pairs, then contacts to remove.
-# Returns the number of live bindings left.
-_WRITE = """
+# KEYS[1] the AOR's hash, KEYS[2] the tenant's key index. ARGV: channel, origin, seq,
+# tenant, extension, now (wall ms), upsert count n, then n (contact, binding) pairs, then
+# contacts to remove. Returns the number of live bindings left.
+_WRITE = (
+    tenant_keys.INDEX_KEY_LUA
+    + """
 local key, now, n = KEYS[1], tonumber(ARGV[6]), tonumber(ARGV[7])
 local i = 8
 for _ = 1, n do
@@ -274,10 +284,17 @@ for k = 1, #fields, 2 do
     redis.call('HDEL', key, fields[k])
   end
 end
-if #live > 0 then redis.call('PEXPIREAT', key, latest) else redis.call('DEL', key) end
+if #live > 0 then
+  redis.call('PEXPIREAT', key, latest)
+  index_key(KEYS[2], key, latest)
+else
+  redis.call('DEL', key)
+  redis.call('ZREM', KEYS[2], key)
+end
 redis.call('PUBLISH', ARGV[1], cmsgpack.pack({ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], live}))
 return #live
 """
+)
 
 
 @dataclass(slots=True)
@@ -721,12 +738,19 @@ class SharedLocation(Location):
         return before is not None and self._run_id is not None and before != self._run_id
 
     async def _load(self, redis: Redis) -> dict[AorKey, list[bytes]]:
+        """Every stored AOR of every tenant: the tenants that have had one, the AORs of
+        each in its key index (no SCAN)."""
+        members = await redis.smembers(tenant_names.LOCATION_TENANTS)
+        tenants = [t.decode("ascii", "replace") for t in members if isinstance(t, bytes)]
         keys: list[AorKey] = []
-        async for name in redis.scan_iter(match=SCAN_PATTERN, count=1000):
-            raise_if_cancelled()
-            key = parse_aor_key(name)
-            if key is not None:
-                keys.append(key)
+        for start in range(0, len(tenants), self.batch_size):
+            pipe = redis.pipeline(transaction=False)
+            for tenant in tenants[start : start + self.batch_size]:
+                with contextlib.suppress(ValueError):  # not a tenant id: not ours
+                    pipe.zrange(tenant_names.key_index(tenant), 0, -1)
+            for names in await pipe.execute():
+                raise_if_cancelled()
+                keys += [key for key in map(parse_aor_key, names) if key is not None]
         snapshot: dict[AorKey, list[bytes]] = {}
         for start in range(0, len(keys), self.batch_size):
             chunk = keys[start : start + self.batch_size]
@@ -789,9 +813,10 @@ class SharedLocation(Location):
             clocks = self._clocks()
             try:
                 pipe = redis.pipeline(transaction=False)
+                pipe.sadd(tenant_names.LOCATION_TENANTS, *{key[0] for key, _ in batch})
                 for key, write in batch:
                     await script(
-                        keys=[aor_key(*key)],
+                        keys=[aor_key(*key), tenant_names.key_index(key[0])],
                         args=self._script_args(key, write, clocks),
                         client=pipe,
                     )

@@ -35,9 +35,10 @@ from redis.typing import EncodableT, FieldT
 
 from gateway.config import Settings, Tenant, User
 from gateway.config.syntax import show
-from gateway.redis_link import LinkOptions, client
-from gateway.security import keys
+from gateway.redis_link import LinkOptions, RedisTarget, client
+from gateway.security import keys, tenant_keys
 from gateway.security.audit import AuditEntry, AuditLog, redacted
+from gateway.security.key_migration import migrate_keys
 from gateway.security.passwords import PasswordVerifier, needs_rehash, password_problem
 from gateway.security.principal import ROLES, Principal, Role
 from gateway.security.throttle import (
@@ -171,9 +172,12 @@ def operator_source() -> str:
 # Two sorted sets of the same members: by expiry (what has expired) and by issue order
 # (what to evict). Evicting by expiry alone let tokens of one millisecond tie, and
 # ZPOPMIN then took them in the order of their random hashes, not the oldest.
-# KEYS[1] = {t}:tokens:<user>, KEYS[2] = {t}:token-order:<user>
+# Both indexes are entered in the tenant's key index (tenant_keys.py) as they expire.
+# KEYS[1] = {t}:tokens:<user>, KEYS[2] = {t}:token-order:<user>, KEYS[3] = {t}:keys
 # ARGV = digest, expires_ms, now_ms, max
-_INDEX_TOKEN = """
+_INDEX_TOKEN = (
+    tenant_keys.INDEX_KEY_LUA
+    + """
 local top = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 local seq = 1
 if #top > 0 then seq = tonumber(top[2]) + 1 end
@@ -195,9 +199,12 @@ local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 if #last > 0 then
   redis.call('PEXPIREAT', KEYS[1], last[2])
   redis.call('PEXPIREAT', KEYS[2], last[2])
+  index_key(KEYS[3], KEYS[1], last[2])
+  index_key(KEYS[3], KEYS[2], last[2])
 end
 return evicted
 """
+)
 
 
 class Directory:
@@ -205,7 +212,7 @@ class Directory:
 
     def __init__(
         self,
-        redis_url: str,
+        redis: str | RedisTarget,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
@@ -218,8 +225,11 @@ class Directory:
         # No loop of its own around Redis: redis-py's retries (a few quick tries) are
         # what smooths a blip, and a connection idle for 30 s is checked before use. The
         # library's protocol, which this code and its tests were written against.
-        self._redis: aioredis.Redis = client(
-            redis_url,
+        # `redis`: a URL, or the [redis] settings (one server, a cluster or Sentinel);
+        # a RedisCluster serves the same commands, every multi-key one within a tenant's
+        # slot (security/keys.py).
+        self._redis = cast(aioredis.Redis, client(
+            redis,
             name="directory",
             options=LinkOptions(
                 connect_timeout=5.0,
@@ -228,7 +238,7 @@ class Directory:
                 library_retries=True,
                 protocol=None,
             ),
-        )
+        ))  # fmt: skip
         self.audit = AuditLog(
             self._redis,
             maxlen=self.security.audit_maxlen,
@@ -243,6 +253,7 @@ class Directory:
         self.throttle = LoginThrottle(counters or RedisCounterStore(self._redis), policy)
         self.verifier = PasswordVerifier(verify_concurrency)
         self._index_token = self._redis.register_script(_INDEX_TOKEN)
+        self._unlink_indexed = self._redis.register_script(tenant_keys.UNLINK_INDEXED)
         self.seeded = False  # the configuration has been copied to Redis
         # True while seed_when_available() has not finished: the configured users are not
         # in Redis yet, so a login must hear "retry" (503), not "invalid credentials".
@@ -255,6 +266,7 @@ class Directory:
         Raises ``DirectoryUnavailable`` when Redis cannot be reached."""
         async with self._redis_errors():
             await self._redis.ping()
+            await migrate_keys(self._redis)
             if seed:
                 await self.seed()
         await self.verifier.warm_up()
@@ -314,6 +326,7 @@ class Directory:
         self.seeded = True
 
     async def _seed(self) -> None:
+        await migrate_keys(self._redis)
         now = self._clock()
         configured = {t.id: t for t in self.settings.tenants}
         stored = await self._tenant_records()
@@ -415,6 +428,8 @@ class Directory:
             raise DirectoryError(
                 f"tenant id must be 1-32 of a-z, 0-9 and '-', got {show(tenant_id)}"
             )
+        if tenant_id == keys.NODE_TAG.strip("{}"):
+            raise DirectoryError(f"tenant id {show(tenant_id)} is reserved")
         if not name.strip() or any(ord(c) < 0x20 for c in name):
             raise DirectoryError("tenant name must be non-empty text without control characters")
         record = TenantRecord(tenant_id, name, "cli", self._clock())
@@ -442,13 +457,22 @@ class Directory:
 
     async def _remove_tenant(self, tenant_id: str) -> int:
         """Revoke every token of a tenant, then delete all its keys: users, events,
-        contacts, audit. Only a line in the global audit stream says it existed."""
-        async for index in self._redis.scan_iter(match=keys.user_tokens_pattern(tenant_id)):
-            await self._revoke_index(str(index))
-        deleted = 0
-        async for key in self._redis.scan_iter(match=keys.tenant_pattern(tenant_id), count=1000):
-            deleted += int(await self._redis.unlink(key))
+        contacts, audit, and every key in its index (tenant_keys.py). Only a line in the
+        global audit stream says it existed. No SCAN: the keys are all on the shard of
+        the tenant's slot, the tokens each on their own (found in the token indexes)."""
+        index = keys.key_index(tenant_id)
+        prefix = keys.user_tokens_prefix(tenant_id)
+        for name in await self._redis.zrange(index, 0, -1):
+            if str(name).startswith(prefix):
+                await self._revoke_index(str(name))
+        fixed = [k for k in keys.fixed_keys(tenant_id) if k != index]
+        deleted = int(
+            await self._unlink_indexed(
+                keys=[index, *fixed], args=[keys.tenant_tag(tenant_id) + ":"]
+            )
+        )
         await self._redis.hdel(keys.TENANTS, tenant_id)
+        await self._redis.srem(keys.LOCATION_TENANTS, tenant_id)
         return deleted
 
     # -- users -----------------------------------------------------------------------------
@@ -645,7 +669,11 @@ class Directory:
             pipe.pexpireat(keys.token(digest), expires_ms)
             await pipe.execute()
         evicted = await self._index_token(
-            keys=[keys.user_tokens(tenant, user), keys.token_order(tenant, user)],
+            keys=[
+                keys.user_tokens(tenant, user),
+                keys.token_order(tenant, user),
+                keys.key_index(tenant),
+            ],
             args=[digest, expires_ms, math.floor(now * 1000), MAX_TOKENS_PER_USER],
         )
         if evicted:
@@ -743,14 +771,20 @@ class Directory:
         ticket = new_ticket(tenant)
         parsed = parse_ticket(ticket)
         assert parsed is not None
+        ticket_key = keys.ticket(tenant, parsed[1])
+        now = self._clock()
         async with self._redis_errors():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(issued_key, 0, ex=TICKET_TTL, nx=True)
                 pipe.incr(issued_key)
-                _, issued = await pipe.execute()
+                tenant_keys.index_in(pipe, tenant, issued_key, now + TICKET_TTL, now)
+                _, issued, *_ = await pipe.execute()
             if int(issued) > MAX_TICKETS_PER_TOKEN:
                 return None
-            await self._redis.set(keys.ticket(tenant, parsed[1]), token_hash(bearer), ex=TICKET_TTL)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(ticket_key, token_hash(bearer), ex=TICKET_TTL)
+                tenant_keys.index_in(pipe, tenant, ticket_key, now + TICKET_TTL, now)
+                await pipe.execute()
         return ticket
 
     async def redeem_ticket(self, ticket: str) -> tuple[Principal, str] | None:

@@ -30,7 +30,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
-from gateway.security import keys
+from gateway.security import keys, tenant_keys
 
 
 class CounterStore(Protocol):
@@ -81,8 +81,11 @@ class MemoryCounterStore:
 
 
 # Same semantics as MemoryCounterStore.reserve, atomically. Returns -1 when the attempt
-# is counted, else the milliseconds until the key expires.
-_RESERVE = """
+# is counted, else the milliseconds until the key expires. KEYS[2], when given, is the
+# tenant's key index (tenant_keys.py): a tenant's counter is entered there as it expires.
+_RESERVE = (
+    tenant_keys.INDEX_KEY_LUA
+    + """
 local count = tonumber(redis.call('GET', KEYS[1]) or '0')
 local limit = tonumber(ARGV[1])
 if count >= limit then
@@ -91,9 +94,16 @@ if count >= limit then
   return ttl
 end
 count = redis.call('INCR', KEYS[1])
-if count == 1 or count >= limit then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if count == 1 or count >= limit then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if KEYS[2] then
+    local t = redis.call('TIME')
+    index_key(KEYS[2], KEYS[1], tonumber(t[1]) * 1000 + tonumber(ARGV[2]) + 1000)
+  end
+end
 return -1
 """
+)
 
 _RELEASE = """
 local count = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -112,7 +122,9 @@ class RedisCounterStore:
 
     async def reserve(self, key: str, limit: int, window: float) -> float | None:
         window_ms = max(1, math.ceil(window * 1000))
-        result = int(await self._reserve(keys=[key], args=[limit, window_ms]))
+        tenant = keys.tenant_of_key(key)
+        held = [key] if tenant is None else [key, keys.key_index(tenant)]
+        result = int(await self._reserve(keys=held, args=[limit, window_ms]))
         return None if result < 0 else result / 1000
 
     async def reset(self, key: str) -> None:
