@@ -55,6 +55,7 @@ class WireRoutes:
         self._stale = False
         self._cluster: RedisCluster | None = None
         self._sentinel: Sentinel | None = None
+        self._master: tuple[str, int] | None = None  # the one the sentinels named last
         self.mode = "standalone" if isinstance(target, str) else target.mode
         if self.mode == "cluster":
             cluster = client(
@@ -73,25 +74,28 @@ class WireRoutes:
 
     async def link_for(self, key: str) -> WireLink:
         """The link of the server that serves `key` (its ``{tag}`` counts on a cluster)."""
+        return self._link(*await self.address_for(key))
+
+    async def address_for(self, key: str) -> tuple[str, int]:
+        """The (host, port) of the server that serves `key` (("", 0): the one server of
+        a URL, which may be a unix socket)."""
         stale, self._stale = self._stale, False
         if self._cluster is not None:
             node = await shard_node(self._cluster, key, refresh=stale)
-            return self._link(node.host, int(node.port))
+            return node.host, int(node.port)
         if self._sentinel is not None:
-            if stale or not self._links:
+            if stale or self._master is None:
                 assert not isinstance(self._target, str)
                 assert self._target.sentinel_service is not None
                 host, port = await self._sentinel.discover_master(self._target.sentinel_service)
-                address = (str(host), int(port))
-                self._retire_except(address)
-                return self._link(*address)
-            return next(iter(self._links.values()))
-        return self._link("", 0)
+                self._master = (str(host), int(port))
+                self._retire_except(self._master)
+            return self._master
+        return "", 0
 
-    async def endpoint_for(self, key: str) -> Endpoint:
-        """Where `link_for(key)` connects: for a user that holds a connection of its own
-        (pub/sub)."""
-        return (await self.link_for(key)).endpoint
+    def endpoint_at(self, address: tuple[str, int]) -> Endpoint:
+        """Where a connection of its own to the server at `address` goes (pub/sub)."""
+        return self._link(*address).endpoint
 
     def failed(self) -> None:
         """A connection broke or a server said the key is elsewhere (MOVED): look where

@@ -1,10 +1,19 @@
-"""The node's live fan-in: one Redis pub/sub connection, many local subscriptions.
+"""The node's live fan-in: one Redis pub/sub connection per server, many local
+subscriptions.
 
-`LiveHub` keeps ONE pub/sub connection per node, subscribed to ``{tenant}:live`` of
-exactly the tenants that have local subscribers (SUBSCRIBE on the first, UNSUBSCRIBE
-after the last). Its reader task decodes each message once and offers the same
-``(seq, event_dict)`` to every local `LiveSubscription` of that tenant ("encode once,
-send many": subscribers must treat the dict as read-only).
+`LiveHub` keeps ONE pub/sub connection per node to each server that holds a subscribed
+tenant's channel, subscribed to ``{tenant}:live`` of exactly the tenants that have
+local subscribers (SUBSCRIBE on the first, UNSUBSCRIBE after the last). One server, or
+the master Sentinel names: one connection, classic pub/sub. A Redis Cluster: sharded
+pub/sub (issue #14), one connection to each master that serves a subscribed tenant's
+slot, one SSUBSCRIBE per channel; the append script SPUBLISHes, which reaches that master
+only (classic PUBLISH is copied to every node of a cluster, which does not scale). A
+router task (`_run_router`) puts each channel on its master, again whenever a server
+fails or refuses a channel with MOVED, or the cluster moves a channel away
+(an unrequested SUNSUBSCRIBE): a failover or a resharding. Each connection's reader
+decodes each message once and offers the same ``(seq, event_dict)`` to every local
+`LiveSubscription` of that tenant ("encode once, send many": subscribers must treat
+the dict as read-only).
 
 The hub never waits for a subscriber. A subscription's queue is bounded; when an event
 does not fit, the subscription is marked overflowed, dropped from the hub, and its
@@ -34,8 +43,9 @@ Memory: a node holds one subscription per subscriber for as long as it is connec
 (10 000 in bench fan-out), so a subscription is slotted and makes its queue and its
 readiness waiter only when it needs them.
 
-Redis going away: the hub reconnects with capped exponential backoff and subscribes
-again. Pub/sub does not queue for absent listeners, so events published meanwhile never
+Redis going away (a server, or a cluster master until its replica is promoted): the hub
+reconnects with capped exponential backoff and subscribes again, where the channel lives
+now. Pub/sub does not queue for absent listeners, so events published meanwhile never
 arrive live. Every subscription that was live before the connection broke therefore
 raises `SubscriberResync(last_seq)` as soon as its channel is subscribed again: the
 API layer (or `replay.events_since`, which does it by itself) replays the gap from the
@@ -58,11 +68,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from redis.exceptions import ConnectionError, RedisError
+from redis.exceptions import ConnectionError
 
 from gateway.bus import keys
-from gateway.redis_link import Backoff, RedisLink, RedisTarget, raise_if_cancelled
-from gateway.redis_routes import WireRoutes
+from gateway.redis_link import LINK_ERRORS, Backoff, RedisLink, RedisTarget, raise_if_cancelled
+from gateway.redis_routes import WireRoutes, is_moved
 from gateway.redis_wire import Reply, WireProtocol, connect
 
 log = logging.getLogger("sipgw.bus")
@@ -71,8 +81,6 @@ Event = tuple[str, dict[str, Any]]
 EventPredicate = Callable[[dict[str, Any]], bool]
 
 DEFAULT_MAXSIZE = 1000
-# The key whose node a cluster's live hub connects to (classic pub/sub reaches them all).
-HUB_ROUTE = "{sipgw}:live"
 
 
 class SubscriberOverflow(Exception):
@@ -347,11 +355,30 @@ class LiveSubscription:
 class _Link:
     """State of one pub/sub connection; thrown away with it."""
 
+    sharded: bool = False  # SSUBSCRIBE (a cluster) or SUBSCRIBE
     wire: WireProtocol | None = None  # set once connected
     heard: float = 0.0  # the loop's clock when Redis last sent anything
+    want: set[str] = field(default_factory=set)  # the channels this server should deliver
     requested: set[str] = field(default_factory=set)  # SUBSCRIBE sent, no UNSUBSCRIBE since
     awaiting: Counter[str] = field(default_factory=Counter)  # confirmations to come
     live: set[str] = field(default_factory=set)  # confirmed: messages flow
+    # The channel of each SSUBSCRIBE sent, oldest first: a refusal (MOVED) names none.
+    subscribing: deque[str] = field(default_factory=deque)
+
+
+class _Shard:
+    """One server's pub/sub connection and its reconnect loop: one per cluster master
+    that serves a subscribed tenant's slot, one in all for a server or Sentinel."""
+
+    __slots__ = ("address", "link", "state", "task", "wake", "want")
+
+    def __init__(self, address: tuple[str, int], state: RedisLink) -> None:
+        self.address = address
+        self.want: set[str] = set()
+        self.link: _Link | None = None
+        self.state = state
+        self.task: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
 
 
 class LiveHub:
@@ -369,16 +396,18 @@ class LiveHub:
     ) -> None:
         self.default_maxsize = default_maxsize
         self._ping_interval = ping_interval
-        self._backoff = Backoff(backoff_initial, backoff_max)
         # Its own lean connection (gateway/redis_wire.py: every event of the node is
         # read here), which never reconnects by itself: this hub decides when to retry
         # and must see every disconnect (it signals a resync).
         self._routes = WireRoutes(redis, name="live", timeout=None, connect_timeout=connect_timeout)
         self._connect_timeout = connect_timeout
+        self._backoff_initial, self._backoff_max = backoff_initial, backoff_max
+        # The hub's link state: down while any server's connection is, for /metrics and
+        # one log line per outage.
         self._state = RedisLink(on_change=self._link_changed)
         # tenant -> filter -> its subscriptions: a filter is asked once per event.
         self._subs: dict[str, dict[EventPredicate | None, dict[LiveSubscription, None]]] = {}
-        self._link: _Link | None = None
+        self._shards: dict[tuple[str, int], _Shard] = {}
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -399,28 +428,27 @@ class LiveHub:
         if self._tasks:
             return
         self._closing = False
-        self._tasks = [
-            asyncio.create_task(self._run_reader(), name="bus-live-reader"),
-            asyncio.create_task(self._run_commander(), name="bus-live-commander"),
-        ]
+        self._tasks = [asyncio.create_task(self._run_router(), name="bus-live-router")]
 
     async def close(self) -> None:
         """Stop the tasks, end every subscription (their iterators stop), disconnect."""
         self._closing = True
-        for task in self._tasks:
+        tasks = self._tasks + [shard.task for shard in self._shards.values() if shard.task]
+        for task in tasks:
             task.cancel()
-        if self._tasks:
+        if tasks:
             # Bounded: shutting down must not hang on a task stuck in a library call.
-            _done, stuck = await asyncio.wait(self._tasks, timeout=2.0)
+            _done, stuck = await asyncio.wait(tasks, timeout=2.0)
             if stuck:
                 log.warning("bus: live tasks did not stop in time")
         self._tasks = []
         for sub in list(self._each()):
             sub.close()
         self._subs.clear()
-        link, self._link = self._link, None
-        if link is not None and link.wire is not None:
-            link.wire.close()
+        for shard in self._shards.values():
+            if shard.link is not None and shard.link.wire is not None:
+                shard.link.wire.close()
+        self._shards.clear()
         await self._routes.close()
         self._state.up = None  # closed: neither up nor failed
 
@@ -445,8 +473,8 @@ class LiveHub:
             groups = self._subs[tenant] = {}
             self._dirty.set()
         groups.setdefault(accept, {})[sub] = None
-        link = self._link
-        if link is not None and keys.live_channel(tenant) in link.live:
+        channel = keys.live_channel(tenant)
+        if any(s.link is not None and channel in s.link.live for s in self._shards.values()):
             sub.mark_ready()
         return sub
 
@@ -484,7 +512,8 @@ class LiveHub:
     # -- connection -----------------------------------------------------------------------
     @property
     def connected(self) -> bool:
-        return self._state.connected
+        """No server's connection is down (none is needed while nobody subscribes)."""
+        return self._state.up is not False
 
     @property
     def reconnects(self) -> int:
@@ -499,62 +528,146 @@ class LiveHub:
     def last_error(self) -> str | None:
         return self._state.last_error
 
-    async def _run_reader(self) -> None:
+    async def _run_router(self) -> None:
+        """Keeps one connection per server that serves a subscribed tenant's channel
+        (one server, the Sentinel master, or each cluster master of those slots), each
+        told which channels it must deliver; runs again whenever the subscribed tenants
+        change or a server failed (a failover moves slots)."""
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._ping_interval):
+                    await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self._route()
+            except LINK_ERRORS as exc:  # no slot map, no sentinel answered
+                self._state.went_down(exc)
+                self._routes.failed()
+                self._dirty.set()
+                await asyncio.sleep(self._backoff_initial)
+            raise_if_cancelled()
+
+    async def _route(self) -> None:
+        want: dict[tuple[str, int], set[str]] = {}
+        for tenant in list(self._subs):
+            channel = keys.live_channel(tenant)
+            want.setdefault(await self._routes.address_for(channel), set()).add(channel)
+        for address in want.keys() - self._shards.keys():
+            self._shards[address] = self._start_shard(address)
+        for address, shard in list(self._shards.items()):
+            shard.want = want.get(address, set())
+            if shard.want:
+                shard.wake.set()
+            else:  # nothing of ours there any more (its tenants left, or moved)
+                del self._shards[address]
+                if shard.task is not None:
+                    shard.task.cancel()
+        if not self._shards and self._state.up is False:
+            self._state.came_up()  # nothing left that is down
+
+    def _start_shard(self, address: tuple[str, int]) -> _Shard:
+        shard = _Shard(address, RedisLink(on_change=self._shard_changed))
+        backoff = Backoff(self._backoff_initial, self._backoff_max)
         # A session that came up and broke is retried after the first delay (even a bug
         # must not make this a busy loop); failing to connect waits longer each time.
-        await self._state.run(
-            self._session,
-            self._backoff,
-            failure_log="bus: live reader failed; reconnecting",
-            logger=log,
-        )
+        shard.task = asyncio.create_task(
+            shard.state.run(
+                lambda: self._session(shard), backoff,
+                failure_log="bus: live reader failed; reconnecting", logger=log,
+            ),
+            name="bus-live-reader",
+        )  # fmt: skip
+        return shard
 
-    async def _session(self) -> None:
-        link = _Link()
+    def _shard_changed(self, up: bool, error: str | None) -> None:
+        if not up:
+            self._state.went_down(ConnectionError(error or "lost"))
+
+    def _shard_up(self) -> None:
+        if all(shard.state.up is not False for shard in self._shards.values()):
+            self._state.came_up()
+
+    async def _session(self, shard: _Shard) -> None:
+        link = _Link(sharded=self._routes.clustered)
 
         def pushed(reply: Reply) -> None:
             link.heard = loop.time()
             self._handle(link, reply)
 
         loop = asyncio.get_running_loop()
-        # On a cluster the script PUBLISHes (classic pub/sub, which the cluster bus
-        # copies to every node), so any node serves: the one of a node-wide key.
-        endpoint = await self._routes.endpoint_for(HUB_ROUTE)
-        wire = link.wire = await connect(
-            endpoint, name="live", timeout=None,
-            connect_timeout=self._connect_timeout, on_push=pushed,
-        )  # fmt: skip
-        link.heard = loop.time()
-        self._link = link
-        self._state.came_up()
-        self._dirty.set()  # the commander subscribes the wanted channels
         try:
-            await self._watch(link, wire)
+            wire = link.wire = await connect(
+                self._routes.endpoint_at(shard.address), name="live", timeout=None,
+                connect_timeout=self._connect_timeout, on_push=pushed,
+            )  # fmt: skip
+        except LINK_ERRORS:
+            self._routes.failed()  # a failover? the router looks where slots live
+            self._dirty.set()
+            raise
+        link.heard = loop.time()
+        shard.link = link
+        shard.state.came_up()
+        self._shard_up()
+        try:
+            await self._serve(shard, link, wire)
+        except LINK_ERRORS:
+            self._routes.failed()
+            self._dirty.set()
+            raise
         finally:
+            if shard.link is link:
+                shard.link = None
             self._lost(link)
             wire.close()
 
-    async def _watch(self, link: _Link, wire: WireProtocol) -> None:
-        """Until the connection breaks. Data (even a PONG) comes at least every
-        ping_interval: silence for three of them means a dead peer."""
+    async def _serve(self, shard: _Shard, link: _Link, wire: WireProtocol) -> None:
+        """Keep the connection's subscriptions in line with what the shard should
+        deliver, and the connection pinged, until it breaks. The only writer on the
+        connection, so (UN)SUBSCRIBEs go out in the order the state changed. Data (even
+        a PONG) comes at least every ping_interval: silence for three means a dead peer."""
         loop = asyncio.get_running_loop()
         silence = self._ping_interval * 3
-        while not wire.closed.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(wire.closed), silence)
+        last_ping = loop.time()
+        while True:
+            shard.wake.clear()
+            link.want = shard.want
+            if self._reconcile(link):
+                last_ping = loop.time()
+            waker: asyncio.Future[Any] = asyncio.ensure_future(shard.wake.wait())
+            closed: asyncio.Future[Any] = wire.closed
+            try:
+                await asyncio.wait(
+                    {waker, closed}, timeout=self._ping_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )  # fmt: skip
+            finally:
+                waker.cancel()
             raise_if_cancelled()
-            if not wire.closed.done() and loop.time() - link.heard >= silence:
+            if wire.closed.done():
+                raise ConnectionError("the live connection to redis was lost")
+            now = loop.time()
+            if now - link.heard >= silence:
                 raise TimeoutError(f"no data from redis for {silence:.0f} s")
-        raise ConnectionError("the live connection to redis was lost")
+            if now - last_ping >= self._ping_interval:
+                last_ping = now
+                wire.send(["PING"])
 
     def _handle(self, link: _Link, response: object) -> None:
+        if isinstance(response, Exception):
+            self._refused(link, response)
+            return
         if not (isinstance(response, list) and len(response) == 3):
-            return  # a PONG outside subscribed mode, or nothing of ours
+            return  # a PONG, or nothing of ours
         kind, channel, data = response
-        if kind == b"message":
+        if kind in (b"message", b"smessage"):
             self._dispatch(channel, data)
-        elif kind == b"subscribe":
-            name = channel.decode("ascii", "replace")
+            return
+        if not isinstance(channel, bytes):
+            return
+        name = channel.decode("ascii", "replace")
+        if kind in (b"subscribe", b"ssubscribe"):
+            if link.subscribing and link.subscribing[0] == name:
+                link.subscribing.popleft()
             link.awaiting[name] -= 1
             if link.awaiting[name] <= 0:
                 del link.awaiting[name]
@@ -563,6 +676,33 @@ class LiveHub:
                 if name in link.requested:
                     link.live.add(name)
                     self._channel_live(name)
+        elif kind == b"sunsubscribe" and name in link.requested and not link.awaiting[name]:
+            # Not asked for: the cluster moved the channel's slot to another node.
+            self._moved(link, name)
+
+    def _refused(self, link: _Link, error: Exception) -> None:
+        """An error reply: on a cluster, a SSUBSCRIBE refused (MOVED, the slot is
+        elsewhere now): the router puts the channel on the right node."""
+        if not link.subscribing:
+            log.warning("bus: live connection: redis refused", extra={"error": str(error)})
+            return
+        name = link.subscribing.popleft()
+        link.awaiting[name] -= 1
+        if link.awaiting[name] <= 0:
+            del link.awaiting[name]
+        if is_moved(error):
+            self._moved(link, name)
+        else:
+            log.warning("bus: live subscription refused", extra={"error": str(error)})
+
+    def _moved(self, link: _Link, channel: str) -> None:
+        link.requested.discard(channel)
+        was_live = channel in link.live
+        link.live.discard(channel)
+        if was_live:
+            self._channel_lost(channel)
+        self._routes.failed()
+        self._dirty.set()
 
     def _dispatch(self, channel: object, data: object) -> None:
         if not isinstance(channel, bytes) or not isinstance(data, bytes):
@@ -635,56 +775,43 @@ class LiveHub:
                 sub.mark_ready()
 
     def _lost(self, link: _Link) -> None:
-        if self._link is link:
-            self._link = None
-        self._last.clear()
         for channel in link.live:
-            tenant = keys.tenant_of_channel(channel)
-            for sub in self._each(tenant or ""):
-                if sub.ready:
-                    sub.stale = True
-                    sub.mark_unready()
+            self._channel_lost(channel)
 
-    async def _run_commander(self) -> None:
-        """Brings the connection's subscriptions in line with the wanted channels and
-        keeps it pinged. The only task that writes to the pub/sub connection, so
-        SUBSCRIBE/UNSUBSCRIBE go out in the order the state changed."""
-        last_ping = time.monotonic()
-        while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._ping_interval):
-                    await self._dirty.wait()
-            self._dirty.clear()
-            link = self._link
-            if link is None:
-                continue
-            try:
-                if await self._reconcile(link):
-                    last_ping = time.monotonic()
-                elif time.monotonic() - last_ping >= self._ping_interval:
-                    last_ping = time.monotonic()
-                    if link.wire is not None and link.wire.is_open:
-                        link.wire.send(["PING"])
-            except (RedisError, OSError) as exc:
-                # The reader sees the broken connection too and reconnects.
-                self._state.went_down(exc)
-            raise_if_cancelled()
+    def _channel_lost(self, channel: str) -> None:
+        """Messages of `channel` stopped: its live subscriptions resync once it is live
+        again (on this node or on the one that serves it now)."""
+        tenant = keys.tenant_of_channel(channel) or ""
+        self._last.pop(tenant, None)
+        for sub in self._each(tenant):
+            if sub.ready:
+                sub.stale = True
+                sub.mark_unready()
 
-    async def _reconcile(self, link: _Link) -> bool:
-        want = {keys.live_channel(tenant) for tenant in self._subs}
+    def _reconcile(self, link: _Link) -> bool:
+        want = link.want
         add = sorted(want - link.requested)
         drop = sorted(link.requested - want)
+        wire = link.wire
         # State first, then the write: a concurrent look sees what is on the wire.
         if add:
             link.requested.update(add)
             link.awaiting.update(add)
-            if link.wire is not None and link.wire.is_open:
-                link.wire.send(["SUBSCRIBE", *add])
+            if wire is not None and wire.is_open:
+                if link.sharded:
+                    # One SSUBSCRIBE a channel: a cluster refuses channels of two slots.
+                    link.subscribing.extend(add)
+                    wire.send(*(["SSUBSCRIBE", channel] for channel in add))
+                else:
+                    wire.send(["SUBSCRIBE", *add])
         if drop:
             link.requested.difference_update(drop)
             link.live.difference_update(drop)
-            if link.wire is not None and link.wire.is_open:
-                link.wire.send(["UNSUBSCRIBE", *drop])
+            if wire is not None and wire.is_open:
+                if link.sharded:
+                    wire.send(*(["SUNSUBSCRIBE", channel] for channel in drop))
+                else:
+                    wire.send(["UNSUBSCRIBE", *drop])
         return bool(add or drop)
 
     @staticmethod

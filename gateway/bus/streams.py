@@ -87,7 +87,14 @@ local prev = ''
 if last[1] then prev = last[1][1] end
 return {id, prev}
 """
-_APPEND_SHA = hashlib.sha1(_APPEND_SCRIPT.encode()).hexdigest()
+# On a cluster, sharded pub/sub: SPUBLISH reaches the subscribers of the channel's slot
+# on its master only, where classic PUBLISH is copied to every node of the cluster (the
+# channel and the stream share the tenant's tag, so the script may publish there).
+_SHARDED_APPEND_SCRIPT = _APPEND_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'")
+_SCRIPTS = {
+    sharded: (text, hashlib.sha1(text.encode()).hexdigest())
+    for sharded, text in ((False, _APPEND_SCRIPT), (True, _SHARDED_APPEND_SCRIPT))
+}
 
 # Error replies that say "not now" rather than "never": the event is kept and retried.
 _TRANSIENT_REPLIES = (
@@ -574,6 +581,7 @@ class EventBus:
         maxlen = str(self.stream_maxlen)
         commands: list[tuple[bytes | str, ...]] = []
         use_eval = link not in self._scripted
+        script, sha = _SCRIPTS[self._routes.clustered]
         for item in items:
             age = ""
             if min_id and item.tenant not in trimmed:
@@ -589,10 +597,10 @@ class EventBus:
             if use_eval:
                 # EVAL also caches the script: the rest of this batch, which Redis runs
                 # after it, can use EVALSHA.
-                commands.append(("EVAL", _APPEND_SCRIPT, "1", *args))
+                commands.append(("EVAL", script, "1", *args))
                 use_eval = False
             else:
-                commands.append(("EVALSHA", _APPEND_SHA, "1", *args))
+                commands.append(("EVALSHA", sha, "1", *args))
         return commands
 
     def _acked(self, item: _Item, result: list[Any], acked: float) -> None:

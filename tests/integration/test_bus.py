@@ -342,7 +342,8 @@ async def test_bus_tasks_end_on_a_single_cancel(redis_server: str) -> None:
         sub.close()  # makes the hub send an UNSUBSCRIBE right now
         await asyncio.sleep(rng.choice([0, 0, 0.001, 0.003]))
         tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("bus-")]
-        assert len(tasks) == 3
+        # The writer, the hub's router, and its reader while a channel is subscribed.
+        assert {"bus-writer", "bus-live-router"} <= {t.get_name() for t in tasks}
         for task in tasks:
             task.cancel()
         _done, stuck = await asyncio.wait(tasks, timeout=5)

@@ -10,7 +10,8 @@ import pytest
 
 from gateway.bus import LiveHub, SubscriberOverflow, SubscriberResync
 from gateway.bus.keys import encode_live, encode_payload
-from gateway.bus.live import _Link
+from gateway.bus.live import _Link, _Shard
+from gateway.redis_link import RedisLink
 
 
 class RecordingConn:
@@ -25,11 +26,21 @@ class RecordingConn:
         self.sent.extend(tuple(command) for command in commands)
 
 
-def link_for(hub: LiveHub) -> tuple[_Link, RecordingConn]:
+def link_for(hub: LiveHub, *, sharded: bool = False) -> tuple[_Link, RecordingConn]:
+    """A connected link of the hub's one server (its shard), on a recording connection."""
     conn = RecordingConn()
-    link = _Link(conn)  # type: ignore[arg-type]
-    hub._link = link
+    link = _Link(sharded=sharded, wire=conn)  # type: ignore[arg-type]
+    shard = _Shard(("", 0), RedisLink())
+    shard.link = link
+    hub._shards[shard.address] = shard
     return link, conn
+
+
+def reconcile(hub: LiveHub, link: _Link) -> bool:
+    """What the hub's router and the shard's loop do: every subscribed tenant's channel
+    is this server's to deliver."""
+    link.want = {f"{{{tenant}}}:live" for tenant in hub._subs}
+    return hub._reconcile(link)
 
 
 def message(tenant: str, n: int) -> list[Any]:
@@ -49,7 +60,7 @@ def hub() -> LiveHub:
 async def test_subscribe_once_per_channel_and_ready_on_confirmation(hub: LiveHub) -> None:
     link, conn = link_for(hub)
     a1, a2, b = hub.subscribe("acme"), hub.subscribe("acme"), hub.subscribe("beta")
-    await hub._reconcile(link)
+    reconcile(hub, link)
     assert conn.sent == [("SUBSCRIBE", "{acme}:live", "{beta}:live")]
     assert not a1.ready
     hub._handle(link, confirm("subscribe", "acme"))
@@ -67,11 +78,11 @@ async def test_leave_and_rejoin_before_confirmations_waits_for_the_last_one(
 ) -> None:
     link, conn = link_for(hub)
     first = hub.subscribe("acme")
-    await hub._reconcile(link)
+    reconcile(hub, link)
     first.close()
-    await hub._reconcile(link)
+    reconcile(hub, link)
     second = hub.subscribe("acme")
-    await hub._reconcile(link)
+    reconcile(hub, link)
     assert conn.sent == [
         ("SUBSCRIBE", "{acme}:live"),
         ("UNSUBSCRIBE", "{acme}:live"),
@@ -92,28 +103,29 @@ async def test_no_churn_when_a_subscription_is_replaced_before_the_commander_run
 ) -> None:
     link, conn = link_for(hub)
     old = hub.subscribe("acme")
-    await hub._reconcile(link)
+    reconcile(hub, link)
     hub._handle(link, confirm("subscribe", "acme"))
     new = hub.subscribe("acme")
     old.close()
-    assert not await hub._reconcile(link)
+    assert not reconcile(hub, link)
     assert conn.sent == [("SUBSCRIBE", "{acme}:live")] and new.ready
 
 
 async def test_lost_connection_resyncs_live_subscriptions_only(hub: LiveHub) -> None:
     link, _ = link_for(hub)
     live = hub.subscribe("acme")
-    await hub._reconcile(link)
+    reconcile(hub, link)
     hub._handle(link, confirm("subscribe", "acme"))
     hub._handle(link, message("acme", 1))
     assert (await anext(live))[0] == "1-0"
 
     hub._lost(link)
-    assert hub._link is None and not live.ready
+    del hub._shards["", 0]
+    assert not live.ready
     during = hub.subscribe("acme")  # made during the outage: missed nothing
 
     link2, conn2 = link_for(hub)
-    await hub._reconcile(link2)
+    reconcile(hub, link2)
     assert conn2.sent == [("SUBSCRIBE", "{acme}:live")]
     hub._handle(link2, confirm("subscribe", "acme"))
     with pytest.raises(SubscriberResync) as info:
@@ -126,7 +138,7 @@ async def test_lost_connection_resyncs_live_subscriptions_only(hub: LiveHub) -> 
 async def test_overflow_is_counted_and_the_hub_moves_on(hub: LiveHub) -> None:
     link, _ = link_for(hub)
     slow, fast = hub.subscribe("acme", maxsize=1), hub.subscribe("acme", maxsize=10)
-    await hub._reconcile(link)
+    reconcile(hub, link)
     hub._handle(link, confirm("subscribe", "acme"))
     for n in range(3):
         hub._handle(link, message("acme", n))
@@ -142,7 +154,7 @@ async def test_overflow_is_counted_and_the_hub_moves_on(hub: LiveHub) -> None:
 async def test_undecodable_messages_are_counted_not_delivered(hub: LiveHub) -> None:
     link, _ = link_for(hub)
     sub = hub.subscribe("acme")
-    await hub._reconcile(link)
+    reconcile(hub, link)
     hub._handle(link, confirm("subscribe", "acme"))
     hub._handle(link, [b"message", b"{acme}:live", b"no newline"])
     hub._handle(link, [b"message", b"{acme}:live", b"1-0\n\xc1"])
@@ -164,7 +176,7 @@ async def test_closed_hub_hands_out_ended_subscriptions(hub: LiveHub) -> None:
 async def _live_acme(hub: LiveHub) -> tuple[_Link, Any]:
     link, _ = link_for(hub)
     sub = hub.subscribe("acme", maxsize=100)
-    await hub._reconcile(link)
+    reconcile(hub, link)
     hub._handle(link, confirm("subscribe", "acme"))
     return link, sub
 
@@ -210,3 +222,58 @@ async def test_no_hand_over_before_the_channel_delivered_or_after_the_link_broke
     assert not hub.offer_local("acme", "1-0", "2-0", {"n": 2})
     assert not hub.offer_local("beta", "1-0", "2-0", {"n": 2})  # no subscriber at all
     assert _taken(sub) == ["1-0"]
+
+
+async def test_a_cluster_gets_one_ssubscribe_a_channel_and_a_moved_channel_is_routed_again(
+    hub: LiveHub,
+) -> None:
+    from redis.exceptions import ResponseError
+
+    link, conn = link_for(hub, sharded=True)
+    acme, beta = hub.subscribe("acme"), hub.subscribe("beta")
+    reconcile(hub, link)
+    # A cluster refuses one SSUBSCRIBE for channels of two slots: one a channel.
+    assert conn.sent == [("SSUBSCRIBE", "{acme}:live"), ("SSUBSCRIBE", "{beta}:live")]
+    hub._dirty.clear()
+    hub._handle(link, [b"ssubscribe", b"{acme}:live", 1])
+    # The second is refused: its slot is served elsewhere (a failover, a resharding).
+    hub._handle(link, ResponseError("MOVED 4243 127.0.0.1:7002"))
+    assert acme.ready and not beta.ready
+    assert link.requested == {"{acme}:live"} and not link.awaiting
+    assert hub._dirty.is_set() and hub._routes._stale  # the router looks again
+    hub._handle(link, [b"smessage", b"{acme}:live", encode_live("5-0", encode_payload({}))])
+    assert (await anext(acme))[0] == "5-0"
+
+
+async def test_a_channel_the_cluster_moved_away_resyncs_its_subscribers(hub: LiveHub) -> None:
+    link, _ = link_for(hub, sharded=True)
+    sub = hub.subscribe("acme")
+    reconcile(hub, link)
+    hub._handle(link, [b"ssubscribe", b"{acme}:live", 1])
+    hub._handle(link, [b"smessage", b"{acme}:live", encode_live("1-0", encode_payload({}))])
+    assert (await anext(sub))[0] == "1-0"
+    hub._dirty.clear()
+    # Redis ends the subscription itself when the slot moves to another master.
+    hub._handle(link, [b"sunsubscribe", b"{acme}:live", 0])
+    assert not sub.ready and hub._dirty.is_set()
+    assert "{acme}:live" not in link.requested
+    # Subscribed again where it lives now: the subscriber replays the gap.
+    moved, _ = link_for(hub, sharded=True)
+    reconcile(hub, moved)
+    hub._handle(moved, [b"ssubscribe", b"{acme}:live", 1])
+    with pytest.raises(SubscriberResync) as info:
+        await asyncio.wait_for(anext(sub), 1)
+    assert info.value.last_seq == "1-0"
+
+
+async def test_our_own_unsubscribe_is_not_a_move(hub: LiveHub) -> None:
+    link, conn = link_for(hub, sharded=True)
+    sub = hub.subscribe("acme")
+    reconcile(hub, link)
+    hub._handle(link, [b"ssubscribe", b"{acme}:live", 1])
+    sub.close()
+    reconcile(hub, link)
+    assert conn.sent[-1] == ("SUNSUBSCRIBE", "{acme}:live")
+    hub._dirty.clear()
+    hub._handle(link, [b"sunsubscribe", b"{acme}:live", 0])
+    assert not hub._dirty.is_set()
