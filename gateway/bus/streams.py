@@ -32,7 +32,8 @@ connection) may see the event a moment before that.
 Retention. Appending trims a stream by length and (cheaply, whole radix-tree nodes) by
 age, but only the stream of a tenant that has new events: an idle tenant would keep its
 old events for ever. So with ``trim_interval`` set (one bus per node gets it, see
-app.py), a trimmer task cuts every tenant stream it finds (SCAN ``{*}:events``) exactly at
+app.py), a trimmer task cuts the stream of every tenant (the security directory's list of
+tenants, `keys.TENANTS`: a SCAN would see one server of a cluster) exactly at
 ``stream_max_age`` (XTRIM MINID =), every ``trim_interval`` seconds and once at start.
 Exact, not ``~``: retention is a promise about personal data, and a stream of a quiet
 tenant may fit in one node, which ``~`` would keep whole.
@@ -482,11 +483,9 @@ class EventBus:
         if not min_id:
             return 0
         removed = 0
-        async for key in self._redis.scan_iter(
-            match=keys.EVENTS_PATTERN, count=1000, _type="STREAM"
-        ):
-            if keys.tenant_of_events_key(key) is None:
-                continue  # not a stream of ours (the pattern is wider than a tenant id)
+        # The tenants' list, not a SCAN: a SCAN sees one server of a cluster, and
+        # trimming a stream that does not exist is a no-op.
+        for key in keys.tenant_streams(await self._redis.hkeys(keys.TENANTS)):
             removed += int(await self._redis.xtrim(key, minid=min_id, approximate=False))
             raise_if_cancelled()
         if removed:

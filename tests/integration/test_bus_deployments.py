@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis
+import redis.cluster
 
 from gateway.bus import BusUnavailable, EventBus, events_since, keys
 from gateway.config.model import RedisSettings
@@ -181,3 +183,32 @@ async def test_a_sentinel_failover_is_followed(
         bus.publish(Ev(tenant, n))
     await wait_until(lambda: bus.published == 100, timeout=20)
     assert stream_on(new, tenant) == list(range(100))
+
+
+async def test_retention_trims_every_tenants_stream_on_every_master(
+    redis_cluster: LocalCluster, make_bus: BusMaker
+) -> None:
+    # The trimmer finds the streams through the tenants' list, not a SCAN, which on a
+    # cluster would see one master.
+    settings = cluster_settings(redis_cluster)
+    offset = [0.0]
+    bus = EventBus(settings, counters=Counters(), stream_max_age=60.0,
+                   clock=lambda: time.time() + offset[0])  # fmt: skip
+    await bus.start()
+    try:
+        tenants = tenants_on_every_master(redis_cluster)
+        for tenant in tenants:
+            for n in range(20):
+                bus.publish(Ev(tenant, n))
+        await wait_until(lambda: bus.published == 20 * len(tenants))
+        with redis.RedisCluster(startup_nodes=[
+            redis.cluster.ClusterNode("127.0.0.1", port) for _, port in settings.cluster_nodes
+        ]) as admin:  # fmt: skip
+            admin.hset(keys.TENANTS, mapping={tenant: "{}" for tenant in tenants})
+        assert await bus.trim_by_age() == 0  # nothing older than a minute yet
+        offset[0] = 61.0
+        assert await bus.trim_by_age() == 20 * len(tenants)
+        for tenant, master in tenants.items():
+            assert stream_on(master, tenant) == []
+    finally:
+        await bus.stop()
