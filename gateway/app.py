@@ -101,9 +101,9 @@ class Gateway:
             # Retention by age on a timer, once per node: on the worker that serves HTTP.
             trim_interval=events.trim_interval if self.serves_http else None,
         )
-        self.directory = Directory(settings.redis.url, settings)
+        self.directory = Directory(settings.redis, settings)
         recognition = settings.recognition
-        self.contacts = ContactIndex(settings.redis.url)
+        self.contacts = ContactIndex(settings.redis)
         self.contact_cache = ContactCache(
             recognition.cache_size, recognition.cache_ttl, recognition.negative_ttl
         )
@@ -138,7 +138,7 @@ class Gateway:
         self.location = SharedLocation()
         origin = f"{self.settings.node.name}/{self.plan.index if self.plan else 0}/{os.getpid()}"
         self._background.append(
-            asyncio.create_task(self.location.run(self.settings.redis.url, origin))
+            asyncio.create_task(self.location.run(self.settings.redis, origin))
         )
         self.sip = ProxyServer(
             self.settings,

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
-from gateway.config import ConfigError, Settings, load_settings
+from gateway.config import ConfigError, RedisSettings, Settings, load_settings
 from gateway.config.syntax import mask_url_password
 from gateway.recognition.index import ContactIndex
 from gateway.security.audit import rfc3339
@@ -72,7 +72,7 @@ def _run(args: argparse.Namespace, action: Callable[[Directory, Settings], Await
         return 2
 
     async def main() -> int:
-        directory = Directory(settings.redis.url, settings)
+        directory = Directory(settings.redis, settings)
         try:
             await directory.start(seed=False)
             return await action(directory, settings)
@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace, action: Callable[[Directory, Settings], Await
     try:
         return asyncio.run(main())
     except DirectoryUnavailable:
-        return _fail(f"cannot reach Redis at {mask_url_password(settings.redis.url)}")
+        return _fail(f"cannot reach {_redis_place(settings.redis)}")
     except DirectoryError as err:
         message = str(err)
         tenant = getattr(args, "tenant", None) or getattr(args, "id", None)
@@ -92,6 +92,16 @@ def _run(args: argparse.Namespace, action: Callable[[Directory, Settings], Await
                 "the configuration's tenants and users to Redis)"
             )
         return _fail(message)
+
+
+def _redis_place(redis: RedisSettings) -> str:
+    """Where the gateway looks for Redis, in words, without a password."""
+    where = ", ".join(f"{host}:{port}" for host, port in redis.endpoints)
+    if redis.mode == "cluster":
+        return f"the Redis Cluster (seed nodes {where})"
+    if redis.mode == "sentinel":
+        return f"Redis master {redis.sentinel_service!r} (sentinels {where})"
+    return f"Redis at {mask_url_password(redis.url)}"
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -124,7 +134,7 @@ def cmd_tenant_delete(args: argparse.Namespace) -> int:
             )
         deleted = await directory.delete_tenant(args.id, source=operator_source())
         # The keys are gone; every node's contact cache forgets the tenant too.
-        index = ContactIndex(settings.redis.url)
+        index = ContactIndex(settings.redis)
         try:
             await index.forget_tenant(args.id)
         finally:
