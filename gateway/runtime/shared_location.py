@@ -20,6 +20,9 @@ Redis
         tenants whose index loading reads.
     ``{sipgw}:location``  pub/sub channel: after every write, the AOR's whole state as
         msgpack ``[origin, seq, tenant, extension, [binding, …]]`` (`decode_message`).
+        Classic pub/sub in every mode (see `_pubsub_connection`); on a cluster each AOR
+        is written on its tenant's master alone, whose messages reach every node in
+        the order it ran the scripts, so the order below holds per AOR.
 
 A hash per AOR rather than one value: two phones of one extension that register
 through two workers at the same moment each change their own field, so neither
@@ -63,18 +66,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.exceptions import ResponseError
 
 from gateway.proxy.location import Binding, Location
 from gateway.redis_link import (
     Backoff,
+    Client,
     LinkOptions,
     RedisLink,
+    RedisTarget,
     client,
     dedicated_connection,
     raise_if_cancelled,
+    shard_connection,
+    shard_node,
 )
 from gateway.security import keys as tenant_names
 from gateway.security import tenant_keys
@@ -646,17 +653,18 @@ class SharedLocation(Location):
         return args
 
     # -- the asynchronous side -------------------------------------------------------------------
-    async def run(self, redis_url: str, origin: str) -> None:
+    async def run(self, target: RedisTarget | str, origin: str) -> None:
         """Replicate until cancelled (or `stop()`): load, then write and follow changes;
-        reconnect with backoff whenever Redis goes away. Never raises but
-        CancelledError."""
+        reconnect with backoff whenever Redis goes away. `target`: the ``[redis]``
+        settings (one server, a cluster or Sentinel) or one server's URL. Never raises
+        but CancelledError."""
         if self._stopped:
             return
         self.origin = origin
         self._task = asyncio.current_task()
         # No library retries: the loop owns retrying (backoff, re-reading, writing again).
-        redis: Redis = client(
-            redis_url,
+        redis = client(
+            target,
             name="location",
             options=LinkOptions(
                 socket_timeout=self.socket_timeout,
@@ -701,13 +709,18 @@ class SharedLocation(Location):
 
     close = stop
 
-    async def _session(self, redis: Redis, script: Any) -> None:
-        conn = dedicated_connection(redis)
+    async def _session(self, redis: Client, script: Any) -> None:
+        conn = await self._pubsub_connection(redis)
         try:
             await conn.connect()  # type: ignore[no-untyped-call]
             # Subscribed before reading: a change made while we read is then a message
             # read after the snapshot, never lost between the two.
             await self._subscribe(conn)
+            if isinstance(redis, RedisCluster):
+                # A cluster pipeline does not load a script NOSCRIPT refused (a master
+                # that was a replica until a failover has none): load it on every master
+                # at each session, which follows every failure.
+                await redis.script_load(_WRITE)
             restarted = await self._redis_restarted(redis)
             snapshot = await self._load(redis)
             self._merge_snapshot(snapshot, redis_restarted=restarted)
@@ -718,6 +731,18 @@ class SharedLocation(Location):
             self._end_session()
             await conn.disconnect()
 
+    async def _pubsub_connection(self, redis: Client) -> Connection:
+        """Where the channel is followed. The write script publishes from the AOR's
+        tenant slot, and a sharded channel must be in the slot of the script's keys, so
+        the node-wide channel is classic pub/sub in every mode: on a cluster, Redis
+        copies each message to every node, and one connection to any node hears every
+        tenant's changes (registrations change seldom: the copies cost little). The
+        node taken is the master of the channel's slot, looked up again after a
+        failure (a failover may have taken it away)."""
+        if isinstance(redis, RedisCluster):
+            return await shard_connection(redis, CHANNEL, refresh=self._link.errors > 0)
+        return dedicated_connection(redis)
+
     async def _subscribe(self, conn: Connection) -> None:
         await conn.send_command("SUBSCRIBE", CHANNEL)
         reply = await conn.read_response(timeout=self.socket_timeout)
@@ -725,10 +750,16 @@ class SharedLocation(Location):
         if not (isinstance(reply, list) and reply and reply[0] == b"subscribe"):
             raise ConnectionError(f"unexpected answer to SUBSCRIBE: {reply!r:.80}")
 
-    async def _redis_restarted(self, redis: Redis) -> bool:
-        """Is this another Redis server process than the one of the last session?"""
+    async def _redis_restarted(self, redis: Client) -> bool:
+        """Is this another Redis server process than the one of the last session? (On a
+        cluster: the master of the channel's slot; a failover counts as a restart, which
+        only keeps other processes' bindings a little longer.)"""
         try:
-            info = await redis.info("server")
+            if isinstance(redis, RedisCluster):
+                node = await shard_node(redis, CHANNEL)
+                info = await redis.info("server", target_nodes=node)
+            else:
+                info = await redis.info("server")
         except ResponseError:  # INFO refused (some managed services): assume not
             return False
         finally:
@@ -737,7 +768,7 @@ class SharedLocation(Location):
         before, self._run_id = self._run_id, run_id if isinstance(run_id, str) else None
         return before is not None and self._run_id is not None and before != self._run_id
 
-    async def _load(self, redis: Redis) -> dict[AorKey, list[bytes]]:
+    async def _load(self, redis: Client) -> dict[AorKey, list[bytes]]:
         """Every stored AOR of every tenant: the tenants that have had one, the AORs of
         each in its key index (no SCAN)."""
         members = await redis.smembers(tenant_names.LOCATION_TENANTS)
@@ -764,7 +795,7 @@ class SharedLocation(Location):
                     snapshot[key] = [v for v in fields.values() if isinstance(v, bytes)]
         return snapshot
 
-    async def _serve(self, conn: Connection, redis: Redis, script: Any) -> None:
+    async def _serve(self, conn: Connection, redis: Client, script: Any) -> None:
         """Follow the channel and write the queue at once, until either fails."""
         tasks = {
             asyncio.create_task(self._listen(conn), name="location-listen"),
@@ -803,7 +834,7 @@ class SharedLocation(Location):
             ):
                 self._on_message(reply[2])
 
-    async def _write(self, redis: Redis, script: Any) -> None:
+    async def _write(self, redis: Client, script: Any) -> None:
         while True:
             if not self._pending:
                 self._wake.clear()
