@@ -17,10 +17,10 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import msgpack
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
@@ -28,14 +28,16 @@ from gateway.recognition import keys
 from gateway.recognition.cache import Contact, ContactCache, Scalar
 from gateway.redis_link import (
     Backoff,
+    Client,
     LinkOptions,
     RedisLink,
     RedisTarget,
     client,
     dedicated_connection,
     raise_if_cancelled,
+    shard_connection,
 )
-from gateway.redis_wire import WireLink, endpoint_of
+from gateway.redis_routes import WireRoutes, is_moved
 from gateway.security import keys as tenant_names
 from gateway.security import tenant_keys
 
@@ -183,38 +185,45 @@ class ContactIndex:
         # No library retries: a look-up has a budget of milliseconds and the sync client
         # retries a refused batch itself. A RedisCluster serves the same commands here
         # (every script and transaction stays within the tenant's slot).
-        self.redis = cast(Redis, client(
+        self.redis: Client = client(
             redis,
             name="contacts",
             options=LinkOptions(socket_timeout=socket_timeout, connect_timeout=1.0),
-        ))  # fmt: skip
+        )
         self._apply = self.redis.register_script(_APPLY)
         self._remove_chunk = self.redis.register_script(_REMOVE_CHUNK)
         self._erase = self.redis.register_script(_ERASE)
         self._unlink_indexed = self.redis.register_script(tenant_keys.UNLINK_INDEXED)
         # Look-ups (one per call whose caller is not cached, on a budget of
-        # milliseconds) go over a lean connection (gateway/redis_wire.py) to one server;
-        # on a cluster or through Sentinel over redis-py, which finds the shard.
-        url = redis if isinstance(redis, str) else redis.url if redis.mode == "standalone" else None
-        self._lookups = None if url is None else WireLink(
-            endpoint_of(url), name="lookups", timeout=socket_timeout, connect_timeout=1.0
+        # milliseconds) go over lean connections (gateway/redis_wire.py), to the server
+        # that holds the tenant's contacts in each mode (gateway/redis_routes.py); the
+        # look-ups of concurrent calls share one connection to a server, pipelined.
+        self._lookups = WireRoutes(
+            redis, name="lookups", timeout=socket_timeout, connect_timeout=1.0
         )  # fmt: skip
 
     async def close(self) -> None:
-        if self._lookups is not None:
-            self._lookups.close()
+        await self._lookups.close()
         await self.redis.aclose()
 
     # -- reads ---------------------------------------------------------------------------
     async def get(self, tenant: str, number: str) -> Contact | None:
-        if self._lookups is None:
-            return self._first(await self._call(self.redis.hget(keys.contacts(tenant), number)))
+        """The contact shown for `number`, None when there is none. IndexUnavailable
+        (never a Redis error) when Redis cannot answer: the caller degrades. After a
+        broken connection or a MOVED reply (a failover, a slot moved) the next look-up
+        asks where the tenant's contacts live again; this one is not retried, its
+        budget is too short."""
+        key = keys.contacts(tenant)
         try:
-            wire = await self._lookups.get()
-            [value] = await wire.call(("HGET", keys.contacts(tenant), number))
+            link = await self._lookups.link_for(key)
+            wire = await link.get()
+            [value] = await wire.call(("HGET", key, number))
         except (RedisError, OSError) as exc:
+            self._lookups.failed()
             raise IndexUnavailable(str(exc)) from exc
         if isinstance(value, RedisError):
+            if is_moved(value):
+                self._lookups.failed()
             raise IndexUnavailable(str(value))
         return self._first(value)
 
@@ -350,7 +359,7 @@ class ContactIndex:
 
     async def _follow(self, cache: ContactCache, link: RedisLink, ping: float) -> None:
         cache.enabled = False
-        conn = dedicated_connection(self.redis)
+        conn = await self._invalidation_connection(link)
         try:
             await conn.connect()  # type: ignore[no-untyped-call]
             await conn.send_command("SUBSCRIBE", keys.INVALIDATE_CHANNEL)
@@ -358,6 +367,19 @@ class ContactIndex:
         finally:
             cache.enabled = False
             await conn.disconnect()
+
+    async def _invalidation_connection(self, link: RedisLink) -> Connection:
+        """Where invalidations are followed. The scripts publish them from the tenant's
+        slot, and a sharded channel must be in the slot of a script's keys, so the
+        node-wide channel is classic pub/sub in every mode: on a cluster, Redis copies
+        each message to every node (sync batches are few: the copies cost little), and
+        any node hears every tenant's. The node taken is the master of the channel's
+        slot, looked up again after a failure (a failover may have taken it away)."""
+        if isinstance(self.redis, RedisCluster):
+            return await shard_connection(
+                self.redis, keys.INVALIDATE_CHANNEL, refresh=link.errors > 0
+            )
+        return dedicated_connection(self.redis)
 
     async def _listen(
         self, conn: Connection, cache: ContactCache, ping: float, link: RedisLink
