@@ -10,20 +10,25 @@ elsewhere is relayed to the owner, which cancels it as a local ``DELETE`` would.
 Redis
     ``{tenant}:dial:<id>``  string, JSON ``{"node", "tenant", "request"}``: the owner's
         name and the request's view. In the tenant's hash tag like every key of a
-        tenant (its Redis Cluster slot; tenant deletion unlinks ``{tenant}:*``). It
-        expires ``[dial] keep_finished`` after its last write: a finished request is
-        then gone from every node at the time the owner forgets it, and the owner
-        writes each unfinished one again every third of that (`refresh`), so a
-        request whose node went away is forgotten ``keep_finished`` later.
+        tenant (its Redis Cluster slot), and entered in the tenant's key index
+        ``{tenant}:keys`` (security/tenant_keys.py) before each write, so deleting the
+        tenant finds it without a SCAN (the index entry goes first: a key never exists
+        unlisted, and an entry whose key is gone costs nothing). It expires
+        ``[dial] keep_finished`` after its last write: a finished request is then gone
+        from every node at the time the owner forgets it, and the owner writes each
+        unfinished one again every third of that (`refresh`), so a request whose node
+        went away is forgotten ``keep_finished`` later.
     ``sipgw:dials:{<node>}``  pub/sub channel of one node (a tag of its own): the
         cancellations relayed to it and the answers to those it relayed, JSON
-        (`encode_message`).
+        (`encode_message`). Sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``) on a cluster,
+        on the master of the channel's slot; classic pub/sub on one server or with
+        Sentinel.
 
 Why a key per request and not one hash per tenant: Redis 7.0 has no expiry per hash
-field, and a request's expiry is its own. Why classic pub/sub for the relay: it is one
-message per ``DELETE`` that lands on the wrong node, not a stream of events, so the
-cluster bus's broadcast of ``PUBLISH`` to every node costs nothing worth a sharded
-subscription.
+field, and a request's expiry is its own. Why sharded pub/sub on a cluster: the relay
+needs the number of subscribers a message reached (none: the owner is not listening,
+answer 503 at once), and a cluster counts a classic ``PUBLISH``'s receivers on the node
+that took it alone, while ``SPUBLISH`` goes to the one master where the owner listens.
 
 The SIP path never waits on Redis (DESIGN.md): `changed()`, called by the Originator
 inside the SIP core, only notes the request in a dict (one entry per request, so a
@@ -48,6 +53,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +75,7 @@ from gateway.redis_link import (
     raise_if_cancelled,
     shard_connection,
 )
+from gateway.security import tenant_keys
 
 log = logging.getLogger("sipgw.dial")
 
@@ -281,6 +288,7 @@ class SharedDials:
         self._originator: Originator | None = None
         self._run_sip: Callable[[Callable[[], DialRequest]], DialRequest] | None = None
         self._redis: Client | None = None
+        self._sharded = False  # a cluster: SSUBSCRIBE/SPUBLISH
         self._link = RedisLink(on_change=self._link_changed)
         self._overflow_logged = False
         self.connected = False
@@ -360,7 +368,7 @@ class SharedDials:
         self._waiting[ask.token] = answer
         try:
             try:
-                receivers = await redis.publish(node_channel(stored.node), encode_message(ask))
+                receivers = await self._publish(redis, stored.node, encode_message(ask))
             except LINK_ERRORS:
                 raise DialError(
                     503, "cannot reach the node of this dial request (Redis unavailable)"
@@ -400,6 +408,7 @@ class SharedDials:
             ),
         )
         self._redis = redis
+        self._sharded = isinstance(redis, RedisCluster)
         try:
             await self._link.run(
                 lambda: self._session(redis),
@@ -421,11 +430,12 @@ class SharedDials:
         conn = await self._subscriber(redis)
         try:
             await conn.connect()  # type: ignore[no-untyped-call]
-            await conn.send_command("SUBSCRIBE", self.channel)
+            command = "SSUBSCRIBE" if self._sharded else "SUBSCRIBE"
+            await conn.send_command(command, self.channel)
             reply = await conn.read_response(timeout=self.socket_timeout)
             raise_if_cancelled()
-            if not (isinstance(reply, list) and reply and reply[0] == b"subscribe"):
-                raise ConnectionError(f"unexpected answer to SUBSCRIBE: {reply!r:.80}")
+            if not (isinstance(reply, list) and reply and reply[0] == command.lower().encode()):
+                raise ConnectionError(f"unexpected answer to {command}: {reply!r:.80}")
             self.connected = True
             self._link.came_up()
             # What changed while Redis was away is in _pending already; the live ones
@@ -438,8 +448,8 @@ class SharedDials:
 
     async def _subscriber(self, redis: Client) -> Connection:
         if isinstance(redis, RedisCluster):
-            # Classic pub/sub reaches every node of a cluster: any node will do, this one
-            # is the channel's; refreshed after a failure (a failover may have moved it).
+            # The master of the channel's slot, where SPUBLISH sends; looked up again
+            # after a failure (a failover may have moved it).
             return await shard_connection(redis, self.channel, refresh=self._link.errors > 0)
         assert isinstance(redis, Redis)
         return dedicated_connection(redis)
@@ -479,9 +489,9 @@ class SharedDials:
             batch = [self._pending.pop(key) for key in list(self._pending)[: self.batch_size]]
             try:
                 pipe = redis.pipeline(transaction=False)
+                now = time.time()
                 for request in batch:
-                    value = encode_record(request, self.node)
-                    pipe.set(dial_key(request.tenant, request.id), value, px=self.ttl_ms)
+                    self._store(pipe, request, now)
                 await pipe.execute()
             except BaseException:
                 for request in batch:  # the same object holds the latest state
@@ -492,7 +502,23 @@ class SharedDials:
                 self._overflow_logged = False
             raise_if_cancelled()
 
+    def _store(self, pipe: Any, request: DialRequest, now: float) -> None:
+        """Queue the writes of `request`'s record: its entry in the tenant's index, then
+        the key (a pipeline sends a slot's commands in order, and both are in the
+        tenant's slot)."""
+        key = dial_key(request.tenant, request.id)
+        tenant_keys.index_in(pipe, request.tenant, key, now + self.ttl_ms / 1000, now)
+        pipe.set(key, encode_record(request, self.node), px=self.ttl_ms)
+
+    async def _publish(self, redis: Client, node: str, data: bytes) -> int:
+        """Send `data` on `node`'s channel: the number of subscribers it reached."""
+        channel = node_channel(node)
+        if self._sharded:
+            return int(await redis.spublish(channel, data))
+        return int(await redis.publish(channel, data))
+
     async def _listen(self, conn: Connection, redis: Client) -> None:
+        kind = b"smessage" if self._sharded else b"message"
         pinged = False
         while True:
             reply = await conn.read_response(timeout=self.ping_interval)
@@ -507,7 +533,7 @@ class SharedDials:
             if (
                 isinstance(reply, list)
                 and len(reply) == 3
-                and reply[0] == b"message"
+                and reply[0] == kind
                 and isinstance(reply[2], bytes)
             ):
                 self._on_message(reply[2], redis)
@@ -550,9 +576,10 @@ class SharedDials:
             if request is not None:
                 # Stored before the answer goes: a GET on the asking node that follows
                 # its DELETE's answer reads the new state (the writer writes it too).
-                key = dial_key(request.tenant, request.id)
-                await redis.set(key, encode_record(request, self.node), px=self.ttl_ms)
-            await redis.publish(node_channel(node), encode_message(reply))
+                pipe = redis.pipeline(transaction=False)
+                self._store(pipe, request, time.time())
+                await pipe.execute()
+            await self._publish(redis, node, encode_message(reply))
         except LINK_ERRORS as exc:  # the asking node answers 504 by itself
             log.warning("dial requests: reply not sent", extra={"error": str(exc)})
 
