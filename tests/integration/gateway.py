@@ -21,6 +21,7 @@ from typing import Any
 
 from tests.peers.ports import free_port
 from tests.peers.tls import make_self_signed
+from tests.redis_servers import SENTINEL_SERVICE, LocalCluster, LocalSentinel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,6 +91,7 @@ def render_config(
     trunk_match: list[str] | None = None,
     log_level: str = "INFO",
     redis_url: str = "redis://127.0.0.1:1/0",
+    redis_table: str | None = None,
     node: str | None = None,
     extra: str = "",
     subscriber_queue: int = 1000,
@@ -99,6 +101,8 @@ def render_config(
     more_trunks: str = "",
     workers: int = 1,
 ) -> str:
+    # redis_table: the keys of [redis] instead of `url = redis_url` (a cluster, Sentinel:
+    # `cluster_table`, `sentinel_table`).
     # trunk_extra: more keys of the "carrier" trunk. Its OPTIONS probing is off unless a
     # test asks for it: a sipp UAS playing the trunk would take a probe for a call it
     # does not expect. more_trunks: further [[tenants.trunks]] of tenant acme.
@@ -137,7 +141,7 @@ listen = "127.0.0.1:{ports.http}"
 {f'tls_key = "{pair.key}"' if http_tls else ""}
 
 [redis]
-url = "{redis_url}"
+{redis_table or f'url = "{redis_url}"'}
 
 [events]
 heartbeat = 1.0
@@ -244,6 +248,18 @@ class RedisProcess:
                 self.proc.wait()
 
 
+def cluster_table(cluster: LocalCluster) -> str:
+    """``[redis]`` keys of a gateway on `cluster`: two seeds (it learns the rest)."""
+    seeds = [f"redis://{node.address}" for node in cluster.nodes[:2]]
+    return f"cluster_nodes = {json.dumps(seeds)}"
+
+
+def sentinel_table(deployment: LocalSentinel) -> str:
+    """``[redis]`` keys of a gateway on the master `deployment`'s sentinels name."""
+    sentinels = json.dumps(deployment.addresses)
+    return f'sentinel_service = "{SENTINEL_SERVICE}"\nsentinels = {sentinels}'
+
+
 class GatewayProcess:
     def __init__(
         self,
@@ -252,21 +268,27 @@ class GatewayProcess:
         extra_sip: str = "",
         *,
         redis_url: str | None = None,
+        redis_table: str | None = None,
         **options: Any,
     ) -> None:
+        """`redis_url`: one server the gateway shares (None: a redis-server of its own);
+        `redis_table`: the ``[redis]`` keys of a cluster or Sentinel instead
+        (`cluster_table`, `sentinel_table`), and then `redis_url` is empty."""
         self.workdir = workdir
         self.ports = ports or GatewayPorts()
         self.redis: RedisProcess | None = None
-        if redis_url is None:
+        if redis_url is None and redis_table is None:
             # Its own Redis, so no test sees another test's tenant streams.
             self.redis = RedisProcess.start(workdir / "redis")
             redis_url = self.redis.url
-        self.redis_url = redis_url
+        self.redis_url = redis_url or ""
         self.http_tls = bool(options.get("http_tls"))
         self.config = workdir / "sipgw.toml"
-        self.config.write_text(
-            render_config(self.ports, workdir, extra_sip, redis_url=redis_url, **options)
-        )
+        config = render_config(
+            self.ports, workdir, extra_sip, redis_url=self.redis_url, redis_table=redis_table,
+            **options,
+        )  # fmt: skip
+        self.config.write_text(config)
         self.log_path = workdir / "sipgw.log"
         self.proc: asyncio.subprocess.Process | None = None
 
