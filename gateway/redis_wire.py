@@ -63,6 +63,11 @@ class Endpoint:
     password: str | None = None
     tls: ssl.SSLContext | None = None
 
+    @property
+    def label(self) -> str:
+        """The server as an operator names it (a metric label): host:port, or the socket."""
+        return self.path if self.path is not None else f"{self.host}:{self.port}"
+
 
 def endpoint_of(url: str, *, tls: ssl.SSLContext | None = None) -> Endpoint:
     """The endpoint of a Redis URL; ``rediss://`` verifies the server against the

@@ -96,6 +96,18 @@ class HubStats(Protocol):
     def resyncs(self) -> int: ...
     @property
     def reconnects(self) -> int: ...
+    def servers(self) -> Mapping[str, bool]: ...
+
+
+class ServerStats(Protocol):
+    """The bus writer's figures of one Redis server (gateway/bus/streams.py)."""
+
+    @property
+    def up(self) -> bool: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def round_trip(self) -> Histogram: ...
 
 
 class BusStats(Protocol):
@@ -118,6 +130,8 @@ class BusStats(Protocol):
     def lag(self) -> float: ...
     @property
     def publish_latency(self) -> Histogram: ...
+    @property
+    def servers(self) -> Mapping[str, ServerStats]: ...
     @property
     def hub(self) -> HubStats: ...
 
@@ -321,6 +335,37 @@ class GatewayCollector(Collector):
             "Subscriptions told to replay a gap after the live connection came back",
             value=hub.resyncs,
         )
+        yield from GatewayCollector._redis_shards(bus)
+
+    @staticmethod
+    def _redis_shards(bus: BusStats) -> Iterator[Metric]:
+        # One label value per Redis server the bus talks to: the one server, or each
+        # cluster master (a bounded set: the writer keeps at most bus.MAX_SERVERS).
+        up = GaugeMetricFamily(
+            "sipgw_redis_shard_up",
+            "1 while the bus's connection to this Redis server works (link: bus = the "
+            "event writer, live = the pub/sub reader)",
+            labels=["shard", "link"],
+        )
+        errors = CounterMetricFamily(
+            "sipgw_redis_shard_errors",
+            "Failed append round trips to this Redis server",
+            labels=["shard"],
+        )
+        latency = HistogramMetricFamily(
+            "sipgw_redis_shard_round_trip_seconds",
+            "Time of one append round trip (a batch of events) to this Redis server",
+            labels=["shard"],
+        )
+        for shard, stats in sorted(bus.servers.items()):
+            up.add_metric([shard, "bus"], 1 if stats.up else 0)
+            errors.add_metric([shard], stats.errors)
+            latency.add_metric(
+                [shard], stats.round_trip.cumulative(), sum_value=stats.round_trip.sum
+            )
+        for shard, live in sorted(bus.hub.servers().items()):
+            up.add_metric([shard, "live"], 1 if live else 0)
+        yield from (up, errors, latency)
 
     def _peers(self) -> Iterator[Metric]:
         # Labelled by the trunk's configured name (and its tenant: names are unique per

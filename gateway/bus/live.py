@@ -520,6 +520,13 @@ class LiveHub:
         """Connections re-established after a loss."""
         return self._state.reconnects
 
+    def servers(self) -> dict[str, bool]:
+        """Each server the hub holds a connection to (`Endpoint.label`): whether it is up."""
+        return {
+            self._routes.endpoint_at(address).label: shard.state.up is not False
+            for address, shard in self._shards.items()
+        }
+
     @property
     def redis_errors(self) -> int:
         return self._state.errors

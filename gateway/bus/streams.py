@@ -48,7 +48,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Protocol
 
@@ -163,6 +163,22 @@ class _Item:
     local: dict[str, Any] | None = None
 
 
+# Seconds of one append round trip to one server (a batch: one EVALSHA per event).
+ROUND_TRIP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+# Servers the writer keeps figures of (/metrics labels): a cluster's masters, and the
+# addresses of masters a failover replaced; the oldest of those that are down go first.
+MAX_SERVERS = 64
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """The writer's figures of one Redis server (a cluster master, or the one server)."""
+
+    up: bool = True
+    errors: int = 0
+    round_trip: Histogram = field(default_factory=lambda: Histogram(ROUND_TRIP_BUCKETS))
+
+
 class _TransientReply(RedisError):
     """Redis answered "not now" (OOM, LOADING, …) to some events of a batch."""
 
@@ -240,6 +256,7 @@ class EventBus:
             connect_timeout=min(socket_timeout, 2.0), retry_after=0.0,
         )  # fmt: skip
         self._scripted: set[WireLink] = set()  # links whose server has the script
+        self.servers: dict[str, ServerStats] = {}  # by `Endpoint.label`
         # Up until a round trip fails: the writer has nothing to say before its first.
         self._link = RedisLink(up=True, on_change=self._link_changed)
         self.hub = LiveHub(
@@ -515,9 +532,12 @@ class EventBus:
             except (RedisError, OSError) as exc:  # this server is gone (a failover?)
                 broken = exc
                 again += items
+                self._server(link).up = False
                 continue
             sent.append((link, items))
-            calls.append(wire.call(*self._commands(link, [item for _, item in items])))
+            call = wire.call(*self._commands(link, [item for _, item in items]))
+            call.add_done_callback(self._timer(link))
+            calls.append(call)
         outcome = await asyncio.gather(*calls, return_exceptions=True)
         self.round_trips += len(calls)
 
@@ -530,6 +550,7 @@ class EventBus:
                 broken = results
                 again += items
                 continue
+            self._server(link).up = True
             self._scripted.add(link)
             for (index, item), result in zip(items, results, strict=True):
                 if isinstance(result, list) and len(result) == 2:
@@ -559,6 +580,32 @@ class EventBus:
         if transient is not None:
             raise _TransientReply(str(transient))
         return bool(again)
+
+    def _server(self, link: WireLink) -> ServerStats:
+        servers = self.servers
+        label = link.endpoint.label
+        found = servers.get(label)
+        if found is None:
+            if len(servers) >= MAX_SERVERS:
+                gone = next((k for k, v in servers.items() if not v.up), next(iter(servers)))
+                del servers[gone]
+            found = servers[label] = ServerStats()
+        return found
+
+    def _timer(self, link: WireLink) -> Callable[[asyncio.Future[list[Any]]], None]:
+        """A done-callback that files the round trip's time (or its failure) under its
+        server."""
+        started = time.perf_counter()
+        stats = self._server(link)
+
+        def done(call: asyncio.Future[list[Any]]) -> None:
+            if call.cancelled() or call.exception() is not None:
+                stats.up = False
+                stats.errors += 1
+            else:
+                stats.round_trip.observe(time.perf_counter() - started)
+
+        return done
 
     async def _by_server(self, batch: list[_Item]) -> dict[WireLink, list[tuple[int, _Item]]]:
         """The batch's events by the server that holds their tenant's stream, each

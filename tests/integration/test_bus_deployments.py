@@ -101,6 +101,11 @@ async def test_each_tenants_events_land_on_its_slots_master_and_go_live(
         channel = keys.live_channel(tenant)
         assert master.command("PUBSUB", "SHARDNUMSUB", channel) == [channel, 1]
         assert master.command("PUBSUB", "NUMSUB", channel) == [channel, 0]
+    # /metrics' figures per shard: every master, up, its round trips counted.
+    masters = {f"127.0.0.1:{m.port}" for m in redis_cluster.masters()}
+    assert set(bus.servers) == masters == set(bus.hub.servers())
+    assert all(s.up and s.round_trip.count > 0 and not s.errors for s in bus.servers.values())
+    assert all(bus.hub.servers().values())
 
 
 async def test_a_subscriber_gets_every_event_once_in_order_across_a_failover(

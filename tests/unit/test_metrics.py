@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.api.metrics import GatewayCollector, Gauges, dialogs_active, make_registry, render
-from gateway.bus.streams import EventBus
+from gateway.bus.streams import EventBus, ServerStats
 from gateway.calls.events import CAUSES
 from gateway.stats import CALL_OUTCOMES, Counters, Histogram
 from tests.waiting import wait_until
@@ -110,6 +110,10 @@ class FakeHub:
     overflows: int = 1
     resyncs: int = 2
     reconnects: int = 3
+    live: dict[str, bool] = field(default_factory=lambda: {"10.0.0.1:7000": True})
+
+    def servers(self) -> dict[str, bool]:
+        return self.live
 
 
 @dataclass
@@ -122,7 +126,30 @@ class FakeBus:
     queued: int = 2
     lag: float = 1.5
     publish_latency: Histogram = field(default_factory=lambda: Histogram((0.01, 0.1)))
+    servers: dict[str, ServerStats] = field(default_factory=dict)
     hub: FakeHub = field(default_factory=FakeHub)
+
+
+def test_each_redis_shard_has_its_up_errors_and_round_trips() -> None:
+    bus = FakeBus()
+    bus.servers["10.0.0.1:7000"] = ServerStats()
+    bus.servers["10.0.0.2:7000"] = ServerStats(up=False, errors=2)
+    bus.servers["10.0.0.1:7000"].round_trip.observe(0.0007)
+    bus.hub.live["10.0.0.2:7000"] = False
+    families = scrape(Counters(), gauges(bus=bus))
+    up = {(lb["shard"], lb["link"]): v for lb, v in families["sipgw_redis_shard_up"]}
+    assert up == {
+        ("10.0.0.1:7000", "bus"): 1.0, ("10.0.0.2:7000", "bus"): 0.0,
+        ("10.0.0.1:7000", "live"): 1.0, ("10.0.0.2:7000", "live"): 0.0,
+    }  # fmt: skip
+    errors = {lb["shard"]: v for lb, v in families["sipgw_redis_shard_errors"]}
+    assert errors == {"10.0.0.1:7000": 0.0, "10.0.0.2:7000": 2.0}
+    trips = {
+        lb["le"]: v
+        for lb, v in families["sipgw_redis_shard_round_trip_seconds"]
+        if lb.get("shard") == "10.0.0.1:7000" and "le" in lb
+    }
+    assert trips["0.001"] == 1.0 and trips["0.0005"] == 0.0
 
 
 def test_bus_families_lag_latency_and_redis_up_from_both_connections() -> None:
