@@ -133,6 +133,8 @@ class BusStats(Protocol):
     @property
     def servers(self) -> Mapping[str, ServerStats]: ...
     @property
+    def lost(self) -> int: ...
+    @property
     def hub(self) -> HubStats: ...
 
 
@@ -306,6 +308,12 @@ class GatewayCollector(Collector):
         )
         yield CounterMetricFamily(
             "sipgw_redis_errors", "Failed Redis round trips", value=bus.redis_errors
+        )
+        yield CounterMetricFamily(
+            "sipgw_bus_events_lost",
+            "Events Redis acknowledged that later were no longer in the stream (a failover "
+            "with asynchronous replication)",
+            value=bus.lost,
         )
         hub = bus.hub
         # Both connections must be fine: the writer learns of an outage only when it

@@ -114,6 +114,11 @@ MAX_REPLAY_COUNT = 10_000
 # Events a writer keeps as dicts for its node's live hub (`_Item.local`): beyond this
 # many buffered, Redis is away and the hub will resync from the stream anyway.
 LOCAL_HANDOVER_MAX = 1_000
+# Acknowledged ids a writer remembers per tenant, and tenants it remembers, to notice
+# events a failover lost (`EventBus._check_kept`): a loss longer than this is counted
+# as at least this many.
+RECENT_PER_TENANT = 256
+MAX_TENANTS_TRACKED = 10_000
 
 # Seconds from publish() to Redis' acknowledgement: milliseconds when Redis is up, up to
 # minutes while it is down (the events wait in the buffer).
@@ -257,6 +262,9 @@ class EventBus:
         )  # fmt: skip
         self._scripted: set[WireLink] = set()  # links whose server has the script
         self.servers: dict[str, ServerStats] = {}  # by `Endpoint.label`
+        # tenant -> the ids of its latest appends Redis acknowledged (`_check_kept`).
+        self._recent: dict[str, deque[keys.SeqKey]] = {}
+        self.lost = 0  # acknowledged events a failover took away (see `_check_kept`)
         # Up until a round trip fails: the writer has nothing to say before its first.
         self._link = RedisLink(up=True, on_change=self._link_changed)
         self.hub = LiveHub(
@@ -654,9 +662,51 @@ class EventBus:
         _set_seq(item.event, seq)
         self.published += 1
         self.publish_latency.observe(acked - item.queued_at)
+        self._check_kept(item.tenant, seq, prev)
         if item.local is not None:
             item.local["seq"] = seq
             self.hub.offer_local(item.tenant, prev, seq, item.local)
+
+    def _check_kept(self, tenant: str, seq: str, prev: str) -> None:
+        """Did the stream keep what Redis acknowledged to this writer before?
+
+        Redis replication is asynchronous: a master that dies may have acknowledged
+        appends its replica never received, and the promoted replica's stream ends
+        before them. The script answers each append with the id of the entry before it
+        (`prev`); when that is older than an event this writer was told is in the
+        stream, those events are gone. They are counted (``lost``), logged and (through
+        the stream's ids) told apart from trimming: a subscriber that saw them live keeps
+        them, one that replays will not find them. Erasing the newest events of a stream
+        (GDPR) looks the same and is counted too; it is rare and never silent either."""
+        recent = self._recent.get(tenant)
+        if recent is None:
+            recent = self._recent[tenant] = deque(maxlen=RECENT_PER_TENANT)
+        if recent:
+            # Entries older than the retention may have been trimmed legitimately.
+            min_id = self._min_id()
+            floor = max(
+                keys.parse_seq(prev) if prev else (0, 0),
+                keys.parse_seq(min_id) if min_id else (0, 0),
+            )
+            gone = [s for s in recent if s > floor]
+            if gone:
+                self._lost(tenant, gone, prev, full=len(gone) == len(recent) == recent.maxlen)
+                recent.clear()
+        recent.append(keys.parse_seq(seq))
+        if len(self._recent) > MAX_TENANTS_TRACKED:
+            del self._recent[next(iter(self._recent))]
+
+    def _lost(self, tenant: str, gone: list[keys.SeqKey], prev: str, *, full: bool) -> None:
+        self.lost += len(gone)
+        log.error(
+            "bus: events acknowledged by redis are no longer in the stream (a failover "
+            "with asynchronous replication?)",
+            extra={
+                "tenant": tenant, "lost": len(gone), "at_least": full,
+                "first_lost": keys.format_seq(gone[0]), "last_lost": keys.format_seq(gone[-1]),
+                "stream_ends_at": prev or None,
+            },
+        )  # fmt: skip
 
     # -- reading --------------------------------------------------------------------------
     async def replay_page(

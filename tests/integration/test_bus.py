@@ -282,6 +282,29 @@ async def test_a_nodes_own_events_are_handed_over_at_once_in_stream_order(
     assert node_a.hub.local_deliveries + node_a.hub.messages == 1000
 
 
+async def test_acknowledged_events_that_vanish_from_the_stream_are_counted_as_lost(
+    make_bus: BusFactory, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a failover with asynchronous replication does: the newest entries, which the
+    # old master acknowledged, are not in the stream of the one that took over.
+    bus = await make_bus()
+    tenant = new_tenant()
+    for n in range(10):
+        bus.publish(Ev(tenant, n))
+    await wait_until(lambda: bus.published == 10)
+    held = await stream(redis, tenant)
+    await redis.xdel(keys.events_key(tenant), *[seq for seq, _ in held[-4:]])
+    bus.publish(Ev(tenant, 10))
+    await wait_until(lambda: bus.published == 11)
+    assert bus.lost == 4
+    [record] = [r for r in caplog.records if "no longer in the stream" in r.getMessage()]
+    assert record.levelname == "ERROR" and record.lost == 4  # type: ignore[attr-defined]
+    assert record.first_lost == held[-4][0] and record.stream_ends_at == held[-5][0]  # type: ignore[attr-defined]
+    bus.publish(Ev(tenant, 11))  # counted once, not again
+    await wait_until(lambda: bus.published == 12)
+    assert bus.lost == 4
+
+
 async def test_one_pubsub_connection_per_node_subscribed_while_used(
     make_bus: BusFactory, redis: Redis
 ) -> None:

@@ -127,6 +127,7 @@ class FakeBus:
     lag: float = 1.5
     publish_latency: Histogram = field(default_factory=lambda: Histogram((0.01, 0.1)))
     servers: dict[str, ServerStats] = field(default_factory=dict)
+    lost: int = 0
     hub: FakeHub = field(default_factory=FakeHub)
 
 
