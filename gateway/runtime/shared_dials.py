@@ -27,8 +27,10 @@ Redis
 Why a key per request and not one hash per tenant: Redis 7.0 has no expiry per hash
 field, and a request's expiry is its own. Why sharded pub/sub on a cluster: the relay
 needs the number of subscribers a message reached (none: the owner is not listening,
-answer 503 at once), and a cluster counts a classic ``PUBLISH``'s receivers on the node
-that took it alone, while ``SPUBLISH`` goes to the one master where the owner listens.
+answer 503 at once). A cluster counts a classic ``PUBLISH``'s receivers on the node that
+took it alone (redis-py 8.2 happens to send it to the node of the channel's slot, where
+the owner listens, but that is the library's choice); ``SPUBLISH`` goes to that master
+by definition, and is not copied to every node.
 
 The SIP path never waits on Redis (DESIGN.md): `changed()`, called by the Originator
 inside the SIP core, only notes the request in a dict (one entry per request, so a
