@@ -209,36 +209,38 @@ async def connect(
     def factory() -> WireProtocol:
         return WireProtocol(timeout, on_push)
 
-    async with asyncio.timeout(connect_timeout):
-        try:
+    # The connect itself is bounded by `connect_timeout`; the setup's round trip, like
+    # any call, by `timeout` (a slow Redis is not an unreachable one).
+    try:
+        async with asyncio.timeout(connect_timeout):
             if endpoint.path is not None:
                 _, protocol = await loop.create_unix_connection(factory, endpoint.path)
             else:
                 _, protocol = await loop.create_connection(
                     factory, endpoint.host, endpoint.port, ssl=endpoint.tls
                 )
-        except OSError as exc:
-            raise ConnectionError(f"cannot connect to redis: {exc}") from exc
-        hello: list[list[Arg]] = []
-        if endpoint.password is not None:
-            user = [endpoint.username] if endpoint.username else []
-            hello.append(["AUTH", *user, endpoint.password])
-        if endpoint.db:
-            hello.append(["SELECT", endpoint.db])
-        if name is not None:
-            hello.append(["CLIENT", "SETNAME", f"sipgw-{name}"])
-        if hello:
-            try:
-                replies = await protocol.call(*hello)
-            except BaseException:
+    except OSError as exc:
+        raise ConnectionError(f"cannot connect to redis: {exc}") from exc
+    hello: list[list[Arg]] = []
+    if endpoint.password is not None:
+        user = [endpoint.username] if endpoint.username else []
+        hello.append(["AUTH", *user, endpoint.password])
+    if endpoint.db:
+        hello.append(["SELECT", endpoint.db])
+    if name is not None:
+        hello.append(["CLIENT", "SETNAME", f"sipgw-{name}"])
+    if hello:
+        try:
+            replies = await protocol.call(*hello)
+        except BaseException:
+            protocol.close()
+            raise
+        for reply in replies:
+            if isinstance(reply, ResponseError):
                 protocol.close()
-                raise
-            for reply in replies:
-                if isinstance(reply, ResponseError):
-                    protocol.close()
-                    if "AUTH" in str(reply) or "WRONGPASS" in str(reply):
-                        raise AuthenticationError(str(reply))
-                    raise ConnectionError(f"redis refused the connection's setup: {reply}")
+                if "AUTH" in str(reply) or "WRONGPASS" in str(reply):
+                    raise AuthenticationError(str(reply))
+                raise ConnectionError(f"redis refused the connection's setup: {reply}")
     return protocol
 
 

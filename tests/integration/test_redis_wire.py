@@ -19,6 +19,7 @@ from gateway.redis_wire import (
     endpoint_of,
     pack,
 )
+from tests.integration.relay import DelayRelay
 
 
 @pytest.fixture
@@ -175,3 +176,18 @@ async def test_a_link_that_failed_answers_at_once_until_its_retry_time(
     with pytest.raises(ConnectionError, match="redis unavailable: cannot connect"):
         await link.get()
     link.close()
+
+
+async def test_a_slow_redis_is_not_an_unreachable_one(redis_server: str) -> None:
+    # connect_timeout bounds the TCP connect; the setup's round trip (the client name)
+    # waits like any call, up to `timeout`.
+    port = int(redis_server.rsplit(":", 1)[1].split("/")[0])
+    async with DelayRelay(port) as relay:
+        relay.delay = 0.5
+        wire = await connect(
+            endpoint_of(relay.url), name="wire-slow", timeout=5.0, connect_timeout=0.2
+        )
+        try:
+            assert await wire.call(["PING"]) == [b"PONG"]
+        finally:
+            wire.close()
