@@ -137,9 +137,7 @@ class Gateway:
         # every phone, and a restart keeps them (docs/workers.md).
         self.location = SharedLocation()
         origin = f"{self.settings.node.name}/{self.plan.index if self.plan else 0}/{os.getpid()}"
-        self._background.append(
-            asyncio.create_task(self.location.run(self.settings.redis, origin))
-        )
+        self._background.append(asyncio.create_task(self.location.run(self.settings.redis, origin)))
         self.sip = ProxyServer(
             self.settings,
             self.counters,
