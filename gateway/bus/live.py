@@ -81,6 +81,8 @@ Event = tuple[str, dict[str, Any]]
 EventPredicate = Callable[[dict[str, Any]], bool]
 
 DEFAULT_MAXSIZE = 1000
+# The key whose server the hub always holds a connection to (see `LiveHub._route`).
+HOME = "{sipgw}:live"
 
 
 class SubscriberOverflow(Exception):
@@ -428,6 +430,7 @@ class LiveHub:
         if self._tasks:
             return
         self._closing = False
+        self._dirty.set()  # the first routing: the connection that is always held
         self._tasks = [asyncio.create_task(self._run_router(), name="bus-live-router")]
 
     async def close(self) -> None:
@@ -555,22 +558,23 @@ class LiveHub:
             raise_if_cancelled()
 
     async def _route(self) -> None:
-        want: dict[tuple[str, int], set[str]] = {}
+        # One connection is always held, subscribed or not, and pinged: it tells
+        # /metrics at once when Redis goes away (the writer learns it only when it has
+        # an event to write). On a cluster: the master of a node-wide key.
+        want: dict[tuple[str, int], set[str]] = {await self._routes.address_for(HOME): set()}
         for tenant in list(self._subs):
             channel = keys.live_channel(tenant)
             want.setdefault(await self._routes.address_for(channel), set()).add(channel)
         for address in want.keys() - self._shards.keys():
             self._shards[address] = self._start_shard(address)
         for address, shard in list(self._shards.items()):
-            shard.want = want.get(address, set())
-            if shard.want:
+            if address in want:
+                shard.want = want[address]
                 shard.wake.set()
             else:  # nothing of ours there any more (its tenants left, or moved)
                 del self._shards[address]
                 if shard.task is not None:
                     shard.task.cancel()
-        if not self._shards and self._state.up is False:
-            self._state.came_up()  # nothing left that is down
 
     def _start_shard(self, address: tuple[str, int]) -> _Shard:
         shard = _Shard(address, RedisLink(on_change=self._shard_changed))

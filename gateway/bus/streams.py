@@ -674,7 +674,7 @@ class EventBus:
         appends its replica never received, and the promoted replica's stream ends
         before them. The script answers each append with the id of the entry before it
         (`prev`); when that is older than an event this writer was told is in the
-        stream, those events are gone. They are counted (``lost``), logged and (through
+        stream, those events are gone. They are counted (``lost``), logged (a warning) and (through
         the stream's ids) told apart from trimming: a subscriber that saw them live keeps
         them, one that replays will not find them. Erasing the newest events of a stream
         (GDPR) looks the same and is counted too; it is rare and never silent either."""
@@ -698,7 +698,9 @@ class EventBus:
 
     def _lost(self, tenant: str, gone: list[keys.SeqKey], prev: str, *, full: bool) -> None:
         self.lost += len(gone)
-        log.error(
+        # A warning, as a Redis outage is: Redis lost them, not the gateway (an ERROR
+        # is a gateway's own fault); counted for alerting in sipgw_bus_events_lost.
+        log.warning(
             "bus: events acknowledged by redis are no longer in the stream (a failover "
             "with asynchronous replication?)",
             extra={

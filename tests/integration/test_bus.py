@@ -298,7 +298,7 @@ async def test_acknowledged_events_that_vanish_from_the_stream_are_counted_as_lo
     await wait_until(lambda: bus.published == 11)
     assert bus.lost == 4
     [record] = [r for r in caplog.records if "no longer in the stream" in r.getMessage()]
-    assert record.levelname == "ERROR" and record.lost == 4  # type: ignore[attr-defined]
+    assert record.levelname == "WARNING" and record.lost == 4  # type: ignore[attr-defined]
     assert record.first_lost == held[-4][0] and record.stream_ends_at == held[-5][0]  # type: ignore[attr-defined]
     bus.publish(Ev(tenant, 11))  # counted once, not again
     await wait_until(lambda: bus.published == 12)

@@ -172,31 +172,6 @@ async def test_a_trunk_seen_down_by_a_is_skipped_by_b(
 
 
 # -- failover under load -------------------------------------------------------------------
-LOST_LINE = "bus: events acknowledged by redis are no longer in the stream"
-
-
-@pytest.fixture
-async def failover_factory(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
-    """As gateway_factory, but a gateway may log the ERROR of events a failover lost
-    (asynchronous replication): the test compares that count with its own."""
-    started: list[GatewayProcess] = []
-
-    async def start(**options: Any) -> GatewayProcess:
-        workdir = tmp_path / f"gw{len(started)}"
-        workdir.mkdir()
-        gw = GatewayProcess(workdir, **options)
-        started.append(gw)
-        return await gw.start()
-
-    yield start
-    for gw in started:
-        print(f"--- sipgw log ({gw.workdir}):\n{gw.log_tail(80)}")
-        code = await gw.stop()
-        assert code == 0, f"sipgw exited with {code}\n{gw.log_tail()}"
-        errors = [r for r in gw.errors() if not str(r.get("msg", "")).startswith(LOST_LINE)]
-        assert errors == [], f"sipgw logged errors:\n{gw.log_tail()}"
-
-
 class Follower:
     """A WebSocket subscriber that resumes from its last seq whenever the gateway ends
     its subscription (sipgw.unavailable while the tenant's slot has no master) or
@@ -302,9 +277,9 @@ RATE = 30
 
 
 async def test_calls_and_events_go_on_across_a_master_failover(
-    failover_factory: GatewayFactory, redis_cluster: LocalCluster
+    gateway_factory: GatewayFactory, redis_cluster: LocalCluster
 ) -> None:
-    a, b = await two_nodes(failover_factory, cluster_table(redis_cluster))
+    a, b = await two_nodes(gateway_factory, cluster_table(redis_cluster))
     token = await a.login("203")
     follower = Follower(b, token)
     await follower.start()
@@ -334,9 +309,9 @@ async def test_calls_and_events_go_on_across_a_master_failover(
 
 
 async def test_a_gateway_on_sentinel_follows_a_failover(
-    failover_factory: GatewayFactory, redis_sentinel: LocalSentinel
+    gateway_factory: GatewayFactory, redis_sentinel: LocalSentinel
 ) -> None:
-    gw = await failover_factory(node="node-s", redis_table=sentinel_table(redis_sentinel))
+    gw = await gateway_factory(node="node-s", redis_table=sentinel_table(redis_sentinel))
     token = await gw.login("203")
     follower = Follower(gw, token)
     await follower.start()
