@@ -67,3 +67,19 @@ def test_version() -> None:
     result = sipgw("--version")
     assert result.returncode == 0
     assert result.stdout.startswith("sipgw ")
+
+
+def test_the_admin_commands_say_where_they_looked_for_redis_without_a_password() -> None:
+    from gateway.cli.admin import _redis_place
+    from gateway.config import RedisSettings
+
+    one = RedisSettings(url="redis://ops:pw-secret@10.0.0.9:6390/2")
+    assert _redis_place(one) == "Redis at redis://ops:***@10.0.0.9:6390/2"
+    cluster = RedisSettings(
+        cluster_nodes=(("10.1.0.1", 7000), ("10.1.0.2", 7001)), password="pw-secret"
+    )
+    assert _redis_place(cluster) == "the Redis Cluster (seed nodes 10.1.0.1:7000, 10.1.0.2:7001)"
+    sentinel = RedisSettings(
+        sentinel_service="main", sentinels=(("10.2.0.1", 26379),), sentinel_password="pw-secret"
+    )
+    assert _redis_place(sentinel) == "Redis master 'main' (sentinels 10.2.0.1:26379)"
