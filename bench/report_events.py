@@ -183,18 +183,6 @@ def latency_markdown(doc: Doc, images: Sequence[Path]) -> list[str]:
         lines += [*_segments_table(s["rows"]), ""]
     lines += _notes(s)
     lines += [f"- Skipped (--quick), {x}" for x in s["skipped_steps"]]
-    floor = s.get("floor") or {}
-    if floor.get("cpu_us_per_socket_median") is not None:
-        lines.append(
-            f"- The floor: a bare uvloop process writing one {floor['frame_bytes']}-byte frame "
-            f"to each of {floor['connections']} loopback sockets spends "
-            f"{_fmt(floor['cpu_us_per_socket_median'], 1)} µs of CPU per socket (median of "
-            f"{floor['rounds']} rounds; fastest {_fmt(floor['cpu_us_per_socket_min'], 1)}): "
-            "one send() each, which on loopback also runs the receiver's TCP input "
-            "(bench/fanout_floor.py)"
-        )
-    elif floor.get("error"):
-        lines.append(f"- The floor (bench/fanout_floor.py) failed: {floor['error']}")
     lines.append("")
     for path in images:
         lines += [f"![{path.stem}]({path.name})", ""]

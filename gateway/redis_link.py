@@ -307,6 +307,25 @@ def raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
+async def serve_until_one_ends(tasks: set[asyncio.Task[None]], what: str) -> NoReturn:
+    """A session's tasks (a pub/sub reader, a writer): the first that ends, with its
+    error or without one, ends the session; the others are cancelled (bounded) and
+    their errors marked as seen. Raises ConnectionError("<what> task ended") when the
+    first one returned."""
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+        raise ConnectionError(f"{what} task ended")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=1.0)
+        for task in tasks:  # mark errors of the other task as seen
+            if task.done() and not task.cancelled():
+                task.exception()
+
+
 class Backoff:
     """Capped exponential backoff with jitter: `initial`, twice that, four times … up to
     `cap`, each delay shortened by up to ``jitter`` of itself at random, so that the

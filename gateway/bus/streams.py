@@ -681,13 +681,12 @@ class EventBus:
         recent = self._recent.get(tenant)
         if recent is None:
             recent = self._recent[tenant] = deque(maxlen=RECENT_PER_TENANT)
-        if recent:
+        before = keys.parse_seq(prev) if prev else (0, 0)
+        # The ids only grow: the common case (nothing lost) is one comparison.
+        if recent and recent[-1] > before:
             # Entries older than the retention may have been trimmed legitimately.
             min_id = self._min_id()
-            floor = max(
-                keys.parse_seq(prev) if prev else (0, 0),
-                keys.parse_seq(min_id) if min_id else (0, 0),
-            )
+            floor = max(before, keys.parse_seq(min_id) if min_id else (0, 0))
             gone = [s for s in recent if s > floor]
             if gone:
                 self._lost(tenant, gone, prev, full=len(gone) == len(recent) == recent.maxlen)

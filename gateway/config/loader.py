@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from gateway.config.errors import ConfigError
 from gateway.config.exposure import check_exposure
@@ -43,7 +42,6 @@ from gateway.config.profiles import load_profiles
 from gateway.config.reader import Context, Table, Value, apply_env, existing_file, plain_text
 from gateway.config.redis_modes import redis_settings
 from gateway.config.syntax import (
-    mask_url_password,
     normalize_host,
     normalize_match,
     overlaps,
@@ -335,28 +333,6 @@ def _http_listen(v: Value) -> str:
     if port is None:
         raise v.error(f'expected "host:port" (IPv6 in brackets), got {show(text)}')
     return f"{uri_host(host)}:{port}"
-
-
-def _redis_url(v: Value) -> str:
-    url = v.text()
-    if not _is_redis_url(url):
-        # The URL may hold a password: it is masked in the message.
-        raise v.error(
-            "must be a redis://host[:port][/db], rediss://… or unix://path URL, "
-            f"got {show(mask_url_password(url))}"
-        )
-    return url
-
-
-def _is_redis_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        return False
-    if parts.scheme == "unix":
-        return bool(parts.path)
-    return parts.scheme in ("redis", "rediss") and bool(parts.hostname)
 
 
 _LOG_READERS: dict[str, Callable[[Value], Any]] = {

@@ -75,6 +75,7 @@ from gateway.redis_link import (
     client,
     dedicated_connection,
     raise_if_cancelled,
+    serve_until_one_ends,
     shard_connection,
 )
 from gateway.security import tenant_keys
@@ -461,18 +462,7 @@ class SharedDials:
             asyncio.create_task(self._listen(conn, redis), name="dials-listen"),
             asyncio.create_task(self._write(redis), name="dials-write"),
         }
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-            raise ConnectionError("dial sharing task ended")
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks, timeout=1.0)
-            for task in tasks:  # mark errors of the other task as seen
-                if task.done() and not task.cancelled():
-                    task.exception()
+        await serve_until_one_ends(tasks, "dial sharing")
 
     async def _write(self, redis: Client) -> None:
         loop = asyncio.get_running_loop()

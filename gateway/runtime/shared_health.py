@@ -61,6 +61,7 @@ from gateway.redis_link import (
     client,
     dedicated_connection,
     raise_if_cancelled,
+    serve_until_one_ends,
     shard_connection,
 )
 
@@ -368,18 +369,7 @@ class SharedHealth:
         tasks = {asyncio.create_task(self._listen(conn, cluster), name="trunks-listen")}
         if self.prober is not None:
             tasks.add(asyncio.create_task(self._writer(redis, write, cluster), name="trunks-write"))
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-            raise ConnectionError("trunks sharing task ended")
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks, timeout=1.0)
-            for task in tasks:  # mark errors of the other task as seen
-                if task.done() and not task.cancelled():
-                    task.exception()
+        await serve_until_one_ends(tasks, "trunks sharing")
 
     async def _listen(self, conn: Connection, cluster: bool) -> None:
         kind = b"smessage" if cluster else b"message"

@@ -80,6 +80,7 @@ from gateway.redis_link import (
     client,
     dedicated_connection,
     raise_if_cancelled,
+    serve_until_one_ends,
     shard_connection,
     shard_node,
 )
@@ -801,18 +802,7 @@ class SharedLocation(Location):
             asyncio.create_task(self._listen(conn), name="location-listen"),
             asyncio.create_task(self._write(redis, script), name="location-write"),
         }
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-            raise ConnectionError("location replication task ended")
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks, timeout=1.0)
-            for task in tasks:  # mark errors of the other task as seen
-                if task.done() and not task.cancelled():
-                    task.exception()
+        await serve_until_one_ends(tasks, "location replication")
 
     async def _listen(self, conn: Connection) -> None:
         pinged = False
