@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gateway.config.blf import blf_settings
 from gateway.config.errors import ConfigError
 from gateway.config.exposure import check_exposure
 from gateway.config.model import (
@@ -60,7 +61,7 @@ EMBEDDED_DEFAULT = "<embedded gateway/default.toml>"
 
 TOP_LEVEL_KEYS = (
     "node", "sip", "http", "redis", "log", "events", "security", "monitor", "recognition",
-    "dial", "web", "profiles_dir",
+    "dial", "web", "blf", "profiles_dir",
     "default_tenant", "tenants",
 )  # fmt: skip
 
@@ -156,6 +157,7 @@ def _settings(root: Table, source: str) -> Settings:
     recognition = RecognitionSettings(**root.table("recognition").read(_RECOGNITION_READERS))
     dial = DialSettings(**root.table("dial").read(_DIAL_READERS))
     web = _web(root.table("web"))
+    blf = blf_settings(root.table("blf"))
     dir_value = root.get("profiles_dir")
     profiles_dir = DEFAULT_PROFILES_DIR if dir_value is None else dir_value.path()
     profiles = load_profiles(profiles_dir, "profiles_dir")
@@ -165,7 +167,7 @@ def _settings(root: Table, source: str) -> Settings:
     settings = Settings(
         node=node, sip=sip, http=http, redis=redis, log=log, events=events,
         security=security, monitor=monitor, recognition=recognition, dial=dial, web=web,
-        tenants=all_tenants, profiles=profiles,
+        blf=blf, tenants=all_tenants, profiles=profiles,
         default_tenant=fallback, profiles_dir=profiles_dir, source=source,
     )  # fmt: skip
     # Last: the demo and published passwords stay on the loopback, plain HTTP too.

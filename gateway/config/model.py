@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from gateway.config.blf import BlfPolicy, BlfSettings
 from gateway.config.dial_policy import DialPolicy
 from gateway.config.syntax import (
     is_wildcard,
@@ -451,6 +452,7 @@ class Tenant:
     trunks: tuple[Trunk, ...] = ()
     recognition: Recognition = field(default_factory=Recognition)
     dial: DialPolicy = field(default_factory=DialPolicy)  # click-to-dial destinations
+    blf: BlfPolicy = field(default_factory=BlfPolicy)  # what dialog-info shows (config/blf.py)
     # The browser (gateway/api/cors.py, gateway/api/web.py): origins whose scripts may
     # call the API with this tenant's tokens, and pages that may frame /embed?tenant=id.
     cors_origins: tuple[str, ...] = ()
@@ -627,6 +629,7 @@ class Settings:
     recognition: RecognitionSettings = field(default_factory=RecognitionSettings)
     dial: DialSettings = field(default_factory=DialSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    blf: BlfSettings = field(default_factory=BlfSettings)
     tenants: tuple[Tenant, ...] = ()
     profiles: Mapping[str, Profile] = field(default_factory=lambda: types.MappingProxyType({}))
     default_tenant: str | None = None  # used when a request's domain matches no tenant

@@ -11,6 +11,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+from gateway.config.blf import blf_policy
 from gateway.config.dial_policy import PREFIX, DialPolicy
 from gateway.config.errors import ConfigError
 from gateway.config.model import (
@@ -76,7 +77,7 @@ class _Seen:
 
 _TENANT_KEYS = (
     "id", "name", "domains", "region", "realm", "users", "dids", "trunks", "recognition",
-    "dial", "cors_origins", "frame_ancestors",
+    "dial", "cors_origins", "frame_ancestors", "blf",
 )  # fmt: skip
 
 
@@ -94,10 +95,11 @@ def _tenant(t: Table, profiles: Mapping[str, Profile]) -> Tenant:
     trunks = _trunks(t.get("trunks"), profiles)
     recognition = _recognition(t.table("recognition"))
     dial = dial_policy(t.table("dial"))
+    blf = blf_policy(t.table("blf"))
     return Tenant(
         id=tenant_id, name=name, domains=domains, region=tenant_region, realm=realm,
         users=users, dids=dids, trunks=trunks, recognition=recognition, dial=dial,
-        cors_origins=cors_origins(t), frame_ancestors=frame_ancestors(t),
+        cors_origins=cors_origins(t), frame_ancestors=frame_ancestors(t), blf=blf,
     )  # fmt: skip
 
 
