@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.blf import BlfPolicy, BlfSettings
 from gateway.config.dial_policy import DialPolicy
+from gateway.config.second_factor import SecondFactor
 from gateway.config.syntax import (
     is_wildcard,
     mask_url_password,
@@ -453,6 +454,7 @@ class Tenant:
     recognition: Recognition = field(default_factory=Recognition)
     dial: DialPolicy = field(default_factory=DialPolicy)  # click-to-dial destinations
     blf: BlfPolicy = field(default_factory=BlfPolicy)  # what dialog-info shows (config/blf.py)
+    totp: SecondFactor = field(default_factory=SecondFactor)  # config/second_factor.py
     # The browser (gateway/api/cors.py, gateway/api/web.py): origins whose scripts may
     # call the API with this tenant's tokens, and pages that may frame /embed?tenant=id.
     cors_origins: tuple[str, ...] = ()

@@ -31,6 +31,7 @@ from gateway.config.model import (
 from gateway.config.passwords import hash_password, hash_problem, password_problem
 from gateway.config.profiles import region
 from gateway.config.reader import Table, Value, plain_text
+from gateway.config.second_factor import second_factor
 from gateway.config.syntax import (
     IPNetwork,
     is_ip,
@@ -77,7 +78,7 @@ class _Seen:
 
 _TENANT_KEYS = (
     "id", "name", "domains", "region", "realm", "users", "dids", "trunks", "recognition",
-    "dial", "cors_origins", "frame_ancestors", "blf",
+    "dial", "cors_origins", "frame_ancestors", "blf", "totp",
 )  # fmt: skip
 
 
@@ -100,6 +101,7 @@ def _tenant(t: Table, profiles: Mapping[str, Profile]) -> Tenant:
         id=tenant_id, name=name, domains=domains, region=tenant_region, realm=realm,
         users=users, dids=dids, trunks=trunks, recognition=recognition, dial=dial,
         cors_origins=cors_origins(t), frame_ancestors=frame_ancestors(t), blf=blf,
+        totp=second_factor(t.table("totp")),
     )  # fmt: skip
 
 
