@@ -32,6 +32,7 @@ from gateway.config.model import (
     Trunk,
     User,
     UserRole,
+    WebhookSettings,
     WebSettings,
 )
 from gateway.config.profiles import load_profiles
@@ -66,6 +67,7 @@ __all__ = [
     "Trunk",
     "User",
     "UserRole",
+    "WebhookSettings",
     "WebSettings",
     "load_profiles",
     "load_settings",

@@ -2,7 +2,7 @@
 
 Reading order is the order of the checks, so the first problem found is reported:
 top-level keys, node, sip, http, redis, log, events, security, recognition, dial, web,
-profiles, tenants, default_tenant, monitor; then what must not face a network
+webhooks, profiles, tenants, default_tenant, monitor; then what must not face a network
 (gateway/config/exposure.py).
 """
 
@@ -37,6 +37,7 @@ from gateway.config.model import (
     Settings,
     SipSettings,
     Tenant,
+    WebhookSettings,
     WebSettings,
 )
 from gateway.config.profiles import load_profiles
@@ -157,6 +158,7 @@ def _settings(root: Table, source: str) -> Settings:
     recognition = RecognitionSettings(**root.table("recognition").read(_RECOGNITION_READERS))
     dial = DialSettings(**root.table("dial").read(_DIAL_READERS))
     web = _web(root.table("web"))
+    webhooks = _webhooks(root.table("webhooks"))
     blf = blf_settings(root.table("blf"))
     dir_value = root.get("profiles_dir")
     profiles_dir = DEFAULT_PROFILES_DIR if dir_value is None else dir_value.path()
@@ -167,7 +169,7 @@ def _settings(root: Table, source: str) -> Settings:
     settings = Settings(
         node=node, sip=sip, http=http, redis=redis, log=log, events=events,
         security=security, monitor=monitor, recognition=recognition, dial=dial, web=web,
-        blf=blf, tenants=all_tenants, profiles=profiles,
+        blf=blf, webhooks=webhooks, tenants=all_tenants, profiles=profiles,
         default_tenant=fallback, profiles_dir=profiles_dir, source=source,
     )  # fmt: skip
     # Last: the demo and published passwords stay on the loopback, plain HTTP too.
@@ -385,6 +387,33 @@ _DIAL_READERS: dict[str, Callable[[Value], Any]] = {
     "max_requests": lambda v: v.integer(1, 1_000_000),
     "keep_finished": lambda v: v.number(),
 }
+
+_WEBHOOK_READERS: dict[str, Callable[[Value], Any]] = {
+    "enabled": lambda v: v.boolean(),
+    "max_per_tenant": lambda v: v.integer(1, 1000),
+    "allow_loopback": lambda v: v.boolean(),
+    "allow_private": lambda v: v.boolean(),
+    "tls_ca": existing_file,
+    "connect_timeout": lambda v: v.number(),
+    "timeout": lambda v: v.number(),
+    "max_response_bytes": lambda v: v.integer(1024, 16 * 1024 * 1024),
+    "retry_initial": lambda v: v.number(),
+    "retry_max": lambda v: v.number(),
+    "disable_after": lambda v: v.number(),
+    "lease_ttl": lambda v: v.number(),
+    "refresh_interval": lambda v: v.number(),
+}
+
+
+def _webhooks(table: Table) -> WebhookSettings:
+    found = WebhookSettings(**table.read(_WEBHOOK_READERS))
+    if found.retry_max < found.retry_initial:
+        raise ConfigError(table.key_of("retry_max"), "must be at least retry_initial")
+    if found.refresh_interval * 2 > found.lease_ttl:
+        # A lease is renewed every refresh_interval: two chances before it lapses.
+        raise ConfigError(table.key_of("lease_ttl"), "must be at least 2 x refresh_interval")
+    return found
+
 
 _RECOGNITION_READERS: dict[str, Callable[[Value], Any]] = {
     "cache_size": lambda v: v.integer(0, 10_000_000),

@@ -508,6 +508,30 @@ class EventsSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """Signed webhooks (gateway/webhooks, docs/events.md "Webhooks"): delivery limits,
+    retries, and where deliveries may go (the SSRF rules)."""
+
+    enabled: bool = True  # deliver on this node (its first worker); False: API only
+    max_per_tenant: int = 10  # subscriptions per tenant
+    # Where a webhook may point. Loopback (and plain http:// to it) and private networks
+    # are refused unless allowed here: a tenant admin must not reach our own network.
+    allow_loopback: bool = False
+    allow_private: bool = False
+    tls_ca: Path | None = None  # a CA file to trust besides the system's (a private CA)
+    connect_timeout: float = 5.0  # seconds to resolve, connect and finish TLS
+    timeout: float = 10.0  # seconds for the whole request and its answer
+    max_response_bytes: int = 65_536  # of a receiver's answer; the rest is not read
+    retry_initial: float = 1.0  # seconds before the first retry, doubled at each one ...
+    retry_max: float = 300.0  # ... up to this (each wait jittered)
+    # Seconds of failures in a row (no success in between) after which the subscription
+    # is disabled and a webhook.disabled event says so.
+    disable_after: float = 5 * 24 * 3600.0
+    lease_ttl: float = 15.0  # seconds a node holds a subscription without renewing
+    refresh_interval: float = 5.0  # seconds between a node's looks for subscriptions
+
+
+@dataclass(frozen=True)
 class WebSettings:
     """The web client served at ``/`` and ``/embed`` (gateway/api/web.py)."""
 
@@ -632,6 +656,7 @@ class Settings:
     dial: DialSettings = field(default_factory=DialSettings)
     web: WebSettings = field(default_factory=WebSettings)
     blf: BlfSettings = field(default_factory=BlfSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     tenants: tuple[Tenant, ...] = ()
     profiles: Mapping[str, Profile] = field(default_factory=lambda: types.MappingProxyType({}))
     default_tenant: str | None = None  # used when a request's domain matches no tenant
