@@ -51,6 +51,7 @@ __all__ = [
     "ScreenPop",
     "Transfer",
     "UUID7Generator",
+    "Webhook",
     "decode_msgpack",
     "encode_json",
     "encode_msgpack",
@@ -75,6 +76,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "call.recognized",
     "peer.up",
     "peer.down",
+    "webhook.disabled",
 )
 _EVENT_TYPE_SET = frozenset(EVENT_TYPES)
 
@@ -391,6 +393,24 @@ class Peer(_Part):
     )
 
 
+@dataclass(slots=True, unsafe_hash=True)
+class Webhook(_Part):
+    """A webhook subscription the gateway stopped delivering to: webhook.disabled
+    (gateway/webhooks)."""
+
+    id: str
+    url: str
+    reason: str | None = None
+    failing_since: str | None = None  # when the failures in a row began
+
+    _SPEC: ClassVar[_Spec] = (
+        ("id", "id", _STR),
+        ("url", "url", _STR),
+        ("reason", "reason", _STR),
+        ("failing_since", "failing_since", _STR),
+    )
+
+
 # --- the event --------------------------------------------------------------------------
 
 _PARTS: dict[str, type[_Part]] = {
@@ -403,6 +423,7 @@ _PARTS: dict[str, type[_Part]] = {
     "originate": Originate,
     "lookup": Lookup,
     "peer": Peer,
+    "webhook": Webhook,
 }
 
 
@@ -444,6 +465,7 @@ class CallEvent:
     lookup: Lookup | None = None
     screen_pop: tuple[ScreenPop, ...] | None = None
     peer: Peer | None = None
+    webhook: Webhook | None = None
 
     def __post_init__(self) -> None:
         if self.type not in _EVENT_TYPE_SET:

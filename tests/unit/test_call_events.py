@@ -32,6 +32,7 @@ from gateway.calls.events import (
     ScreenPop,
     Transfer,
     UUID7Generator,
+    Webhook,
     decode_msgpack,
     encode_json,
     encode_msgpack,
@@ -273,7 +274,7 @@ def test_lookup_numbers_come_back_as_floats() -> None:
 def test_event_type_must_be_known() -> None:
     with pytest.raises(ValueError):
         full_event(type="call.ringing")
-    assert "call.offered" in EVENT_TYPES and len(EVENT_TYPES) == 13
+    assert "call.offered" in EVENT_TYPES and len(EVENT_TYPES) == 14
 
 
 # --- the JSON Schema --------------------------------------------------------------------
@@ -341,6 +342,9 @@ def test_schema_covers_the_events_made_by_others() -> None:
     for kind in ("peer.up", "peer.down"):
         assert_valid(CallEvent(type=kind, **envelope, peer=Peer("kpn", "udp:192.0.2.1:5060")))
     assert list(validator().iter_errors(CallEvent(type="peer.up", **envelope).to_dict()))
+    hook = Webhook("wh_" + "a" * 20, "https://crm.example/hook", "HTTP 503", rfc3339(T0))
+    assert_valid(CallEvent(type="webhook.disabled", **envelope, webhook=hook))
+    assert list(validator().iter_errors(CallEvent(type="webhook.disabled", **envelope).to_dict()))
 
 
 def test_every_example_in_events_md_is_valid_and_every_type_has_one() -> None:
