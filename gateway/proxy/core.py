@@ -26,6 +26,7 @@ from gateway.proxy.branch_state import BranchInput, BranchState, advance
 from gateway.proxy.context import Branch, ServerContext
 from gateway.proxy.destinations import DestinationPolicy, service_endpoints
 from gateway.proxy.directory import Directory
+from gateway.proxy.event_notifier import EventNotifier
 from gateway.proxy.location import Location
 from gateway.proxy.messages import build_ack, build_cancel, last_resort_response
 from gateway.proxy.observe import Observed, Observer
@@ -199,6 +200,7 @@ class Proxy:
         # starts with their prefix (BRANCH_PREFIX's length: "z9hG4bK" + 2).
         self.response_handlers: dict[str, Callable[[Response, Source], None]] = {}
         self.ua: DialogParty | None = None  # set by UserAgent(proxy): the gateway's own calls
+        self.notifier: EventNotifier | None = None  # set by blf.Notifier: dialog events
         # Worker processes (transport/relay.py): a sibling's own port → its index, every
         # worker's own ports (they are all "us"), and how to hand a message over.
         self.siblings: dict[int, int] = {}
@@ -324,6 +326,8 @@ class Proxy:
         self._stamp_received(req, source)
         if self.ua is not None and req.to.tag and self.ua.handles(req, source):
             return  # in a dialog the gateway is a party to (click-to-dial)
+        if self.notifier is not None and req.to.tag and self.notifier.handles(req, source):
+            return  # a subscription the gateway is the notifier of (busy lamp field)
         if req.method == "ACK":
             self._on_ack(req, source)
             return
@@ -524,7 +528,11 @@ class Proxy:
             self._respond(ctx, 503, "Draining", headers=(("Retry-After", str(DRAIN_RETRY_AFTER)),))
             return
 
-        decision = self.router.route(ctx)
+        notifier = self.notifier
+        if notifier is not None and req.method == "SUBSCRIBE" and notifier.takes(req):
+            decision = notifier.subscribe(ctx)
+        else:
+            decision = self.router.route(ctx)
         if isinstance(decision, Handled):
             return
         challenge = isinstance(decision, Reply) and decision.status in (401, 407)
