@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from gateway.config import Settings, Tenant, User
+from gateway.config.second_factor import SecondFactor
 from gateway.config.syntax import show
 from gateway.redis_link import LinkOptions, RedisTarget, client
 from gateway.security import keys, tenant_keys
@@ -41,6 +42,13 @@ from gateway.security.audit import AuditEntry, AuditLog, redacted
 from gateway.security.key_migration import migrate_keys
 from gateway.security.passwords import PasswordVerifier, needs_rehash, password_problem
 from gateway.security.principal import ROLES, Principal, Role
+from gateway.security.second_factor import (
+    Challenge,
+    NewEnrolment,
+    Passed,
+    SecondFactorError,
+    SecondFactors,
+)
 from gateway.security.throttle import (
     Attempt,
     CounterStore,
@@ -252,6 +260,10 @@ class Directory:
         )
         self.throttle = LoginThrottle(counters or RedisCounterStore(self._redis), policy)
         self.verifier = PasswordVerifier(verify_concurrency)
+        self.second_factors = SecondFactors(
+            self._redis, audit=self.audit, throttle=self.throttle, verifier=self.verifier,
+            clock=clock,
+        )  # fmt: skip
         self._index_token = self._redis.register_script(_INDEX_TOKEN)
         self._unlink_indexed = self._redis.register_script(tenant_keys.UNLINK_INDEXED)
         self.seeded = False  # the configuration has been copied to Redis
@@ -559,6 +571,7 @@ class Directory:
             if not await self._redis.hdel(keys.users(tenant), username):
                 return False
             await self._redis.hdel(keys.user_settings(tenant), username)
+            await self.second_factors.remove(tenant, username)
             revoked = await self.revoke_user(tenant, username)
             await self.audit.record(
                 tenant, "user.remove", "ok", user=username, source=source,
@@ -569,8 +582,10 @@ class Directory:
     # -- logins ----------------------------------------------------------------------------
     async def login(
         self, tenant: str | None, username: str, password: str, source: str
-    ) -> Token | LoginRefused:
-        """Check a username and password; a token on success.
+    ) -> Token | Challenge | LoginRefused:
+        """Check a username and password; a token on success, or a ``Challenge`` when
+        the user owes a second factor (second_factor.py: ``complete_login`` or, for an
+        enrolment, ``confirm_second_factor`` ends the login).
 
         An unknown tenant, an unknown user, a user without API password and a wrong
         password all give ``LoginRefused("invalid")`` after the same work (a dummy
@@ -622,9 +637,19 @@ class Directory:
                     audit_tenant, "login", result, user=username, source=source, detail=detail
                 )
                 return LoginRefused("invalid")
-            await self.throttle.succeeded(gate)
             if record.source == "cli" and password_hash and needs_rehash(password_hash):
                 await self._rehash(tenant_id, record, password)
+            policy = self.second_factor_policy(tenant_id)
+            need = await self.second_factors.needed(tenant_id, username, record.role, policy)
+            if need is not None:
+                await self.throttle.passed(gate)
+                challenge = await self.second_factors.challenge(tenant_id, username, need)
+                await self.audit.record(
+                    tenant_id, "login", "second_factor", user=username, source=source,
+                    ref=challenge.ref, detail=f"{need} owed",
+                )  # fmt: skip
+                return challenge
+            await self.throttle.succeeded(gate)
             token = await self._issue(
                 tenant_id, record.username, record.role, record.visible_extensions,
                 self.security.token_ttl,
@@ -634,6 +659,139 @@ class Directory:
                 ref=token.principal.token_id,
             )  # fmt: skip
         return token
+
+    # -- the second factor (second_factor.py) -------------------------------------------------
+    def second_factor_policy(self, tenant: str) -> SecondFactor:
+        """``[tenants.totp]`` of a configured tenant; an API-only tenant's is the default."""
+        configured = self.settings.tenant_by_id(tenant)
+        return SecondFactor() if configured is None else configured.totp
+
+    async def complete_login(
+        self, challenge: str, *, code: str | None, recovery_code: str | None, source: str
+    ) -> Token | LoginRefused:
+        """The second step of a login: the code (or a recovery code) for the challenge
+        the password step gave. The challenge is used up by this attempt."""
+        async with self._redis_errors():
+            taken = await self.second_factors.take(challenge, "code")
+            event = "login.totp" if code is not None else "login.recovery"
+            if taken is None:
+                await self._bad_challenge(challenge, event, source)
+                return LoginRefused("invalid")
+            outcome = await self.second_factors.check(
+                taken, code=code, recovery_code=recovery_code, source=source
+            )
+            if isinstance(outcome, LoginRefused):
+                return outcome
+            detail = ""
+            if outcome.method == "recovery code":
+                left = await self.second_factors.recovery_codes_left(taken.tenant, taken.user)
+                detail = f"{left} recovery codes left"
+            return await self._second_factor_token(outcome, event, source, taken.ref, detail)
+
+    async def _bad_challenge(self, challenge: str, event: str, source: str) -> None:
+        """Audit a step with a challenge that is unknown, expired, used or of another
+        kind, in its tenant's log when it names a known one (never the text itself)."""
+        tenant = challenge.split(".", 1)[0] if "." in challenge else ""
+        known = TENANT_ID.fullmatch(tenant) is not None and bool(
+            await self._redis.hexists(keys.TENANTS, tenant)
+        )
+        await self.audit.record(tenant if known else None, event, "bad_challenge", source=source)
+
+    async def _second_factor_token(
+        self, passed: Passed, event: str, source: str, ref: str, detail: str = ""
+    ) -> Token | LoginRefused:
+        record = await self.user(passed.tenant, passed.user)
+        if record is None:  # removed between the two steps
+            await self.audit.record(
+                passed.tenant, event, "unknown_user", user=passed.user, source=source, ref=ref
+            )
+            return LoginRefused("invalid")
+        token = await self._issue(
+            passed.tenant, record.username, record.role, record.visible_extensions,
+            self.security.token_ttl,
+        )  # fmt: skip
+        await self.audit.record(
+            passed.tenant, event, "ok", user=passed.user, source=source,
+            ref=token.principal.token_id, detail=detail or f"challenge {ref}",
+        )  # fmt: skip
+        return token
+
+    async def enrol_second_factor(
+        self, tenant: str, username: str, *, source: str = ""
+    ) -> NewEnrolment:
+        """A new TOTP secret for a user (pending until confirmed). Raises
+        ``DirectoryError`` when the tenant's policy is off, the user is unknown or has a
+        confirmed second factor already."""
+        policy = self.second_factor_policy(tenant)
+        if not policy.enabled:
+            raise DirectoryError(f"tenant {show(tenant)} uses no second factor (policy off)")
+        async with self._redis_errors():
+            if await self.user(tenant, username) is None:
+                raise DirectoryError(f"tenant {show(tenant)} has no user {show(username)}")
+            try:
+                return await self.second_factors.begin(
+                    tenant, username, issuer=policy.issuer, source=source
+                )
+            except SecondFactorError as err:
+                raise DirectoryError(str(err)) from None
+
+    async def enrol_with_challenge(self, challenge: str, *, source: str) -> NewEnrolment | None:
+        """Enrolment during a login that the policy obliges to enrol: the "enrol"
+        challenge stays for the confirmation. None for a challenge that is not one."""
+        async with self._redis_errors():
+            found = await self.second_factors.peek(challenge, "enrol")
+        if found is None:
+            async with self._redis_errors():
+                await self._bad_challenge(challenge, "totp.enrol", source)
+            return None
+        return await self.enrol_second_factor(found.tenant, found.user, source=source)
+
+    async def confirm_second_factor(
+        self, tenant: str, username: str, code: str, *, source: str = ""
+    ) -> tuple[str, ...] | LoginRefused:
+        """Confirm a pending enrolment with its first code: the ten recovery codes."""
+        async with self._redis_errors():
+            outcome = await self.second_factors.confirm(tenant, username, code, source=source)
+        return outcome if isinstance(outcome, LoginRefused) else outcome.recovery_codes
+
+    async def confirm_with_challenge(
+        self, challenge: str, code: str, *, source: str
+    ) -> tuple[Token, tuple[str, ...]] | LoginRefused:
+        """Confirm the enrolment of a login the policy obliged to enrol: the token, and
+        the recovery codes. The challenge is used up by this attempt."""
+        async with self._redis_errors():
+            taken = await self.second_factors.take(challenge, "enrol")
+            if taken is None:
+                await self._bad_challenge(challenge, "totp.confirm", source)
+                return LoginRefused("invalid")
+            outcome = await self.second_factors.confirm(
+                taken.tenant, taken.user, code, source=source, ref=taken.ref
+            )
+            if isinstance(outcome, LoginRefused):
+                return outcome
+            token = await self._second_factor_token(outcome, "login.totp", source, taken.ref)
+        if isinstance(token, LoginRefused):
+            return token
+        return token, outcome.recovery_codes
+
+    async def disable_second_factor(self, tenant: str, username: str, *, source: str = "") -> bool:
+        """Remove a user's second factor (an admin's action, audited); False if none."""
+        async with self._redis_errors():
+            if await self.user(tenant, username) is None:
+                raise DirectoryError(f"tenant {show(tenant)} has no user {show(username)}")
+            return await self.second_factors.disable(tenant, username, source=source)
+
+    async def reset_second_factor(self, tenant: str, username: str, *, source: str = "") -> int:
+        """Remove a user's second factor, oblige the user to enrol again at the next
+        login, and revoke the user's tokens (a lost phone): how many were revoked."""
+        async with self._redis_errors():
+            if await self.user(tenant, username) is None:
+                raise DirectoryError(f"tenant {show(tenant)} has no user {show(username)}")
+            revoked = await self.revoke_user(tenant, username)
+            await self.second_factors.reset(
+                tenant, username, source=source, detail=f"{revoked} tokens revoked"
+            )
+        return revoked
 
     async def _rehash(self, tenant: str, record: UserRecord, password: str) -> None:
         """Upgrade a stored hash made with older parameters, now that the password is

@@ -43,6 +43,16 @@ creates it (gateway/security/tenant_keys.py).
     {t}:tickets:<token id>            string  tickets issued to one token in the last 30 s
     {t}:user-settings                 hash    username -> JSON of the web client's per-user
                                               settings ({"auto_open_crm": false})
+    {t}:totp                          hash    username -> JSON of the user's TOTP enrolment
+                                              (the secret, confirmed or pending; or an
+                                              admin's reset), second_factor.py
+    {t}:totp-steps                    hash    username -> the last time step a code was
+                                              accepted for (no code is taken twice)
+    {t}:totp-recovery                 hash    "<username>:<n>" -> Argon2id hash of one
+                                              recovery code; HDEL uses it up
+    {t}:login-challenge:<sha256 hex>  string  JSON of a login between its password and its
+                                              code (or enrolment); expires in 5 min,
+                                              taken (GETDEL) by the step that ends it
     {sipgw}:location:tenants          set     tenants that have had a registration
                                               ({t}:loc:<extension>, runtime/shared_location.py)
     {t}:keys                          zset    the tenant's keys whose names are not fixed;
@@ -71,6 +81,9 @@ TENANT_FIXED = (
     ":users",
     ":audit",
     ":user-settings",
+    ":totp",
+    ":totp-steps",
+    ":totp-recovery",
     ":keys",
     ":contacts",
     ":sources",
@@ -144,6 +157,22 @@ def tickets_issued(tenant: str, token_ref: str) -> str:
 
 def user_settings(tenant: str) -> str:
     return f"{{{tenant}}}:user-settings"
+
+
+def totp(tenant: str) -> str:
+    return f"{{{tenant}}}:totp"
+
+
+def totp_steps(tenant: str) -> str:
+    return f"{{{tenant}}}:totp-steps"
+
+
+def totp_recovery(tenant: str) -> str:
+    return f"{{{tenant}}}:totp-recovery"
+
+
+def login_challenge(tenant: str, digest: str) -> str:
+    return f"{{{tenant}}}:login-challenge:{digest}"
 
 
 def audit(tenant: str | None) -> str:

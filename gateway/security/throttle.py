@@ -201,5 +201,14 @@ class LoginThrottle:
             await self.store.reset(attempt.user_key)
         await self.store.release(attempt.source_key)
 
+    async def passed(self, attempt: Attempt) -> None:
+        """A right password that still owes a second factor: this attempt is no failure
+        (both slots are given back), but the user's earlier failures stay counted. A
+        reset here would let a holder of the password try codes for ever, one password
+        step between each (second_factor.py counts codes in the same counters)."""
+        if attempt.user_key is not None:
+            await self.store.release(attempt.user_key)
+        await self.store.release(attempt.source_key)
+
     async def failed(self, attempt: Attempt) -> None:
         """Nothing to do: the reserved slots are the failures. Kept for symmetry."""
