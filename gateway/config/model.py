@@ -9,6 +9,7 @@ password is kept only for the directory's seed, never shown (``User``).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import platform
 import re
@@ -42,6 +43,25 @@ TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp", "tls")
 _TRANSPORT_BY_NAME: dict[str, Transport] = {t: t for t in TRANSPORTS}
 AutoAnswer = Literal["call-info", "answer-mode", "alert-info", "none"]
 ProfileKind = Literal["phone", "trunk"]
+
+# A ``user_agent_patterns`` entry of a profile: literal words, optionally anchored at the
+# header's start by "^". Never a regular expression: the header is the peer's own text
+# (gateway/proxy/ua_profiles.py).
+USER_AGENT_PATTERN = re.compile(r"\^?[A-Za-z0-9][A-Za-z0-9 ._/+-]{0,63}")
+# Characters of a User-Agent/Server value that patterns are matched against (and that a
+# binding keeps): enough for every product token seen, bounded whatever a peer sends.
+MAX_USER_AGENT = 128
+
+
+def user_agent_regex(pattern: str) -> re.Pattern[str]:
+    """A checked ``USER_AGENT_PATTERN`` as a literal search, case-insensitive, where a word
+    starts ("PJSIP" matches "PJSIP/2.14" and "x PJSIP", not "NOTPJSIP"). Escaped literal
+    text with one fixed-width look-behind: no backtracking beyond the pattern's length."""
+    if pattern.startswith("^"):
+        return re.compile("^" + re.escape(pattern[1:]), re.IGNORECASE)
+    return re.compile("(?<![A-Za-z0-9])" + re.escape(pattern), re.IGNORECASE)
+
+
 UserRole = Literal["admin", "user"]
 USER_ROLES: tuple[UserRole, ...] = ("admin", "user")
 
@@ -305,7 +325,7 @@ class Profile:
     # "{host}" is replaced by the gateway's advertised host.
     auto_answer_headers: tuple[str, ...] = ()
     supports_refer: bool = False
-    user_agent_patterns: tuple[str, ...] = ()  # regexes, searched case-insensitively
+    user_agent_patterns: tuple[str, ...] = ()  # USER_AGENT_PATTERN words, case-insensitive
     # Digest algorithms offered to this kind of peer, one challenge each, in this order.
     # RFC 8760 wants the strongest first; a peer that reads only the first challenge and
     # knows only MD5 (sipp 3.6, older firmware) needs MD5 alone.
@@ -313,8 +333,14 @@ class Profile:
     notes: str = ""
 
     def matches_user_agent(self, user_agent: str) -> bool:
-        """True when a User-Agent/Server header value looks like this kind of peer."""
-        return any(re.search(p, user_agent, re.IGNORECASE) for p in self.user_agent_patterns)
+        """True when a User-Agent/Server header value looks like this kind of peer (its
+        first MAX_USER_AGENT characters: the rest is never looked at)."""
+        text = user_agent[:MAX_USER_AGENT]
+        return any(rx.search(text) for rx in self._user_agent_regexes)
+
+    @functools.cached_property
+    def _user_agent_regexes(self) -> tuple[re.Pattern[str], ...]:
+        return tuple(user_agent_regex(p) for p in self.user_agent_patterns)
 
     def render_auto_answer_headers(self, host: str) -> tuple[str, ...]:
         return tuple(line.replace("{host}", host) for line in self.auto_answer_headers)
@@ -338,7 +364,9 @@ class User:
     ha1_md5: str = field(metadata=_SECRET)
     ha1_sha256: str = field(metadata=_SECRET)
     display_name: str = ""
-    profile: str = "generic-phone"
+    # None: the file names no profile, the phone's User-Agent chooses one
+    # (gateway/proxy/ua_profiles.py); a name always wins over the User-Agent.
+    profile: str | None = None
     api_password_hash: str | None = field(default=None, metadata=_SECRET)
     role: UserRole = "user"
     extensions: tuple[str, ...] = ()  # watched besides its own (role "user")
@@ -454,6 +482,9 @@ class Tenant:
     recognition: Recognition = field(default_factory=Recognition)
     dial: DialPolicy = field(default_factory=DialPolicy)  # click-to-dial destinations
     blf: BlfPolicy = field(default_factory=BlfPolicy)  # what dialog-info shows (config/blf.py)
+    # The profile of a user who names none when the phone's User-Agent matches no
+    # profile's patterns (docs/configuration.md "Phone profiles").
+    default_phone_profile: str = "generic-phone"
     totp: SecondFactor = field(default_factory=SecondFactor)  # config/second_factor.py
     # The browser (gateway/api/cors.py, gateway/api/web.py): origins whose scripts may
     # call the API with this tenant's tokens, and pages that may frame /embed?tenant=id.

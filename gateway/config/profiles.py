@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.errors import ConfigError
-from gateway.config.model import Profile
+from gateway.config.model import USER_AGENT_PATTERN, Profile
 from gateway.config.reader import Context, Table, Value
 from gateway.config.syntax import show
 from gateway.sip.digest import SUPPORTED_ALGORITHMS
@@ -144,10 +144,17 @@ def _header_line(text: str) -> str:
 
 
 def _pattern(text: str) -> str:
-    try:
-        re.compile(text)
-    except re.error as exc:
-        raise ValueError(f"not a regular expression: {exc}") from None
+    """A User-Agent pattern: literal words, not a regular expression (``USER_AGENT_PATTERN``).
+
+    The header is the peer's own text: a profile author's regex could backtrack
+    catastrophically on it, a literal search with a word-start anchor cannot.
+    """
+    if not USER_AGENT_PATTERN.fullmatch(text):
+        raise ValueError(
+            f"not a User-Agent pattern: {show(text)} (1-64 letters, digits, spaces and "
+            "'. _ / + -', starting with a letter or digit, optionally after '^'; regular "
+            "expressions are not accepted)"
+        )
     return text
 
 

@@ -78,7 +78,7 @@ class _Seen:
 
 _TENANT_KEYS = (
     "id", "name", "domains", "region", "realm", "users", "dids", "trunks", "recognition",
-    "dial", "cors_origins", "frame_ancestors", "blf", "totp",
+    "dial", "cors_origins", "frame_ancestors", "blf", "default_phone_profile", "totp",
 )  # fmt: skip
 
 
@@ -101,6 +101,8 @@ def _tenant(t: Table, profiles: Mapping[str, Profile]) -> Tenant:
         id=tenant_id, name=name, domains=domains, region=tenant_region, realm=realm,
         users=users, dids=dids, trunks=trunks, recognition=recognition, dial=dial,
         cors_origins=cors_origins(t), frame_ancestors=frame_ancestors(t), blf=blf,
+        default_phone_profile=_profile_ref(t, "default_phone_profile", "generic-phone",
+                                           "phone", profiles),
         totp=second_factor(t.table("totp")),
     )  # fmt: skip
 
@@ -168,7 +170,9 @@ def _user(t: Table, realm: str, profiles: Mapping[str, Profile]) -> User:
     display_value = t.get("display_name")
     display_name = "" if display_value is None else _display_name(display_value)
     ha1_md5, ha1_sha256 = _ha1s(t, username, realm)
-    profile = _profile_ref(t, "generic-phone", "phone", profiles)
+    # No profile named: None, and the phone's User-Agent chooses (gateway/proxy/ua_profiles.py).
+    named = t.get("profile") is not None
+    profile = _profile_ref(t, "profile", "", "phone", profiles) if named else None
     api_password_hash, api_password = _api_password(t, username, realm, ha1_md5)
     role_value = t.get("role")
     role = cast(UserRole, "user" if role_value is None else role_value.choice(USER_ROLES))
@@ -292,19 +296,22 @@ def _hex_digest(v: Value, length: int, algorithm: str) -> str:
     return text.lower()
 
 
-def _profile_ref(t: Table, default: str, kind: str, profiles: Mapping[str, Profile]) -> str:
-    """The name of an existing profile of the right kind (phone for users, trunk for trunks)."""
-    value = t.get("profile")
+def _profile_ref(
+    t: Table, key: str, default: str, kind: str, profiles: Mapping[str, Profile]
+) -> str:
+    """The name of an existing profile of the right kind (phone for users, trunk for
+    trunks) under ``key``, else ``default`` (which must exist too)."""
+    value = t.get(key)
     name = default if value is None else value.text()
     known = f"known {kind} profiles: " + ", ".join(n for n, p in profiles.items() if p.kind == kind)
     profile = profiles.get(name)
     if profile is None and value is None:
-        raise ConfigError(t.key_of("profile"), f"the default {show(name)} is missing ({known})")
+        raise ConfigError(t.key_of(key), f"the default {show(name)} is missing ({known})")
     if profile is None:
-        raise ConfigError(t.key_of("profile"), f"unknown profile {show(name)} ({known})")
+        raise ConfigError(t.key_of(key), f"unknown profile {show(name)} ({known})")
     if profile.kind != kind:
         raise ConfigError(
-            t.key_of("profile"),
+            t.key_of(key),
             f"{show(name)} is a {profile.kind} profile, a {kind} profile is needed ({known})",
         )
     return name
@@ -385,7 +392,7 @@ def _trunk(t: Table, profiles: Mapping[str, Profile]) -> Trunk:
         if port_value is None
         else port_value.integer(1, 65535)
     )
-    profile = _profile_ref(t, "generic-trunk", "trunk", profiles)
+    profile = _profile_ref(t, "profile", "generic-trunk", "trunk", profiles)
     match = _trunk_match(t, host, port, transport)
     outbound_value = t.get("outbound")
     return Trunk(

@@ -262,9 +262,8 @@ class Originator:
             raise DialError(409, f"extension {user.extension} has no registered phone")
         if len(self._requests) >= self.settings.max_requests:
             raise DialError(503, "too many dial requests in progress; retry later")
-        profile = self.proxy.directory.profile(user.profile)
-        if profile is None:  # the loader checks user profiles; a reload may not have
-            raise DialError(409, f"extension {user.extension} has no SIP profile")
+        # The user's profile, else the one its phone's registration chose (ua_profiles.py).
+        profile = self.proxy.directory.phones.for_bindings(tenant, user, bindings)
         mode: Mode = "refer" if profile.supports_refer else "3pcc"
         # Auto-answer opens a microphone: only ever on the requester's own phone, never
         # on a colleague's that an admin dials from (the API refuses an explicit ask).

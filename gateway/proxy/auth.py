@@ -20,6 +20,7 @@ from gateway.config import SipSettings, Tenant, User
 from gateway.proxy.auth_throttle import AuthThrottle
 from gateway.proxy.directory import Directory
 from gateway.proxy.flood import source_bucket
+from gateway.proxy.location import Location
 from gateway.sip.digest import AuthResult, DigestServer, parse_credentials
 from gateway.sip.errors import SIPParseError
 from gateway.sip.message import Request
@@ -58,6 +59,7 @@ class Authenticator:
         self.directory = directory
         self._secret = secret
         self._nonce_ttl = settings.nonce_ttl
+        self._clock = clock
         self._issuer = issuer
         self.failures = failures  # by reason: exported as sipgw_sip_auth_failures_total
         self.throttle = AuthThrottle(
@@ -84,18 +86,24 @@ class Authenticator:
         self._challengers: dict[tuple[str, tuple[str, ...]], DigestServer] = {}
         self._realms = {tenant.realm for tenant in directory.tenants}
 
-    def _challenger(self, tenant: Tenant, claimed: str | None) -> DigestServer:
+    def _challenger(
+        self, req: Request, tenant: Tenant, source: Source, claimed: str | None,
+        location: Location | None,
+    ) -> DigestServer:  # fmt: skip
         """The challenge a peer gets depends on its profile: which algorithms, in which order.
 
-        The claimed user (To of a REGISTER, From otherwise) names the profile; before the
+        The claimed user (To of a REGISTER, From otherwise) names the profile, else the
+        phone's User-Agent or its registration's chooses one (ua_profiles.py). Before the
         peer has proved anything this only chooses among algorithms we accept anyway.
         """
-        algorithms: tuple[str, ...] = ("SHA-256", "MD5")
         user = self.directory.user(tenant, claimed) if claimed else None
-        if user is not None:
-            profile = self.directory.settings.profiles.get(user.profile)
-            if profile is not None:
-                algorithms = profile.digest_algorithms
+        bindings = (
+            location.bindings(tenant.id, user.extension, self._clock())
+            if location is not None and user is not None
+            else ()
+        )
+        profile = self.directory.phones.for_message(tenant, user, req, source, bindings)
+        algorithms = profile.digest_algorithms
         key = (tenant.id, algorithms)
         server = self._challengers.get(key)
         if server is None:
@@ -110,16 +118,19 @@ class Authenticator:
         return server
 
     def check(
-        self, req: Request, tenant: Tenant, source: Source, *, registrar: bool
-    ) -> AuthOutcome:
+        self, req: Request, tenant: Tenant, source: Source, *, registrar: bool,
+        location: Location | None = None,
+    ) -> AuthOutcome:  # fmt: skip
         """Authenticate ``req`` against ``tenant``: the user, or the response to send.
 
         ``registrar`` selects Authorization/401 (a registrar is a UAS) over
-        Proxy-Authorization/407.
+        Proxy-Authorization/407. ``location``: where the claimed user's registrations
+        are, whose User-Agent chooses the challenge when ``req`` has none.
         """
         server = self._verifiers[tenant.id]
         claimed_uri = req.to.uri if registrar else req.from_.uri
-        challenger = self._challenger(tenant, getattr(claimed_uri, "user", None))
+        claimed_user = getattr(claimed_uri, "user", None)
+        challenger = self._challenger(req, tenant, source, claimed_user, location)
         credentials_header = "Authorization" if registrar else "Proxy-Authorization"
         challenge_header = "WWW-Authenticate" if registrar else "Proxy-Authenticate"
         challenge_status = 401 if registrar else 407

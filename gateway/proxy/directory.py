@@ -16,6 +16,7 @@ from typing import Protocol
 
 from gateway.config import Profile, Settings, Tenant, Trunk, User
 from gateway.config.syntax import IPNetwork, parse_match
+from gateway.proxy.ua_profiles import PhoneProfiles
 from gateway.transport.addresses import ip_address_of, strip_brackets
 
 
@@ -52,6 +53,8 @@ class Directory:
         # is the only one.
         self._source_rules: list[_SourceRule] = []
         self.trunk_for_source = functools.lru_cache(maxsize=16_384)(self._match_source)
+        # The profile of a phone whose user names none (by its User-Agent).
+        self.phones = PhoneProfiles(settings.profiles)
         # Where trunks are reached (their host and port as configured).
         self._trunk_targets: set[tuple[str, int]] = set()
         for tenant in settings.tenants:

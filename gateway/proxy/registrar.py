@@ -10,6 +10,7 @@ import email.utils
 from dataclasses import dataclass
 
 from gateway.config import SipSettings, Tenant, User
+from gateway.config.model import MAX_USER_AGENT
 from gateway.proxy.location import Binding, Location
 from gateway.sip.headers import NameAddr
 from gateway.sip.message import Request
@@ -135,7 +136,8 @@ class Registrar:
             cseq=req.cseq.number,
             source=source,
             behind_nat=behind_nat,
-            user_agent=(req.get("User-Agent") or "")[:128],
+            # Bounded: it is the peer's text, and ua_profiles.py reads no more of it.
+            user_agent=(req.get("User-Agent") or "")[:MAX_USER_AGENT],
             instance=instance,
         )
 

@@ -100,7 +100,9 @@ class Router:
         if not isinstance(ctx.request.to.uri, SipURI):
             # RFC 3261 §10.3 step 3, before any challenge: the AOR itself is unusable.
             return Reply(400, "Address of record is not a SIP URI")
-        outcome = self.auth.check(ctx.request, tenant, ctx.source, registrar=True)
+        outcome = self.auth.check(
+            ctx.request, tenant, ctx.source, registrar=True, location=self.location
+        )
         if outcome.user is None:
             self.proxy.counters.registrations["auth_challenge"] += 1
             return Reply(outcome.status, outcome.reason, outcome.headers)
@@ -156,7 +158,7 @@ class Router:
         if tenant is None:
             return Reply(403, "Domain not served here")
         ctx.tenant = tenant.id
-        outcome = self.auth.check(req, tenant, ctx.source, registrar=False)
+        outcome = self.auth.check(req, tenant, ctx.source, registrar=False, location=self.location)
         if outcome.user is None:
             return Reply(outcome.status, outcome.reason, outcome.headers)
         ctx.trusted = True
@@ -165,7 +167,8 @@ class Router:
             # The credentials are one user's; the From claims another. Refuse rather
             # than let a phone place calls (and events) in a colleague's name.
             return Reply(403, "From does not match the authenticated user")
-        ctx.peer = self.directory.profile(caller.profile)
+        bindings = self.location.bindings(tenant.id, caller.extension, self.proxy.clock())
+        ctx.peer = self.directory.phones.for_message(tenant, caller, req, ctx.source, bindings)
         return self._dial(ctx, tenant, caller)
 
     def _dial(self, ctx: ServerContext, tenant: Tenant, caller: User) -> Decision:

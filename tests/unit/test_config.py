@@ -257,6 +257,13 @@ def test_parse_env_value(text: str, expected: object) -> None:
 
 # --- error messages: key and problem, exactly -----------------------------------------
 
+# The shipped phone profiles, as an error lists them.
+PHONE_PROFILES = (
+    "baresip, basic-md5, cisco-spa, generic-phone, grandstream, legacy-md5, linphone, "
+    "md5-first-phone, microsip, no-refer-phone, pjsua, polycom, sipp, snom, yealink, zoiper"
+)
+TENANT_HEAD = '[[tenants]]\nid = "acme"\nname = "ACME"\ndomains = ["acme.example"]\n'
+
 ERRORS = [
     ("[sip]\nt11 = 1\n", {}, 'sip.t11: unknown key (did you mean "t1"?)'),
     ("tenant = 1\n", {}, 'tenant: unknown key (did you mean "tenants"?)'),
@@ -519,15 +526,25 @@ ERRORS = [
         TENANT + 'profile = "nokia"\n',
         {},
         'tenants[0].users[0].profile: unknown profile "nokia" '
-        "(known phone profiles: baresip, basic-md5, generic-phone, legacy-md5, linphone, "
-        "no-refer-phone, pjsua)",
+        f"(known phone profiles: {PHONE_PROFILES})",
     ),
     (
         TENANT + 'profile = "generic-trunk"\n',
         {},
         'tenants[0].users[0].profile: "generic-trunk" is a trunk profile, a phone profile is '
-        "needed (known phone profiles: baresip, basic-md5, generic-phone, legacy-md5, "
-        "linphone, no-refer-phone, pjsua)",
+        f"needed (known phone profiles: {PHONE_PROFILES})",
+    ),
+    (
+        TENANT_HEAD + 'default_phone_profile = "generic-trunk"\n',
+        {},
+        'tenants[0].default_phone_profile: "generic-trunk" is a trunk profile, a phone '
+        f"profile is needed (known phone profiles: {PHONE_PROFILES})",
+    ),
+    (
+        TENANT_HEAD + 'default_phone_profile = "nokia"\n',
+        {},
+        'tenants[0].default_phone_profile: unknown profile "nokia" '
+        f"(known phone profiles: {PHONE_PROFILES})",
     ),
     (
         '[[tenants]]\nid = "a"\nname = "A"\ndomains = ["a.example"]\n'
@@ -1038,6 +1055,16 @@ def test_profiles_are_loaded() -> None:
         "legacy-md5",
         "basic-md5",
         "no-refer-phone",
+        # by User-Agent (issue #15 part 5; tests/unit/test_ua_profiles.py)
+        "sipp",
+        "microsip",
+        "zoiper",
+        "yealink",
+        "grandstream",
+        "snom",
+        "polycom",
+        "cisco-spa",
+        "md5-first-phone",
     }
     assert profiles["legacy-md5"].digest_algorithms == ("MD5",)
     assert profiles["legacy-md5"].supports_refer
@@ -1148,9 +1175,10 @@ def test_profiles_dir_override(tmp_path: Path) -> None:
             'got "Answer-Mode Auto"',
         ),
         (
-            'kind = "phone"\nuser_agent_patterns = ["("]\n',
-            "profiles.bad.user_agent_patterns[0]: not a regular expression: "
-            "missing ), unterminated subpattern at position 0",
+            'kind = "phone"\nuser_agent_patterns = ["(a+)+$"]\n',
+            'profiles.bad.user_agent_patterns[0]: not a User-Agent pattern: "(a+)+$" (1-64 '
+            "letters, digits, spaces and '. _ / + -', starting with a letter or digit, "
+            "optionally after '^'; regular expressions are not accepted)",
         ),
         (
             'kind = "phone"\nname = "good"\n',
@@ -1180,7 +1208,7 @@ def test_missing_default_profile_is_named(tmp_path: Path) -> None:
     profiles = tmp_path / "profiles"
     write_profile(profiles, "desk", 'kind = "phone"\n')
     assert error_of(tmp_path, 'profiles_dir = "profiles"\n' + TENANT) == (
-        'tenants[0].users[0].profile: the default "generic-phone" is missing '
+        'tenants[0].default_phone_profile: the default "generic-phone" is missing '
         "(known phone profiles: desk)"
     )
 
