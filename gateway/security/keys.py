@@ -55,6 +55,9 @@ creates it (gateway/security/tenant_keys.py).
                                               taken (GETDEL) by the step that ends it
     {sipgw}:location:tenants          set     tenants that have had a registration
                                               ({t}:loc:<extension>, runtime/shared_location.py)
+    {t}:webhooks, {t}:webhook-state   hash    webhook subscriptions and their delivery state
+                                              (gateway/webhooks/keys.py)
+    {sipgw}:webhook-tenants           set     tenants that have had a webhook
     {t}:keys                          zset    the tenant's keys whose names are not fixed;
                                               score: when the key is gone for sure (ms
                                               since the epoch; +inf: no expiry)
@@ -75,8 +78,9 @@ LOCATION_TENANTS = NODE_TAG + ":location:tenants"
 SYNC_TOKENS = "@sync"  # the token index of tenant-level (sync) tokens; no username has "@"
 
 # The fixed-name keys of a tenant, of every package (the part after ``{t}``):
-# security (here), the contact index (recognition/keys.py) and the event bus
-# (bus/keys.py). tests/unit/test_key_slots.py keeps this list in step with theirs.
+# security (here), the contact index (recognition/keys.py), the event bus
+# (bus/keys.py) and the webhooks (webhooks/keys.py). tests/unit/test_key_slots.py keeps
+# this list in step with theirs.
 TENANT_FIXED = (
     ":users",
     ":audit",
@@ -90,6 +94,8 @@ TENANT_FIXED = (
     ":events",
     ":events:rewrite",
     ":events:lock",
+    ":webhooks",
+    ":webhook-state",
 )
 
 _TENANT = re.compile(r"[a-z0-9-]{1,32}")

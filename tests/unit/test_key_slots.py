@@ -13,6 +13,7 @@ from gateway.bus import keys as bus_keys
 from gateway.recognition import keys as contact_keys
 from gateway.runtime import shared_health, shared_location
 from gateway.security import keys
+from gateway.webhooks import keys as webhook_keys
 
 TENANT = "acme"
 TAG = re.compile(r"[^{]*\{[^}]+\}.*")
@@ -46,6 +47,8 @@ def tenant_keys(t: str) -> list[str]:
         bus_keys.edit_lock_key(t),
         bus_keys.live_channel(t),
         shared_location.aor_key(t, "201"),
+        webhook_keys.subscriptions(t),
+        webhook_keys.state(t),
     ]
 
 
@@ -63,6 +66,7 @@ def test_every_node_wide_key_has_a_tag_and_no_tenant() -> None:
         keys.audit(None), keys.source_failures("192.0.2.1"), keys.source_failures("2001:db8::/64"),
         contact_keys.INVALIDATE_CHANNEL, shared_location.CHANNEL,
         shared_health.REPORTS, shared_health.SEEN, shared_health.CHANNEL,
+        webhook_keys.WEBHOOK_TENANTS,
     ]  # fmt: skip
     for name in node_wide:
         assert TAG.fullmatch(name), name
@@ -85,6 +89,7 @@ def test_the_fixed_names_cover_each_package_fixed_keys() -> None:
         keys.users(TENANT), keys.audit(TENANT), keys.user_settings(TENANT),
         keys.key_index(TENANT), contact_keys.contacts(TENANT), contact_keys.sources(TENANT),
         bus_keys.events_key(TENANT), bus_keys.rewrite_key(TENANT), bus_keys.edit_lock_key(TENANT),
+        webhook_keys.subscriptions(TENANT), webhook_keys.state(TENANT),
     ):  # fmt: skip
         assert name in listed, name
 
