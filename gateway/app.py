@@ -25,6 +25,8 @@ from gateway.api.events import Subscribers, events_router
 from gateway.api.http import Readiness, create_app
 from gateway.api.metrics import GatewayCollector, Gauges, make_registry
 from gateway.api.ws_protocol import EventsWebSocketProtocol
+from gateway.blf.lines import Lines
+from gateway.blf.notifier import Notifier
 from gateway.bus.streams import EventBus
 from gateway.calls.events import CallEvent, Peer, rfc3339
 from gateway.calls.hep import HepPacket
@@ -42,6 +44,7 @@ from gateway.recognition import numbers
 from gateway.recognition.cache import ContactCache
 from gateway.recognition.index import ContactIndex
 from gateway.recognition.lookup import Recognizer
+from gateway.runtime.blf_feed import BlfFeed
 from gateway.runtime.hep_listener import HepIntake
 from gateway.runtime.shared_dials import SharedDials
 from gateway.runtime.shared_health import SharedHealth
@@ -115,6 +118,7 @@ class Gateway:
         self.dials: SharedDials | None = None  # the dial requests of every node
         self.hep: HepIntake | None = None
         self.prober: OptionsProber | None = None
+        self.blf: BlfFeed | None = None  # the busy lamp field's call events
         self.trunk_health: SharedHealth | None = None  # every node's probes, merged
         self.http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -165,6 +169,8 @@ class Gateway:
             self.dials.serve(self.originator, self.sip.run)
             self.originator.on_change = self.dials.changed
             self._background.append(asyncio.create_task(self.dials.run(self.settings.redis)))
+        if self.settings.blf.enabled:
+            self._start_blf()
         # OPTIONS health probes of the trunks: routing skips a trunk that is down, and a
         # change becomes a peer.down/peer.up event of the trunk's tenant.
         if self.serves_http:
@@ -185,6 +191,22 @@ class Gateway:
         # Timed from here: the one full collection of the startup heap above is not a
         # pause of the running gateway.
         self.gc_pauses.install()
+
+    def _start_blf(self) -> None:
+        """The gateway as dialog-event notifier of its extensions (gateway/blf), fed
+        with the call events of every worker and node from the bus."""
+        assert self.sip is not None
+        self.blf = BlfFeed(self.bus, catch_up=self.settings.blf.catch_up)
+        self.blf.run = self.sip.run
+        notifier = Notifier(
+            self.sip.proxy,
+            self.settings.blf,
+            Lines(self.settings),
+            watch=self.blf.watch,
+            run=self.sip.run,
+        )
+        self.blf.notifier = notifier
+        self.sip.proxy.notifier = notifier
 
     # -- trunk health of every worker and node (runtime/shared_health.py) ----------------
     def _start_trunk_health(self) -> None:
@@ -470,6 +492,8 @@ class Gateway:
                 await self._http_task
         if self.prober is not None:
             self.prober.stop()
+        if self.blf is not None:
+            await self.blf.close()
         if self.trunk_health is not None:
             await self.trunk_health.stop()
         if self.sip is not None:
