@@ -64,6 +64,15 @@ def resolve_host(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+# RFC 5626 keep-alives as they arrive over UDP: a CRLF (PJSIP's default ka_data) or a
+# double CRLF. §3.5.1/§4.4.1 define the CRLF ping-pong for connection-oriented transports
+# only and give UDP the STUN technique, which sipgw does not offer (it never indicates
+# outbound support). Such a datagram only refreshes the phone's NAT binding, which it has
+# done by arriving: it is counted and ignored, never answered (an answer would make a
+# spoofed source a target) and never taken for a broken SIP message.
+UDP_KEEPALIVES = frozenset({b"\r\n", b"\r\n\r\n"})
+
+
 class UdpEndpoint(asyncio.DatagramProtocol):
     def __init__(self, layer: TransportLayer, local: tuple[str, int], own: bool = False) -> None:
         self.layer = layer
@@ -78,6 +87,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self.local = (str(sock[0]), int(sock[1]))
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if len(data) <= 4 and data in UDP_KEEPALIVES:  # the length first: the hot path
+            self.layer.counters.transport["keepalive_udp"] += 1
+            return
         if self.own and data[:1] == b"\x00" and self.layer.on_envelope is not None:
             self.layer.on_envelope(data)
             return

@@ -85,6 +85,7 @@ class StreamConnection(asyncio.Protocol):
             return
         if self.framer.pings:
             # RFC 5626 §4.4.1: answer a double-CRLF keep-alive with a single CRLF.
+            self.layer.counters.transport["keepalive_stream"] += self.framer.pings
             self.framer.pings = 0
             self.write(b"\r\n")
         source = Source(self.name, self.remote, self.local, self.conn_id)

@@ -100,13 +100,17 @@ def render_config(
     trunk_extra: str = "options_interval = 0",
     more_trunks: str = "",
     workers: int = 1,
+    profiles: dict[str, str | None] | None = None,
 ) -> str:
+    # profiles: each user's `profile` (default PROFILES); None: the user names none and its
+    # phone's User-Agent chooses (gateway/proxy/ua_profiles.py).
     # redis_table: the keys of [redis] instead of `url = redis_url` (a cluster, Sentinel:
     # `cluster_table`, `sentinel_table`).
     # trunk_extra: more keys of the "carrier" trunk. Its OPTIONS probing is off unless a
     # test asks for it: a sipp UAS playing the trunk would take a probe for a call it
     # does not expect. more_trunks: further [[tenants.trunks]] of tenant acme.
     pair = make_self_signed(workdir, name="sipgw")
+    named = PROFILES if profiles is None else profiles
     users = "\n".join(
         f"""
 [[tenants.users]]
@@ -114,7 +118,7 @@ username = "{user}"
 extension = "{user}"
 display_name = "Phone {user}"
 password = "{password}"
-profile = "{PROFILES[user]}"
+{f'profile = "{named[user]}"' if named.get(user) else ""}
 api_password = "{API_PASSWORDS[user]}"
 role = "{"admin" if user == ADMIN else "user"}"
 """
