@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from gateway.api.calls import calls_router
 from gateway.api.contacts import contacts_router
 from gateway.api.events import Subscribers, events_router
 from gateway.api.http import Readiness, create_app
 from gateway.api.metrics import GatewayCollector, Gauges, make_registry
+from gateway.api.webhooks import webhooks_router
 from gateway.api.ws_protocol import EventsWebSocketProtocol
 from gateway.blf.lines import Lines
 from gateway.blf.notifier import Notifier
@@ -56,6 +59,10 @@ from gateway.sip.uri import URI
 from gateway.stats import Counters
 from gateway.transport import tls
 from gateway.transport.relay import WorkerPlan
+from gateway.webhooks.destinations import WebhookDestinations
+from gateway.webhooks.dispatcher import Dispatcher
+from gateway.webhooks.metrics import WebhookCollector
+from gateway.webhooks.store import WebhookStore
 
 log = logging.getLogger("sipgw.app")
 
@@ -124,6 +131,8 @@ class Gateway:
         self._http_task: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
         self.subscribers: Subscribers | None = None
+        self.webhook_store: WebhookStore | None = None
+        self.webhooks: Dispatcher | None = None  # deliveries, on the worker serving HTTP
         self._stopped = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._drain_at_start = False
@@ -353,6 +362,7 @@ class Gateway:
                 self.counters,
             )
         )  # fmt: skip
+        self._start_webhooks(app, registry)
         host, port = self.settings.http.host, self.settings.http.port
         config = uvicorn.Config(
             app,
@@ -384,6 +394,28 @@ class Gateway:
                 self._http_task.result()  # re-raise: port in use and the like
                 raise RuntimeError("HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
+
+    def _start_webhooks(self, app: FastAPI, registry: CollectorRegistry) -> None:
+        """Webhook subscriptions over the API, and their deliveries from this worker (the
+        one serving HTTP: one dispatcher per node; nodes share by lease, docs/events.md)."""
+        assert self.sip is not None
+        hooks = self.settings.webhooks
+        destinations = WebhookDestinations(
+            self.settings, sip_ports=self.sip.proxy.destinations.sip_ports
+        )
+        store = self.webhook_store = WebhookStore(self.settings.redis)
+        if hooks.enabled:
+            self.webhooks = Dispatcher(
+                store, self.bus, hooks, destinations, node=self.settings.node.name,
+                publish=self._publish, queue_size=self.settings.events.subscriber_queue,
+            )  # fmt: skip
+            self._background.append(asyncio.create_task(self.webhooks.run()))
+            registry.register(WebhookCollector(self.webhooks))
+        poke = self.webhooks.poke if self.webhooks is not None else lambda: None
+        app.include_router(
+            webhooks_router(store, lambda: self.bus, self.directory, self.settings,
+                            destinations, poke)
+        )  # fmt: skip
 
     def _https_context(
         self, _config: uvicorn.Config, _default: Callable[[], Any]
@@ -508,6 +540,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.enricher.close()
+        if self.webhook_store is not None:
+            await self.webhook_store.close()
         await self.bus.stop()
         await self.directory.stop()
         await self.contacts.close()
