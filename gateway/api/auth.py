@@ -29,7 +29,8 @@ from gateway.config import SecuritySettings
 from gateway.security.directory import TENANT_ID, USERNAME, Directory, DirectoryUnavailable
 from gateway.security.passwords import MAX_LENGTH
 from gateway.security.principal import ROLES, Principal, Role
-from gateway.security.tokens import LoginRefused
+from gateway.security.second_factor import Challenge
+from gateway.security.tokens import LoginRefused, Token
 
 MAX_LOGIN_BODY = 8192  # bytes
 INVALID_CREDENTIALS = "invalid credentials"
@@ -185,46 +186,91 @@ def _principal_json(principal: Principal) -> dict[str, Any]:
     }
 
 
-class _BadRequest(Exception):
+class BadRequest(Exception):
+    """A request body refused before any look-up: its status (4xx) and the message."""
+
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
 
+    def response(self) -> JSONResponse:
+        return _error(self.status, self.detail)
 
-async def _login_fields(request: Request) -> tuple[str | None, str, str]:
+
+async def json_object(request: Request, fields: Iterable[str]) -> dict[str, Any]:
+    """The body of an authentication request: a JSON object of at most
+    ``MAX_LOGIN_BODY`` bytes with no field but ``fields``; else ``BadRequest``."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
-        raise _BadRequest(415, "Content-Type must be application/json")
+        raise BadRequest(415, "Content-Type must be application/json")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_LOGIN_BODY:
-            raise _BadRequest(413, f"request body larger than {MAX_LOGIN_BODY} bytes")
+            raise BadRequest(413, f"request body larger than {MAX_LOGIN_BODY} bytes")
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise _BadRequest(400, "request body is not valid JSON") from None
+        raise BadRequest(400, "request body is not valid JSON") from None
     if not isinstance(data, dict):
-        raise _BadRequest(400, "request body must be a JSON object")
+        raise BadRequest(400, "request body must be a JSON object")
+    known = tuple(fields)
     for name in data:
-        if name not in _LOGIN_FIELDS:
-            known = ", ".join(_LOGIN_FIELDS)
-            raise _BadRequest(400, f"unknown field {json.dumps(name)} (known: {known})")
+        if name not in known:
+            listed = ", ".join(known)
+            raise BadRequest(400, f"unknown field {json.dumps(name)} (known: {listed})")
+    return data
+
+
+async def _login_fields(request: Request) -> tuple[str | None, str, str]:
+    data = await json_object(request, _LOGIN_FIELDS)
     tenant = data.get("tenant")
     if tenant is not None and (not isinstance(tenant, str) or not TENANT_ID.fullmatch(tenant)):
-        raise _BadRequest(400, "tenant: must be a string of 1-32 of a-z, 0-9 and '-'")
+        raise BadRequest(400, "tenant: must be a string of 1-32 of a-z, 0-9 and '-'")
     username = data.get("username")
     if username is None:
-        raise _BadRequest(400, "username: required")
+        raise BadRequest(400, "username: required")
     if not isinstance(username, str) or not USERNAME.fullmatch(username):
-        raise _BadRequest(400, "username: must be a string of 1-64 letters, digits, '.', '_', '-'")
+        raise BadRequest(400, "username: must be a string of 1-64 letters, digits, '.', '_', '-'")
     password = data.get("password")
     if password is None:
-        raise _BadRequest(400, "password: required")
+        raise BadRequest(400, "password: required")
     if not isinstance(password, str) or not 1 <= len(password) <= MAX_LENGTH:
-        raise _BadRequest(400, f"password: must be a string of 1-{MAX_LENGTH} characters")
+        raise BadRequest(400, f"password: must be a string of 1-{MAX_LENGTH} characters")
     return tenant, username, password
+
+
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def login_refused(refused: LoginRefused, detail: str = INVALID_CREDENTIALS) -> JSONResponse:
+    """401 (the same for every cause), or 429 with Retry-After when throttled."""
+    if refused.reason == "throttled":
+        wait = str(max(1, math.ceil(refused.retry_after)))
+        return _error(429, "too many failed logins, retry later", headers={"Retry-After": wait})
+    return _error(401, detail, headers={"WWW-Authenticate": _REALM})
+
+
+def token_response(request: Request, token: Token, **extra: Any) -> JSONResponse:
+    """A login's token with its principal (and ``extra`` fields)."""
+    note_principal(request, token.principal)
+    body: dict[str, Any] = {"token": token.bearer, "token_type": "Bearer"}
+    body.update(_principal_json(token.principal))
+    body.update(extra)
+    # RFC 6749 §5.1: responses with tokens must not be cached.
+    return JSONResponse(body, headers=_NO_STORE)
+
+
+def challenge_response(challenge: Challenge) -> JSONResponse:
+    """A right password that owes a second factor: no token yet, but the challenge for
+    the next step (POST /v1/auth/totp/verify, or enrol and confirm)."""
+    body = {
+        "second_factor": "totp" if challenge.kind == "code" else "enrol",
+        "challenge": challenge.bearer,
+        "expires_at": rfc3339(challenge.expires_at),
+    }
+    return JSONResponse(body, headers=_NO_STORE)
 
 
 def auth_router(directory: Directory) -> APIRouter:
@@ -236,7 +282,12 @@ def auth_router(directory: Directory) -> APIRouter:
     @router.post(
         "/login",
         summary="Log in with username and password",
-        response_description="A bearer token for the Authorization header",
+        response_description=(
+            "A bearer token for the Authorization header; or, when the user owes a "
+            'second factor, no token but `second_factor` ("totp": POST '
+            '/v1/auth/totp/verify; "enrol": POST /v1/auth/totp/enrol then confirm) '
+            "and a single-use `challenge` for that step"
+        ),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -253,8 +304,8 @@ def auth_router(directory: Directory) -> APIRouter:
     async def login(request: Request) -> Response:
         try:
             tenant, username, password = await _login_fields(request)
-        except _BadRequest as bad:
-            return _error(bad.status, bad.detail)
+        except BadRequest as bad:
+            return bad.response()
         if tenant is None and directory.default_tenant is None:
             return _error(400, "tenant: required (there is no default tenant)")
         source = client_address(request, directory.security)
@@ -269,17 +320,10 @@ def auth_router(directory: Directory) -> APIRouter:
         except DirectoryUnavailable:
             raise _unavailable() from None
         if isinstance(outcome, LoginRefused):
-            if outcome.reason == "throttled":
-                wait = str(max(1, math.ceil(outcome.retry_after)))
-                return _error(
-                    429, "too many failed logins, retry later", headers={"Retry-After": wait}
-                )
-            return _error(401, INVALID_CREDENTIALS, headers={"WWW-Authenticate": _REALM})
-        note_principal(request, outcome.principal)
-        body = {"token": outcome.bearer, "token_type": "Bearer"}
-        body.update(_principal_json(outcome.principal))
-        # RFC 6749 §5.1: responses with tokens must not be cached.
-        return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+            return login_refused(outcome)
+        if isinstance(outcome, Challenge):
+            return challenge_response(outcome)
+        return token_response(request, outcome)
 
     @router.post(
         "/logout",
@@ -321,13 +365,18 @@ def auth_router(directory: Directory) -> APIRouter:
 
 __all__ = [
     "INVALID_CREDENTIALS",
+    "BadRequest",
     "auth_router",
     "authenticate",
     "bearer_scheme",
+    "challenge_response",
     "client_address",
     "ensure_extension",
     "ensure_tenant",
+    "json_object",
+    "login_refused",
     "note_principal",
     "noted_principal",
     "require_principal",
+    "token_response",
 ]

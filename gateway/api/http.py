@@ -32,6 +32,7 @@ from gateway.api.headers import SecurityHeadersMiddleware
 from gateway.api.history import StreamReader
 from gateway.api.me import me_router
 from gateway.api.metrics import render
+from gateway.api.second_factor import second_factor_router
 from gateway.api.tickets import tickets_router
 from gateway.api.web import web_router
 from gateway.config import Settings
@@ -63,6 +64,7 @@ def create_app(
     if directory is not None:
         app.state.directory = directory  # require_principal() finds it here
         app.include_router(auth_router(directory))
+        app.include_router(second_factor_router(directory))
         app.include_router(tickets_router(directory))
         if settings is not None and bus is not None:
             app.include_router(me_router(directory, settings, bus))
