@@ -4,6 +4,7 @@
     sipgw tenant delete ID --yes
     sipgw user add --tenant ID USERNAME [--role user|admin] [--extension EXT]
                    [--watch EXT ...] [--no-password] [--replace]
+    sipgw user totp enrol|status|disable|reset --tenant ID USERNAME
     sipgw token create --tenant ID (--user USERNAME | --sync) [--ttl SECONDS]
     sipgw password-hash
 
@@ -37,7 +38,7 @@ from gateway.security.directory import (
     operator_source,
 )
 from gateway.security.passwords import POLICY_TEXT, hash_password, password_problem
-from gateway.security.tokens import Token
+from gateway.security.tokens import LoginRefused, Token
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -171,6 +172,80 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return _run(args, action)
 
 
+def read_code(stdin: TextIO | None = None) -> str:
+    """The first code of an enrolment: asked on a terminal, else one line of stdin."""
+    stream = sys.stdin if stdin is None else stdin
+    if stream.isatty():
+        return input("Code shown by the app: ").strip()
+    return stream.readline().strip()
+
+
+def _qr_text(text: str) -> str:
+    """``text`` as a QR code drawn with block characters, for a terminal."""
+    import io
+
+    import qrcode  # type: ignore[import-untyped]
+
+    code = qrcode.QRCode(border=2)
+    code.add_data(text)
+    out = io.StringIO()
+    code.print_ascii(out=out, invert=True)
+    return out.getvalue()
+
+
+def cmd_user_totp(args: argparse.Namespace) -> int:
+    """A user's second factor (TOTP): enrol (the URI and QR code, then the first code),
+    status, or an admin's disable or reset."""
+
+    async def action(directory: Directory, settings: Settings) -> int:
+        tenant, user, source = args.tenant, args.username, operator_source()
+        if args.totp_command == "enrol":
+            return await _enrol(directory, tenant, user, source)
+        if args.totp_command == "disable":
+            removed = await directory.disable_second_factor(tenant, user, source=source)
+            print(f"user {user} of tenant {tenant}: "
+                  f"{'second factor disabled' if removed else 'had no second factor'}")  # fmt: skip
+            return 0
+        if args.totp_command == "reset":
+            revoked = await directory.reset_second_factor(tenant, user, source=source)
+            print(f"user {user} of tenant {tenant}: second factor reset, {revoked} tokens "
+                  "revoked; the user enrols again at the next login")  # fmt: skip
+            return 0
+        if await directory.user(tenant, user) is None:
+            raise DirectoryError(f"tenant {tenant!r} has no user {user!r}")
+        record = await directory.second_factors.enrolment(tenant, user)
+        left = await directory.second_factors.recovery_codes_left(tenant, user)
+        policy = directory.second_factor_policy(tenant).policy
+        state = (
+            "none" if record is None
+            else "enrolled" if record.confirmed
+            else "reset (enrols at the next login)" if record.reset
+            else "pending confirmation"
+        )  # fmt: skip
+        print(f"user {user} of tenant {tenant}: second factor {state}; "
+              f"{left} recovery codes left; tenant policy {policy}")  # fmt: skip
+        return 0
+
+    return _run(args, action)
+
+
+async def _enrol(directory: Directory, tenant: str, user: str, source: str) -> int:
+    enrolment = await directory.enrol_second_factor(tenant, user, source=source)
+    print(_qr_text(enrolment.uri))
+    print(enrolment.uri)
+    print(f"secret (to type instead): {enrolment.secret}", file=sys.stderr)
+    confirmed = await directory.confirm_second_factor(tenant, user, read_code(), source=source)
+    if isinstance(confirmed, LoginRefused):
+        return _fail(
+            "wrong code (or too many attempts): the enrolment stays pending; run the "
+            "command again for a new secret"
+        )
+    print("Recovery codes (each works once; shown only now):")
+    for code in confirmed:
+        print(f"  {code}")
+    return 0
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     if (args.user is None) == (not args.sync):
         return _fail("give either --user USERNAME or --sync", 2)
@@ -264,6 +339,20 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     _config_option(add)
     add.set_defaults(func=cmd_user_add)
+    second = user_sub.add_parser(
+        "totp",
+        help="a user's second factor (TOTP): enrol, status, disable, reset",
+        description="docs/security.md, 'Second factor'. Enrol prints the otpauth:// URI and "
+        "its QR code, then reads the app's first code (terminal or one line of stdin).",
+    )
+    second.add_argument(
+        "totp_command", choices=("enrol", "status", "disable", "reset"),
+        help="reset: the user enrols again at the next login; its tokens are revoked",
+    )  # fmt: skip
+    second.add_argument("username")
+    second.add_argument("--tenant", required=True)
+    _config_option(second)
+    second.set_defaults(func=cmd_user_totp)
 
     token = subparsers.add_parser("token", help="API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)

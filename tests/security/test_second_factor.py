@@ -6,14 +6,21 @@ forged, a code without a password)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import io
 import logging
+import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
+from gateway.cli import admin as cli_admin
 from gateway.config import load_settings
 from gateway.security import keys, totp
 from gateway.security.directory import Directory, DirectoryError
@@ -423,3 +430,70 @@ async def test_an_expired_challenge_is_refused(directory: Directory, url: str) -
     assert await directory.complete_login(
         challenge, code="123456", recovery_code=None, source=SOURCE
     ) == LoginRefused("invalid")
+
+
+# --- the CLI --------------------------------------------------------------------------------
+
+
+class AppReadingTheTerminal(io.StringIO):
+    """Standard input of `sipgw user totp enrol`: the code an app shows for the URI the
+    command printed (read off its output, as a person scans the QR code)."""
+
+    def __init__(self, out: io.StringIO) -> None:
+        super().__init__()
+        self.out = out
+
+    def readline(self, size: int | None = -1) -> str:
+        uri = re.search(r"otpauth://\S+", self.out.getvalue())
+        assert uri is not None, self.out.getvalue()
+        secret = parse_qs(urlsplit(uri[0]).query)["secret"][0]
+        return totp.totp(totp.from_base32(secret), time.time()) + "\n"
+
+
+def sipgw_user(argv: list[str], stdin: str = "", app: bool = False) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="sipgw")
+    cli_admin.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.stdin", AppReadingTheTerminal(out) if app else io.StringIO(stdin))
+        mp.setattr("sys.stdout", out)
+        mp.setattr("sys.stderr", err)
+        code = args.func(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_the_user_totp_commands(tmp_path: Path, url: str) -> None:
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    config = tmp_path / "cli.toml"
+    config.write_text(f'[redis]\nurl = "{url}"\n')
+    where = ["--config", str(config)]
+    assert sipgw_user(["tenant", "create", "cli-2fa", "--name", "CLI", *where])[0] == 0
+    code, _, _ = sipgw_user(["user", "add", "--tenant", "cli-2fa", "agent", *where], PASSWORD)
+    assert code == 0
+
+    code, out, err = sipgw_user(
+        ["user", "totp", "enrol", "agent", "--tenant", "cli-2fa", *where], app=True
+    )
+    assert code == 0, err
+    assert "otpauth://totp/sipgw:agent@cli-2fa?secret=" in out
+    assert "█" in out or "▀" in out  # the QR code, drawn for a terminal
+    codes = re.findall(r"^  ([a-z0-9]{5}-[a-z0-9]{5})$", out, re.MULTILINE)
+    assert len(set(codes)) == 10
+    code, out, _ = sipgw_user(["user", "totp", "status", "agent", "--tenant", "cli-2fa", *where])
+    assert "second factor enrolled; 10 recovery codes left; tenant policy optional" in out
+
+    code, out, _ = sipgw_user(["user", "totp", "reset", "agent", "--tenant", "cli-2fa", *where])
+    assert code == 0 and "second factor reset" in out
+    code, out, _ = sipgw_user(["user", "totp", "status", "agent", "--tenant", "cli-2fa", *where])
+    assert "reset (enrols at the next login)" in out
+    code, out, _ = sipgw_user(["user", "totp", "disable", "agent", "--tenant", "cli-2fa", *where])
+    assert code == 0 and "second factor disabled" in out
+    code, _, err = sipgw_user(["user", "totp", "disable", "nobody", "--tenant", "cli-2fa", *where])
+    assert code == 1 and "has no user" in err
+    # A wrong first code leaves the enrolment pending, and says so.
+    code, _, err = sipgw_user(
+        ["user", "totp", "enrol", "agent", "--tenant", "cli-2fa", *where], stdin="000000\n"
+    )
+    assert code == 1 and "wrong code" in err
