@@ -629,17 +629,20 @@ class Response(Message):
 
     def validate_for_relay(self) -> None:
         """What a proxy relaying this response reads (RFC 3261 §16.7): the framing
-        headers, its identity (Call-ID, CSeq, From, To) and every Via (the next one is
-        where it goes). Contact and Record-Route are the UAC's business: a proxy that
-        only relays them does not parse them (their parser is still the one `validate`
-        and the readers use, so a malformed value is refused by whoever reads it)."""
+        headers, its identity (Call-ID, CSeq, From, To) and the top Via (its own, which
+        names the transaction). The Vias below it, Contact and Record-Route are the
+        UAC's business: the response goes back where the request came from (the server
+        transaction's target), so a proxy that only relays them does not parse them
+        (§16.3: other components are ignored and forwarded unchanged). Their parsers
+        are still the ones `validate` and the readers use, so a malformed value is
+        refused by whoever reads it."""
         try:
             self._check_framing_headers()
             self.call_id  # noqa: B018
             self.cseq  # noqa: B018
             self.from_  # noqa: B018
             self.to  # noqa: B018
-            self.vias  # noqa: B018
+            self.top_via  # noqa: B018
         except SIPParseError as err:
             raise err.with_status(0) from None
 

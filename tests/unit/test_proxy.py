@@ -357,17 +357,25 @@ def test_responses_are_relayed_with_our_via_removed(h: Harness) -> None:
 
 
 def test_a_relayed_response_is_checked_for_what_the_proxy_reads_only(h: Harness) -> None:
-    # §16.7: Contact is the UAC's business; the proxy relays it without parsing it. A
-    # broken Via, which the proxy does read (it says where the response goes), drops it.
+    # §16.7: Contact, and the Vias below ours, are the UAC's business (the response goes
+    # back where the request came from): the proxy relays them without parsing them
+    # (§16.3). A broken top Via, which the proxy does read (it names the transaction),
+    # drops the response.
     register(h, "201", PHONE_201)
     fwd = only(invite_from_trunk(h), method="INVITE").msg
     assert isinstance(fwd, Request)
     odd = h.feed(response_to(fwd, 180, "Ringing", extra="Contact: <sip:callee@[::1"), PHONE_201)
     assert only(odd, status=180).msg.get("Contact") == "<sip:callee@[::1"
-    broken = response_to(fwd, 183, "Progress").replace(
+    theirs = response_to(fwd, 183, "Progress").replace(
         "Via: SIP/2.0/UDP 127.0.0.1:5082", "Via: SIP/2.0/UDP 127.0.0.1:99999", 1
     )
-    assert h.feed(broken, PHONE_201) == []
+    relayed = only(h.feed(theirs, PHONE_201), status=183).msg
+    assert (relayed.get("Via") or "").startswith("SIP/2.0/UDP 127.0.0.1:99999")
+    assert not h.counters.parse_errors
+    ours = response_to(fwd, 183, "Progress").replace(
+        "Via: SIP/2.0/UDP 127.0.0.1:5060", "Via: SIP/2.0/UDP 127.0.0.1:99999", 1
+    )
+    assert h.feed(ours, PHONE_201) == []
     assert h.counters.parse_errors
 
 
