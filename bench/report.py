@@ -11,7 +11,8 @@ The summary added to each document (``doc["summary"]``):
   sipgw when > 1) and CPU per call at the common rate (lower is better when < 1).
 
 The scenarios of fixed work (recognition here; invite-event-latency and fan-out in
-bench/report_events.py) have their own summary, table, section and plots: `FIXED`.
+bench/report_events.py; redis-cluster in bench/report_cluster.py) have their own summary,
+table, section and plots: `FIXED`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import report_events, report_soak
+from . import report_cluster, report_events, report_soak
 from .steps import spread
 
 Doc = dict[str, Any]
@@ -773,6 +774,12 @@ FIXED: dict[str, Section] = {
     ),
     RECOGNITION: Section(
         summarize_recognition, recognition_table, recognition_markdown, plot_recognition
+    ),
+    report_cluster.CLUSTER: Section(
+        report_cluster.summarize_cluster,
+        report_cluster.cluster_table,
+        report_cluster.cluster_markdown,
+        report_cluster.plot_cluster,
     ),
     report_soak.SOAK: Section(
         report_soak.summarize_soak,

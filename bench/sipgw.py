@@ -72,10 +72,12 @@ def render_config(
     *,
     events: Mapping[str, int | float] | None = None,
     workers: int = 1,
+    redis_keys: str | None = None,
 ) -> str:
     """The bench gateway's TOML; `events` overrides settings of its ``[events]`` table
     (the fan-out scenario raises ``max_subscribers_per_tenant``); `workers` > 1 runs
-    that many worker processes."""
+    that many worker processes; `redis_keys` replaces ``url = redis_url`` in ``[redis]``
+    (a cluster's ``cluster_nodes``)."""
     preamble = (
         '# Written by bench/sipgw.py for one benchmark repetition.\ndefault_tenant = "acme"\n'
     )
@@ -89,7 +91,7 @@ def render_config(
         listen = "127.0.0.1:{http_port}"
 
         [redis]
-        url = "{redis_url}"
+        {redis_keys or f'url = "{redis_url}"'}
 
         [log]
         level = "WARNING"
@@ -208,11 +210,16 @@ class SipgwTarget(Target):
     def start(self, workdir: Path) -> None:
         self.workdir = workdir
         self.redis, redis_port = start_redis(workdir / "redis")
+        self.start_gateway(workdir, f"redis://127.0.0.1:{redis_port}/0")
+
+    def start_gateway(self, workdir: Path, redis_url: str) -> None:
+        """The gateway alone, on `redis_url` (or what its `config_text` names)."""
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.sip_port = free_port()
         self.http_port = free_port(udp=False)
         self.uac_port = free_port()
         self.config = workdir / "sipgw.toml"
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
         ports = (self.sip_port, self.http_port, free_port())
         self.config.write_text(self.config_text(*ports, redis_url))
         argv = [
