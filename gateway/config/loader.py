@@ -62,7 +62,7 @@ EMBEDDED_DEFAULT = "<embedded gateway/default.toml>"
 
 TOP_LEVEL_KEYS = (
     "node", "sip", "http", "redis", "log", "events", "security", "monitor", "recognition",
-    "dial", "web", "blf", "profiles_dir",
+    "dial", "web", "blf", "webhooks", "profiles_dir",
     "default_tenant", "tenants",
 )  # fmt: skip
 
