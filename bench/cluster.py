@@ -78,7 +78,7 @@ DRAIN_S = 10.0  # longest wait for the events once the UACs have ended
 CLUSTER_NODE_TIMEOUT_MS = 15000
 PUBLISHED = "sipgw_events_published"  # a node's events written to Redis
 # Rough costs on the 2-core bench machine, for --quick's time check.
-EST_SETUP_S = {"standalone": 8.0, "cluster": 12.0}  # deployment, nodes, token, REGISTER…
+EST_SETUP_S = {"standalone": 6.0, "cluster": 10.0}  # deployment, nodes, token, REGISTER…
 EST_NODE_S = 4.0  # each further gateway node: its start and its stop
 EST_STEP_OVERHEAD_S = 3.0  # sipp start, the call hold and BYE, waiting, settling
 

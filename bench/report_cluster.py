@@ -146,9 +146,10 @@ def cluster_table(doc: Doc) -> str:
         "",
         f"Events delivered: {s['events_received']} of the {s['events_expected']} the gateways "
         f"wrote to Redis; call.offered for {s['offered_received']} of {s['calls_placed']} calls "
-        "placed. Events/s: every event the subscriber on node A got (each call writes several: "
-        "offered, answered, ended, …) over the seconds from the step's first INVITE to its last "
-        "event; it follows the offered rate while everything keeps up.",
+        "placed. Events/s: every event the subscriber on node A got (a call writes four: "
+        "call.offered, call.delivered, call.established, call.cleared) over the seconds "
+        "from the step's first INVITE to its last event; it follows the offered rate while "
+        "everything keeps up.",
     ]
     return "\n".join(lines)
 

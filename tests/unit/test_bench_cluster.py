@@ -35,7 +35,7 @@ def test_the_setups_are_one_redis_then_the_cluster_each_with_1_and_2_nodes() -> 
     ]  # fmt: skip
     assert [s.label for s in SETUPS[:2]] == ["standalone, 1 node", "standalone, 2 nodes"]
     # A few minutes at most in the full bench, by the scenario's own estimates.
-    assert sum(s.estimate_s(STEPS_FULL) for s in SETUPS) < 150
+    assert sum(s.estimate_s(STEPS_FULL) for s in SETUPS) < 120
     assert cluster.no_time(True, SETUPS[3].estimate_s(STEPS_QUICK), 5.0) is not None
     assert cluster.no_time(False, SETUPS[3].estimate_s(STEPS_FULL), 0.0) is None
 
