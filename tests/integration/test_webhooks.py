@@ -15,26 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from gateway.bus.streams import EventBus
-from gateway.calls.events import CallEvent, rfc3339, uuid7
-from gateway.stats import Counters
 from tests.integration.conftest import GatewayFactory
 from tests.integration.gateway import ADMIN, GatewayProcess, RedisProcess
-from tests.integration.webhook_receiver import Receiver, signature_ok
-from tests.waiting import wait_until, wait_until_true
+from tests.integration.webhook_receiver import (
+    Publisher,
+    Receiver,
+    make_webhook,
+    signature_ok,
+    webhook_settings,
+)
+from tests.waiting import wait_until_true
 
 pytestmark = pytest.mark.timeout(150)
-
-
-def webhook_settings(ca: Path, **more: object) -> str:
-    """[webhooks] of a test: the receiver's certificate trusted, loopback allowed (the
-    receiver is on 127.0.0.1), and quick retries and leases."""
-    values = {
-        "allow_loopback": "true", "tls_ca": json.dumps(str(ca)), "retry_initial": "0.05",
-        "retry_max": "0.5", "refresh_interval": "0.2", "lease_ttl": "1.0",
-        **{k: str(v) for k, v in more.items()},
-    }  # fmt: skip
-    return "[webhooks]\n" + "\n".join(f"{k} = {v}" for k, v in values.items())
 
 
 @pytest.fixture
@@ -42,48 +34,6 @@ async def receiver(tmp_path: Path) -> AsyncIterator[Receiver]:
     found = await Receiver(tmp_path / "receiver").start()
     yield found
     await found.stop()
-
-
-class Publisher:
-    """Appends events of tenant acme to the stream the gateway reads."""
-
-    def __init__(self, redis_url: str) -> None:
-        self.bus = EventBus(redis_url, counters=Counters())
-        self.events: list[CallEvent] = []
-
-    async def __aenter__(self) -> Publisher:
-        await self.bus.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.bus.stop()
-
-    async def publish(self, count: int, *, extension: str = "201") -> list[str]:
-        """``count`` events, their ids in stream order, once Redis holds them all."""
-        made = [
-            CallEvent(
-                "call.offered",
-                rfc3339(time.time()),
-                "test",
-                "acme",
-                call_id=uuid7(),
-                extension=extension,
-            )
-            for _ in range(count)
-        ]
-        for event in made:
-            self.bus.publish(event)
-        self.events += made
-        total = len(self.events)
-        await wait_until(lambda: self.bus.published == total, timeout=30, what="appended")
-        return [e.event_id for e in made]
-
-
-async def make_webhook(gw: GatewayProcess, token: str, **body: object) -> dict[str, object]:
-    status, raw = await gw.http("POST", "/v1/webhooks", body, token=token)
-    assert status == 201, raw
-    made: dict[str, object] = json.loads(raw)
-    return made
 
 
 def collapsed(ids: list[str]) -> list[str]:

@@ -1,6 +1,7 @@
-"""A webhook receiver for tests: a real HTTPS server (a self-signed certificate the
+"""Webhook tests' parts: a receiver, a real HTTPS server (a self-signed certificate the
 gateway is told to trust), speaking HTTP/1.1 with keep-alive, that records every
-request, and can answer late, answer an error, or go away and come back."""
+request, and can answer late, answer an error, or go away and come back; the
+``[webhooks]`` table of a test gateway; a publisher of tenant acme's events."""
 
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ from typing import Any
 
 import h11
 
+from gateway.bus.streams import EventBus
+from gateway.calls.events import CallEvent, rfc3339, uuid7
+from gateway.stats import Counters
+from tests.integration.gateway import GatewayProcess
 from tests.peers.ports import free_port
 from tests.peers.tls import CertPair, make_self_signed
+from tests.waiting import wait_until
 
 
 @dataclass(frozen=True)
@@ -136,3 +142,56 @@ class Receiver:
         finally:
             self._writers.discard(writer)
             writer.close()
+
+
+def webhook_settings(ca: Path, **more: object) -> str:
+    """[webhooks] of a test: the receiver's certificate trusted, loopback allowed (the
+    receiver is on 127.0.0.1), and quick retries and leases."""
+    values = {
+        "allow_loopback": "true", "tls_ca": json.dumps(str(ca)), "retry_initial": "0.05",
+        "retry_max": "0.5", "refresh_interval": "0.2", "lease_ttl": "1.0",
+        **{k: str(v) for k, v in more.items()},
+    }  # fmt: skip
+    return "[webhooks]\n" + "\n".join(f"{k} = {v}" for k, v in values.items())
+
+
+class Publisher:
+    """Appends events of tenant acme to the stream the gateway reads."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.bus = EventBus(redis_url, counters=Counters())
+        self.events: list[CallEvent] = []
+
+    async def __aenter__(self) -> Publisher:
+        await self.bus.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.bus.stop()
+
+    async def publish(self, count: int, *, extension: str = "201") -> list[str]:
+        """``count`` events, their ids in stream order, once Redis holds them all."""
+        made = [
+            CallEvent(
+                "call.offered",
+                rfc3339(time.time()),
+                "test",
+                "acme",
+                call_id=uuid7(),
+                extension=extension,
+            )
+            for _ in range(count)
+        ]
+        for event in made:
+            self.bus.publish(event)
+        self.events += made
+        total = len(self.events)
+        await wait_until(lambda: self.bus.published == total, timeout=30, what="appended")
+        return [e.event_id for e in made]
+
+
+async def make_webhook(gw: GatewayProcess, token: str, **body: object) -> dict[str, object]:
+    status, raw = await gw.http("POST", "/v1/webhooks", body, token=token)
+    assert status == 201, raw
+    made: dict[str, object] = json.loads(raw)
+    return made
