@@ -59,6 +59,10 @@ const app = {
 // A handle for integrators and tests poking at a running page (the console, Selenium).
 window.sipgwApp = { client, app };
 
+// The challenge between the password and the code of a login: in memory only, never
+// stored (it stands for a right password for five minutes).
+let loginChallenge = null;
+
 // -- start ------------------------------------------------------------------------------
 
 boot();
@@ -123,27 +127,77 @@ function showLogin(message = "", pending = null) {
   show(ui.loginNote, Boolean(message));
   show(ui.loginError, false);
   ui.loginForm.dataset.pending = pending || "";
+  passwordStep();
+}
+
+function passwordStep() {
+  loginChallenge = null;
+  ui.loginForm.dataset.step = "password";
+  show(ui.loginFirstStep, true);
+  show(ui.loginCodeStep, false);
+  setRequired(true);
+  ui.loginCode.value = "";
+  ui.loginButton.textContent = "Sign in";
   ui.loginUser.focus();
+}
+
+function codeStep(challenge) {
+  loginChallenge = challenge;
+  ui.loginForm.dataset.step = "code";
+  show(ui.loginFirstStep, false);
+  show(ui.loginCodeStep, true);
+  setRequired(false);
+  ui.loginButton.textContent = "Verify";
+  ui.loginCode.focus();
+}
+
+/** Only the fields of the step on show are required (a hidden required field, such as
+ * the password cleared after its step, would stop the form from being sent). */
+function setRequired(passwordStepShown) {
+  ui.loginUser.required = passwordStepShown;
+  ui.loginPassword.required = passwordStepShown;
+  ui.loginCode.required = !passwordStepShown;
+}
+
+function loginFailed(text) {
+  ui.loginError.textContent = text;
+  show(ui.loginError, true);
 }
 
 async function onLogin(submit) {
   submit.preventDefault();
   ui.loginButton.disabled = true;
   show(ui.loginError, false);
+  const step = ui.loginForm.dataset.step;
   try {
-    await client.login({
-      username: ui.loginUser.value.trim(),
-      password: ui.loginPassword.value,
-      tenant: ui.loginTenant.value.trim() || undefined,
-    });
+    if (step === "code") {
+      const typed = ui.loginCode.value.trim();
+      const isCode = /^[0-9]{6}$/.test(typed);
+      await client.verifySecondFactor({
+        challenge: loginChallenge,
+        code: isCode ? typed : undefined,
+        recoveryCode: isCode ? undefined : typed,
+      });
+    } else {
+      const answer = await client.login({
+        username: ui.loginUser.value.trim(),
+        password: ui.loginPassword.value,
+        tenant: ui.loginTenant.value.trim() || undefined,
+      });
+      ui.loginPassword.value = "";
+      if (answer.second_factor === "totp") return codeStep(answer.challenge);
+      if (answer.second_factor === "enrol") {
+        return loginFailed("Your organisation requires a second factor and you have none yet: ask an administrator to enrol you.");
+      }
+    }
     sessionStorage.setItem(TOKEN_KEY, client.token);
     sessionStorage.removeItem(SEQ_KEY);
-    ui.loginPassword.value = "";
+    loginChallenge = null;
     await start(ui.loginForm.dataset.pending || null);
   } catch (err) {
-    const text = err.status === 401 ? "Wrong username or password." : err.message;
-    ui.loginError.textContent = err.status === 429 ? "Too many attempts: try again in a while." : text;
-    show(ui.loginError, true);
+    if (step === "code") passwordStep(); // the challenge went with this attempt
+    const wrong = step === "code" ? "Wrong or expired code: sign in again." : "Wrong username or password.";
+    loginFailed(err.status === 429 ? "Too many attempts: try again in a while." : err.status === 401 ? wrong : err.message);
   } finally {
     ui.loginButton.disabled = false;
   }

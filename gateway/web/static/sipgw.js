@@ -157,12 +157,30 @@ export class SipgwClient {
     return data;
   }
 
-  /** Log in; keeps the token and answers the principal ({token, tenant, user, role, ...}). */
+  /**
+   * Log in; keeps the token and answers the principal ({token, tenant, user, role, ...}).
+   * A user with a second factor gets no token yet but {second_factor: "totp", challenge}:
+   * pass the challenge and the app's code to verifySecondFactor(). ("enrol": the
+   * tenant requires a second factor this user has not enrolled yet.)
+   */
   async login({ username, password, tenant } = {}) {
     const body = { username, password };
     if (tenant) body.tenant = tenant;
     this.token = null;
     const answer = await this.request("POST", "/v1/auth/login", body);
+    this.token = answer.token || null;
+    return answer;
+  }
+
+  /**
+   * The second step of a login: the code of the user's authenticator app, or one of
+   * the recovery codes. The challenge works once, right or wrong: after a 401 the login
+   * starts again from the password.
+   */
+  async verifySecondFactor({ challenge, code, recoveryCode } = {}) {
+    const body = recoveryCode ? { challenge, recovery_code: recoveryCode } : { challenge, code };
+    this.token = null;
+    const answer = await this.request("POST", "/v1/auth/totp/verify", body);
     this.token = answer.token;
     return answer;
   }
