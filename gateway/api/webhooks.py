@@ -24,7 +24,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway.api.auth import client_address, require_principal
-from gateway.bus.replay import BusReader
 from gateway.config import Settings
 from gateway.security.directory import Directory
 from gateway.security.principal import Principal
@@ -101,7 +100,6 @@ def shown(sub: Subscription, state: dict[str, str]) -> dict[str, Any]:
 
 def webhooks_router(
     store: WebhookStore,
-    bus: Callable[[], BusReader],
     directory: Directory,
     settings: Settings,
     destinations: WebhookDestinations,
@@ -241,40 +239,20 @@ def webhooks_router(
             sub = await one(principal, sub_id)
             skipped = 0
             if start == "now":
-                skipped = await _skip_to_now(store, bus(), sub)
+                skipped = await store.skip_to_now(sub)
             await store.save(sub.enabled_again())
             state = await store.state(sub.tenant, sub.id)
         except _Refused as refused:
             return _error(refused.status, refused.detail)
         except Invalid as bad:
             return _error(422, str(bad))
-        except (StoreUnavailable, OSError):
+        except StoreUnavailable:
             return _error(503, "Redis unavailable; retry")
         changed()
         await audit(request, principal, "webhook.enable", sub.id, f"from={start} skipped={skipped}")
         return JSONResponse(shown(sub.enabled_again(), state))
 
     return router
-
-
-async def _skip_to_now(store: WebhookStore, bus: BusReader, sub: Subscription) -> int:
-    """Move the position to the end of the stream; the events of the webhook skipped
-    are its dead letters (counted here, as they are passed over)."""
-    accept = sub.event_filter
-    after: str | None = await store.cursor(sub.tenant, sub.id)
-    skipped = 0
-    while True:
-        page = await bus.replay_page(sub.tenant, after, count=1000)
-        skipped += sum(1 for _, event in page.events if accept(event))
-        if page.last_seq is not None:
-            after = page.last_seq
-        if page.exhausted:
-            break
-    if after is not None:
-        await store.set_cursor(sub.tenant, sub.id, after)
-    if skipped:
-        await store.add_dead_letters(sub.tenant, sub.id, skipped)
-    return skipped
 
 
 async def _cursor_or_none(store: WebhookStore, sub: Subscription) -> str | None:

@@ -203,5 +203,27 @@ class WebhookStore:
         _, value = await self._call(pipe.execute())
         return float(value)
 
+    async def skip_to_now(self, sub: Subscription) -> int:
+        """Move the webhook's position to the end of the tenant's stream (enable "from
+        now"); the events it skips are its dead letters: counted, and returned."""
+        key, accept = bus_keys.events_key(sub.tenant), sub.event_filter
+        after = await self.cursor(sub.tenant, sub.id)
+        skipped, page = 0, 1000
+        while True:
+            entries = await self._call(self._redis.xrange(key, "(" + after, "+", count=page))
+            for raw_id, fields in entries:
+                after = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+                try:
+                    event = bus_keys.decode_payload(after, fields[bus_keys.STREAM_FIELD])
+                except (KeyError, ValueError):
+                    continue
+                skipped += accept(event)
+            if len(entries) < page:
+                break
+        await self.set_cursor(sub.tenant, sub.id, after)
+        if skipped:
+            await self.add_dead_letters(sub.tenant, sub.id, skipped)
+        return skipped
+
     async def add_dead_letters(self, tenant: str, sub_id: str, count: int) -> None:
         await self._call(self._redis.hincrby(keys.state(tenant), keys.dead_field(sub_id), count))
