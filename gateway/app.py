@@ -413,8 +413,7 @@ class Gateway:
             registry.register(WebhookCollector(self.webhooks))
         poke = self.webhooks.poke if self.webhooks is not None else lambda: None
         app.include_router(
-            webhooks_router(store, lambda: self.bus, self.directory, self.settings,
-                            destinations, poke)
+            webhooks_router(store, self.directory, self.settings, destinations, poke)
         )  # fmt: skip
 
     def _https_context(
