@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.app import DEFAULT_STATE_DIR, Gateway, install_uvloop
-from gateway.cli import admin, demo, dial
+from gateway.cli import admin, demo, dial, webhooks
 from gateway.cli.sync import command as sync_command
 from gateway.cli.watch import UnsafeURL, WatchError, WatchOptions, check_url, watch
 from gateway.config import ConfigError, Settings, load_settings
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help="TOML settings file")
     check.set_defaults(func=cmd_check_config)
     admin.register(sub)
+    webhooks.register(sub)
     sync_command.register(sub)
     dial.register(sub)
     demo.register(sub)

@@ -9,6 +9,8 @@ import asyncio
 import json
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -201,3 +203,48 @@ async def test_a_failing_webhook_is_disabled_with_an_event_and_enabled_again(
         assert status == 200, raw
         await receiver.wait_for(tried + 1, timeout=10)
         assert receiver.received[-1].headers["webhook-id"] == sent[0]
+
+
+def sipgw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+async def test_the_cli_adds_lists_enables_and_removes_webhooks(
+    gateway_factory: GatewayFactory, receiver: Receiver
+) -> None:
+    gw = await gateway_factory(extra=webhook_settings(receiver.ca))
+    config = ["--tenant", "acme", "--config", str(gw.config)]
+    refused = await asyncio.to_thread(sipgw, "webhook", "add", "https://169.254.169.254/", *config)
+    assert refused.returncode == 1 and "denied_network" in refused.stderr
+
+    added = await asyncio.to_thread(
+        sipgw, "webhook", "add", receiver.url, "--type", "call.offered", *config
+    )
+    assert added.returncode == 0, added.stderr
+    secret = added.stdout.strip()
+    listed = await asyncio.to_thread(sipgw, "webhook", "list", "--json", *config)
+    row = json.loads(listed.stdout)
+    assert row["url"] == receiver.url and secret not in listed.stdout
+
+    async with Publisher(gw.redis_url) as publisher:
+        sent = await publisher.publish(3)
+        await receiver.wait_for(3, timeout=10)  # a running gateway picked it up
+        assert collapsed(receiver.ids()) == sent
+        assert all(signature_ok(secret, d) for d in receiver.received)
+
+        enabled = await asyncio.to_thread(
+            sipgw, "webhook", "enable", row["id"], "--from-now", *config
+        )
+        assert enabled.returncode == 0 and "0 events skipped" in enabled.stderr
+        removed = await asyncio.to_thread(sipgw, "webhook", "remove", row["id"], *config)
+        assert removed.returncode == 0, removed.stderr
+        await wait_until_true(lambda: _has_none(gw), timeout=10)
+    again = await asyncio.to_thread(sipgw, "webhook", "remove", row["id"], *config)
+    assert again.returncode == 1
+
+
+async def _has_none(gw: GatewayProcess) -> bool:
+    return "sipgw_webhook_subscriptions_held 0.0" in await gw.metrics()
