@@ -48,6 +48,7 @@ from gateway.recognition.cache import ContactCache
 from gateway.recognition.index import ContactIndex
 from gateway.recognition.lookup import Recognizer
 from gateway.runtime.blf_feed import BlfFeed
+from gateway.runtime.caller_names import CallerNames
 from gateway.runtime.hep_listener import HepIntake
 from gateway.runtime.shared_dials import SharedDials
 from gateway.runtime.shared_health import SharedHealth
@@ -119,6 +120,7 @@ class Gateway:
         )
         self.recognizer = Recognizer(self.contacts, self.contact_cache, self.counters)
         self.enricher = Enricher(settings, self.recognizer, self._publish)
+        self.caller_names: CallerNames | None = None
         self.sip: ProxyServer | None = None
         self.location: SharedLocation | None = None
         self.originator: Originator | None = None  # click-to-dial, once SIP is up
@@ -162,6 +164,13 @@ class Gateway:
             location=self.location,
         )
         await self.sip.start()
+        if any(tenant.caller_display.enabled for tenant in self.settings.tenants):
+            # The recognized caller's name on the callee's phone (runtime/caller_names.py).
+            self.caller_names = CallerNames(
+                self.settings, self.sip.proxy, self.recognizer, self._e164_of,
+                rearm=self.sip.rearm,
+            )  # fmt: skip
+            self.sip.proxy.caller_names = self.caller_names
         self.originator = Originator(
             self.sip.proxy,
             UserAgent(self.sip.proxy),
@@ -539,6 +548,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.enricher.close()
+        if self.caller_names is not None:
+            await self.caller_names.close()
         if self.webhook_store is not None:
             await self.webhook_store.close()
         await self.bus.stop()

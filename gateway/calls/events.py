@@ -41,6 +41,7 @@ __all__ = [
     "EVENT_TYPES",
     "SCHEMA_VERSION",
     "CallEvent",
+    "CallerDisplay",
     "Cause",
     "Device",
     "Diversion",
@@ -369,6 +370,39 @@ class Lookup(_Part):
 
 
 @dataclass(slots=True, unsafe_hash=True)
+class CallerDisplay(_Part):
+    """The recognized caller's name that the INVITE showed the callee's phone
+    (gateway/proxy/caller_display.py): the name as written, what answered in time
+    (the node's contact ``cache``, or ``redis`` within the tenant's wait), the headers
+    it went into, and the contact source it came from (unlinking that source removes
+    this part from stored events, like the contact itself)."""
+
+    name: str
+    answered_by: str
+    headers: tuple[str, ...] = ()
+    source: str | None = None
+
+    _SPEC: ClassVar[_Spec] = (
+        ("name", "name", _STR),
+        ("answered_by", "answered_by", _STR),
+        ("source", "source", _STR),
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = _Part.to_dict(self)
+        out["headers"] = list(self.headers)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self:
+        part = super(CallerDisplay, cls).from_dict(data)
+        headers = data.get("headers", [])
+        if not isinstance(headers, list) or not all(isinstance(h, str) for h in headers):
+            raise ValueError("CallerDisplay.headers: expected a list of strings")
+        return dataclasses.replace(part, headers=tuple(headers))
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class ScreenPop(_Part):
     """One rendered screen-pop URL and the name of its template."""
 
@@ -422,6 +456,7 @@ _PARTS: dict[str, type[_Part]] = {
     "diversion": Diversion,
     "originate": Originate,
     "lookup": Lookup,
+    "caller_display": CallerDisplay,
     "peer": Peer,
     "webhook": Webhook,
 }
@@ -464,6 +499,7 @@ class CallEvent:
     originate: Originate | None = None
     lookup: Lookup | None = None
     screen_pop: tuple[ScreenPop, ...] | None = None
+    caller_display: CallerDisplay | None = None
     peer: Peer | None = None
     webhook: Webhook | None = None
 

@@ -35,7 +35,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
-from gateway.calls.events import Cause, Device, Diversion, Originate, Party, Transfer
+from gateway.calls.events import (
+    CallerDisplay,
+    Cause,
+    Device,
+    Diversion,
+    Originate,
+    Party,
+    Transfer,
+)
 
 __all__ = [
     "ACTIVE",
@@ -145,6 +153,7 @@ class Call:
     transfer: Transfer | None = None
     diversion: Diversion | None = None
     originate: Originate | None = None  # click-to-dial: the request this call serves
+    caller_display: CallerDisplay | None = None  # the name the callee's phone was shown
     # --- bookkeeping, never on the wire -------------------------------------------------
     early: set[str] = field(default_factory=set)  # To tags of branches ringing, no final
     diverted_by: set[str] = field(default_factory=set)  # 181 branches already reported

@@ -93,6 +93,7 @@ from typing import Protocol, TypeVar
 from gateway.calls import causes, sdp
 from gateway.calls.events import (
     DIRECTIONS,
+    CallerDisplay,
     CallEvent,
     Cause,
     Device,
@@ -126,6 +127,7 @@ __all__ = [
     "Meta",
     "MetaLike",
     "Origination",
+    "calling_party",
 ]
 
 CALLER, CALLEE = "caller", "callee"
@@ -178,6 +180,21 @@ class MetaLike(Protocol):
     def caller_id(self) -> tuple[str, ...]: ...
     @property
     def region(self) -> str | None: ...
+    @property
+    def shown(self) -> ShownLike | None: ...
+
+
+class ShownLike(Protocol):
+    """The name the callee's phone was shown (the proxy's caller_display.Shown)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def answered_by(self) -> str: ...
+    @property
+    def headers(self) -> tuple[str, ...]: ...
+    @property
+    def contact_source(self) -> str | None: ...
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -192,6 +209,7 @@ class Meta:
     user_agent: str | None = None  # User-Agent of a request, Server of a response
     caller_id: tuple[str, ...] = ()  # headers naming the caller, most trusted first
     region: str | None = None  # the peer's region for national numbers (else the tenant's)
+    shown: ShownLike | None = None  # the recognized name the callee's phone was shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +459,7 @@ class CallTracker:
             device=_device(req, meta) if direction == "outbound" else None,
             diversion=_invite_diversion(req),
             originate=originate,
+            caller_display=_caller_display(meta.shown),
         )
         self._calls[key] = call
         self._arm(call, now + self.setup_timeout)
@@ -758,6 +777,7 @@ class CallTracker:
             transfer=call.transfer,
             diversion=call.diversion,
             originate=call.originate,
+            caller_display=call.caller_display if event_type == "call.offered" else None,
         )
 
     def _refresh(self, call: Call, resp: Response, now: float) -> None:
@@ -956,6 +976,13 @@ _DEFAULT_CALLER_ID = {
 }
 
 
+def calling_party(req: Request, direction: str, caller_id: tuple[str, ...]) -> tuple[URI, Party]:
+    """Who calls, as ``call.offered`` will name them (before E.164 normalization): the
+    URI and the party. What the callee's display shows is looked up with it
+    (gateway/runtime/caller_names.py), so both agree on who the caller is."""
+    return _calling(req, direction, caller_id)
+
+
 def _calling(req: Request, direction: str, caller_id: tuple[str, ...]) -> tuple[URI, Party]:
     """The first usable identity among the peer profile's caller-id headers.
 
@@ -978,6 +1005,12 @@ def _called(req: Request, direction: str) -> tuple[URI, Party]:
     if direction == "inbound" and _user(req.uri) is not None:
         return req.uri, _party(req.uri, to.display)
     return to.uri, _party(to.uri, to.display)
+
+
+def _caller_display(shown: ShownLike | None) -> CallerDisplay | None:
+    if shown is None:
+        return None
+    return CallerDisplay(shown.name, shown.answered_by, shown.headers, shown.contact_source)
 
 
 def _device(msg: Request | Response, meta: MetaLike) -> Device | None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from gateway.config.blf import BlfPolicy, BlfSettings
+from gateway.config.caller_display import CallerDisplayPolicy
 from gateway.config.dial_policy import DialPolicy
 from gateway.config.second_factor import SecondFactor
 from gateway.config.syntax import (
@@ -330,6 +331,9 @@ class Profile:
     # RFC 8760 wants the strongest first; a peer that reads only the first challenge and
     # knows only MD5 (sipp 3.6, older firmware) needs MD5 alone.
     digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    # The headers whose display-name this kind of phone shows for an incoming call
+    # (config/caller_display.py); None: the tenant's [tenants.caller_display] headers.
+    caller_display: tuple[str, ...] | None = None
     notes: str = ""
 
     def matches_user_agent(self, user_agent: str) -> bool:
@@ -486,6 +490,8 @@ class Tenant:
     # profile's patterns (docs/configuration.md "Phone profiles").
     default_phone_profile: str = "generic-phone"
     totp: SecondFactor = field(default_factory=SecondFactor)  # config/second_factor.py
+    # The recognized caller's name on the callee's phone (config/caller_display.py).
+    caller_display: CallerDisplayPolicy = field(default_factory=CallerDisplayPolicy)
     # The browser (gateway/api/cors.py, gateway/api/web.py): origins whose scripts may
     # call the API with this tenant's tokens, and pages that may frame /embed?tenant=id.
     cors_origins: tuple[str, ...] = ()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway.config.caller_display import display_headers
 from gateway.config.errors import ConfigError
 from gateway.config.model import USER_AGENT_PATTERN, Profile
 from gateway.config.reader import Context, Table, Value
@@ -75,6 +76,7 @@ def _profile(t: Table, name: str) -> Profile:
         "supports_refer": lambda v: v.boolean(),
         "user_agent_patterns": lambda v: tuple(item.parse(_pattern) for item in v.items()),
         "digest_algorithms": _digest_algorithms,
+        "caller_display": display_headers,
         "notes": lambda v: v.text(),
     }
     fields = t.read(readers)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from gateway.config.blf import blf_policy
+from gateway.config.caller_display import caller_display_policy
 from gateway.config.dial_policy import PREFIX, DialPolicy
 from gateway.config.errors import ConfigError
 from gateway.config.model import (
@@ -79,6 +80,7 @@ class _Seen:
 _TENANT_KEYS = (
     "id", "name", "domains", "region", "realm", "users", "dids", "trunks", "recognition",
     "dial", "cors_origins", "frame_ancestors", "blf", "default_phone_profile", "totp",
+    "caller_display",
 )  # fmt: skip
 
 
@@ -104,6 +106,7 @@ def _tenant(t: Table, profiles: Mapping[str, Profile]) -> Tenant:
         default_phone_profile=_profile_ref(t, "default_phone_profile", "generic-phone",
                                            "phone", profiles),
         totp=second_factor(t.table("totp")),
+        caller_display=caller_display_policy(t.table("caller_display"), recognition.fields),
     )  # fmt: skip
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from gateway.config import Profile
 from gateway.proxy.branch_state import BranchState
+from gateway.proxy.caller_display import Shown
 from gateway.proxy.timers import TimerHandle
 from gateway.proxy.tm import ServerEntry
 from gateway.sip.message import Request, Response
@@ -45,6 +46,10 @@ class ServerContext:
     trusted: bool = False
     size: int = 0
     terminated: bool = False  # the server transaction is over (see core._release)
+    # The recognized caller's name the INVITE shows the callee (caller_display.py), and
+    # whether the branches wait for it (at most the tenant's wait_ms).
+    shown: Shown | None = None
+    awaiting_name: bool = False
 
     @property
     def to_tag(self) -> str:

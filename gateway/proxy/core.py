@@ -23,6 +23,13 @@ from typing import Any, Protocol
 from gateway.config import Settings, Tenant, User
 from gateway.proxy.auth import Authenticator
 from gateway.proxy.branch_state import BranchInput, BranchState, advance
+from gateway.proxy.caller_display import (
+    CallerNames,
+    Shown,
+    Wait,
+    with_display,
+    with_display_all,
+)
 from gateway.proxy.context import Branch, ServerContext
 from gateway.proxy.destinations import DestinationPolicy, service_endpoints
 from gateway.proxy.directory import Directory
@@ -131,6 +138,22 @@ def _release(ctx: ServerContext) -> None:
         ctx.branches.clear()
 
 
+def _show_caller(req: Request, shown: Shown) -> None:
+    """Write the recognized name into the callee's copy of an INVITE (caller_display.py):
+    the display-name of From and/or of every P-Asserted-Identity (one is added, naming
+    the caller's URI, when there is none)."""
+    if "From" in shown.headers:
+        value = req.get("From")
+        if value is not None:
+            req.set("From", with_display(value, shown.name))
+    if "P-Asserted-Identity" in shown.headers:
+        lines = req.get_all("P-Asserted-Identity") or [f"<{shown.uri}>"]
+        if len(lines) > 1:
+            req.remove("P-Asserted-Identity")  # several lines become one, in their order
+        value = ", ".join(with_display_all(line, shown.name) for line in lines)
+        req.set("P-Asserted-Identity", value)
+
+
 def _format_via(via: Via, params: dict[str, str | None]) -> str:
     host = via.host if via.port is None else f"{via.host}:{via.port}"
     text = f"{via.protocol}/{via.transport} {host}"
@@ -201,6 +224,9 @@ class Proxy:
         self.response_handlers: dict[str, Callable[[Response, Source], None]] = {}
         self.ua: DialogParty | None = None  # set by UserAgent(proxy): the gateway's own calls
         self.notifier: EventNotifier | None = None  # set by blf.Notifier: dialog events
+        # The recognized caller's name on the callee's display (caller_display.py), set
+        # by the runtime when a tenant has it on.
+        self.caller_names: CallerNames | None = None
         # Worker processes (transport/relay.py): a sibling's own port → its index, every
         # worker's own ports (they are all "us"), and how to hand a message over.
         self.siblings: dict[int, int] = {}
@@ -465,6 +491,7 @@ class Proxy:
         cancel_ctx.trusted = cancel_ctx.trusted or invite_ctx.trusted
         self._respond(cancel_ctx, 200)
         if invite_ctx.observed:
+            self._report_request(invite_ctx)  # still pending while a name was awaited
             self._observe_request(cancel_ctx)
         invite_ctx.cancelled = True
         for branch in invite_ctx.branches:
@@ -546,7 +573,8 @@ class Proxy:
             self._respond(ctx, 480, "Temporarily Unavailable")
             return
         self._fork(ctx, decision.targets, record_route=req.method in RECORD_ROUTE_METHODS)
-        self._report_request(ctx)
+        if not ctx.awaiting_name:
+            self._report_request(ctx)  # else once the branches start (_start_branches)
 
     # -- what the router calls back for --------------------------------------------------
     def is_for_us(self, req: Request) -> bool:
@@ -669,12 +697,50 @@ class Proxy:
             return
         if ctx.request.method == "INVITE":
             self._respond(ctx, 100)
-        for request_uri, target in allowed:
+            if self._wait_for_name(ctx, allowed, record_route):
+                return
+        self._start_branches(ctx, allowed, record_route)
+
+    def _start_branches(
+        self, ctx: ServerContext, targets: list[tuple[str | None, Target]], record_route: bool
+    ) -> None:
+        for request_uri, target in targets:
             if ctx.cancelled:
                 break
             self._start_branch(ctx, request_uri, target, record_route=record_route)
         if not ctx.branches and not ctx.final_sent:
             self._respond(ctx, 503, "No route available")
+
+    def _wait_for_name(
+        self, ctx: ServerContext, targets: list[tuple[str | None, Target]], record_route: bool
+    ) -> bool:
+        """Ask what the callee's display shows of an inbound caller (caller_display.py).
+        A local answer is used at once (False: go on); when the tenant lets the INVITE
+        wait for Redis, the branches start on the answer or when the wait is up,
+        whichever comes first (True: they are started later)."""
+        names = self.caller_names
+        if names is None or ctx.direction != "inbound" or ctx.request.to.tag:
+            return False
+        answer = names.now(ctx)
+        if not isinstance(answer, Wait):
+            ctx.shown = answer
+            return False
+        ctx.awaiting_name = True
+
+        def go(shown: Shown | None) -> None:
+            if not ctx.awaiting_name:
+                return  # the other of the two came first
+            ctx.awaiting_name = False
+            self.queue.cancel(timer)
+            if ctx.cancelled or ctx.final_sent:
+                return  # CANCELled while waiting: the 487 is already sent
+            ctx.shown = shown
+            self._start_branches(ctx, targets, record_route)
+            self._report_request(ctx)
+
+        timer = self.queue.schedule(self.clock() + answer.seconds, lambda: go(None))
+        names.ask(ctx, go)
+        return True
 
     def _may_send(self, target: Target) -> bool:
         refused = self.destinations.refusal_for(target)
@@ -721,6 +787,8 @@ class Proxy:
         req.prepend("Via", f"SIP/2.0/{target.transport.upper()} {sent_by};branch={branch_id};rport")
         for name in self.auth.consumed_headers(req):
             req.remove(name)
+        if ctx.shown is not None:
+            _show_caller(req, ctx.shown)
         data = req.to_bytes()
         invite = req.method == "INVITE"
         branch = Branch(ctx, branch_id, target, data, invite=invite)
@@ -996,6 +1064,11 @@ class Proxy:
         if ctx.observed and resp.status >= 300 and ctx.request.method == "INVITE":
             self._observe(resp, ctx, local=True, source=None)
         resp.pop_first_value("Via")
+        if ctx.shown is not None and "From" in ctx.shown.headers:
+            # The caller gets its own From back (only the callee's copy was renamed).
+            original = ctx.request.get("From")
+            if original is not None:
+                resp.set("From", original)
         self._send_response(ctx, resp.to_bytes(), resp.status, local=False)
 
     def _send_response(self, ctx: ServerContext, data: bytes, status: int, *, local: bool) -> None:
@@ -1052,6 +1125,7 @@ class Proxy:
             user_agent=msg.get("User-Agent" if isinstance(msg, Request) else "Server"),
             caller_id=ctx.peer.caller_id if initial and ctx.peer is not None else (),
             region=ctx.peer.region if initial and ctx.peer is not None else None,
+            shown=ctx.shown if initial else None,
         )
         try:
             self.observer(msg, info)

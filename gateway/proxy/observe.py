@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.proxy.caller_display import Shown
 from gateway.sip.message import Request, Response
 
 
@@ -25,6 +26,8 @@ class Observed:
     # caller, in order of trust, and the region its national numbers are read in.
     caller_id: tuple[str, ...] = ()
     region: str | None = None
+    # The recognized name the callee's copy of the INVITE shows (caller_display.py).
+    shown: Shown | None = None
 
 
 Observer = Callable[[Request | Response, Observed], None]

@@ -16,8 +16,8 @@ Two questions, both asked of event dicts as the stream stores them:
   catches the rest (`+31 (0)20 …`, `011 31 …`). A string whose digits do not contain
   the national significant number cannot name the number and costs one regex.
 - `without_source`: the event with the contact data of one contact source removed
-  (`lookup.contact` and the `screen_pop` URLs rendered from that contact), or None
-  if it holds none. Events recorded before `lookup.source` existed do not say where
+  (`lookup.contact`, the `screen_pop` URLs rendered from that contact and the name the
+  callee's phone was shown, `caller_display`), or None if it holds none. Events recorded before `lookup.source` existed do not say where
   their contact came from; any unlink clears them, since keeping data that may belong
   to an unlinked source is the worse mistake.
 """
@@ -100,6 +100,9 @@ class NumberMentions:
 
 def holds_source(event: Mapping[str, Any], source: str) -> bool:
     """Whether the event's contact data came from `source` (or may have: see above)."""
+    shown = event.get("caller_display")
+    if isinstance(shown, Mapping) and shown.get("source") in (source, None):
+        return True
     lookup = event.get("lookup")
     if not isinstance(lookup, Mapping):
         return False
@@ -118,9 +121,13 @@ def without_source(event: dict[str, Any], source: str) -> dict[str, Any] | None:
     """
     if not holds_source(event, source):
         return None
-    lookup = event["lookup"]
-    if "contact" not in lookup and "screen_pop" not in event:
+    lookup = event.get("lookup")
+    held = ("screen_pop", "caller_display")
+    if not any(key in event for key in held) and not (
+        isinstance(lookup, Mapping) and "contact" in lookup
+    ):
         return None  # already redacted
-    redacted = {key: value for key, value in event.items() if key != "screen_pop"}
-    redacted["lookup"] = {key: value for key, value in lookup.items() if key != "contact"}
+    redacted = {key: value for key, value in event.items() if key not in held}
+    if isinstance(lookup, Mapping):
+        redacted["lookup"] = {key: value for key, value in lookup.items() if key != "contact"}
     return redacted

@@ -189,6 +189,11 @@ class ProxyServer:
             if rearm:
                 self._arm()
 
+    def rearm(self) -> None:
+        """Something outside a received message changed the proxy's timers (an answer
+        it waited for came back on the event loop): re-arm the one loop timer."""
+        self._arm()
+
     def _arm(self) -> None:
         deadline = self.proxy.next_deadline()
         if deadline is None:

@@ -437,6 +437,7 @@ class _Meta:
         self.local, self.source, self.user_agent = False, "", None
         self.caller_id: tuple[str, ...] = ()
         self.region: str | None = None
+        self.shown = None
 
 
 def _parse(text: str) -> Request:
