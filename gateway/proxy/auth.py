@@ -20,7 +20,7 @@ from gateway.config import SipSettings, Tenant, User
 from gateway.proxy.auth_throttle import AuthThrottle
 from gateway.proxy.directory import Directory
 from gateway.proxy.flood import source_bucket
-from gateway.proxy.location import Location
+from gateway.proxy.location import Binding, Location
 from gateway.sip.digest import AuthResult, DigestServer, parse_credentials
 from gateway.sip.errors import SIPParseError
 from gateway.sip.message import Request
@@ -97,11 +97,12 @@ class Authenticator:
         peer has proved anything this only chooses among algorithms we accept anyway.
         """
         user = self.directory.user(tenant, claimed) if claimed else None
-        bindings = (
-            location.bindings(tenant.id, user.extension, self._clock())
-            if location is not None and user is not None
-            else ()
-        )
+
+        def bindings() -> list[Binding]:
+            if location is None or user is None:
+                return []
+            return location.bindings(tenant.id, user.extension, self._clock())
+
         profile = self.directory.phones.for_message(tenant, user, req, source, bindings)
         algorithms = profile.digest_algorithms
         key = (tenant.id, algorithms)
@@ -130,12 +131,13 @@ class Authenticator:
         server = self._verifiers[tenant.id]
         claimed_uri = req.to.uri if registrar else req.from_.uri
         claimed_user = getattr(claimed_uri, "user", None)
-        challenger = self._challenger(req, tenant, source, claimed_user, location)
         credentials_header = "Authorization" if registrar else "Proxy-Authorization"
         challenge_header = "WWW-Authenticate" if registrar else "Proxy-Authenticate"
         challenge_status = 401 if registrar else 407
 
         def challenge(stale: bool = False) -> AuthOutcome:
+            # Chosen only when a challenge is sent: a valid credential costs no look-up.
+            challenger = self._challenger(req, tenant, source, claimed_user, location)
             headers = tuple(
                 (challenge_header, value) for value in challenger.challenge(stale=stale)
             )

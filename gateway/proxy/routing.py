@@ -167,8 +167,10 @@ class Router:
             # The credentials are one user's; the From claims another. Refuse rather
             # than let a phone place calls (and events) in a colleague's name.
             return Reply(403, "From does not match the authenticated user")
-        bindings = self.location.bindings(tenant.id, caller.extension, self.proxy.clock())
-        ctx.peer = self.directory.phones.for_message(tenant, caller, req, ctx.source, bindings)
+        ctx.peer = self.directory.phones.for_message(
+            tenant, caller, req, ctx.source,
+            lambda: self.location.bindings(tenant.id, caller.extension, self.proxy.clock()),
+        )  # fmt: skip
         return self._dial(ctx, tenant, caller)
 
     def _dial(self, ctx: ServerContext, tenant: Tenant, caller: User) -> Decision:

@@ -25,7 +25,7 @@ the memo of header → profile is a bounded LRU.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from gateway.config import Profile, Tenant, User
 from gateway.config.model import MAX_USER_AGENT
@@ -75,16 +75,18 @@ class PhoneProfiles:
         tenant: Tenant,
         user: User | None,
         user_agent: str | None,
-        registered: Binding | None = None,
+        registered: Callable[[], Binding | None] = lambda: None,
     ) -> Profile:
         """The profile of ``user``'s phone (``user`` None: a claim not yet proved or
-        unknown, which gets what its User-Agent says like anyone)."""
+        unknown, which gets what its User-Agent says like anyone). ``registered`` finds
+        the phone's registration; asked only when the header is missing."""
         if user is not None and user.profile is not None:
             named = self._profiles.get(user.profile)
             if named is not None:
                 return named
-        if user_agent is None and registered is not None:
-            user_agent = registered.user_agent
+        if user_agent is None:
+            binding = registered()
+            user_agent = binding.user_agent if binding is not None else None
         if user_agent:
             matched = self.by_user_agent(user_agent)
             if matched is not None:
@@ -93,16 +95,18 @@ class PhoneProfiles:
 
     def for_message(
         self, tenant: Tenant, user: User | None, msg: Message, source: Source,
-        bindings: Iterable[Binding] = (),
+        bindings: Callable[[], Iterable[Binding]] = tuple,
     ) -> Profile:  # fmt: skip
-        """The profile of the phone that sent ``msg``: its header, else its registration."""
-        return self.choose(tenant, user, user_agent_of(msg), binding_from(source, bindings))
+        """The profile of the phone that sent ``msg``: its header, else its registration
+        among ``bindings()`` (the user's; looked up only when needed)."""
+        return self.choose(
+            tenant, user, user_agent_of(msg), lambda: binding_from(source, bindings())
+        )
 
     def for_bindings(self, tenant: Tenant, user: User, bindings: Iterable[Binding]) -> Profile:
         """The profile to use towards ``user``'s phones: that of the first binding (the
         highest q, as ``Location.bindings`` orders them), whose REGISTER named it."""
-        first = next(iter(bindings), None)
-        return self.choose(tenant, user, None, first)
+        return self.choose(tenant, user, None, lambda: next(iter(bindings), None))
 
     def default(self, tenant: Tenant) -> Profile:
         """The tenant's ``default_phone_profile`` (the loader checks that it exists; a

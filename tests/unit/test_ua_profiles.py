@@ -107,7 +107,7 @@ def choose(user: User, user_agent: str | None, *bindings: Binding, tenant: Tenan
     if user_agent is None:
         req = req.replace("User-Agent: None\r\n", "")
     msg = parse_message(req.encode())
-    return PhoneProfiles(SHIPPED).for_message(tenant, user, msg, source, bindings).name
+    return PhoneProfiles(SHIPPED).for_message(tenant, user, msg, source, lambda: bindings).name
 
 
 def test_a_named_profile_always_wins() -> None:
