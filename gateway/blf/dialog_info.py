@@ -58,6 +58,7 @@ class Party:
 
     uri: str
     display: str | None = None
+    named: bool = False  # the display is a recognized contact's name (not the number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +127,9 @@ def updated(view: DialogView, newer: DialogView) -> DialogView:
 
 
 def _better(old: Party | None, new: Party | None) -> Party | None:
-    if new is None or (old is not None and old.display and not new.display):
+    """Only call.offered and call.recognized carry the look-up: a later event without it
+    keeps the name found before."""
+    if new is None or (old is not None and old.named and not new.named):
         return old
     return new
 
@@ -137,17 +140,17 @@ def _remote(party: object, lookup: object, domain: str, caller: CallerShown) -> 
     number = _text(party.get("number_e164")) or _text(party.get("number_raw"))
     if not number:
         return None
-    display = number
+    display, named = number, False
     if caller == "name" and isinstance(lookup, dict) and lookup.get("status") == "hit":
         contact = lookup.get("contact")
         name = _text(contact.get("name")) if isinstance(contact, dict) else None
         if name:
-            display = name
+            display, named = name, True
     # A URI we build from the number (in the tenant's domain), not the signalled one: the
     # trunk's address in it is none of a colleague's business, and a number is what a
     # phone can dial back.
     uri_user = re.sub(r"[^0-9A-Za-z+*#._-]", "", number) or "anonymous"
-    return Party(f"sip:{uri_user}@{domain}", display)
+    return Party(f"sip:{uri_user}@{domain}", display, named)
 
 
 def _text(value: object) -> str | None:

@@ -367,8 +367,9 @@ class Notifier:
         if tenant not in self._catching_up:
             return
         self._catching_up.discard(tenant)
+        log.info("blf: watching the tenant's calls", extra={"tenant": tenant})
         for sub in list(self.table.by_dialog.values()):
-            if sub.tenant == tenant:
+            if sub.tenant == tenant and self.lines.dialogs(tenant, sub.extension):
                 self._input(sub, SubInput.CHANGE)
 
     # ============================================================ the state table ===

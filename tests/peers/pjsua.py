@@ -288,6 +288,14 @@ class PjsuaAgent:
         `transfer_status` events (see `wait_transfer_status`)."""
         await self.request("transfer", call=handle, uri=uri)
 
+    async def watch_dialog(self, uri: str) -> None:
+        """Subscribe to `uri`'s dialog events (a BLF key); the NOTIFYs arrive as
+        "dialog_notify" events, PJSIP's answers to them as "dialog_notify_answered"."""
+        await self.request("watch_dialog", uri=uri)
+
+    def dialog_notifies(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == "dialog_notify"]
+
     async def call_info(self, handle: str) -> dict[str, Any]:
         return dict(await self.request("call_info", call=handle))
 

@@ -19,6 +19,7 @@ callback runs on this thread. PJSIP's own console output is moved to stderr; log
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import select
@@ -137,6 +138,7 @@ class Agent:
         self.transport_id = -1
         self.port = 0
         self.host = args.host
+        self.buddies: list[pj.Buddy] = []  # dialog-event watches (cmd_watch_dialog)
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -501,6 +503,26 @@ class Agent:
                   msg["uri"], pj.CallOpParam(True))
         return None
 
+    def cmd_watch_dialog(self, _id: int, msg: dict[str, Any]) -> Any:
+        """Subscribe to the dialog event package (RFC 4235) of msg["uri"], as a BLF key
+        does. The wheel's pjsua2 has no BuddyConfig.subscribe_dlg_event, but its library
+        exports pjsua_buddy_subscribe_dlg_event: the buddy is made through pjsua2 and
+        subscribed through the C call. Each NOTIFY PJSIP receives, and its answer, are
+        reported as "dialog_notify" / "dialog_notify_answered" events (from its log)."""
+        cfg = pj.BuddyConfig()
+        cfg.uri = msg["uri"]
+        cfg.subscribe = False
+        buddy = pj.Buddy()
+        buddy.create(self.account(), cfg)
+        self.buddies.append(buddy)
+        if self.log_writer is not None:
+            self.log_writer.watch_notifies = True
+        library = ctypes.CDLL(pj._pjsua2.__file__)  # the one the binding has loaded
+        status = library.pjsua_buddy_subscribe_dlg_event(ctypes.c_int(buddy.getId()), 1)
+        if status != 0:
+            raise RuntimeError(f"pjsua_buddy_subscribe_dlg_event failed: {status}")
+        return {"buddy": buddy.getId()}
+
     def cmd_call_info(self, _id: int, msg: dict[str, Any]) -> Any:
         return self.get_call(msg).info_dict()
 
@@ -611,9 +633,31 @@ class FileLogWriter(pj.LogWriter):
     def __init__(self, path: str) -> None:
         super().__init__()
         self.fh = open(path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+        self.watch_notifies = False  # report dialog NOTIFYs (cmd_watch_dialog)
 
     def write(self, entry: pj.LogEntry) -> None:
         self.fh.write(entry.msg if entry.msg.endswith("\n") else entry.msg + "\n")
+        if self.watch_notifies:
+            report_dialog_notify(entry.msg)
+
+
+def report_dialog_notify(text: str) -> None:
+    """A NOTIFY of the dialog package PJSIP received, or its answer, as an event."""
+    if "RX " in text and " Request msg NOTIFY/" in text:
+        start, end = text.find("NOTIFY sip"), text.rfind("--end msg--")
+        if start < 0:
+            return
+        message = text[start:end if end > 0 else None].replace("\r\n", "\n")
+        head, _, body = message.partition("\n\n")
+        headers = {}
+        for line in head.split("\n")[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get("event", "").split(";")[0] == "dialog":
+            emit({"event": "dialog_notify", "headers": headers, "body": body.strip()})
+    elif " Response msg " in text and "/NOTIFY/" in text and "TX " in text:
+        status = text.split(" Response msg ", 1)[1].split("/", 1)[0]
+        emit({"event": "dialog_notify_answered", "status": int(status)})
 
 
 class AgentAccount(pj.Account):

@@ -253,6 +253,17 @@ def test_an_internal_call_lights_both_extensions(tmp_path: Path) -> None:
     ]
 
 
+def test_the_name_stays_when_later_events_carry_no_look_up(hn: Any) -> None:
+    h, notifier = hn
+    _, sent = subscribe(h)
+    answer(h, notifies(sent)[0])
+    notifier.on_event("acme", call_event("offered", "call.offered", lookup=JAN))
+    answer(h, h.transport.sent[-1])
+    notifier.on_event("acme", call_event("delivered", "call.delivered"))
+    identity = body_of(h.transport.sent[-1]).find("d:dialog/d:remote/d:identity", NS)
+    assert identity is not None and identity.get("display") == "Jan de Vries"
+
+
 def test_caller_none_shows_no_remote_party(tmp_path: Path) -> None:
     h, notifier = make(tmp_path, caller="none")
     _, sent = subscribe(h)
