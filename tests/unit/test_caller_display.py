@@ -30,6 +30,7 @@ from gateway.sip.headers import parse_name_addr
 from gateway.sip.message import Request
 
 from .proxy_harness import CONFIG, Harness, Sent, request, settings_from
+from .test_call_events import assert_valid
 from .test_proxy import PHONE_201, invite_from_trunk, only, register, response_to, statuses
 
 NAME = 'Zoë "Z" O\\Brien'
@@ -244,6 +245,7 @@ def test_the_event_part_round_trips_and_unlinking_its_source_removes_it() -> Non
         "headers": ["From", "P-Asserted-Identity"],
     }  # fmt: skip
     assert CallEvent.from_dict(stored).caller_display == part
+    assert_valid(event)  # the published schema, both wire formats
     redacted = without_source(stored, "crm")
     assert redacted is not None and "caller_display" not in redacted
     assert without_source(stored, "other-source") is None
