@@ -30,7 +30,7 @@ from gateway.sip.headers import parse_name_addr
 from gateway.sip.message import Request
 
 from .proxy_harness import CONFIG, Harness, Sent, request, settings_from
-from .test_call_events import assert_valid
+from .test_call_events import assert_valid, full_event
 from .test_proxy import PHONE_201, invite_from_trunk, only, register, response_to, statuses
 
 NAME = 'Zoë "Z" O\\Brien'
@@ -235,10 +235,9 @@ def test_the_hook_sees_the_inbound_call(h: Harness) -> None:
 
 def test_the_event_part_round_trips_and_unlinking_its_source_removes_it() -> None:
     part = CallerDisplay("Ann", "cache", ("From", "P-Asserted-Identity"), "crm")
-    event = CallEvent(
-        type="call.offered", occurred_at="2026-12-07T20:00:00Z", node="n", tenant="acme",
-        caller_display=part,
-    )  # fmt: skip
+    event = full_event(
+        type="call.offered", state="offered", prev_state="idle", caller_display=part
+    )
     stored = event.to_dict()
     assert stored["caller_display"] == {
         "name": "Ann", "answered_by": "cache", "source": "crm",
