@@ -16,8 +16,10 @@ from tests.integration.gateway import DID, DOMAIN, PASSWORDS, RECOGNITION, Gatew
 from tests.integration.test_pjsua import phone
 from tests.integration.test_recognition import put_contacts
 from tests.integration.test_sipp_calls import trunk_to_did
+from tests.integration.test_workers import calls_from_many_ports, register, samples, total
 from tests.peers.pjsua import PjsuaAgent
-from tests.peers.sipp import start_sipp
+from tests.peers.ports import free_port
+from tests.peers.sipp import scenario, start_sipp
 
 pytestmark = [pytest.mark.peers]
 
@@ -189,3 +191,41 @@ async def test_refused_subscriptions(
     ) as sipp:  # fmt: skip
         result = await sipp.wait(timeout=20)
     result.check(calls=1)
+
+
+async def test_a_subscription_on_one_worker_sees_the_calls_of_every_worker(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """The subscription lives in the worker its SUBSCRIBE reached; the calls come from a
+    port each and spread over both workers; every one of them reaches the watcher."""
+    gw = await gateway_factory(workers=2, trunk_match=["127.0.0.1/32"])
+    uas_port = free_port()
+    await register(gw, uas_port, scenario("register_uac"))
+    calls = 20
+    async with await phone(gw, "watcher", "204", "udp") as watcher:
+        await watcher.watch_dialog(f"sip:201@{DOMAIN}")
+        await watcher.wait_event(lambda e: e["event"] == "dialog_notify", 10)
+        await watching(gw)
+        await calls_from_many_ports(gw, calls, uas_port)
+
+        def ended() -> set[str] | None:
+            ids = {
+                str(d.get("id"))
+                for e in watcher.dialog_notifies()
+                for d in dialogs(e["body"])
+                if d.findtext("d:state", namespaces=NS) == "terminated"
+            }
+            return ids if len(ids) == calls else None
+
+        await watcher.proc.wait_until(ended, 20, f"{calls} calls shown terminated")
+    found = samples(await gw.metrics())
+    async with asyncio.timeout(10):  # worker 1 reports its counters every second
+        while total(found, "sipgw_sip_requests_total", direction="out", method="INVITE") < calls:
+            await asyncio.sleep(0.2)
+            found = samples(await gw.metrics())
+    per_worker = {
+        dict(labels)["worker"]: value
+        for (name, labels), value in found.items()
+        if name == "sipgw_worker_requests_total"
+    }
+    assert set(per_worker) == {"0", "1"} and all(v > 0 for v in per_worker.values()), per_worker

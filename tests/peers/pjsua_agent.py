@@ -649,7 +649,7 @@ def report_dialog_notify(text: str) -> None:
             return
         message = text[start:end if end > 0 else None].replace("\r\n", "\n")
         head, _, body = message.partition("\n\n")
-        headers = {}
+        headers: dict[str, str] = {}
         for line in head.split("\n")[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
