@@ -57,7 +57,9 @@ class CallerNames:
 
     def ask(self, ctx: object, done: Callable[[Shown | None], None]) -> None:
         subject = self._subject(ctx)
-        if subject is None:
+        if subject is None or len(self._tasks) >= self.settings.recognition.max_pending:
+            # Beyond the node's bound on look-ups in flight (a flood of unknown callers)
+            # the INVITE goes on at once, unchanged, as the enricher's events do.
             done(None)
             return
         task = asyncio.get_running_loop().create_task(self._ask(subject, done))
