@@ -3,6 +3,7 @@ in, NOTIFY out, the dialog-info bodies, the subscription's state table."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from gateway.blf.dialog_info import NAMESPACE, DialogView, Party, render
 from gateway.blf.lines import Lines
 from gateway.blf.notifier import Notifier
 from gateway.blf.subscriptions import TRANSITIONS, Do, SubInput, SubState, advance
+from gateway.config import ConfigError
 from gateway.sip.digest import DigestClient
 from gateway.sip.message import Request, Response
 
@@ -438,3 +440,22 @@ def test_the_state_table_folds_changes_and_ends_once() -> None:
         assert advance(SubState.ENDED, SubInput.CHANGE)[1] is Do.NOTHING
         if state not in (SubState.ENDING, SubState.ENDED):
             assert TRANSITIONS[(state, SubInput.END)] == (SubState.ENDING, Do.FINAL_NOTIFY)
+
+
+# ---------------------------------------------------------------- configuration ---
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[blf]\nmin_expires = 120\nmax_expires = 60\n", "blf.max_expires: must be at least"),
+        ("[blf]\ndefault_expires = 10\n", "blf.default_expires: must be from"),
+        ("[blf]\ncatch_up = -1\n", "blf.catch_up"),
+    ],
+)
+def test_bad_blf_settings_name_their_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        settings_from(f"{CONFIG}\n{text}", tmp_path)
+
+
+def test_a_tenant_caller_choice_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"tenants\[0\]\.blf\.caller: must be"):
+        make(tmp_path, caller="everything")
