@@ -69,6 +69,7 @@ TOP_LEVEL_KEYS = (
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _MIN_SECRET = 16  # characters of auth_secret: it is the HMAC key of every nonce
+_MIN_TOTP_KEY = 32  # characters of [security] totp_key: 32 random bytes in base64 are 44
 
 
 def load_settings(
@@ -166,6 +167,7 @@ def _settings(root: Table, source: str) -> Settings:
     all_tenants = tenants(root.get("tenants"), profiles)
     fallback = default_tenant(root.get("default_tenant"), all_tenants)
     monitor = _monitor(root.table("monitor"), all_tenants, sip)
+    _check_totp_key(security, sip, all_tenants)
     settings = Settings(
         node=node, sip=sip, http=http, redis=redis, log=log, events=events,
         security=security, monitor=monitor, recognition=recognition, dial=dial, web=web,
@@ -175,6 +177,23 @@ def _settings(root: Table, source: str) -> Settings:
     # Last: the demo and published passwords stay on the loopback, plain HTTP too.
     check_exposure(settings, root.data, embedded=source == EMBEDDED_DEFAULT)
     return settings
+
+
+def _check_totp_key(
+    security: SecuritySettings, sip: SipSettings, all_tenants: tuple[Tenant, ...]
+) -> None:
+    """A tenant that obliges its users to enrol needs a key to seal their TOTP secrets
+    with (security/totp_sealing.py): without one nobody there could ever log in."""
+    if security.totp_key or sip.auth_secret:
+        return
+    for n, tenant in enumerate(all_tenants):
+        if tenant.totp.policy in ("admins", "everyone"):
+            raise ConfigError(
+                "security.totp_key",
+                f"required when a tenant's second factor is compulsory "
+                f'(tenants[{n}].totp.policy = "{tenant.totp.policy}"): it seals the TOTP '
+                "secrets in Redis ([sip] auth_secret would serve too)",
+            )
 
 
 def _web(table: Table) -> WebSettings:
@@ -369,6 +388,17 @@ def _trusted_proxies(v: Value) -> tuple[str, ...]:
     return tuple(entries)
 
 
+def _totp_key(v: Value) -> str:
+    key = v.text(secret=True)
+    if len(key) < _MIN_TOTP_KEY:
+        # Never echo the key itself.
+        raise v.error(
+            f"must be at least {_MIN_TOTP_KEY} characters (it seals every TOTP secret; "
+            "e.g. openssl rand -base64 32)"
+        )
+    return key
+
+
 _SECURITY_READERS: dict[str, Callable[[Value], Any]] = {
     "token_ttl": lambda v: v.number(),
     "login_max_failures": lambda v: v.integer(1),
@@ -376,7 +406,10 @@ _SECURITY_READERS: dict[str, Callable[[Value], Any]] = {
     "login_lockout": lambda v: v.number(),
     "audit_maxlen": lambda v: v.integer(1),
     "trusted_proxies": _trusted_proxies,
+    "totp_key": _totp_key,
+    "totp_previous_key": _totp_key,
 }
+
 
 
 _DIAL_READERS: dict[str, Callable[[Value], Any]] = {

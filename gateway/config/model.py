@@ -602,7 +602,7 @@ class DialSettings:
     keep_finished: float = 3600.0  # seconds a finished request stays readable (GET)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class SecuritySettings:
     """HTTP API logins, tokens, audit log and brute-force throttling."""
 
@@ -614,6 +614,13 @@ class SecuritySettings:
     # Reverse proxies whose X-Forwarded-For is believed ("ip" or CIDR): the client's
     # address is then the last address in that header not in this list.
     trusted_proxies: tuple[str, ...] = ()
+    # What the TOTP secrets in Redis are sealed with (security/totp_sealing.py): the
+    # current key seals and opens, the previous one only opens (a rotation). Neither
+    # set: [sip] auth_secret serves; none of the three: no enrolment.
+    totp_key: str | None = field(default=None, metadata=_SECRET)
+    totp_previous_key: str | None = field(default=None, metadata=_SECRET)
+
+    __repr__ = _masked_repr
 
     def is_trusted_proxy(self, address: str) -> bool:
         try:
