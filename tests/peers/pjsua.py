@@ -215,7 +215,8 @@ class PjsuaAgent:
     async def register(self, registrar_uri: str, user: str, domain: str, password: str, *,
                        expires: int = 300, proxy: str | None = "registrar",
                        auth_user: str | None = None, display: str | None = None,
-                       headers: dict[str, str] | None = None, timeout: float = 10.0) -> int:
+                       headers: dict[str, str] | None = None, keepalive: int = 0,
+                       timeout: float = 10.0) -> int:
         """REGISTER sip:user@domain at `registrar_uri` (digest auth with user/password)
         and return the final status code (200 on success; 401/403/... on failure, 408 on
         no answer). Later calls and OPTIONS from this agent use this account, with the
@@ -229,6 +230,8 @@ class PjsuaAgent:
             args["display"] = display
         if headers:
             args["headers"] = headers
+        if keepalive:
+            args["keepalive"] = keepalive  # seconds between PJSIP's UDP CRLF keep-alives
         result = await self.request("register", timeout=timeout, **args)
         if result["code"] // 100 == 2:
             self.registered_aor = f"sip:{user}@{domain}"

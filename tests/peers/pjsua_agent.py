@@ -390,6 +390,8 @@ class Agent:
         display = msg.get("display")
         id_uri = f'"{display}" <sip:{user}@{domain}>' if display else f"sip:{user}@{domain}"
         acfg = self.account_config(id_uri)
+        # PJSIP's own NAT keep-alive over UDP: a bare CRLF (udpKaData) every N seconds.
+        acfg.natConfig.udpKaIntervalSec = int(msg.get("keepalive", 0))
         acfg.regConfig.registrarUri = registrar
         acfg.regConfig.timeoutSec = int(msg.get("expires", 300))
         acfg.regConfig.retryIntervalSec = 0  # report a failure, don't retry behind our back
