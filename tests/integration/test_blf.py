@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import GatewayFactory
-from tests.integration.gateway import DID, DOMAIN, PASSWORDS, RECOGNITION, GatewayProcess
+from tests.integration.gateway import (
+    DID,
+    DOMAIN,
+    PASSWORDS,
+    RECOGNITION,
+    GatewayProcess,
+    RedisProcess,
+)
+from tests.integration.test_click_to_dial_nodes import shared_redis
 from tests.integration.test_pjsua import phone
 from tests.integration.test_recognition import put_contacts
 from tests.integration.test_sipp_calls import trunk_to_did
@@ -22,6 +30,7 @@ from tests.peers.ports import free_port
 from tests.peers.sipp import scenario, start_sipp
 
 pytestmark = [pytest.mark.peers]
+__all__ = ["shared_redis"]  # a fixture: one redis-server for two nodes
 
 NS = {"d": "urn:ietf:params:xml:ns:dialog-info"}
 CALLER = "+31612345678"
@@ -229,3 +238,30 @@ async def test_a_subscription_on_one_worker_sees_the_calls_of_every_worker(
         if name == "sipgw_worker_requests_total"
     }
     assert set(per_worker) == {"0", "1"} and all(v > 0 for v in per_worker.values()), per_worker
+
+
+async def test_a_subscription_on_one_node_sees_the_calls_of_another(
+    shared_redis: RedisProcess, gateway_factory: GatewayFactory
+) -> None:
+    """Node A holds the subscription; the phone registers and the calls go through node B
+    (the same Redis): A's lamps follow B's calls."""
+    a = await gateway_factory(node="node-a", redis_url=shared_redis.url)
+    b = await gateway_factory(node="node-b", redis_url=shared_redis.url)
+    calls = 3
+    async with await phone(a, "watcher", "204", "udp") as watcher:
+        await watcher.watch_dialog(f"sip:201@{DOMAIN}")
+        await watcher.wait_event(lambda e: e["event"] == "dialog_notify", 10)
+        await watching(a)
+        await trunk_to_did(b, "uas", "uac", calls, rate=5)
+
+        def ended() -> set[str] | None:
+            ids = {
+                str(d.get("id"))
+                for e in watcher.dialog_notifies()
+                for d in dialogs(e["body"])
+                if d.findtext("d:state", namespaces=NS) == "terminated"
+            }
+            return ids if len(ids) == calls else None
+
+        await watcher.proc.wait_until(ended, 20, f"{calls} calls of node B shown terminated")
+    assert not any(r.get("msg") == "blf subscription" for r in b.log_records())
