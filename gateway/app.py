@@ -50,6 +50,7 @@ from gateway.recognition.lookup import Recognizer
 from gateway.runtime.blf_feed import BlfFeed
 from gateway.runtime.caller_names import CallerNames
 from gateway.runtime.hep_listener import HepIntake
+from gateway.runtime.redis_topology import RedisTopology
 from gateway.runtime.shared_dials import SharedDials
 from gateway.runtime.shared_health import SharedHealth
 from gateway.runtime.shared_location import SharedLocation
@@ -129,6 +130,8 @@ class Gateway:
         self.prober: OptionsProber | None = None
         self.blf: BlfFeed | None = None  # the busy lamp field's call events
         self.trunk_health: SharedHealth | None = None  # every node's probes, merged
+        # The nodes a Redis Cluster or Sentinel names, refused as SIP destinations.
+        self.redis_topology: RedisTopology | None = None
         self.http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -163,6 +166,13 @@ class Gateway:
             on_stats=self._on_worker_stats,
             location=self.location,
         )
+        if self.settings.redis.mode != "standalone":
+            # Every process: each sends SIP (runtime/redis_topology.py).
+            self.redis_topology = RedisTopology(
+                self.settings.redis, worker=self.plan.index if self.plan else 0
+            )
+            self.redis_topology.feed(self.sip.proxy.destinations)
+            self._background.append(asyncio.create_task(self.redis_topology.run()))
         await self.sip.start()
         if any(tenant.caller_display.enabled for tenant in self.settings.tenants):
             # The recognized caller's name on the callee's phone (runtime/caller_names.py).
@@ -412,6 +422,8 @@ class Gateway:
         destinations = WebhookDestinations(
             self.settings, sip_ports=self.sip.proxy.destinations.sip_ports
         )
+        if self.redis_topology is not None:
+            self.redis_topology.feed(destinations.policy)
         store = self.webhook_store = WebhookStore(self.settings.redis)
         if hooks.enabled:
             self.webhooks = Dispatcher(

@@ -20,18 +20,33 @@ Every link carries the settings' credentials and TLS. `link_for` may wait for a
 connection or for the sentinels or the slot map; it raises the library's
 ``ConnectionError`` (or ``OSError``, ``TimeoutError``) when none answers, and the owner
 retries on its own schedule (the SIP path never waits on Redis).
+
+`on_failed` lets the runtime hear of every `failed()` in the process: a MOVED or a
+failover may name a node the destination policy has not been told of yet, so the
+topology watcher (gateway/runtime/redis_topology.py) reads the nodes again at once.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from gateway.redis_link import LinkOptions, RedisTarget, client, sentinel_for, shard_node
 from gateway.redis_wire import Endpoint, WireLink, endpoint_of
+
+# Called on every `WireRoutes.failed()` of the process (see the module docstring).
+_failure_listeners: list[Callable[[], None]] = []
+
+
+def on_failed(listener: Callable[[], None]) -> Callable[[], None]:
+    """Call `listener` whenever an owner of a lean connection says a server broke or
+    named another (`WireRoutes.failed`); returns what stops it. The listener must be
+    quick and must not raise: it runs on the caller's path."""
+    _failure_listeners.append(listener)
+    return lambda: _failure_listeners.remove(listener)
 
 
 class WireRoutes:
@@ -101,6 +116,8 @@ class WireRoutes:
         """A connection broke or a server said the key is elsewhere (MOVED): look where
         keys live again before the next `link_for`."""
         self._stale = True
+        for listener in _failure_listeners:
+            listener()
 
     def links(self) -> Iterator[WireLink]:
         return iter(list(self._links.values()))

@@ -95,6 +95,15 @@ class DestinationPolicy:
         self.sip_ports = sip_ports  # as bound (port 0 in the settings), workers' too
         self._classify = functools.lru_cache(maxsize=4096)(self._classify_host)
 
+    def add_services(self, services: Iterable[tuple[str, int]]) -> None:
+        """More of our own services, learnt while running: the nodes a Redis Cluster or
+        Sentinel names (runtime/redis_topology.py, which resolves their names first, so
+        nothing here waits on DNS). Only ever added: a node that left may come back, and
+        a refusal that outlives its node costs nothing, while a missing one is the
+        attack."""
+        for host, port in services:
+            self._add_service(host, port)
+
     def _add_service(self, host: str, port: int) -> None:
         if strip_brackets(host).lower() in _WILDCARDS or host.lower() == "localhost":
             self._local_ports.add(port)
