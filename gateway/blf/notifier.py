@@ -36,7 +36,14 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.blf.dialog_info import CONTENT_TYPE, render
 from gateway.blf.lines import Lines
-from gateway.blf.subscriptions import Do, SubInput, Subscription, SubscriptionTable, advance
+from gateway.blf.subscriptions import (
+    Do,
+    SubInput,
+    Subscription,
+    SubscriptionTable,
+    SubState,
+    advance,
+)
 from gateway.config import Tenant, User
 from gateway.config.blf import BlfSettings
 from gateway.proxy.context import ServerContext
@@ -392,6 +399,9 @@ class Notifier:
         sub.expiry = queue.schedule(sub.expires_at, functools.partial(self._end, sub, "timeout"))
 
     def _forget(self, sub: Subscription) -> None:
+        # ENDED: the answer to a NOTIFY still in flight (a replaced subscription's)
+        # changes nothing any more.
+        sub.state = SubState.ENDED
         self.proxy.queue.cancel(sub.expiry)
         sub.expiry = None
         self.table.remove(sub)

@@ -340,9 +340,12 @@ def test_limits_per_subscriber_and_per_tenant(tmp_path: Path) -> None:
 
 def test_subscribing_again_from_the_same_contact_replaces_the_older(hn: Any) -> None:
     h, notifier = hn
-    subscribe(h, call_id="a")
+    _, first = subscribe(h, call_id="a")
+    notifier.on_event("acme", call_event("offered", "call.offered"))  # folded: in flight
     subscribe(h, call_id="b")
     assert [s.call_id for s in notifier.table.watching("acme", "201")] == ["b"]
+    # The replaced subscription's answer sends nothing more on its dialog.
+    assert not [n for n in notifies(answer(h, notifies(first)[0])) if n.msg.call_id == "a"]
 
 
 # ------------------------------------------------------------------ in dialog ---
