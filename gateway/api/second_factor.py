@@ -154,7 +154,7 @@ def second_factor_router(directory: Directory) -> APIRouter:
             "policy": policy.policy,
             "required": policy.required_for(principal.role),
             "enrolled": record is not None and record.confirmed,
-            "pending": record is not None and not record.confirmed and bool(record.secret),
+            "pending": record is not None and not record.confirmed and record.has_secret,
             "recovery_codes_left": left,
         }
 

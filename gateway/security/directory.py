@@ -70,6 +70,7 @@ from gateway.security.tokens import (
     token_hash,
     token_id,
 )
+from gateway.security.totp_sealing import KeyRing
 from gateway.security.user_settings import UserSettings
 
 log = logging.getLogger("sipgw.security")
@@ -262,7 +263,7 @@ class Directory:
         self.verifier = PasswordVerifier(verify_concurrency)
         self.second_factors = SecondFactors(
             self._redis, audit=self.audit, throttle=self.throttle, verifier=self.verifier,
-            clock=clock,
+            keyring=KeyRing.from_settings(settings), clock=clock,
         )  # fmt: skip
         self._index_token = self._redis.register_script(_INDEX_TOKEN)
         self._unlink_indexed = self._redis.register_script(tenant_keys.UNLINK_INDEXED)
@@ -279,6 +280,7 @@ class Directory:
         async with self._redis_errors():
             await self._redis.ping()
             await migrate_keys(self._redis)
+            await self.seal_second_factors()
             if seed:
                 await self.seed()
         await self.verifier.warm_up()
@@ -299,6 +301,7 @@ class Directory:
         while True:
             try:
                 async with self._redis_errors():
+                    await self.seal_second_factors()
                     await self.seed()
             except DirectoryUnavailable as exc:
                 if failures == 0:
@@ -311,6 +314,16 @@ class Directory:
             if failures:
                 log.info("API directory seeded", extra={"attempts": failures + 1})
             return
+
+    async def seal_second_factors(self) -> int:
+        """Seal with the current key the TOTP secrets of every tenant stored in clear
+        or with an older key (second_factor.py), at each start: no user need log in
+        for it. How many were sealed."""
+        tenants = [str(t) for t in await self._redis.hkeys(keys.TENANTS)]
+        sealed = await self.second_factors.seal_stored(tenants)
+        if sealed:
+            log.info("TOTP secrets sealed with the current key", extra={"count": sealed})
+        return sealed
 
     async def stop(self) -> None:
         await self._redis.aclose()

@@ -44,8 +44,9 @@ creates it (gateway/security/tenant_keys.py).
     {t}:user-settings                 hash    username -> JSON of the web client's per-user
                                               settings ({"auto_open_crm": false})
     {t}:totp                          hash    username -> JSON of the user's TOTP enrolment
-                                              (the secret, confirmed or pending; or an
-                                              admin's reset), second_factor.py
+                                              (the secret sealed, totp_sealing.py;
+                                              confirmed or pending; or an admin's reset),
+                                              second_factor.py
     {t}:totp-steps                    hash    username -> the last time step a code was
                                               accepted for (no code is taken twice)
     {t}:totp-recovery                 hash    "<username>:<n>" -> Argon2id hash of one

@@ -21,7 +21,15 @@ one, is refused on every node even within its 90 s window. Recovery codes (ten, 
 once at confirmation) are stored as Argon2id hashes, one hash field each: HDEL takes one
 away, so of two logins racing with the same code exactly one gets it.
 
-The TOTP secret is never logged, never returned after enrolment, and goes with the user
+The TOTP secret is stored sealed (AES-GCM, with a key from the node's configuration that
+never reaches Redis, bound to its tenant and user: totp_sealing.py). A secret that does
+not open (a wrong ``[security] totp_key``, altered bytes, another user's record copied)
+fails the login closed: logged without the secret, audited as "unreadable_secret". A
+secret stored in clear before sealing existed, or sealed with an older key, still works,
+and is sealed with the current key when the node starts (``seal_stored``) and whenever it
+is used again (a node of the older version may still be writing).
+
+The secret is never logged, never returned after enrolment, and goes with the user
 (``remove``); an admin may ``disable`` a user's second factor, or ``reset`` it (the user
 must enrol again at the next login, and the user's tokens are revoked).
 """
@@ -47,6 +55,7 @@ from gateway.security.passwords import PasswordVerifier
 from gateway.security.throttle import Attempt, LoginThrottle
 from gateway.security.tickets import new_ticket, parse_ticket
 from gateway.security.tokens import LoginRefused, token_id
+from gateway.security.totp_sealing import KeyRing, SealError
 
 log = logging.getLogger("sipgw.security")
 
@@ -69,6 +78,14 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
+# Replace a record only if it is still the one read (a reset or a confirmation in
+# between wins). KEYS[1] = {t}:totp, ARGV = username, the JSON read, the new JSON.
+_REPLACE_RECORD = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
 
 class SecondFactorError(ValueError):
     """A request about a second factor that cannot be done (the message says why)."""
@@ -79,27 +96,39 @@ class Enrolment:
     """A user's TOTP record in ``{t}:totp``: a secret pending confirmation or confirmed,
     or no secret at all after an admin's reset (the user must enrol)."""
 
-    secret: str = ""  # base32; "" after a reset
+    sealed: str = ""  # the base32 secret sealed (totp_sealing.py); "" after a reset
     confirmed: bool = False
     created_at: float = 0.0
     reset: bool = False
+    # The base32 secret of a record written before sealing existed ("secret" in its
+    # JSON), or of one written with no key to seal with; never written by to_json.
+    clear: str = ""
+    stored: str = field(default="", compare=False)  # the JSON as read from Redis
 
     def __repr__(self) -> str:
         return f"Enrolment(confirmed={self.confirmed}, reset={self.reset})"
 
+    @property
+    def has_secret(self) -> bool:
+        return bool(self.sealed or self.clear)
+
     def to_json(self) -> str:
-        data = {"secret": self.secret, "confirmed": self.confirmed,
-                "created_at": self.created_at, "reset": self.reset}  # fmt: skip
+        data: dict[str, object] = {"sealed": self.sealed, "confirmed": self.confirmed,
+                                   "created_at": self.created_at, "reset": self.reset}  # fmt: skip
+        if self.clear:
+            data["secret"] = self.clear
         return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Enrolment:
         data = json.loads(text)
         return cls(
-            secret=str(data.get("secret") or ""),
+            sealed=str(data.get("sealed") or ""),
             confirmed=data.get("confirmed") is True,
             created_at=float(data.get("created_at") or 0.0),
             reset=data.get("reset") is True,
+            clear=str(data.get("secret") or ""),
+            stored=text,
         )
 
 
@@ -162,14 +191,17 @@ class SecondFactors:
         audit: AuditLog,
         throttle: LoginThrottle,
         verifier: PasswordVerifier,
+        keyring: KeyRing,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis
         self._audit = audit
         self._throttle = throttle
         self._verifier = verifier
+        self._keyring = keyring
         self._clock = clock
         self._accept_step = redis.register_script(_ACCEPT_STEP)
+        self._replace_record = redis.register_script(_REPLACE_RECORD)
 
     # -- records ---------------------------------------------------------------------------
     async def enrolment(self, tenant: str, user: str) -> Enrolment | None:
@@ -199,15 +231,21 @@ class SecondFactors:
         record = await self.enrolment(tenant, user)
         if record is not None and record.confirmed:
             raise SecondFactorError("a second factor is enrolled already: an admin can reset it")
+        if not self._keyring.can_seal:
+            raise SecondFactorError(
+                "this gateway has no key to store second factors with: an operator sets "
+                "[security] totp_key"
+            )
         key = totp.new_secret()
+        secret = totp.to_base32(key)
         pending = Enrolment(
-            secret=totp.to_base32(key), created_at=self._clock(),
-            reset=record is not None and record.reset,
+            sealed=self._keyring.seal(secret, tenant=tenant, user=user),
+            created_at=self._clock(), reset=record is not None and record.reset,
         )  # fmt: skip
         await self._redis.hset(keys.totp(tenant), user, pending.to_json())
         await self._audit.record(tenant, "totp.enrol", "ok", user=user, source=source)
         uri = totp.provisioning_uri(key, issuer=issuer, account=f"{user}@{tenant}")
-        return NewEnrolment(secret=pending.secret, uri=uri)
+        return NewEnrolment(secret=secret, uri=uri)
 
     async def confirm(
         self, tenant: str, user: str, code: str, *, source: str, ref: str = ""
@@ -219,13 +257,16 @@ class SecondFactors:
 
         async def step() -> str:
             record = await self.enrolment(tenant, user)
-            if record is None or record.confirmed or not record.secret:
+            if record is None or record.confirmed or not record.has_secret:
                 return "not_pending"
-            result = await self._step_accepted(tenant, user, record, code)
+            secret = self._secret(tenant, user, record)
+            if secret is None:
+                return "unreadable_secret"
+            result = await self._step_accepted(tenant, user, secret, code)
             if result != "ok":
                 return result
             made.extend(new_recovery_code() for _ in range(RECOVERY_CODES))
-            await self._confirmed(tenant, user, record, made)
+            await self._confirmed(tenant, user, secret, made)
             return "ok"
 
         refused = await self._counted(tenant, user, source, "totp.confirm", ref, step)
@@ -234,9 +275,9 @@ class SecondFactors:
         await self._audit.record(tenant, "totp.confirm", "ok", user=user, source=source, ref=ref)
         return Passed(tenant, user, "enrolment", tuple(made))
 
-    async def _confirmed(self, tenant: str, user: str, record: Enrolment, codes: list[str]) -> None:
+    async def _confirmed(self, tenant: str, user: str, secret: str, codes: list[str]) -> None:
         hashes = [await self._verifier.hash(c) for c in codes]
-        confirmed = Enrolment(secret=record.secret, confirmed=True, created_at=self._clock())
+        confirmed = self._stored(tenant, user, secret, confirmed=True)
         mapping: dict[FieldT, EncodableT] = {
             f"{user}:{n}": hashed for n, hashed in enumerate(hashes)
         }
@@ -245,10 +286,71 @@ class SecondFactors:
             pipe.hset(keys.totp_recovery(tenant), mapping=mapping)
             await pipe.execute()
 
-    async def _step_accepted(self, tenant: str, user: str, record: Enrolment, code: str) -> str:
+    # -- sealing (totp_sealing.py) ----------------------------------------------------------
+    def _stored(self, tenant: str, user: str, secret: str, *, confirmed: bool) -> Enrolment:
+        """The record of ``secret`` as it is written: sealed with the current key (in
+        clear only on a node with no key at all, for a secret that was so already)."""
+        if not self._keyring.can_seal:
+            return Enrolment(clear=secret, confirmed=confirmed, created_at=self._clock())
+        sealed = self._keyring.seal(secret, tenant=tenant, user=user)
+        return Enrolment(sealed=sealed, confirmed=confirmed, created_at=self._clock())
+
+    def _secret(self, tenant: str, user: str, record: Enrolment) -> str | None:
+        """The record's base32 secret; None, logged (never the secret), when it does
+        not open: every code of the user is then refused."""
+        if not record.sealed:
+            return record.clear
+        try:
+            return self._keyring.unseal(record.sealed, tenant=tenant, user=user)[0]
+        except SealError as err:
+            log.warning(
+                "the TOTP secret of %s in tenant %s cannot be read, its codes are refused "
+                "(a wrong [security] totp_key, or the record was altered): %s", user, tenant, err,
+            )  # fmt: skip
+            return None
+
+    def _outdated(self, tenant: str, user: str, record: Enrolment) -> str | None:
+        """The secret of a record to seal again with the current key (in clear, or
+        sealed with an older key), else None."""
+        if not record.has_secret or not self._keyring.can_seal:
+            return None
+        if not record.sealed:
+            return record.clear
+        try:
+            secret, current = self._keyring.unseal(record.sealed, tenant=tenant, user=user)
+        except SealError:
+            return None  # refused at its use, and logged there
+        return None if current else secret
+
+    async def _reseal(self, tenant: str, user: str, record: Enrolment) -> bool:
+        """Seal an outdated record again with the current key, unless it changed since
+        it was read; True when it was rewritten."""
+        secret = self._outdated(tenant, user, record)
+        if secret is None:
+            return False
+        fresh = self._stored(tenant, user, secret, confirmed=record.confirmed)
+        kept = Enrolment(sealed=fresh.sealed, confirmed=record.confirmed,
+                         created_at=record.created_at, reset=record.reset)  # fmt: skip
+        args = [user, record.stored, kept.to_json()]
+        return bool(await self._replace_record(keys=[keys.totp(tenant)], args=args))
+
+    async def seal_stored(self, tenants: list[str]) -> int:
+        """Seal with the current key every secret of ``tenants`` stored in clear or with
+        an older key (a node's start: a user need not log in for it); how many."""
+        sealed = 0
+        if not self._keyring.can_seal:
+            return sealed
+        for tenant in tenants:
+            records = await self._redis.hgetall(keys.totp(tenant))
+            for user, text in records.items():
+                record = Enrolment.from_json(str(text))
+                sealed += await self._reseal(tenant, str(user), record)
+        return sealed
+
+    async def _step_accepted(self, tenant: str, user: str, secret: str, code: str) -> str:
         """The answer "ok" when ``code`` is of a time step within the window and after the last one
         accepted for the user (which it becomes), else "bad_code" or "replayed"."""
-        step = totp.matching_step(totp.from_base32(record.secret), code.strip(), self._clock())
+        step = totp.matching_step(totp.from_base32(secret), code.strip(), self._clock())
         if step is None:
             return "bad_code"
         accepted = await self._accept_step(keys=[keys.totp_steps(tenant)], args=[user, step])
@@ -376,8 +478,19 @@ class SecondFactors:
         record = await self.enrolment(tenant, user)
         if record is None or not record.confirmed:
             return "not_enrolled"  # disabled or reset since the password step
+        result = await self._code_or_recovery_code(tenant, user, record, code, recovery_code)
+        if result == "ok":
+            await self._reseal(tenant, user, record)
+        return result
+
+    async def _code_or_recovery_code(
+        self, tenant: str, user: str, record: Enrolment, code: str | None, recovery_code: str | None
+    ) -> str:
         if code is not None:
-            return await self._step_accepted(tenant, user, record, code)
+            secret = self._secret(tenant, user, record)
+            if secret is None:
+                return "unreadable_secret"
+            return await self._step_accepted(tenant, user, secret, code)
         normalized = None if recovery_code is None else normalize_recovery_code(recovery_code)
         if normalized is None:
             return "bad_code"

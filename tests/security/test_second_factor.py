@@ -31,6 +31,9 @@ from tests.security.test_api_login import every_value
 PASSWORD = "Api-pass-201!"
 ADMIN_PASSWORD = "Api-pass-209!"
 SOURCE = "192.0.2.7"
+# What the TOTP secrets are sealed with ([security] totp_key, totp_sealing.py).
+TOTP_KEY = "test-totp-key-0123456789abcdefghijklmn"
+SECURITY = f'[security]\ntotp_key = "{TOTP_KEY}"\n'
 T0 = 1_800_000_000.0  # a time step's start
 
 
@@ -71,7 +74,8 @@ async def directory(tmp_path: Path, url: str, clock: Clock) -> AsyncIterator[Dir
     await client.aclose()
     config = tmp_path / "sipgw.toml"
     config.write_text(
-        tenant_block("red", None)  # optional, the default
+        SECURITY
+        + tenant_block("red", None)  # optional, the default
         + tenant_block("admins", "admins")
         + tenant_block("all", "everyone")
         + tenant_block("none", "off")
@@ -267,13 +271,11 @@ async def test_an_admin_disables_and_resets_a_second_factor(
     assert isinstance(await directory.login("red", "alice", PASSWORD, SOURCE), Token)
     assert not await directory.disable_second_factor("red", "alice", source="cli:op@host")
 
-    await enrolled(directory)
+    key = await enrolled(directory)
     clock.now += 60
     token = await directory.complete_login(
-        await challenged(directory),
-        code=totp.totp(totp.from_base32((await directory.second_factors.enrolment(
-            "red", "alice")).secret), clock.now),  # type: ignore[union-attr]
-        recovery_code=None, source=SOURCE,
+        await challenged(directory), code=totp.totp(key, clock.now), recovery_code=None,
+        source=SOURCE,
     )  # fmt: skip
     assert isinstance(token, Token)
     revoked = await directory.reset_second_factor("red", "alice", source="cli:op@host")
@@ -293,7 +295,8 @@ async def test_removing_the_user_removes_the_secret(directory: Directory, url: s
     secret = totp.to_base32(key)
     client = aioredis.Redis.from_url(url)
     try:
-        assert secret in await every_value(client)
+        assert await client.hexists(keys.totp("red"), "alice")
+        assert secret not in await every_value(client)  # sealed (test_totp_sealing.py)
         await directory.add_user("red", "bob", PASSWORD, source="test")
         await enrolled(directory, user="bob")
         assert await directory.remove_user("red", "bob", source="test")
@@ -467,7 +470,7 @@ def test_the_user_totp_commands(tmp_path: Path, url: str) -> None:
     with redis.Redis.from_url(url) as client:
         client.flushdb()
     config = tmp_path / "cli.toml"
-    config.write_text(f'[redis]\nurl = "{url}"\n')
+    config.write_text(f'{SECURITY}[redis]\nurl = "{url}"\n')
     where = ["--config", str(config)]
     assert sipgw_user(["tenant", "create", "cli-2fa", "--name", "CLI", *where])[0] == 0
     code, _, _ = sipgw_user(["user", "add", "--tenant", "cli-2fa", "agent", *where], PASSWORD)
