@@ -545,6 +545,9 @@ class Gateway:
         if self.prober is not None:
             self.prober.stop()
         if self.blf is not None:
+            notifier = self.blf.notifier
+            if self.sip is not None and notifier is not None:
+                self.sip.run(notifier.deactivate)  # the watchers subscribe again elsewhere
             await self.blf.close()
         if self.trunk_health is not None:
             await self.trunk_health.stop()

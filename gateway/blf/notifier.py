@@ -379,6 +379,14 @@ class Notifier:
             if sub.tenant == tenant and self.lines.dialogs(tenant, sub.extension):
                 self._input(sub, SubInput.CHANGE)
 
+    def deactivate(self) -> None:
+        """The process is stopping: every subscription ends with a final NOTIFY saying
+        ``reason=deactivated``, on which the subscriber subscribes again at once (RFC
+        6665 §4.2.2), to whichever worker or node takes it, rather than keep a dark
+        lamp until its next refresh."""
+        for sub in list(self.table.by_dialog.values()):
+            self._end(sub, "deactivated")
+
     # ============================================================ the state table ===
     def _input(self, sub: Subscription, event: SubInput) -> None:
         sub.state, do = advance(sub.state, event)

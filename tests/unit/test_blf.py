@@ -401,6 +401,18 @@ def test_expiry_sends_the_final_notify(hn: Any) -> None:
     assert all(again.data == final.data for again in retransmitted)
 
 
+def test_stopping_deactivates_every_subscription(hn: Any) -> None:
+    h, notifier = hn
+    _, sent = subscribe(h)
+    answer(h, notifies(sent)[0])
+    before = len(h.transport.sent)
+    notifier.deactivate()
+    [final] = notifies(h.transport.sent[before:])
+    assert final.msg.get("Subscription-State") == "terminated;reason=deactivated"
+    answer(h, final)
+    assert len(notifier.table) == 0
+
+
 @pytest.mark.parametrize("status", [481, 500])
 def test_a_failed_notify_ends_the_subscription(hn: Any, status: int) -> None:
     h, notifier = hn
