@@ -348,6 +348,7 @@ class Gateway:
             dial_active=self._summed(
                 "dial_active", lambda: self.originator.active if self.originator else 0
             ),
+            blf_subscriptions=self._summed("blf_subscriptions", self._blf_subscriptions),
         )
         registry = make_registry(
             GatewayCollector(
@@ -466,6 +467,7 @@ class Gateway:
                         "active_calls": self.tracker.active_calls,
                         "dial_active": self.originator.active if self.originator else 0,
                         "peers_down": self._peers_down(),
+                        "blf_subscriptions": self._blf_subscriptions(),
                     },
                 }
             )
@@ -501,6 +503,10 @@ class Gateway:
             return own() + others
 
         return total
+
+    def _blf_subscriptions(self) -> int:
+        notifier = self.blf.notifier if self.blf is not None else None
+        return len(notifier.table) if notifier is not None else 0
 
     def _peers_down(self) -> int:
         """Trunks this worker's routing skips (sipgw_worker_peers_down)."""

@@ -47,6 +47,7 @@ class Gauges:
     trunk_health: TrunkHealthStats | None = None
     peers_down: Callable[[], int] = lambda: 0  # trunks this worker's routing skips
     dial_active: Callable[[], int] = lambda: 0  # click-to-dial requests not finished
+    blf_subscriptions: Callable[[], int] = lambda: 0  # dialog-event subscriptions (gateway/blf)
 
 
 class PeerStats(Protocol):
@@ -249,6 +250,11 @@ class GatewayCollector(Collector):
             "sipgw_dial_requests_active",
             "Click-to-dial requests not finished yet",
             value=self.gauges.dial_active(),
+        )
+        yield GaugeMetricFamily(
+            "sipgw_blf_subscriptions",
+            "Busy lamp field (dialog event) subscriptions held by this node's workers",
+            value=self.gauges.blf_subscriptions(),
         )
         active_calls = self.gauges.active_calls()
         yield GaugeMetricFamily(

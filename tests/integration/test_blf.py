@@ -227,7 +227,11 @@ async def test_a_subscription_on_one_worker_sees_the_calls_of_every_worker(
             return ids if len(ids) == calls else None
 
         await watcher.proc.wait_until(ended, 20, f"{calls} calls shown terminated")
-    found = samples(await gw.metrics())
+        found = samples(await gw.metrics())
+        async with asyncio.timeout(10):  # one subscription, in whichever worker holds it
+            while total(found, "sipgw_blf_subscriptions") != 1:
+                await asyncio.sleep(0.2)
+                found = samples(await gw.metrics())
     async with asyncio.timeout(10):  # worker 1 reports its counters every second
         while total(found, "sipgw_sip_requests_total", direction="out", method="INVITE") < calls:
             await asyncio.sleep(0.2)
