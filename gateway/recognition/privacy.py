@@ -17,9 +17,10 @@ Two questions, both asked of event dicts as the stream stores them:
   the national significant number cannot name the number and costs one regex.
 - `without_source`: the event with the contact data of one contact source removed
   (`lookup.contact`, the `screen_pop` URLs rendered from that contact and the name the
-  callee's phone was shown, `caller_display`), or None if it holds none. Events recorded before `lookup.source` existed do not say where
-  their contact came from; any unlink clears them, since keeping data that may belong
-  to an unlinked source is the worse mistake.
+  callee's phone was shown, `caller_display`), or None if it holds none. Events
+  recorded before `lookup.source` existed do not say where their contact came from;
+  any unlink clears them, since keeping data that may belong to an unlinked source is
+  the worse mistake.
 """
 
 from __future__ import annotations
