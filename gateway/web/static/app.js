@@ -9,6 +9,7 @@ import { byId, fill, h, show } from "./dom.js";
 import {
   ACTIVE, CallBook, formatDuration, presenceOf, remoteParty, screenPops, setExtensionNames,
 } from "./model.js";
+import { enrolmentFields, recoveryCodesFields } from "./enrol.js";
 import { buildShell } from "./shell.js";
 import * as views from "./views.js";
 
@@ -62,6 +63,22 @@ window.sipgwApp = { client, app };
 // The challenge between the password and the code of a login: in memory only, never
 // stored (it stands for a right password for five minutes).
 let loginChallenge = null;
+let loginEnrolCode = null; // the enrolment step's code input, while it is on show
+// The step of the user's own enrolment while its dialog is open ("enrol", "recovery"),
+// and the code input of the "enrol" step.
+let totpStep = null;
+let totpCode = null;
+
+// The login's steps (docs/web-client.md "Second factor"): the password; then the code
+// of an enrolled user, or the enrolment of a user the tenant obliges to enrol and the
+// recovery codes it gives. Each step shows its own fields; the others are hidden, and
+// those holding a secret (the enrolment, the recovery codes) are emptied.
+const LOGIN_STEPS = {
+  password: { button: "Sign in", fields: () => ui.loginFirstStep },
+  code: { button: "Verify", fields: () => ui.loginCodeStep },
+  enrol: { button: "Verify and continue", fields: () => ui.loginEnrolStep },
+  recovery: { button: "Continue", fields: () => ui.loginRecoveryStep },
+};
 
 // -- start ------------------------------------------------------------------------------
 
@@ -121,6 +138,7 @@ function handOffToOpenWindow(number) {
 
 function showLogin(message = "", pending = null) {
   stopLive();
+  closeTotpDialog();
   show(ui.appView, false);
   show(ui.loginView, true);
   ui.loginNote.textContent = message;
@@ -130,33 +148,57 @@ function showLogin(message = "", pending = null) {
   passwordStep();
 }
 
+function loginStep(step) {
+  ui.loginForm.dataset.step = step;
+  for (const [name, { fields }] of Object.entries(LOGIN_STEPS)) show(fields(), name === step);
+  if (step !== "enrol") {
+    fill(ui.loginEnrolStep);
+    loginEnrolCode = null;
+  }
+  if (step !== "recovery") fill(ui.loginRecoveryStep);
+  // Only the fields of the step on show are required (a hidden required field, such as
+  // the password cleared after its step, would stop the form from being sent).
+  ui.loginUser.required = step === "password";
+  ui.loginPassword.required = step === "password";
+  ui.loginCode.required = step === "code";
+  ui.loginButton.textContent = LOGIN_STEPS[step].button;
+}
+
 function passwordStep() {
   loginChallenge = null;
-  ui.loginForm.dataset.step = "password";
-  show(ui.loginFirstStep, true);
-  show(ui.loginCodeStep, false);
-  setRequired(true);
+  loginStep("password");
   ui.loginCode.value = "";
-  ui.loginButton.textContent = "Sign in";
   ui.loginUser.focus();
 }
 
 function codeStep(challenge) {
   loginChallenge = challenge;
-  ui.loginForm.dataset.step = "code";
-  show(ui.loginFirstStep, false);
-  show(ui.loginCodeStep, true);
-  setRequired(false);
-  ui.loginButton.textContent = "Verify";
+  loginStep("code");
   ui.loginCode.focus();
 }
 
-/** Only the fields of the step on show are required (a hidden required field, such as
- * the password cleared after its step, would stop the form from being sent). */
-function setRequired(passwordStepShown) {
-  ui.loginUser.required = passwordStepShown;
-  ui.loginPassword.required = passwordStepShown;
-  ui.loginCode.required = !passwordStepShown;
+/** The tenant obliges this user to enrol: a new secret (with the login's challenge). */
+async function enrolStep(challenge) {
+  let enrolment;
+  try {
+    enrolment = await client.enrolSecondFactor({ challenge });
+  } catch (err) {
+    throw new Error(`Your organisation requires two-step sign-in, and setting it up failed: ${err.message}`);
+  }
+  loginChallenge = challenge;
+  loginStep("enrol");
+  const { root, code } = enrolmentFields(enrolment, "login-totp");
+  loginEnrolCode = code;
+  fill(ui.loginEnrolStep, h("p", { class: "note" }, "Your organisation requires two-step sign-in: set it up now."), root);
+  code.focus();
+}
+
+function recoveryStep(codes) {
+  loginChallenge = null;
+  loginStep("recovery");
+  const { root, saved } = recoveryCodesFields(codes, "login-totp");
+  fill(ui.loginRecoveryStep, root);
+  saved.focus();
 }
 
 function loginFailed(text) {
@@ -164,39 +206,56 @@ function loginFailed(text) {
   show(ui.loginError, true);
 }
 
+/** What the submit button does at each step; true when the login is done. */
+const LOGIN_ACTIONS = {
+  async password() {
+    const answer = await client.login({
+      username: ui.loginUser.value.trim(),
+      password: ui.loginPassword.value,
+      tenant: ui.loginTenant.value.trim() || undefined,
+    });
+    ui.loginPassword.value = "";
+    if (answer.second_factor === "totp") return codeStep(answer.challenge), false;
+    if (answer.second_factor === "enrol") return await enrolStep(answer.challenge), false;
+    return true;
+  },
+  async code() {
+    const typed = ui.loginCode.value.trim();
+    const isCode = /^[0-9]{6}$/.test(typed);
+    await client.verifySecondFactor({
+      challenge: loginChallenge,
+      code: isCode ? typed : undefined,
+      recoveryCode: isCode ? undefined : typed,
+    });
+    return true;
+  },
+  async enrol() {
+    const code = loginEnrolCode.value.trim();
+    const answer = await client.confirmSecondFactor({ code, challenge: loginChallenge });
+    recoveryStep(answer.recovery_codes || []);
+    return false;
+  },
+  async recovery() {
+    return true; // the "I have saved them" box is required: the form is not sent without it
+  },
+};
+
 async function onLogin(submit) {
   submit.preventDefault();
   ui.loginButton.disabled = true;
   show(ui.loginError, false);
   const step = ui.loginForm.dataset.step;
   try {
-    if (step === "code") {
-      const typed = ui.loginCode.value.trim();
-      const isCode = /^[0-9]{6}$/.test(typed);
-      await client.verifySecondFactor({
-        challenge: loginChallenge,
-        code: isCode ? typed : undefined,
-        recoveryCode: isCode ? undefined : typed,
-      });
-    } else {
-      const answer = await client.login({
-        username: ui.loginUser.value.trim(),
-        password: ui.loginPassword.value,
-        tenant: ui.loginTenant.value.trim() || undefined,
-      });
-      ui.loginPassword.value = "";
-      if (answer.second_factor === "totp") return codeStep(answer.challenge);
-      if (answer.second_factor === "enrol") {
-        return loginFailed("Your organisation requires a second factor and you have none yet: ask an administrator to enrol you.");
-      }
-    }
+    if (!(await LOGIN_ACTIONS[step]())) return;
     sessionStorage.setItem(TOKEN_KEY, client.token);
     sessionStorage.removeItem(SEQ_KEY);
     loginChallenge = null;
+    fill(ui.loginRecoveryStep); // shown once: gone from the page now
     await start(ui.loginForm.dataset.pending || null);
   } catch (err) {
-    if (step === "code") passwordStep(); // the challenge went with this attempt
-    const wrong = step === "code" ? "Wrong or expired code: sign in again." : "Wrong username or password.";
+    passwordStep(); // a code's challenge went with this attempt
+    const wrong = step === "enrol" ? "Wrong or expired code: sign in again and scan the new QR code."
+      : step === "code" ? "Wrong or expired code: sign in again." : "Wrong username or password.";
     loginFailed(err.status === 429 ? "Too many attempts: try again in a while." : err.status === 401 ? wrong : err.message);
   } finally {
     ui.loginButton.disabled = false;
@@ -216,6 +275,7 @@ async function start(pendingDial) {
   show(ui.appView, true);
   renderHeader();
   renderExtensionFilter();
+  loadSecondFactor();
   app.missedSeenAt = Number(localStorage.getItem(missedKey()) || 0);
   ui.autoOpen.checked = autoOpenSetting();
 
@@ -265,6 +325,80 @@ async function logout() {
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(SEQ_KEY);
   location.replace(location.pathname);
+}
+
+// -- the second factor, from the user menu -----------------------------------------------
+
+/** The user menu says whether two-step sign-in is on, and offers to set it up when the
+ * tenant lets users have it. */
+async function loadSecondFactor() {
+  let status = null;
+  try {
+    status = await client.secondFactor();
+  } catch {
+    /* an older gateway, or a token without a user: nothing to show */
+  }
+  const on = Boolean(status && status.enrolled);
+  ui.totpStatus.textContent = on ? `Two-step sign-in is on · ${status.recovery_codes_left} recovery codes left` : "";
+  show(ui.totpStatus, on);
+  show(ui.totpButton, Boolean(status) && !on && status.policy !== "off");
+}
+
+async function openTotpDialog() {
+  show(ui.userPanel, false);
+  let enrolment;
+  try {
+    enrolment = await client.enrolSecondFactor();
+  } catch (err) {
+    return toast(`Two-step sign-in cannot be set up: ${err.message}`);
+  }
+  const { root, code } = enrolmentFields(enrolment, "totp");
+  totpStep = "enrol";
+  totpCode = code;
+  fill(ui.totpBody, root);
+  show(ui.totpError, false);
+  show(ui.totpCancel, true);
+  ui.totpSubmit.textContent = "Verify";
+  ui.totpDialog.showModal();
+  code.focus();
+}
+
+async function onTotpSubmit(submit) {
+  submit.preventDefault();
+  ui.totpSubmit.disabled = true;
+  show(ui.totpError, false);
+  try {
+    if (totpStep === "enrol") {
+      const answer = await client.confirmSecondFactor({ code: totpCode.value.trim() });
+      const { root, saved } = recoveryCodesFields(answer.recovery_codes || [], "totp");
+      totpStep = "recovery";
+      totpCode = null;
+      fill(ui.totpBody, root);
+      show(ui.totpCancel, false); // enrolled now: the codes are shown this once
+      ui.totpSubmit.textContent = "Done";
+      saved.focus();
+    } else {
+      closeTotpDialog();
+      toast("Two-step sign-in is on.");
+      loadSecondFactor();
+    }
+  } catch (err) {
+    // A wrong code leaves the pending enrolment (and the session): try the next code.
+    ui.totpError.textContent = err.status === 401 ? "Wrong code: type the one your app shows now."
+      : err.status === 429 ? "Too many attempts: try again in a while." : err.message;
+    show(ui.totpError, true);
+    totpCode?.select();
+  } finally {
+    ui.totpSubmit.disabled = false;
+  }
+}
+
+/** Close the dialog and drop what it showed (the secret, the recovery codes). */
+function closeTotpDialog() {
+  totpStep = null;
+  totpCode = null;
+  fill(ui.totpBody);
+  if (ui.totpDialog.open) ui.totpDialog.close();
 }
 
 // -- events -----------------------------------------------------------------------------
@@ -718,6 +852,13 @@ function wireStaticHandlers() {
   ui.logoutButton.addEventListener("click", logout);
   ui.autoOpen.addEventListener("change", () => setAutoOpen(ui.autoOpen.checked));
   ui.telButton.addEventListener("click", registerTelHandler);
+  ui.totpButton.addEventListener("click", openTotpDialog);
+  ui.totpForm.addEventListener("submit", onTotpSubmit);
+  ui.totpCancel.addEventListener("click", closeTotpDialog);
+  ui.totpDialog.addEventListener("cancel", (e) => {
+    e.preventDefault(); // Escape: not while the recovery codes wait for "I have saved them"
+    if (totpStep !== "recovery") closeTotpDialog();
+  });
   ui.notifyButton.addEventListener("click", async () => {
     await Notification.requestPermission();
     show(ui.notifyButton, Notification.permission === "default");

@@ -35,6 +35,10 @@ export function buildShell(root) {
         h("label", {}, "Code from your authenticator app",
           ref("loginCode", h("input", { id: "login-code", name: "one-time-code", autocomplete: "one-time-code", inputmode: "numeric", maxlength: 16 }))),
         h("p", { class: "muted" }, "Lost your phone? Type one of your recovery codes instead."))),
+      // Enrolment during the login (a tenant that obliges the user), then the recovery
+      // codes: filled by enrol.js for their step only, emptied after it.
+      ref("loginEnrolStep", h("div", { class: "login-step", id: "login-enrol-step", hidden: true })),
+      ref("loginRecoveryStep", h("div", { class: "login-step", id: "login-recovery-step", hidden: true })),
       ref("loginError", h("p", { id: "login-error", class: "error", role: "alert", hidden: true })),
       ref("loginButton", h("button", { type: "submit", class: "primary wide", id: "login-submit" }, "Sign in")))),
   ));
@@ -61,6 +65,8 @@ export function buildShell(root) {
           ref("autoOpen", h("input", { type: "checkbox", id: "auto-open" })),
           "Open the CRM record automatically when a call comes in"),
         ref("telButton", h("button", { type: "button", class: "menu-item", id: "register-tel" }, "Dial tel: links with sipgw")),
+        ref("totpStatus", h("div", { class: "menu-note muted", id: "totp-status", hidden: true })),
+        ref("totpButton", h("button", { type: "button", class: "menu-item", id: "totp-setup", hidden: true }, "Set up two-step sign-in")),
         ref("logoutButton", h("button", { type: "button", class: "menu-item danger", id: "logout" }, "Sign out"))))));
 
   const callsView = h("section", { class: "view view-calls", id: "view-calls" },
@@ -115,7 +121,17 @@ export function buildShell(root) {
     header,
     h("main", {}, ref("callsView", callsView), ref("missedView", missedView), ref("historyView", historyView))));
 
+  // A user's own enrolment, from the user menu (enrol.js fills the body, step by step).
+  const totpDialog = ref("totpDialog", h("dialog", { class: "totp-dialog", id: "totp-dialog", "aria-labelledby": "totp-title" },
+    ref("totpForm", h("form", { class: "login-card", id: "totp-form" },
+      h("h2", { id: "totp-title" }, "Two-step sign-in"),
+      ref("totpBody", h("div", { class: "login-step", id: "totp-body" })),
+      ref("totpError", h("p", { id: "totp-error", class: "error", role: "alert", hidden: true })),
+      h("div", { class: "dialog-buttons" },
+        ref("totpCancel", h("button", { type: "button", class: "ghost", id: "totp-cancel" }, "Cancel")),
+        ref("totpSubmit", h("button", { type: "submit", class: "primary", id: "totp-submit" }, "Verify")))))));
+
   ref("toast", h("div", { class: "toast", id: "toast", role: "status", hidden: true }));
-  root.replaceChildren(login, app, refs.toast);
+  root.replaceChildren(login, app, totpDialog, refs.toast);
   return refs;
 }

@@ -46,6 +46,8 @@ const PING_EVERY_MS = 20000; // our keep-alive: a pong must come back within...
 const PONG_WITHIN_MS = 10000; // ...this, else the connection is taken as dead
 const BACKOFF_MS = [250, 1000, 2000, 4000, 8000, 15000];
 const FINAL_CLOSE = { 4401: "token revoked", 4402: "token expired", 4403: "user removed" };
+// The 401 detail of a refused second-factor code (docs/api.md "Second factor").
+const CODE_REFUSED = "invalid code or challenge";
 
 /** An HTTP error from the gateway: `status` and the gateway's `detail` message. */
 export class SipgwError extends Error {
@@ -120,8 +122,12 @@ export class SipgwClient {
 
   // -- HTTP -------------------------------------------------------------------------
 
-  /** A JSON request to the gateway; throws SipgwError with its `detail` on 4xx/5xx. */
-  async request(method, path, body) {
+  /**
+   * A JSON request to the gateway; throws SipgwError with its `detail` on 4xx/5xx. A 401
+   * ends the session (state "unauthorized"), except, with `codeStep`, the refusal of a
+   * code: a wrong code leaves the token as good as it was.
+   */
+  async request(method, path, body, { codeStep = false } = {}) {
     const headers = { Accept: "application/json" };
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
     if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -151,7 +157,8 @@ export class SipgwClient {
     if (!response.ok) {
       const detail = data && typeof data.detail === "string" ? data.detail : response.statusText;
       const retry = response.headers.get("Retry-After");
-      if (response.status === 401 && this.token) this._unauthorized(detail);
+      const wrongCode = codeStep && detail === CODE_REFUSED;
+      if (response.status === 401 && this.token && !wrongCode) this._unauthorized(detail);
       throw new SipgwError(response.status, detail, retry === null ? null : Number(retry));
     }
     return data;
@@ -181,6 +188,33 @@ export class SipgwClient {
     const body = recoveryCode ? { challenge, recovery_code: recoveryCode } : { challenge, code };
     this.token = null;
     const answer = await this.request("POST", "/v1/auth/totp/verify", body);
+    this.token = answer.token;
+    return answer;
+  }
+
+  /** The caller's second factor: {policy, required, enrolled, pending, recovery_codes_left}. */
+  secondFactor() {
+    return this.request("GET", "/v1/auth/totp");
+  }
+
+  /**
+   * Start an enrolment: {secret, otpauth_uri, qr_svg (a data: URI of an SVG), ...}, shown
+   * once. With the token, or with the `challenge` of a login the gateway told to enrol
+   * (second_factor "enrol"). Keep none of it beyond the enrolment step.
+   */
+  enrolSecondFactor({ challenge } = {}) {
+    return this.request("POST", "/v1/auth/totp/enrol", challenge ? { challenge } : undefined);
+  }
+
+  /**
+   * Confirm an enrolment with the app's first code: {recovery_codes} (ten, shown once).
+   * With `challenge` the answer is the login's token as well, which the client keeps; the
+   * challenge works once, right or wrong. With the token, a wrong code may be tried again.
+   */
+  async confirmSecondFactor({ code, challenge } = {}) {
+    if (!challenge) return this.request("POST", "/v1/auth/totp/confirm", { code }, { codeStep: true });
+    this.token = null;
+    const answer = await this.request("POST", "/v1/auth/totp/confirm", { code, challenge });
     this.token = answer.token;
     return answer;
   }
