@@ -4,9 +4,9 @@ What an attacker gains without this: a REGISTER (or a Route, a Via) naming a Red
 node as its address makes the gateway write SIP text into Redis' port; Redis reads
 text lines as commands (the classic cross-protocol attack). The destination policy
 refuses every configured Redis endpoint: the one server, every cluster seed node, every
-sentinel. A cluster's other nodes and the master a sentinel names are learnt at run
-time: on the loopback the policy refuses them anyway (no loopback port but a flow's);
-elsewhere they are the operator's network to keep apart (docs/security.md).
+sentinel; and every node a cluster or Sentinel names at run time, once the runtime has
+read it (`add_services`, fed by runtime/redis_topology.py: tests/unit/test_redis_topology.py
+for the watcher, tests/security/test_redis_topology.py against real deployments).
 """
 
 from __future__ import annotations
@@ -52,3 +52,36 @@ def test_sip_is_never_sent_to_a_configured_redis_endpoint(
         assert refusing.refusal(host, port) == "own_service"
         assert refusing.refusal(host, port, flow=True) == "own_service"
     assert refusing.refusal("10.9.9.9", 5060) is None  # a phone elsewhere is fine
+
+
+def test_nodes_learnt_at_run_time_are_refused_as_the_configured_ones() -> None:
+    """A replica, a master after a failover: elsewhere and on this machine, aimed at
+    directly or as a flow (a Via's sent-by, a phone's own address), in every form."""
+    refusing = policy(with_redis(RedisSettings(cluster_nodes=SEEDS[:1])))
+    learnt = [("10.1.0.7", 7006), ("127.0.0.1", 7007), ("2001:db8::7", 7008)]
+    for host, port in learnt:
+        assert refusing.refusal(host, port, flow=True) is None  # not known yet
+    refusing.add_services(learnt)
+    for host, port in [*learnt, ("::ffff:10.1.0.7", 7006), ("[2001:db8::7]", 7008)]:
+        assert refusing.refusal(host, port) == "own_service", (host, port)
+        assert refusing.refusal(host, port, flow=True) == "own_service", (host, port)
+    assert refusing.contact_refusal("127.0.0.1", 7007, "127.0.0.1") == "own_service"
+    assert refusing.refusal("192.0.2.10", 7007, flow=True) == "own_service"  # ours too
+    # The same hosts' other ports, and the seed's, are as before.
+    assert refusing.refusal("10.1.0.7", 5060) is None
+    assert refusing.refusal(*SEEDS[0]) == "own_service"
+
+
+def test_what_was_learnt_stays_refused_and_a_name_is_resolved() -> None:
+    resolved: list[tuple[str, int]] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        resolved.append((host, port))
+        return ["10.3.0.5"]
+
+    refusing = DestinationPolicy(services=[], resolve=resolve)
+    refusing.add_services([("10.3.0.4", 6379)])
+    refusing.add_services([("redis-7.internal", 6380)])  # nothing drops the first
+    assert resolved == [("redis-7.internal", 6380)]
+    assert refusing.refusal("10.3.0.4", 6379) == "own_service"
+    assert refusing.refusal("10.3.0.5", 6380) == "own_service"
