@@ -205,16 +205,20 @@ class _ClusterReader:
     async def read(self) -> list[Address]:
         cluster = self.cluster
         await cluster.initialize()
-        nodes = cluster.get_nodes()
-        random.shuffle(nodes)  # not always the same node's view, nor its load
+        # A master first (its view of its shard is the one that counts), not always the
+        # same one; a replica only when no master answers.
+        masters, replicas = cluster.get_primaries(), cluster.get_replicas()
+        random.shuffle(masters)
+        random.shuffle(replicas)
         failure: BaseException = ConnectionError("the cluster client knows no node")
-        for node in nodes:
+        for node in masters + replicas:
             try:
                 reply = await cluster.execute_command("CLUSTER", "SHARDS", target_nodes=node)
             except LINK_ERRORS as exc:
                 failure = exc
                 continue
-            return [(node.host, int(node.port)) for node in nodes] + shard_addresses(reply)
+            known = [(n.host, int(n.port)) for n in masters + replicas]
+            return known + shard_addresses(reply)
         # None answered: next time, ask the seeds where the cluster is now.
         cluster._request_refresh()
         raise failure
