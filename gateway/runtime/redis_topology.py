@@ -46,10 +46,18 @@ from typing import NoReturn
 
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import RedisClusterException
 
 from gateway.config import RedisSettings
 from gateway.proxy.destinations import DestinationPolicy
-from gateway.redis_link import LINK_ERRORS, LinkOptions, RedisTarget, client, sentinel_for
+from gateway.redis_link import (
+    LINK_ERRORS,
+    LinkOptions,
+    RedisTarget,
+    client,
+    raise_if_cancelled,
+    sentinel_for,
+)
 from gateway.redis_routes import on_failed
 from gateway.transport.addresses import ip_address_of, strip_brackets
 
@@ -92,6 +100,7 @@ class RedisTopology:
         self.interval = interval
         self.limit = limit
         self.known: set[Address] = set()
+        self.reads = 0  # rounds run, answered or not
         self._resolve = resolver
         self._policies: list[DestinationPolicy] = []
         self._wake = asyncio.Event()
@@ -121,12 +130,18 @@ class RedisTopology:
                     else:
                         assert sentinels is not None
                         named = await _sentinel_nodes(sentinels, self.target)
-                except LINK_ERRORS as exc:
+                except _READ_ERRORS as exc:
+                    self._went_wrong(exc)
+                    named = []
+                except Exception as exc:  # a bug: said, and the loop goes on
+                    log.exception("redis topology read failed")
                     self._went_wrong(exc)
                     named = []
                 else:
                     self._came_right()
+                raise_if_cancelled()  # one that redis-py's wait_for swallowed (redis_link)
                 await self.learn([*named, *self.target.endpoints])
+                self.reads += 1
                 await asyncio.sleep(MIN_GAP)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.interval - MIN_GAP)
@@ -188,6 +203,9 @@ class RedisTopology:
             self._failing = False
             log.info("redis topology read again", extra={"worker": self.worker})
 
+
+# What a read that reached no server raises (no seed answers: RedisClusterException).
+_READ_ERRORS: tuple[type[BaseException], ...] = (*LINK_ERRORS, RedisClusterException)
 
 # Short timeouts: a read that hangs only delays the next one. One try per command: the
 # loop above is the retry.

@@ -5,6 +5,8 @@ reads of real clusters and sentinels are tests/security/test_redis_topology.py."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -13,6 +15,8 @@ from gateway.config import RedisSettings
 from gateway.proxy.destinations import DestinationPolicy
 from gateway.redis_routes import WireRoutes, on_failed
 from gateway.runtime.redis_topology import RedisTopology, shard_addresses
+from tests.peers.ports import free_tcp_port
+from tests.waiting import wait_until
 
 CLUSTER = RedisSettings(cluster_nodes=(("10.1.0.1", 7000),))
 
@@ -119,3 +123,33 @@ async def test_a_lean_connection_that_failed_wakes_the_watcher() -> None:
     routes.failed()
     assert not topology._wake.is_set()
     await routes.close()
+
+
+async def test_a_cluster_that_does_not_answer_leaves_the_seeds_refused_and_the_loop_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No Redis listens at the seed: every read fails, said once; the configured seed
+    (a name here) is still resolved and fed, and the watcher keeps trying."""
+    port = free_tcp_port()  # nothing listens there
+    topology = RedisTopology(
+        RedisSettings(cluster_nodes=(("localhost", port),)), interval=1.5, resolver=resolve_local
+    )
+    refusing = policy()
+    topology.feed(refusing)
+    with caplog.at_level(logging.INFO, logger="sipgw.redis"):
+        task = asyncio.create_task(topology.run())
+        try:
+            await wait_until(lambda: topology.known != set(), timeout=10, what="the seed")
+            assert refusing.refusal("127.0.0.1", port, flow=True) == "own_service"
+            unread = "redis topology unread; the nodes learnt so far stay refused"
+            await wait_until(lambda: topology.reads >= 2, timeout=10, what="a second read")
+            assert [r.getMessage() for r in caplog.records].count(unread) == 1
+            assert not task.done()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def resolve_local(host: str, port: int) -> list[str]:
+    return ["127.0.0.1"] if host == "localhost" else []
