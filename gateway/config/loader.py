@@ -411,7 +411,6 @@ _SECURITY_READERS: dict[str, Callable[[Value], Any]] = {
 }
 
 
-
 _DIAL_READERS: dict[str, Callable[[Value], Any]] = {
     "ring_timeout": lambda v: v.number(),
     "connect_timeout": lambda v: v.number(),
