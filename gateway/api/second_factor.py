@@ -166,7 +166,10 @@ def second_factor_router(directory: Directory) -> APIRouter:
             "authenticator app; confirm with its first code"
         ),
         openapi_extra=_body({"challenge": _CHALLENGE}, []),
-        responses={**refusals, 409: {"description": "Enrolled already, or the policy is off"}},
+        responses={
+            **refusals,
+            409: {"description": "Enrolled already, the policy is off, or no totp_key"},
+        },
     )
     async def enrol(
         request: Request,
