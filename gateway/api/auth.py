@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
+from gateway.api.bodies import Refused, read_json
 from gateway.config import SecuritySettings
 from gateway.security.directory import TENANT_ID, USERNAME, Directory, DirectoryUnavailable
 from gateway.security.passwords import MAX_LENGTH
@@ -186,40 +187,17 @@ def _principal_json(principal: Principal) -> dict[str, Any]:
     }
 
 
-class BadRequest(Exception):
-    """A request body refused before any look-up: its status (4xx) and the message."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-    def response(self) -> JSONResponse:
-        return _error(self.status, self.detail)
-
-
 async def json_object(request: Request, fields: Iterable[str]) -> dict[str, Any]:
     """The body of an authentication request: a JSON object of at most
-    ``MAX_LOGIN_BODY`` bytes with no field but ``fields``; else ``BadRequest``."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise BadRequest(415, "Content-Type must be application/json")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_LOGIN_BODY:
-            raise BadRequest(413, f"request body larger than {MAX_LOGIN_BODY} bytes")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest(400, "request body is not valid JSON") from None
+    ``MAX_LOGIN_BODY`` bytes with no field but ``fields``; else ``Refused``."""
+    data = await read_json(request, MAX_LOGIN_BODY)
     if not isinstance(data, dict):
-        raise BadRequest(400, "request body must be a JSON object")
+        raise Refused(400, "request body must be a JSON object")
     known = tuple(fields)
     for name in data:
         if name not in known:
             listed = ", ".join(known)
-            raise BadRequest(400, f"unknown field {json.dumps(name)} (known: {listed})")
+            raise Refused(400, f"unknown field {json.dumps(name)} (known: {listed})")
     return data
 
 
@@ -227,17 +205,17 @@ async def _login_fields(request: Request) -> tuple[str | None, str, str]:
     data = await json_object(request, _LOGIN_FIELDS)
     tenant = data.get("tenant")
     if tenant is not None and (not isinstance(tenant, str) or not TENANT_ID.fullmatch(tenant)):
-        raise BadRequest(400, "tenant: must be a string of 1-32 of a-z, 0-9 and '-'")
+        raise Refused(400, "tenant: must be a string of 1-32 of a-z, 0-9 and '-'")
     username = data.get("username")
     if username is None:
-        raise BadRequest(400, "username: required")
+        raise Refused(400, "username: required")
     if not isinstance(username, str) or not USERNAME.fullmatch(username):
-        raise BadRequest(400, "username: must be a string of 1-64 letters, digits, '.', '_', '-'")
+        raise Refused(400, "username: must be a string of 1-64 letters, digits, '.', '_', '-'")
     password = data.get("password")
     if password is None:
-        raise BadRequest(400, "password: required")
+        raise Refused(400, "password: required")
     if not isinstance(password, str) or not 1 <= len(password) <= MAX_LENGTH:
-        raise BadRequest(400, f"password: must be a string of 1-{MAX_LENGTH} characters")
+        raise Refused(400, f"password: must be a string of 1-{MAX_LENGTH} characters")
     return tenant, username, password
 
 
@@ -304,7 +282,7 @@ def auth_router(directory: Directory) -> APIRouter:
     async def login(request: Request) -> Response:
         try:
             tenant, username, password = await _login_fields(request)
-        except BadRequest as bad:
+        except Refused as bad:
             return bad.response()
         if tenant is None and directory.default_tenant is None:
             return _error(400, "tenant: required (there is no default tenant)")
@@ -365,7 +343,7 @@ def auth_router(directory: Directory) -> APIRouter:
 
 __all__ = [
     "INVALID_CREDENTIALS",
-    "BadRequest",
+    "Refused",
     "auth_router",
     "authenticate",
     "bearer_scheme",

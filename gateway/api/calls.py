@@ -22,7 +22,6 @@ answer in time).
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +30,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from gateway.api.auth import client_address, require_principal
+from gateway.api.bodies import Refused, read_json
 from gateway.config import Settings, Tenant
 from gateway.dial.originate import Destination, DialError, DialOrder, DialRequest, Originator
 from gateway.recognition.lookup import Recognizer
@@ -66,20 +66,6 @@ ACCEPTED_EXAMPLE = {
 }
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = headers
-
-
-def _error(refused: _Refused) -> JSONResponse:
-    return JSONResponse(
-        {"detail": refused.detail}, status_code=refused.status, headers=refused.headers
-    )
-
-
 def _view(
     request: DialRequest | StoredDial,
     status: int = 200,
@@ -100,21 +86,12 @@ def _view(
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise _Refused(415, "Content-Type must be application/json")
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise _Refused(413, f"request body larger than {MAX_BODY} bytes")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise _Refused(400, "request body is not valid JSON") from None
+    data = await read_json(request, MAX_BODY)
     if not isinstance(data, dict):
-        raise _Refused(422, "body: expected a JSON object")
+        raise Refused(422, "body: expected a JSON object")
     unknown = sorted(set(data) - {"to", "from", "auto_answer", "request_id"})
     if unknown:
-        raise _Refused(422, f"{unknown[0]}: unknown field")
+        raise Refused(422, f"{unknown[0]}: unknown field")
     return data
 
 
@@ -122,12 +99,12 @@ def _text(data: dict[str, Any], name: str, *, required: bool = False) -> str | N
     value = data.get(name)
     if value is None:
         if required:
-            raise _Refused(422, f"{name}: required")
+            raise Refused(422, f"{name}: required")
         return None
     if not isinstance(value, str) or not value.strip():
-        raise _Refused(422, f"{name}: expected a non-empty string")
+        raise Refused(422, f"{name}: expected a non-empty string")
     if len(value) > 64 and name != "request_id":
-        raise _Refused(422, f"{name}: longer than 64 characters")
+        raise Refused(422, f"{name}: longer than 64 characters")
     return value.strip()
 
 
@@ -148,20 +125,20 @@ def calls_router(
     def originator() -> Originator:
         found = originator_getter()
         if found is None:
-            raise _Refused(503, "SIP is not running yet; retry", {"Retry-After": "1"})
+            raise Refused(503, "SIP is not running yet; retry", {"Retry-After": "1"})
         return found
 
     def sip_tenant(principal: Principal) -> Tenant:
         tenant = settings.tenant_by_id(principal.tenant)
         if tenant is None:
-            raise _Refused(409, "this tenant has no phones (no SIP configuration)")
+            raise Refused(409, "this tenant has no phones (no SIP configuration)")
         return tenant
 
     def visible(principal: Principal, request: DialRequest | None) -> DialRequest:
         if request is None or not may_see(
             principal, request.tenant, request.order.requested_by, request.order.user.extension
         ):
-            raise _Refused(404, "no such dial request")
+            raise Refused(404, "no such dial request")
         return request
 
     def may_see(principal: Principal, tenant: str, requested_by: str, extension: str) -> bool:
@@ -174,15 +151,15 @@ def calls_router(
     async def elsewhere(principal: Principal, dial_id: str) -> StoredDial:
         """Another node's request, as stored in Redis, under the same rules."""
         if shared is None:
-            raise _Refused(404, "no such dial request")
+            raise Refused(404, "no such dial request")
         try:
             stored = await shared.read(principal.tenant, dial_id)
         except DialError as err:
-            raise _Refused(err.status, err.message, {"Retry-After": "1"}) from None
+            raise Refused(err.status, err.message, {"Retry-After": "1"}) from None
         if stored is None or not may_see(
             principal, stored.tenant, stored.requested_by, stored.extension
         ):
-            raise _Refused(404, "no such dial request")
+            raise Refused(404, "no such dial request")
         return stored
 
     async def contact_name(tenant: Tenant, e164: str | None) -> str | None:
@@ -228,38 +205,38 @@ def calls_router(
             assert to_text is not None
             request_id = _text(data, "request_id")
             if request_id is not None and not _REQUEST_ID.fullmatch(request_id):
-                raise _Refused(422, "request_id: 1-128 characters of A-Z a-z 0-9 . _ : ~ -")
+                raise Refused(422, "request_id: 1-128 characters of A-Z a-z 0-9 . _ : ~ -")
             auto_answer = data.get("auto_answer", True)
             if not isinstance(auto_answer, bool):
-                raise _Refused(422, "auto_answer: expected true or false")
+                raise Refused(422, "auto_answer: expected true or false")
             own = tenant.user_by_username(principal.user or "")
             from_ext = _text(data, "from") or (own.extension if own is not None else None)
             if from_ext is None:
-                raise _Refused(422, "from: required (this user has no extension of its own)")
+                raise Refused(422, "from: required (this user has no extension of its own)")
             if not principal.is_admin and (own is None or from_ext != own.extension):
-                raise _Refused(403, "from: you may dial only from your own extension")
+                raise Refused(403, "from: you may dial only from your own extension")
             phone_user = tenant.user_by_extension(from_ext)
             if phone_user is None:
-                raise _Refused(422, f"from: no extension {from_ext} in this tenant")
+                raise Refused(422, f"from: no extension {from_ext} in this tenant")
             if phone_user.username != principal.user:
                 # Auto-answer opens a colleague's microphone: only on one's own phone. Not
                 # asked for: the phone simply rings; asked for: refused, not ignored.
                 if data.get("auto_answer") is True:
-                    raise _Refused(
+                    raise Refused(
                         403, "auto_answer: only on your own phone; leave it out to ring this one"
                     )
                 auto_answer = False
             found = originator().existing(tenant.id, principal.user or "", request_id)
             if found is not None:
                 if found.order.to.raw != to_text or found.order.user.extension != from_ext:
-                    raise _Refused(409, "request_id: already used for another dial request")
+                    raise Refused(409, "request_id: already used for another dial request")
                 return _view(found, 202, replayed=True)
             destination = await _destination(tenant, to_text, contact_name)
             # Counted once the request is valid: a typo does not cost a dial.
             wait = buckets.take((tenant.id, principal.user or ""))
             if wait is not None:
                 retry = str(max(1, round(wait)))
-                raise _Refused(429, "too many dial requests; slow down", {"Retry-After": retry})
+                raise Refused(429, "too many dial requests; slow down", {"Retry-After": retry})
             order = DialOrder(
                 tenant=tenant,
                 user=phone_user,
@@ -274,10 +251,10 @@ def calls_router(
                 buckets.refund((tenant.id, principal.user or ""))  # nothing was started
                 raise
             accepted = started.to_dict()  # the state it was accepted in
-        except _Refused as refused:
-            return _error(refused)
+        except Refused as refused:
+            return refused.response()
         except DialError as err:
-            return _error(_Refused(err.status, err.message))
+            return Refused(err.status, err.message).response()
         await directory.audit.record(
             principal.tenant, "dial", "ok", user=principal.user or "",
             source=client_address(request, directory.security), detail=f"id={started.id}",
@@ -295,8 +272,8 @@ def calls_router(
             if here is not None:
                 return _view(visible(principal, here))
             return _view(await elsewhere(principal, dial_id))
-        except _Refused as refused:
-            return _error(refused)
+        except Refused as refused:
+            return refused.response()
 
     @router.delete(
         "/v1/calls/{dial_id}",
@@ -315,19 +292,19 @@ def calls_router(
             found = visible(principal, here)
             cancelled = run(lambda: originator().cancel(found.tenant, found.id))
             return _view(cancelled, body=cancelled.to_dict())
-        except _Refused as refused:
-            return _error(refused)
+        except Refused as refused:
+            return refused.response()
         except DialError as err:
-            return _error(_Refused(err.status, err.message))
+            return Refused(err.status, err.message).response()
 
     async def cancel_elsewhere(stored: StoredDial) -> JSONResponse:
         """Relayed to the node that holds the request's calls (it alone can end them)."""
         assert shared is not None  # elsewhere() found it there
         if stored.finished:
-            return _error(_Refused(409, f"the dial request is already {stored.state}"))
+            return Refused(409, f"the dial request is already {stored.state}").response()
         reply = await shared.relay_cancel(stored)
         if reply.status != 200 or reply.view is None:
-            return _error(_Refused(reply.status, reply.detail or "not cancelled"))
+            return Refused(reply.status, reply.detail or "not cancelled").response()
         return _view(stored, body=reply.view)
 
     return router
@@ -353,4 +330,4 @@ async def _destination(
         digits = re.sub(r"[\s().-]", "", number.raw)
         if re.fullmatch(r"[0-9*#]{2,16}", digits):
             return Destination(dial=digits, raw=text)
-    raise _Refused(422, f"to: not a number that can be dialled ({number.reason or number.kind})")
+    raise Refused(422, f"to: not a number that can be dialled ({number.reason or number.kind})")

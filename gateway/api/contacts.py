@@ -22,7 +22,6 @@ nothing is written.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +30,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from gateway.api.auth import client_address, require_principal
+from gateway.api.bodies import Refused, read_json
 from gateway.bus.rewrite import StreamBusy
 from gateway.bus.streams import EventBus
 from gateway.config import Settings
@@ -53,36 +53,9 @@ BATCH_EXAMPLE = {
 }
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-def _error(status: int, detail: str) -> JSONResponse:
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-
-
-async def _json_body(request: Request) -> object:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise _Refused(415, "Content-Type must be application/json")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise _Refused(413, f"request body larger than {MAX_BODY} bytes")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise _Refused(400, "request body is not valid JSON") from None
-
-
 def _own_tenant(principal: Principal, named: object) -> None:
     if named is not None and named != principal.tenant:
-        raise _Refused(403, "the token is for another tenant")
+        raise Refused(403, "the token is for another tenant")
 
 
 def contacts_router(
@@ -124,21 +97,21 @@ def contacts_router(
     )
     async def batch(request: Request, principal: Principal = Depends(writer)) -> JSONResponse:  # noqa: B008
         try:
-            data = await _json_body(request)
+            data = await read_json(request, MAX_BODY)
             _own_tenant(principal, data.get("tenant") if isinstance(data, dict) else None)
             limit = settings.recognition.max_batch
             parsed = parse_batch(data, fields_of(principal.tenant), limit)
             upserted, deleted = await index_getter().apply(
                 principal.tenant, parsed.source, parsed.upserts, parsed.deletes, parsed.generation
             )
-        except _Refused as refused:
-            return _error(refused.status, refused.detail)
+        except Refused as refused:
+            return refused.response()
         except TooLarge as bad:
-            return _error(413, str(bad))
+            return Refused(413, str(bad)).response()
         except BatchError as bad:
-            return _error(422, str(bad))
+            return Refused(422, str(bad)).response()
         except IndexUnavailable:
-            return _error(503, "contact index unavailable; retry")
+            return Refused(503, "contact index unavailable; retry").response()
         counters.contacts["upsert"] += upserted
         counters.contacts["delete"] += deleted
         return JSONResponse({"upserted": upserted, "deleted": deleted})
@@ -148,7 +121,7 @@ def contacts_router(
         try:
             found = await index_getter().sources(principal.tenant)
         except IndexUnavailable:
-            return _error(503, "contact index unavailable; retry")
+            return Refused(503, "contact index unavailable; retry").response()
         return JSONResponse(
             {
                 "sources": [
@@ -165,21 +138,21 @@ def contacts_router(
         principal: Principal = Depends(writer),  # noqa: B008
     ) -> JSONResponse:
         try:
-            data = await _json_body(request)
+            data = await read_json(request, MAX_BODY)
             if not isinstance(data, dict):
-                raise _Refused(422, "body: must be a JSON object")
+                raise Refused(422, "body: must be a JSON object")
             _own_tenant(principal, data.get("tenant"))
             generation = data.get("generation")
             if not is_source_id(source):
-                raise _Refused(422, "source: not a valid source id")
+                raise Refused(422, "source: not a valid source id")
             if not is_generation(generation):
-                raise _Refused(422, "generation: must be 1-64 of A-Z, a-z, 0-9, '_', '-'")
+                raise Refused(422, "generation: must be 1-64 of A-Z, a-z, 0-9, '_', '-'")
             assert isinstance(generation, str)
             deleted = await index_getter().commit_generation(principal.tenant, source, generation)
-        except _Refused as refused:
-            return _error(refused.status, refused.detail)
+        except Refused as refused:
+            return refused.response()
         except IndexUnavailable:
-            return _error(503, "contact index unavailable; retry")
+            return Refused(503, "contact index unavailable; retry").response()
         counters.contacts["delete"] += deleted
         return JSONResponse({"deleted": deleted})
 
@@ -190,7 +163,7 @@ def contacts_router(
         principal: Principal = Depends(writer),  # noqa: B008
     ) -> JSONResponse:
         if not is_source_id(source):
-            return _error(404, "no such source")
+            return Refused(404, "no such source").response()
         tenant = principal.tenant
         try:
             deleted = await index_getter().remove_source(tenant, source)
@@ -201,9 +174,9 @@ def contacts_router(
                 tenant, lambda event: without_source(event, source)
             )
         except (IndexUnavailable, RedisError, OSError, StreamBusy):
-            return _error(503, "Redis unavailable or busy; retry")
+            return Refused(503, "Redis unavailable or busy; retry").response()
         if deleted is None and not redacted:
-            return _error(404, "no such source")
+            return Refused(404, "no such source").response()
         deleted = deleted or 0
         counters.contacts["delete"] += deleted
         counters.contacts["source_removed"] += 1
@@ -246,7 +219,7 @@ def contacts_router(
             contacts = await held(principal, e164)
             events = await events_of(principal, e164)
         except (IndexUnavailable, RedisError, OSError):
-            return _error(503, "Redis unavailable; retry")
+            return Refused(503, "Redis unavailable; retry").response()
         return e164, contacts, events
 
     @router.get("/v1/privacy/numbers/{number}", tags=["privacy"], summary="What is held")
@@ -293,7 +266,7 @@ def contacts_router(
             # still tell who called whom when.
             erased = len(await bus_getter().delete_events(principal.tenant, mentions.in_event))
         except (IndexUnavailable, RedisError, OSError, StreamBusy):
-            return _error(503, "Redis unavailable or busy; retry")
+            return Refused(503, "Redis unavailable or busy; retry").response()
         # The number itself is not audited: the log would keep what was just erased.
         await audit(request, principal, "privacy.erase", f"contacts={removed} events={erased}")
         return JSONResponse({"number": e164, "contacts_removed": removed, "events_removed": erased})

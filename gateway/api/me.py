@@ -12,7 +12,6 @@ tenant, exactly as for event subscriptions; ``sync`` tokens belong to no person 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,6 +21,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from gateway.api.auth import require_principal, rfc3339
+from gateway.api.bodies import Refused, read_json
 from gateway.api.history import (
     DIRECTIONS,
     MAX_LIMIT,
@@ -189,18 +189,10 @@ def me_router(
         request: Request,
         principal: Principal = Depends(person),  # noqa: B008
     ) -> JSONResponse:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            raise HTTPException(415, "Content-Type must be application/json")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_SETTINGS_BODY:
-                raise HTTPException(413, f"request body larger than {MAX_SETTINGS_BODY} bytes")
         try:
-            update = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise HTTPException(400, "request body is not valid JSON") from None
+            update = await read_json(request, MAX_SETTINGS_BODY)
+        except Refused as refused:
+            return refused.response()
         current = await user_settings(principal)
         try:
             changed = current.changed(update)

@@ -26,7 +26,6 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
 from gateway.api.auth import (
-    BadRequest,
     authenticate,
     bearer_scheme,
     client_address,
@@ -36,6 +35,7 @@ from gateway.api.auth import (
     require_principal,
     token_response,
 )
+from gateway.api.bodies import Refused
 from gateway.security.directory import (
     USERNAME,
     Directory,
@@ -85,7 +85,7 @@ def _text(data: dict[str, Any], name: str, limit: int = 128) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= limit:
-        raise BadRequest(400, f"{name}: must be a string of 1-{limit} characters")
+        raise Refused(400, f"{name}: must be a string of 1-{limit} characters")
     return value
 
 
@@ -122,10 +122,10 @@ def second_factor_router(directory: Directory) -> APIRouter:
             challenge = _text(data, "challenge")
             code, recovery_code = _text(data, "code", 16), _text(data, "recovery_code", 32)
             if challenge is None:
-                raise BadRequest(400, "challenge: required")
+                raise Refused(400, "challenge: required")
             if (code is None) == (recovery_code is None):
-                raise BadRequest(400, "give either code or recovery_code")
-        except BadRequest as bad:
+                raise Refused(400, "give either code or recovery_code")
+        except Refused as bad:
             return bad.response()
         source = client_address(request, directory.security)
         try:
@@ -179,12 +179,12 @@ def second_factor_router(directory: Directory) -> APIRouter:
         try:
             data = await _optional_body(request, ("challenge",))
             challenge = _text(data, "challenge")
-        except BadRequest as bad:
+        except Refused as bad:
             return bad.response()
         try:
             if challenge is not None:
                 if credentials is not None:
-                    return BadRequest(400, "give a token or a challenge, not both").response()
+                    return Refused(400, "give a token or a challenge, not both").response()
                 found = await directory.enrol_with_challenge(challenge, source=source)
                 if found is None:
                     return login_refused(LoginRefused("invalid"), INVALID_CODE)
@@ -219,10 +219,10 @@ def second_factor_router(directory: Directory) -> APIRouter:
             data = await json_object(request, ("code", "challenge"))
             code, challenge = _text(data, "code", 16), _text(data, "challenge")
             if code is None:
-                raise BadRequest(400, "code: required")
+                raise Refused(400, "code: required")
             if challenge is not None and credentials is not None:
-                raise BadRequest(400, "give a token or a challenge, not both")
-        except BadRequest as bad:
+                raise Refused(400, "give a token or a challenge, not both")
+        except Refused as bad:
             return bad.response()
         try:
             if challenge is not None:

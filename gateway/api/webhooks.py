@@ -14,7 +14,6 @@ ones. Every change is audited (without the secret or the URL's query).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway.api.auth import client_address, require_principal
+from gateway.api.bodies import Refused, read_json
 from gateway.config import Settings
 from gateway.security.directory import Directory
 from gateway.security.principal import Principal
@@ -52,35 +52,10 @@ CREATE_EXAMPLE = {
 }
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-def _error(status: int, detail: str) -> JSONResponse:
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-
-
 async def _json_object(request: Request, *, optional: bool = False) -> dict[str, Any]:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise _Refused(413, f"request body larger than {MAX_BODY} bytes")
-    if not body and optional:
-        return {}
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise _Refused(415, "Content-Type must be application/json")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise _Refused(400, "request body is not valid JSON") from None
+    data = await read_json(request, MAX_BODY, empty={} if optional else ...)
     if not isinstance(data, dict):
-        raise _Refused(422, "body: must be a JSON object")
+        raise Refused(422, "body: must be a JSON object")
     return data
 
 
@@ -162,14 +137,14 @@ def webhooks_router(
                 created_by=principal.user or "",
             )
             await store.create(sub, hooks.max_per_tenant)
-        except _Refused as refused:
-            return _error(refused.status, refused.detail)
+        except Refused as refused:
+            return refused.response()
         except Invalid as bad:
-            return _error(422, str(bad))
+            return Refused(422, str(bad)).response()
         except LimitReached as full:
-            return _error(409, str(full))
+            return Refused(409, str(full)).response()
         except StoreUnavailable:
-            return _error(503, "Redis unavailable; retry")
+            return Refused(503, "Redis unavailable; retry").response()
         changed()
         await audit(request, principal, "webhook.create", sub.id, f"host={_host_of(sub.url)}")
         state = {"cursor": await _cursor_or_none(store, sub)}
@@ -183,13 +158,13 @@ def webhooks_router(
             found = await store.all(principal.tenant)
             rows = [shown(s, await store.state(s.tenant, s.id)) for s in found]
         except StoreUnavailable:
-            return _error(503, "Redis unavailable; retry")
+            return Refused(503, "Redis unavailable; retry").response()
         return JSONResponse({"webhooks": rows})
 
     async def one(principal: Principal, sub_id: str) -> Subscription:
         sub = await store.get(principal.tenant, sub_id) if is_id(sub_id) else None
         if sub is None:
-            raise _Refused(404, "no such webhook")
+            raise Refused(404, "no such webhook")
         return sub
 
     @router.get("/v1/webhooks/{sub_id}", summary="One webhook and its delivery state")
@@ -197,10 +172,10 @@ def webhooks_router(
         try:
             sub = await one(principal, sub_id)
             return JSONResponse(shown(sub, await store.state(sub.tenant, sub.id)))
-        except _Refused as refused:
-            return _error(refused.status, refused.detail)
+        except Refused as refused:
+            return refused.response()
         except StoreUnavailable:
-            return _error(503, "Redis unavailable; retry")
+            return Refused(503, "Redis unavailable; retry").response()
 
     @router.delete("/v1/webhooks/{sub_id}", status_code=204, summary="Delete a webhook")
     async def delete(
@@ -211,9 +186,9 @@ def webhooks_router(
         try:
             removed = is_id(sub_id) and await store.delete(principal.tenant, sub_id)
         except StoreUnavailable:
-            return _error(503, "Redis unavailable; retry")
+            return Refused(503, "Redis unavailable; retry").response()
         if not removed:
-            return _error(404, "no such webhook")
+            return Refused(404, "no such webhook").response()
         changed()
         await audit(request, principal, "webhook.delete", sub_id, "")
         return Response(status_code=204)
@@ -242,12 +217,12 @@ def webhooks_router(
                 skipped = await store.skip_to_now(sub)
             await store.save(sub.enabled_again())
             state = await store.state(sub.tenant, sub.id)
-        except _Refused as refused:
-            return _error(refused.status, refused.detail)
+        except Refused as refused:
+            return refused.response()
         except Invalid as bad:
-            return _error(422, str(bad))
+            return Refused(422, str(bad)).response()
         except StoreUnavailable:
-            return _error(503, "Redis unavailable; retry")
+            return Refused(503, "Redis unavailable; retry").response()
         changed()
         await audit(request, principal, "webhook.enable", sub.id, f"from={start} skipped={skipped}")
         return JSONResponse(shown(sub.enabled_again(), state))
