@@ -145,6 +145,10 @@ class Counters:
     # click-to-dial requests: "accepted", then how each finished (connected, ended,
     # failed, cancelled)
     dial_requests: Counter[str] = field(default_factory=Counter)
+    # the busy lamp field (gateway/blf): NOTIFYs answered or failed, and subscriptions
+    # ended by the notifier, by the reason of their final NOTIFY ("ended_timeout":
+    # expired or un-SUBSCRIBEd; "ended_deactivated": the process stopping)
+    blf: Counter[str] = field(default_factory=Counter)
     # garbage-collector pauses of this process (gc.callbacks, gateway/gc_pauses.py): each
     # collection's duration, how many by generation, and the longest since start
     gc_pause_seconds: Histogram = field(default_factory=lambda: Histogram(GC_PAUSE_BUCKETS))

@@ -251,6 +251,12 @@ class GatewayCollector(Collector):
             "Click-to-dial requests not finished yet",
             value=self.gauges.dial_active(),
         )
+        yield self._simple(
+            "sipgw_blf_events",
+            "Busy lamp field: NOTIFYs answered or failed, subscriptions the notifier ended",
+            "event",
+            c.blf,
+        )
         yield GaugeMetricFamily(
             "sipgw_blf_subscriptions",
             "Busy lamp field (dialog event) subscriptions held by this node's workers",

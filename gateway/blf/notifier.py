@@ -399,6 +399,7 @@ class Notifier:
 
     def _end(self, sub: Subscription, reason: str) -> None:
         sub.end_reason = reason
+        self.proxy.counters.blf[f"ended_{reason}"] += 1
         self._input(sub, SubInput.END)
 
     def _arm_expiry(self, sub: Subscription) -> None:
@@ -478,6 +479,7 @@ class Notifier:
             return
         if not ok:
             self.notify_failures += 1
+        self.proxy.counters.blf["notify_answered" if ok else "notify_failed"] += 1
         self._input(sub, SubInput.ANSWERED if ok else SubInput.FAILED)
 
     # -- the notifier as the transaction user of its NOTIFYs (tm.py) ---------------------

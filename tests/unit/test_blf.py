@@ -383,6 +383,7 @@ def test_an_unsubscribe_ends_with_a_terminated_notify(hn: Any) -> None:
     answer(h, notify)
     assert len(notifier.table) == 0
     assert [r.status for r in responses(in_dialog(h, ok, 600, 4))] == [481]
+    assert h.counters.blf == {"notify_answered": 1, "ended_timeout": 1}  # /metrics
 
 
 def test_an_in_dialog_request_from_another_host_is_481(hn: Any) -> None:
@@ -411,6 +412,7 @@ def test_stopping_deactivates_every_subscription(hn: Any) -> None:
     assert final.msg.get("Subscription-State") == "terminated;reason=deactivated"
     answer(h, final)
     assert len(notifier.table) == 0
+    assert h.counters.blf["ended_deactivated"] == 1
 
 
 @pytest.mark.parametrize("status", [481, 500])
@@ -419,6 +421,7 @@ def test_a_failed_notify_ends_the_subscription(hn: Any, status: int) -> None:
     _, sent = subscribe(h)
     answer(h, notifies(sent)[0], status)
     assert len(notifier.table) == 0
+    assert h.counters.blf == {"notify_failed": 1}
     notifier.on_event("acme", call_event("offered", "call.offered"))
     assert not notifies(h.advance(1))
 
