@@ -498,6 +498,7 @@ class Directory:
         )
         await self._redis.hdel(keys.TENANTS, tenant_id)
         await self._redis.srem(keys.LOCATION_TENANTS, tenant_id)
+        await self._redis.srem(keys.WEBHOOK_TENANTS, tenant_id)
         return deleted
 
     # -- users -----------------------------------------------------------------------------

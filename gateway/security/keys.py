@@ -76,6 +76,8 @@ LAYOUT = NODE_TAG + ":layout"
 LAYOUT_VERSION = 2
 # The tenants that have had a registration (runtime/shared_location.py loads theirs).
 LOCATION_TENANTS = NODE_TAG + ":location:tenants"
+# The tenants that have had a webhook (gateway/webhooks: what each node looks through).
+WEBHOOK_TENANTS = NODE_TAG + ":webhook-tenants"
 SYNC_TOKENS = "@sync"  # the token index of tenant-level (sync) tokens; no username has "@"
 
 # The fixed-name keys of a tenant, of every package (the part after ``{t}``):

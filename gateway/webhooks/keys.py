@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from gateway.security import keys as tenant_names
 
-WEBHOOK_TENANTS = tenant_names.NODE_TAG + ":webhook-tenants"
+WEBHOOK_TENANTS = tenant_names.WEBHOOK_TENANTS
 
 
 def subscriptions(tenant: str) -> str:

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.security.keys import WEBHOOK_TENANTS
 from tests.integration.conftest import GatewayFactory
 from tests.integration.gateway import DOMAIN, PASSWORDS, REPO, GatewayProcess, RedisProcess
 from tests.integration.relay import DelayRelay
@@ -275,6 +276,11 @@ async def test_deleting_a_tenant_deletes_all_its_data(gateway: GatewayProcess) -
     assert status == 422 and "configured: none" in answer["detail"]
     status, _ = await put_contacts(gateway, token, [{"number": CALLER}])
     assert status == 200
+    client = aioredis.Redis.from_url(gateway.redis_url)
+    try:  # as if it had had a webhook: the node-wide list of such tenants names it
+        await client.sadd(WEBHOOK_TENANTS, "initech", "acme")
+    finally:
+        await client.aclose()
     refused = await _cli(gateway, "tenant", "delete", "initech")
     assert refused.returncode == 2 and "--yes" in refused.stderr
     assert (await _cli(gateway, "tenant", "delete", "acme", "--yes")).returncode == 1
@@ -284,9 +290,11 @@ async def test_deleting_a_tenant_deletes_all_its_data(gateway: GatewayProcess) -
     try:
         left = [k async for k in client.scan_iter(match="{initech}:*")]
         acme = [k async for k in client.scan_iter(match="{acme}:*")]
+        webhook_tenants = await client.smembers(WEBHOOK_TENANTS)
     finally:
         await client.aclose()
     assert left == [] and acme != []
+    assert webhook_tenants == {b"acme"}
     assert (await put_contacts(gateway, token, [{"number": CALLER}]))[0] == 401
 
 
