@@ -242,6 +242,37 @@ def second_factor_router(directory: Directory) -> APIRouter:
             return login_refused(confirmed, INVALID_CODE)
         return JSONResponse({"recovery_codes": list(confirmed)}, headers=_NO_STORE)
 
+    @router.post(
+        "/recovery-codes",
+        summary="Ten new recovery codes for a current code (the old ones stop working)",
+        response_description="recovery_codes: shown in this answer only",
+        openapi_extra=_body({"code": _CODE}, ["code"]),
+        responses=refusals,
+    )
+    async def recovery_codes(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme),  # noqa: B008
+    ) -> Response:
+        source = client_address(request, directory.security)
+        try:
+            data = await json_object(request, ("code",))
+            code = _text(data, "code", 16)
+            if code is None:
+                raise Refused(400, "code: required")
+        except Refused as bad:
+            return bad.response()
+        principal = await _user_principal(request, credentials)
+        assert principal.user is not None
+        try:
+            made = await directory.new_recovery_codes(
+                principal.tenant, principal.user, code, source=source
+            )
+        except DirectoryUnavailable:
+            raise _unavailable() from None
+        if isinstance(made, LoginRefused):
+            return login_refused(made, INVALID_CODE)
+        return JSONResponse({"recovery_codes": list(made)}, headers=_NO_STORE)
+
     async def _user_principal(
         request: Request, credentials: HTTPAuthorizationCredentials | None
     ) -> Principal:

@@ -768,6 +768,15 @@ class Directory:
             outcome = await self.second_factors.confirm(tenant, username, code, source=source)
         return outcome if isinstance(outcome, LoginRefused) else outcome.recovery_codes
 
+    async def new_recovery_codes(
+        self, tenant: str, username: str, code: str, *, source: str = ""
+    ) -> tuple[str, ...] | LoginRefused:
+        """Ten new recovery codes for a current code; the old ones stop working."""
+        async with self._redis_errors():
+            return await self.second_factors.new_recovery_codes(
+                tenant, username, code, source=source
+            )
+
     async def confirm_with_challenge(
         self, challenge: str, code: str, *, source: str
     ) -> tuple[Token, tuple[str, ...]] | LoginRefused:

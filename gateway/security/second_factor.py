@@ -275,16 +275,49 @@ class SecondFactors:
         await self._audit.record(tenant, "totp.confirm", "ok", user=user, source=source, ref=ref)
         return Passed(tenant, user, "enrolment", tuple(made))
 
+    async def new_recovery_codes(
+        self, tenant: str, user: str, code: str, *, source: str, ref: str = ""
+    ) -> tuple[str, ...] | LoginRefused:
+        """Ten new recovery codes for a confirmed enrolment, in exchange for a current
+        code (counted by the throttle like a login's, refused if already used): every
+        old recovery code stops working; the new ones are shown once."""
+        made: list[str] = []
+
+        async def step() -> str:
+            record = await self.enrolment(tenant, user)
+            if record is None or not record.confirmed:
+                return "not_enrolled"
+            secret = self._secret(tenant, user, record)
+            if secret is None:
+                return "unreadable_secret"
+            result = await self._step_accepted(tenant, user, secret, code)
+            if result != "ok":
+                return result
+            made.extend(new_recovery_code() for _ in range(RECOVERY_CODES))
+            mapping = await self._recovery_hashes(user, made)
+            await self._redis.hset(keys.totp_recovery(tenant), mapping=mapping)
+            return "ok"
+
+        event = "totp.recovery_codes"
+        refused = await self._counted(tenant, user, source, event, ref, step)
+        if refused is not None:
+            return refused
+        await self._audit.record(tenant, event, "ok", user=user, source=source, ref=ref)
+        return tuple(made)
+
     async def _confirmed(self, tenant: str, user: str, secret: str, codes: list[str]) -> None:
-        hashes = [await self._verifier.hash(c) for c in codes]
         confirmed = self._stored(tenant, user, secret, confirmed=True)
-        mapping: dict[FieldT, EncodableT] = {
-            f"{user}:{n}": hashed for n, hashed in enumerate(hashes)
-        }
+        mapping = await self._recovery_hashes(user, codes)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.totp(tenant), user, confirmed.to_json())
             pipe.hset(keys.totp_recovery(tenant), mapping=mapping)
             await pipe.execute()
+
+    async def _recovery_hashes(self, user: str, codes: list[str]) -> dict[FieldT, EncodableT]:
+        """The recovery-code hash fields of ``user`` (``<user>:<n>``, n < RECOVERY_CODES):
+        writing all of them replaces every earlier code, used or not."""
+        hashes = [await self._verifier.hash(c) for c in codes]
+        return {f"{user}:{n}": hashed for n, hashed in enumerate(hashes)}
 
     # -- sealing (totp_sealing.py) ----------------------------------------------------------
     def _stored(self, tenant: str, user: str, secret: str, *, confirmed: bool) -> Enrolment:

@@ -205,6 +205,34 @@ async def test_the_admins_policy_makes_an_admin_enrol_during_the_login(
     assert (await password_step(gateway, ADMIN))["second_factor"] == "totp"
 
 
+async def test_a_user_makes_new_recovery_codes_with_a_current_code(gateway: GatewayProcess) -> None:
+    token = await gateway.login("201")  # before the enrolment: a password was enough
+    phone, old = await enrol(gateway, "201")
+    # Without a code, or with the code already used: nothing changes.
+    assert (await call(gateway, "POST", "/v1/auth/totp/recovery-codes", {}, token=token))[0] == 400
+    status, refused = await call(
+        gateway, "POST", "/v1/auth/totp/recovery-codes", {"code": phone.used()}, token=token
+    )
+    assert (status, refused) == (401, {"detail": "invalid code or challenge"})
+    status, made = await call(
+        gateway, "POST", "/v1/auth/totp/recovery-codes", {"code": phone.code()}, token=token
+    )
+    assert status == 200 and len(set(made["recovery_codes"])) == 10
+    assert not set(made["recovery_codes"]) & set(old)
+    for code, expected in ((old[1], 401), (made["recovery_codes"][1], 200)):
+        step = await password_step(gateway, "201")
+        status, _ = await call(
+            gateway, "POST", "/v1/auth/totp/verify",
+            {"challenge": step["challenge"], "recovery_code": code},
+        )  # fmt: skip
+        assert status == expected, code
+    status, audit = await call(
+        gateway, "GET", "/v1/auth/audit?limit=50", token=await gateway.login(ADMIN)
+    )
+    steps = [e["result"] for e in reversed(audit["entries"]) if e["event"] == "totp.recovery_codes"]
+    assert len(steps) == 2 and steps[0] != "ok" and steps[1] == "ok", steps
+
+
 async def test_the_routes_are_in_openapi(gateway: GatewayProcess) -> None:
     status, document = await call(gateway, "GET", "/openapi.json")
     assert status == 200
@@ -216,6 +244,7 @@ async def test_the_routes_are_in_openapi(gateway: GatewayProcess) -> None:
         ("/v1/auth/totp/confirm", "post"),
         ("/v1/auth/totp/users/{username}", "delete"),
         ("/v1/auth/totp/users/{username}/reset", "post"),
+        ("/v1/auth/totp/recovery-codes", "post"),
     ):
         assert method in paths[path], path
     verify = paths["/v1/auth/totp/verify"]["post"]["requestBody"]["content"]["application/json"]
