@@ -273,6 +273,44 @@ def second_factor_router(directory: Directory) -> APIRouter:
             return login_refused(made, INVALID_CODE)
         return JSONResponse({"recovery_codes": list(made)}, headers=_NO_STORE)
 
+    @router.post(
+        "/disable",
+        status_code=204,
+        summary="Turn off the caller's own second factor, for a current code",
+        openapi_extra=_body({"code": _CODE}, ["code"]),
+        responses={
+            **refusals,
+            403: {"description": "The tenant's policy requires a second factor of this user"},
+        },
+    )
+    async def turn_off(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme),  # noqa: B008
+    ) -> Response:
+        source = client_address(request, directory.security)
+        try:
+            data = await json_object(request, ("code",))
+            code = _text(data, "code", 16)
+            if code is None:
+                raise Refused(400, "code: required")
+        except Refused as bad:
+            return bad.response()
+        principal = await _user_principal(request, credentials)
+        assert principal.user is not None
+        if directory.second_factor_policy(principal.tenant).required_for(principal.role):
+            return Refused(
+                403, "the tenant's policy requires a second factor: ask an admin"
+            ).response()
+        try:
+            refused = await directory.turn_off_second_factor(
+                principal.tenant, principal.user, code, source=source
+            )
+        except DirectoryUnavailable:
+            raise _unavailable() from None
+        if refused is not None:
+            return login_refused(refused, INVALID_CODE)
+        return Response(status_code=204)
+
     async def _user_principal(
         request: Request, credentials: HTTPAuthorizationCredentials | None
     ) -> Principal:

@@ -777,6 +777,13 @@ class Directory:
                 tenant, username, code, source=source
             )
 
+    async def turn_off_second_factor(
+        self, tenant: str, username: str, code: str, *, source: str = ""
+    ) -> LoginRefused | None:
+        """A user's own switch-off of its second factor, for a current code."""
+        async with self._redis_errors():
+            return await self.second_factors.turn_off(tenant, username, code, source=source)
+
     async def confirm_with_challenge(
         self, challenge: str, code: str, *, source: str
     ) -> tuple[Token, tuple[str, ...]] | LoginRefused:

@@ -399,6 +399,31 @@ class SecondFactors:
             removed, *_ = await pipe.execute()
         return bool(removed)
 
+    async def turn_off(
+        self, tenant: str, user: str, code: str, *, source: str, ref: str = ""
+    ) -> LoginRefused | None:
+        """The user's own switch-off, for a current code (counted by the throttle like a
+        login's, refused if already used): the second factor is forgotten. Whether the
+        tenant's policy allows it is the caller's question (a required one may not)."""
+
+        async def step() -> str:
+            record = await self.enrolment(tenant, user)
+            if record is None or not record.confirmed:
+                return "not_enrolled"
+            secret = self._secret(tenant, user, record)
+            if secret is None:
+                return "unreadable_secret"
+            result = await self._step_accepted(tenant, user, secret, code)
+            if result == "ok":
+                await self.remove(tenant, user)
+            return result
+
+        event = "totp.turn_off"
+        refused = await self._counted(tenant, user, source, event, ref, step)
+        if refused is None:
+            await self._audit.record(tenant, event, "ok", user=user, source=source, ref=ref)
+        return refused
+
     async def disable(self, tenant: str, user: str, *, source: str) -> bool:
         removed = await self.remove(tenant, user)
         result = "ok" if removed else "not_enrolled"

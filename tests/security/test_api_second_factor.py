@@ -201,8 +201,33 @@ async def test_the_admins_policy_makes_an_admin_enrol_during_the_login(
     assert status == 200, done
     assert done["role"] == "admin" and len(done["recovery_codes"]) == 10
     assert (await call(gateway, "GET", "/v1/auth/me", token=done["token"]))[0] == 200
-    # From now on the admin logs in with a code.
+    # From now on the admin logs in with a code, and cannot turn it off alone.
     assert (await password_step(gateway, ADMIN))["second_factor"] == "totp"
+    status, refused = await call(
+        gateway, "POST", "/v1/auth/totp/disable", {"code": phone.code()}, token=done["token"]
+    )
+    assert status == 403 and "ask an admin" in refused["detail"]
+    assert (await password_step(gateway, ADMIN))["second_factor"] == "totp"
+
+
+async def test_a_user_turns_off_an_optional_second_factor_with_a_current_code(
+    gateway: GatewayProcess,
+) -> None:
+    token = await gateway.login("201")  # before the enrolment: a password was enough
+    phone, _ = await enrol(gateway, "201")
+    path = "/v1/auth/totp/disable"
+    status, refused = await call(gateway, "POST", path, {"code": phone.used()}, token=token)
+    assert (status, refused) == (401, {"detail": "invalid code or challenge"})
+    assert (await password_step(gateway, "201"))["second_factor"] == "totp"
+    assert (await call(gateway, "POST", path, {"code": phone.code()}, token=token))[0] == 204
+    assert "token" in await password_step(gateway, "201")  # the password alone again
+    status, me = await call(gateway, "GET", "/v1/auth/totp", token=token)
+    assert (me["enrolled"], me["recovery_codes_left"]) == (False, 0)
+    status, audit = await call(
+        gateway, "GET", "/v1/auth/audit?limit=50", token=await gateway.login(ADMIN)
+    )
+    steps = [e["result"] for e in reversed(audit["entries"]) if e["event"] == "totp.turn_off"]
+    assert len(steps) == 2 and steps[0] != "ok" and steps[1] == "ok", steps
 
 
 async def test_a_user_makes_new_recovery_codes_with_a_current_code(gateway: GatewayProcess) -> None:
@@ -245,6 +270,7 @@ async def test_the_routes_are_in_openapi(gateway: GatewayProcess) -> None:
         ("/v1/auth/totp/users/{username}", "delete"),
         ("/v1/auth/totp/users/{username}/reset", "post"),
         ("/v1/auth/totp/recovery-codes", "post"),
+        ("/v1/auth/totp/disable", "post"),
     ):
         assert method in paths[path], path
     verify = paths["/v1/auth/totp/verify"]["post"]["requestBody"]["content"]["application/json"]
