@@ -9,11 +9,15 @@ storage or on the page."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from gateway.security import totp
 from tests.browser.chrome import Page
 from tests.browser.conftest import PageFactory
 from tests.integration.conftest import GatewayFactory
@@ -206,3 +210,67 @@ async def test_a_signed_in_user_enrols_from_the_menu(
     await page.type("#login-code", phone.code())
     await page.click("#login-submit")
     await page.wait_js(LIVE, what="signed in with the code")
+
+
+async def test_an_enrolled_user_makes_new_recovery_codes_and_turns_it_off_from_the_menu(
+    gateway: GatewayProcess, page_factory: PageFactory
+) -> None:
+    page = await page_factory(gateway.http_url)
+    # The wrong code below is a 401 the page expects (and keeps the session for).
+    page.expected_errors.append("/v1/auth/totp/disable - Failed to load resource")
+    await page.open("/")
+    await page.login("202", API_PASSWORDS["202"])  # "optional": the password alone, for now
+    # Enrolled meanwhile (another tab, the API); the first code is of the step before
+    # now, so that this test's two codes still fall in the window (no waiting for time).
+    phone, old = await enrol_a_step_early(gateway, "202")
+    await page.open("/")  # the same session, the menu read afresh
+    await page.wait_js(LIVE, what="signed in again from the session")
+
+    await page.click("#user-button")
+    await page.wait_visible("#totp-renew")
+    assert await page.js("return document.querySelector('#totp-setup').hidden")
+    await page.click("#totp-renew")
+    await page.wait_visible("#totp-code")
+    await page.type("#totp-code", phone.code())
+    await page.click("#totp-submit")
+    await page.wait_visible("#totp-recovery-codes")
+    codes = await page.texts("#totp-recovery-codes li")
+    assert len(set(codes)) == 10 and not set(codes) & set(old)
+    await page.click("#totp-saved")
+    await page.click("#totp-submit")
+    await page.wait_js(
+        "return !document.querySelector('#totp-dialog').open", what="the dialog closed"
+    )
+    secret = base64.b32encode(phone.key).decode().rstrip("=")
+    await assert_nothing_secret_kept(page, secret, [*codes, *old])
+
+    await page.click("#user-button")
+    await page.wait_visible("#totp-off")
+    await page.click("#totp-off")
+    await page.wait_visible("#totp-code")
+    right = phone.code()
+    await page.type("#totp-code", f"{(int(right) + 1) % 1_000_000:06d}")
+    await page.click("#totp-submit")
+    await page.wait_visible("#totp-error")
+    assert await page.data("#connection", "state") == "live"  # still signed in
+    await page.js("document.querySelector('#totp-code').value = ''")
+    await page.type("#totp-code", right)
+    await page.click("#totp-submit")
+    await page.wait_js(
+        "return !document.querySelector('#totp-dialog').open", what="the dialog closed"
+    )
+    await page.click("#user-button")
+    await page.wait_visible("#totp-setup")  # off: it may be set up again
+    assert await page.js("return document.querySelector('#totp-off').hidden")
+
+
+async def enrol_a_step_early(gateway: GatewayProcess, user: str) -> tuple[Phone, list[str]]:
+    token = await gateway.login(user)
+    status, raw = await gateway.http("POST", "/v1/auth/totp/enrol", None, token=token)
+    assert status == 200, raw
+    phone = Phone(json.loads(raw)["secret"])
+    phone.last = totp.time_step(time.time()) - 1  # its first code: the step before now
+    body = {"code": phone.used()}
+    status, raw = await gateway.http("POST", "/v1/auth/totp/confirm", body, token=token)
+    assert status == 200, raw
+    return phone, list(json.loads(raw)["recovery_codes"])

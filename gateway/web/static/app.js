@@ -9,7 +9,7 @@ import { byId, fill, h, show } from "./dom.js";
 import {
   ACTIVE, CallBook, formatDuration, presenceOf, remoteParty, screenPops, setExtensionNames,
 } from "./model.js";
-import { enrolmentFields, recoveryCodesFields } from "./enrol.js";
+import { codeFields, enrolmentFields, recoveryCodesFields } from "./enrol.js";
 import { buildShell } from "./shell.js";
 import * as views from "./views.js";
 
@@ -342,6 +342,25 @@ async function loadSecondFactor() {
   ui.totpStatus.textContent = on ? `Two-step sign-in is on · ${status.recovery_codes_left} recovery codes left` : "";
   show(ui.totpStatus, on);
   show(ui.totpButton, Boolean(status) && !on && status.policy !== "off");
+  show(ui.totpRenew, on);
+  show(ui.totpOff, on && !status.required);
+}
+
+/** The menu's "New recovery codes" and "Turn off": the dialog asks for a current code. */
+function openTotpCodeDialog(step) {
+  show(ui.userPanel, false);
+  const prompt = step === "renew"
+    ? "Type the code your app shows now: you get ten new recovery codes, and the old ones stop working."
+    : "Type the code your app shows now to turn two-step sign-in off.";
+  const { root, code } = codeFields(prompt, "totp");
+  totpStep = step;
+  totpCode = code;
+  fill(ui.totpBody, root);
+  show(ui.totpError, false);
+  show(ui.totpCancel, true);
+  ui.totpSubmit.textContent = step === "renew" ? "Make new codes" : "Turn off";
+  ui.totpDialog.showModal();
+  code.focus();
 }
 
 async function openTotpDialog() {
@@ -368,8 +387,16 @@ async function onTotpSubmit(submit) {
   ui.totpSubmit.disabled = true;
   show(ui.totpError, false);
   try {
-    if (totpStep === "enrol") {
-      const answer = await client.confirmSecondFactor({ code: totpCode.value.trim() });
+    if (totpStep === "off") {
+      await client.turnOffSecondFactor({ code: totpCode.value.trim() });
+      closeTotpDialog();
+      toast("Two-step sign-in is off.");
+      loadSecondFactor();
+    } else if (totpStep === "enrol" || totpStep === "renew") {
+      const code = totpCode.value.trim();
+      const answer = totpStep === "enrol"
+        ? await client.confirmSecondFactor({ code })
+        : await client.newRecoveryCodes({ code });
       const { root, saved } = recoveryCodesFields(answer.recovery_codes || [], "totp");
       totpStep = "recovery";
       totpCode = null;
@@ -853,6 +880,8 @@ function wireStaticHandlers() {
   ui.autoOpen.addEventListener("change", () => setAutoOpen(ui.autoOpen.checked));
   ui.telButton.addEventListener("click", registerTelHandler);
   ui.totpButton.addEventListener("click", openTotpDialog);
+  ui.totpRenew.addEventListener("click", () => openTotpCodeDialog("renew"));
+  ui.totpOff.addEventListener("click", () => openTotpCodeDialog("off"));
   ui.totpForm.addEventListener("submit", onTotpSubmit);
   ui.totpCancel.addEventListener("click", closeTotpDialog);
   ui.totpDialog.addEventListener("cancel", (e) => {

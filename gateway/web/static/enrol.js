@@ -38,6 +38,20 @@ export function enrolmentFields(enrolment, prefix) {
 }
 
 /**
+ * A step that asks for a current code from the app (new recovery codes, turning two-step
+ * sign-in off): {root, code}.
+ */
+export function codeFields(prompt, prefix) {
+  const code = h("input", {
+    id: `${prefix}-code`, name: "one-time-code", autocomplete: "one-time-code",
+    inputmode: "numeric", pattern: "[0-9]{6}", maxlength: 6, required: true,
+  });
+  const root = h("div", { class: "enrol", id: `${prefix}-confirm` },
+    h("p", {}, prompt), h("label", {}, "Code from the app", code));
+  return { root, code };
+}
+
+/**
  * The ten recovery codes, shown once, and the "I have saved them" box that must be
  * ticked before going on: {root, saved}.
  */

@@ -67,6 +67,8 @@ export function buildShell(root) {
         ref("telButton", h("button", { type: "button", class: "menu-item", id: "register-tel" }, "Dial tel: links with sipgw")),
         ref("totpStatus", h("div", { class: "menu-note muted", id: "totp-status", hidden: true })),
         ref("totpButton", h("button", { type: "button", class: "menu-item", id: "totp-setup", hidden: true }, "Set up two-step sign-in")),
+        ref("totpRenew", h("button", { type: "button", class: "menu-item", id: "totp-renew", hidden: true }, "New recovery codes")),
+        ref("totpOff", h("button", { type: "button", class: "menu-item", id: "totp-off", hidden: true }, "Turn off two-step sign-in")),
         ref("logoutButton", h("button", { type: "button", class: "menu-item danger", id: "logout" }, "Sign out"))))));
 
   const callsView = h("section", { class: "view view-calls", id: "view-calls" },

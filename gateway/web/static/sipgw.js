@@ -219,6 +219,17 @@ export class SipgwClient {
     return answer;
   }
 
+  /** Ten new recovery codes for a current `code` (the old ones stop working): {recovery_codes}. */
+  newRecoveryCodes({ code }) {
+    return this.request("POST", "/v1/auth/totp/recovery-codes", { code }, { codeStep: true });
+  }
+
+  /** Turn off the user's own second factor, for a current `code` (refused, 403, when the
+   * tenant's policy requires one). */
+  turnOffSecondFactor({ code }) {
+    return this.request("POST", "/v1/auth/totp/disable", { code }, { codeStep: true });
+  }
+
   /** Revoke the token at the gateway and forget it. */
   async logout() {
     this.disconnect();
