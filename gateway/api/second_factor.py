@@ -253,20 +253,12 @@ def second_factor_router(directory: Directory) -> APIRouter:
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme),  # noqa: B008
     ) -> Response:
-        source = client_address(request, directory.security)
+        asked = await _code_of_user(request, credentials)
+        if isinstance(asked, Response):
+            return asked
+        code, principal, user, source = asked
         try:
-            data = await json_object(request, ("code",))
-            code = _text(data, "code", 16)
-            if code is None:
-                raise Refused(400, "code: required")
-        except Refused as bad:
-            return bad.response()
-        principal = await _user_principal(request, credentials)
-        assert principal.user is not None
-        try:
-            made = await directory.new_recovery_codes(
-                principal.tenant, principal.user, code, source=source
-            )
+            made = await directory.new_recovery_codes(principal.tenant, user, code, source=source)
         except DirectoryUnavailable:
             raise _unavailable() from None
         if isinstance(made, LoginRefused):
@@ -287,29 +279,38 @@ def second_factor_router(directory: Directory) -> APIRouter:
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme),  # noqa: B008
     ) -> Response:
-        source = client_address(request, directory.security)
-        try:
-            data = await json_object(request, ("code",))
-            code = _text(data, "code", 16)
-            if code is None:
-                raise Refused(400, "code: required")
-        except Refused as bad:
-            return bad.response()
-        principal = await _user_principal(request, credentials)
-        assert principal.user is not None
+        asked = await _code_of_user(request, credentials)
+        if isinstance(asked, Response):
+            return asked
+        code, principal, user, source = asked
         if directory.second_factor_policy(principal.tenant).required_for(principal.role):
             return Refused(
                 403, "the tenant's policy requires a second factor: ask an admin"
             ).response()
         try:
             refused = await directory.turn_off_second_factor(
-                principal.tenant, principal.user, code, source=source
+                principal.tenant, user, code, source=source
             )
         except DirectoryUnavailable:
             raise _unavailable() from None
         if refused is not None:
             return login_refused(refused, INVALID_CODE)
         return Response(status_code=204)
+
+    async def _code_of_user(
+        request: Request, credentials: HTTPAuthorizationCredentials | None
+    ) -> tuple[str, Principal, str, str] | Response:
+        """A user's own action for a current code: (code, principal, its user, source),
+        or the refusal of a malformed body."""
+        try:
+            code = _text(await json_object(request, ("code",)), "code", 16)
+            if code is None:
+                raise Refused(400, "code: required")
+        except Refused as bad:
+            return bad.response()
+        principal = await _user_principal(request, credentials)
+        assert principal.user is not None
+        return code, principal, principal.user, client_address(request, directory.security)
 
     async def _user_principal(
         request: Request, credentials: HTTPAuthorizationCredentials | None

@@ -63,9 +63,11 @@ class Shown:
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """Not in the local cache: the INVITE may wait this long for Redis."""
+    """Not in the local cache: the INVITE may wait this long for Redis. ``subject`` is
+    what the runtime worked out for the look-up, handed back to ``ask``."""
 
     seconds: float
+    subject: object = None
 
 
 class CallerNames(Protocol):
@@ -77,7 +79,7 @@ class CallerNames(Protocol):
         a wait for Redis, or None (nothing to show: off, no number, not a contact)."""
         ...
 
-    def ask(self, ctx: object, done: Callable[[Shown | None], None]) -> None:
+    def ask(self, wait: Wait, done: Callable[[Shown | None], None]) -> None:
         """Look the caller up in Redis and call ``done`` once, with the answer or None
         (a miss, an error). ``done`` may come after the proxy stopped waiting."""
         ...

@@ -739,7 +739,7 @@ class Proxy:
             self._report_request(ctx)
 
         timer = self.queue.schedule(self.clock() + answer.seconds, lambda: go(None))
-        names.ask(ctx, go)
+        names.ask(answer, go)
         return True
 
     def _may_send(self, target: Target) -> bool:

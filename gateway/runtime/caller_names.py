@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from gateway.calls.tracker import E164Of, calling_party
 from gateway.config import Settings, Tenant
@@ -24,6 +25,9 @@ from gateway.recognition.lookup import Recognition, Recognizer
 from gateway.sip.errors import SIPParseError
 
 log = logging.getLogger("sipgw.caller_names")
+
+# The tenant, the headers the callee's phone reads, the caller's E.164 number and URI.
+Subject = tuple[Tenant, tuple[str, ...], str, str]
 
 
 class CallerNames:
@@ -53,11 +57,11 @@ class CallerNames:
         if answer is not None:
             return _shown(tenant, answer, "cache", headers, uri)
         wait = tenant.caller_display.wait_ms / 1000
-        return Wait(wait) if wait > 0 else None
+        return Wait(wait, subject) if wait > 0 else None
 
-    def ask(self, ctx: object, done: Callable[[Shown | None], None]) -> None:
-        subject = self._subject(ctx)
-        if subject is None or len(self._tasks) >= self.settings.recognition.max_pending:
+    def ask(self, wait: Wait, done: Callable[[Shown | None], None]) -> None:
+        subject = cast(Subject, wait.subject)  # what `now` worked out
+        if len(self._tasks) >= self.settings.recognition.max_pending:
             # Beyond the node's bound on look-ups in flight (a flood of unknown callers)
             # the INVITE goes on at once, unchanged, as the enricher's events do.
             done(None)
@@ -71,7 +75,7 @@ class CallerNames:
             task.cancel()
 
     # -- the look-up ------------------------------------------------------------------------
-    def _subject(self, ctx: object) -> tuple[Tenant, tuple[str, ...], str, str] | None:
+    def _subject(self, ctx: object) -> Subject | None:
         """The tenant, the headers the callee's phone reads, the caller's E.164 number
         and URI, or None when this call shows no name."""
         assert isinstance(ctx, ServerContext)
@@ -107,11 +111,7 @@ class CallerNames:
             return profile.caller_display
         return tenant.caller_display.headers
 
-    async def _ask(
-        self,
-        subject: tuple[Tenant, tuple[str, ...], str, str],
-        done: Callable[[Shown | None], None],
-    ) -> None:
+    async def _ask(self, subject: Subject, done: Callable[[Shown | None], None]) -> None:
         tenant, headers, number, uri = subject
         shown: Shown | None = None
         try:

@@ -284,13 +284,7 @@ class SecondFactors:
         made: list[str] = []
 
         async def step() -> str:
-            record = await self.enrolment(tenant, user)
-            if record is None or not record.confirmed:
-                return "not_enrolled"
-            secret = self._secret(tenant, user, record)
-            if secret is None:
-                return "unreadable_secret"
-            result = await self._step_accepted(tenant, user, secret, code)
+            result = await self._current_code(tenant, user, code)
             if result != "ok":
                 return result
             made.extend(new_recovery_code() for _ in range(RECOVERY_CODES))
@@ -304,6 +298,17 @@ class SecondFactors:
             return refused
         await self._audit.record(tenant, event, "ok", user=user, source=source, ref=ref)
         return tuple(made)
+
+    async def _current_code(self, tenant: str, user: str, code: str) -> str:
+        """ "ok" when ``code`` is a current code of the user's confirmed second factor
+        (its time step then used up), else why not."""
+        record = await self.enrolment(tenant, user)
+        if record is None or not record.confirmed:
+            return "not_enrolled"
+        secret = self._secret(tenant, user, record)
+        if secret is None:
+            return "unreadable_secret"
+        return await self._step_accepted(tenant, user, secret, code)
 
     async def _confirmed(self, tenant: str, user: str, secret: str, codes: list[str]) -> None:
         confirmed = self._stored(tenant, user, secret, confirmed=True)
@@ -407,13 +412,7 @@ class SecondFactors:
         tenant's policy allows it is the caller's question (a required one may not)."""
 
         async def step() -> str:
-            record = await self.enrolment(tenant, user)
-            if record is None or not record.confirmed:
-                return "not_enrolled"
-            secret = self._secret(tenant, user, record)
-            if secret is None:
-                return "unreadable_secret"
-            result = await self._step_accepted(tenant, user, secret, code)
+            result = await self._current_code(tenant, user, code)
             if result == "ok":
                 await self.remove(tenant, user)
             return result

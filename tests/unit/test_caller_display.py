@@ -52,7 +52,7 @@ class Names:
         assert isinstance(ctx, ServerContext)
         return self.answer
 
-    def ask(self, ctx: object, done: Callable[[Shown | None], None]) -> None:
+    def ask(self, wait: Wait, done: Callable[[Shown | None], None]) -> None:
         self.asked.append(done)
 
 
