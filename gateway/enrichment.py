@@ -17,6 +17,12 @@ or cancel) queue behind it, so a subscriber always sees `call.offered` first. Ot
 calls are never held up. The number of look-ups waiting is bounded (`max_pending`);
 beyond it an offered event goes out at once with `lookup.status = "error"`.
 
+Waiting costs no task: the look-up's HGET is written inside `submit`, right after the
+forward (Recognizer.ask), and the answer is handed over by the connection's reader,
+which publishes the event there and then; the budget and the hard cap are loop timers.
+A task or a loop iteration in between would let the call's own 180 and 200, which
+arrive a fraction of a millisecond after the forward, be routed before its event.
+
 Internal calls and parties without an E.164 number (anonymous, short numbers, SIP
 users) are not looked up: their events carry no `lookup`.
 """
@@ -24,7 +30,6 @@ users) are not looked up: their events carry no `lookup`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -33,12 +38,30 @@ from collections.abc import Callable
 from gateway.calls.events import CallEvent, Lookup, Party, ScreenPop, rfc3339
 from gateway.config import Recognition as TenantRecognition
 from gateway.config import Settings
-from gateway.recognition.lookup import Recognition, Recognizer
+from gateway.recognition.lookup import Asked, Recognition, Recognizer
 from gateway.recognition.screenpop import render, values_for
 
 log = logging.getLogger("sipgw.enrichment")
 
 Publish = Callable[[CallEvent], None]
+
+
+class _Offer:
+    """One `call.offered` waiting for its look-up: within the budget (`released`
+    False), then, released as pending, until the hard cap."""
+
+    __slots__ = ("asked", "event", "party", "rec", "released", "start", "timer")
+
+    def __init__(
+        self, event: CallEvent, rec: TenantRecognition, party: Party, start: float
+    ) -> None:
+        self.event = event
+        self.rec = rec
+        self.party = party
+        self.start = start
+        self.released = False
+        self.asked: Asked | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class Enricher:
@@ -57,11 +80,11 @@ class Enricher:
         self.max_pending = settings.recognition.max_pending if max_pending is None else max_pending
         self.clock = clock
         self._held: dict[str, list[CallEvent]] = {}  # call_id -> events queued behind
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting: set[_Offer] = set()
 
     @property
     def pending(self) -> int:
-        return len(self._tasks)
+        return len(self._waiting)
 
     def submit(self, event: CallEvent) -> None:
         """Publish `event` now, or once its call's offered event has its look-up."""
@@ -81,24 +104,30 @@ class Enricher:
         answer = self.recognizer.cached(event.tenant, number)
         if answer is not None:
             self.publish(self._enriched(event, rec, party, answer))
-        elif len(self._tasks) >= self.max_pending:
+        elif len(self._waiting) >= self.max_pending:
             self.publish(self._enriched(event, rec, party, self.recognizer.gave_up("error", start)))
         else:
             assert event.call_id is not None  # offered events always have one
+            offer = _Offer(event, rec, party, start)
             self._held[event.call_id] = []
-            task = asyncio.get_running_loop().create_task(
-                self._resolve(event, rec, party, number, start)
+            self._waiting.add(offer)
+            loop = asyncio.get_running_loop()
+            offer.timer = loop.call_later(rec.budget_ms / 1000, self._budget_over, offer)
+            offer.asked = self.recognizer.ask(
+                event.tenant, number, lambda answer: self._answered(offer, answer)
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         """Stop waiting: every held event goes out (the look-ups end as "error")."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for offer in list(self._waiting):
+            if offer.asked is not None:
+                offer.asked.cancel()
+            self._finish(offer)
+            if not offer.released:
+                answer = self.recognizer.gave_up("error", offer.start)
+                self._release(
+                    offer.event, self._enriched(offer.event, offer.rec, offer.party, answer)
+                )
 
     # -- the look-up of one call ----------------------------------------------------------
     def _subject(self, event: CallEvent) -> tuple[TenantRecognition, Party, str] | None:
@@ -116,40 +145,50 @@ class Enricher:
             return None
         return tenant.recognition, party, party.number_e164
 
-    async def _resolve(
-        self, event: CallEvent, rec: TenantRecognition, party: Party, number: str, start: float
-    ) -> None:
-        lookup = asyncio.ensure_future(self.recognizer.lookup(event.tenant, number))
-        released = False
+    def _answered(self, offer: _Offer, answer: Recognition) -> None:
+        """The look-up's answer (from the connection's reader, or a task): the offered
+        event enriched if still held, else `call.recognized` after the pending one."""
+        self._finish(offer)
+        event, rec, party = offer.event, offer.rec, offer.party
+        released = offer.released
         try:
-            await asyncio.wait({lookup}, timeout=rec.budget_ms / 1000)
-            if lookup.done():
-                released = True
-                self._release(event, self._enriched(event, rec, party, lookup.result()))
-                return
-            pending = Lookup(
-                "pending",
-                latency_ms=round((self.clock() - start) * 1000, 3),
-                budget_ms=rec.budget_ms,
-            )
-            released = True
-            self._release(event, dataclasses.replace(event, lookup=pending))
-            left = rec.timeout_ms / 1000 - (self.clock() - start)
-            try:
-                answer = await asyncio.wait_for(lookup, max(0.0, left))
-            except TimeoutError:
-                answer = self.recognizer.gave_up("timeout", start)
-            self.publish(self._recognized(event, rec, party, answer))
-        except asyncio.CancelledError:
-            lookup.cancel()
             if not released:
-                answer = self.recognizer.gave_up("error", start)
-                self._release(event, self._enriched(event, rec, party, answer))
-            raise
+                enriched = self._enriched(event, rec, party, answer)
+                released = True
+                self._release(event, enriched)
+            else:
+                self.publish(self._recognized(event, rec, party, answer))
         except Exception:  # a bug here must never cost the call its events
             log.exception("caller recognition failed")
             if not released:
                 self._release(event, event)
+
+    def _budget_over(self, offer: _Offer) -> None:
+        """No answer within the budget: the offered event goes out as pending, and the
+        look-up is waited for until the hard cap (`timeout_ms`)."""
+        event, rec, start = offer.event, offer.rec, offer.start
+        offer.released = True
+        elapsed = self.clock() - start
+        pending = Lookup("pending", latency_ms=round(elapsed * 1000, 3), budget_ms=rec.budget_ms)
+        try:
+            self._release(event, dataclasses.replace(event, lookup=pending))
+        finally:
+            left = max(0.0, rec.timeout_ms / 1000 - elapsed)
+            offer.timer = asyncio.get_running_loop().call_later(left, self._timed_out, offer)
+
+    def _timed_out(self, offer: _Offer) -> None:
+        if offer.asked is not None:
+            offer.asked.cancel()
+        self._finish(offer)
+        answer = self.recognizer.gave_up("timeout", offer.start)
+        self.publish(self._recognized(offer.event, offer.rec, offer.party, answer))
+
+    def _finish(self, offer: _Offer) -> None:
+        """The offer waits no more: its timer stops and it leaves the count of pending."""
+        if offer.timer is not None:
+            offer.timer.cancel()
+            offer.timer = None
+        self._waiting.discard(offer)
 
     def _release(self, event: CallEvent, offered: CallEvent) -> None:
         queued = self._held.pop(event.call_id or "", [])

@@ -37,6 +37,9 @@ from redis.asyncio.sentinel import Sentinel
 from gateway.redis_link import LinkOptions, RedisTarget, client, sentinel_for, shard_node
 from gateway.redis_wire import Endpoint, WireLink, endpoint_of
 
+# Keys whose server a cluster's routes remember for `known_link` (the hot paths use
+# one or two keys per tenant).
+MAX_KNOWN_KEYS = 10_000
 # Called on every `WireRoutes.failed()` of the process (see the module docstring).
 _failure_listeners: list[Callable[[], None]] = []
 
@@ -71,6 +74,8 @@ class WireRoutes:
         self._cluster: RedisCluster | None = None
         self._sentinel: Sentinel | None = None
         self._master: tuple[str, int] | None = None  # the one the sentinels named last
+        # A cluster: key -> the server `address_for` found for it last (`known_link`).
+        self._slots: dict[str, tuple[str, int]] = {}
         self.mode = "standalone" if isinstance(target, str) else target.mode
         if self.mode == "cluster":
             cluster = client(
@@ -91,13 +96,32 @@ class WireRoutes:
         """The link of the server that serves `key` (its ``{tag}`` counts on a cluster)."""
         return self._link(*await self.address_for(key))
 
+    def known_link(self, key: str) -> WireLink | None:
+        """`link_for` without waiting: the link when where `key` lives is known now
+        (one server; the master the sentinels named, or the server of the key's slot,
+        found before and not doubted since by `failed`), else None."""
+        if self._stale:
+            return None
+        if self._cluster is not None:
+            address = self._slots.get(key)
+        elif self._sentinel is not None:
+            address = self._master
+        else:
+            address = ("", 0)
+        return None if address is None else self._link(*address)
+
     async def address_for(self, key: str) -> tuple[str, int]:
         """The (host, port) of the server that serves `key` (("", 0): the one server of
         a URL, which may be a unix socket)."""
         stale, self._stale = self._stale, False
         if self._cluster is not None:
+            if stale:
+                self._slots.clear()
             node = await shard_node(self._cluster, key, refresh=stale)
-            return node.host, int(node.port)
+            address = self._slots[key] = (node.host, int(node.port))
+            if len(self._slots) > MAX_KNOWN_KEYS:
+                del self._slots[next(iter(self._slots))]
+            return address
         if self._sentinel is not None:
             if stale or self._master is None:
                 assert not isinstance(self._target, str)

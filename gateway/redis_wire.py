@@ -15,6 +15,10 @@ Two ways to use a connection:
 - request/response (`call`): commands are pipelined; each call's replies come back in
   order as one list, through a future. An error reply is a `redis.exceptions`
   ``ResponseError`` in that list, not raised: a batch's other replies stand.
+  `request` is the same with a callback instead of the future, called by the reader
+  as the last reply is parsed: no task wakes, no loop iteration passes, so no other
+  work (the SIP messages that came in meanwhile) runs between the reply and what the
+  owner does with it. The event path uses it (a caller's look-up, then its event).
 - push (`on_push`): every reply goes to one callback, in order. This is pub/sub, where
   Redis sends messages, subscribe confirmations and PONGs on its own schedule.
 
@@ -28,6 +32,7 @@ with the next call's, and a Redis that slow is better treated as gone.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -39,6 +44,12 @@ from redis.exceptions import AuthenticationError, ConnectionError, InvalidRespon
 
 Arg = bytes | str | int
 Reply = object  # bytes, int, list, None, or a ResponseError
+# What `request` calls: the replies, or the exception that failed them all.
+OnReplies = Callable[[list[Reply] | Exception], None]
+# Who waits for a call's replies: the future of `call` or the callback of `request`.
+Owner = asyncio.Future[list[Reply]] | OnReplies
+
+log = logging.getLogger("sipgw.redis")
 
 
 def pack(args: Sequence[Arg]) -> bytes:
@@ -96,8 +107,8 @@ class WireProtocol(asyncio.Protocol):
         self._on_push = on_push
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
         self._transport: asyncio.Transport | None = None
-        # Calls in flight, oldest first: (replies still expected, replies so far, future).
-        self._waiting: deque[tuple[int, list[Reply], asyncio.Future[list[Reply]]]] = deque()
+        # Calls in flight, oldest first: (replies expected, replies so far, their owner).
+        self._waiting: deque[tuple[int, list[Reply], Owner]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = self._loop.create_future()
@@ -132,11 +143,29 @@ class WireProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing():
             future.set_exception(ConnectionError("connection to redis is closed"))
             return future
-        self._waiting.append((len(commands), [], future))
+        self._write(transport, commands, future)
+        return future
+
+    def request(self, commands: Sequence[Sequence[Arg]], on_replies: OnReplies) -> None:
+        """Send `commands` in one write; `on_replies` gets their replies in order (or
+        the exception that failed them: a broken connection, no reply in time), called
+        once, from the reader. It must not raise and must not wait. ``ConnectionError``
+        at once, and no call, when the connection is closed."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionError("connection to redis is closed")
+        self._write(transport, commands, on_replies)
+
+    def _write(
+        self,
+        transport: asyncio.Transport,
+        commands: Sequence[Sequence[Arg]],
+        owner: Owner,
+    ) -> None:
+        self._waiting.append((len(commands), [], owner))
         transport.write(b"".join([pack(command) for command in commands]))
         if self._timer is None and self._timeout is not None:
             self._timer = self._loop.call_later(self._timeout, self._timed_out)
-        return future
 
     def send(self, *commands: Sequence[Arg]) -> None:
         """Send `commands` whose replies go to the push callback (pub/sub)."""
@@ -155,13 +184,12 @@ class WireProtocol(asyncio.Protocol):
             if self._on_push is not None:
                 self._on_push(reply)
             return
-        expected, replies, future = self._waiting[0]
+        expected, replies, owner = self._waiting[0]
         replies.append(reply)
         if len(replies) < expected:
             return
         self._waiting.popleft()
-        if not future.done():
-            future.set_result(replies)
+        _settle(owner, replies)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = (
@@ -185,12 +213,27 @@ class WireProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         while self._waiting:
-            _, _, future = self._waiting.popleft()
-            if not future.done():
-                future.set_exception(exc)
-                future.exception()  # retrieved: the owner may have stopped waiting
+            _, _, owner = self._waiting.popleft()
+            _settle(owner, exc)
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+def _settle(owner: Owner, outcome: list[Reply] | Exception) -> None:
+    """Hand a call's replies (or its failure) to whoever waits for them."""
+    if isinstance(owner, asyncio.Future):
+        if owner.done():
+            return  # the owner stopped waiting (cancelled)
+        if isinstance(outcome, Exception):
+            owner.set_exception(outcome)
+            owner.exception()  # retrieved: the owner may have stopped waiting
+        else:
+            owner.set_result(outcome)
+        return
+    try:
+        owner(outcome)
+    except Exception:  # the reader must go on for the calls behind this one
+        log.exception("redis: a reply's callback failed")
 
 
 async def connect(
@@ -273,6 +316,11 @@ class WireLink:
     @property
     def endpoint(self) -> Endpoint:
         return self._endpoint
+
+    def ready(self) -> WireProtocol | None:
+        """The connection if it is open now (None: `get` would have to wait)."""
+        wire = self._wire
+        return wire if wire is not None and wire.is_open else None
 
     async def get(self) -> WireProtocol:
         wire = self._wire

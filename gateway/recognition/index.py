@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from gateway.redis_link import (
     shard_connection,
 )
 from gateway.redis_routes import WireRoutes, is_moved
+from gateway.redis_wire import Reply
 from gateway.security import keys as tenant_names
 from gateway.security import tenant_keys
 
@@ -49,6 +50,10 @@ GENERATION_TTL = 24 * 3600  # a full sync that never commits leaves no key behin
 
 class IndexUnavailable(Exception):
     """Redis could not be reached (or answered an error): the caller degrades."""
+
+
+# What `ContactIndex.ask` answers: the contact, None (no contact), or the failure.
+Found = Contact | IndexUnavailable | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +226,39 @@ class ContactIndex:
         except (RedisError, OSError) as exc:
             self._lookups.failed()
             raise IndexUnavailable(str(exc)) from exc
+        return self._contact_of(value)
+
+    def ask(self, tenant: str, number: str, answer: Callable[[Found], None]) -> bool:
+        """`get` without a task or an await, when the connection to the tenant's server
+        is open now: the HGET is written at once and `answer` called from the
+        connection's reader with what `get` would return or raise (an
+        `IndexUnavailable` is passed, not raised). False, and no call: no open
+        connection (or its server not known yet); use `get`."""
+        key = keys.contacts(tenant)
+        link = self._lookups.known_link(key)
+        wire = link.ready() if link is not None else None
+        if wire is None:
+            return False
+
+        def replied(outcome: list[Reply] | Exception) -> None:
+            if isinstance(outcome, Exception):
+                self._lookups.failed()
+                answer(IndexUnavailable(str(outcome)))
+                return
+            try:
+                found: Found = self._contact_of(outcome[0])
+            except IndexUnavailable as exc:
+                found = exc
+            answer(found)
+
+        try:
+            wire.request((("HGET", key, number),), replied)
+        except RedisError:  # closed since `ready`: let `get` connect again
+            return False
+        return True
+
+    def _contact_of(self, value: Reply) -> Contact | None:
+        """The contact of an HGET's reply; IndexUnavailable for an error reply."""
         if isinstance(value, RedisError):
             if is_moved(value):
                 self._lookups.failed()

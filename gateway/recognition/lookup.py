@@ -4,6 +4,9 @@
 and no await, which is what most calls of a busy tenant get. `lookup()` goes to Redis;
 concurrent look-ups of one number share one round trip (a caller who rings several
 extensions at once, or a burst of calls from one number, costs Redis one HGET).
+`ask()` is the event path's `lookup`: the HGET is written at once and its answer handed
+over by the connection's reader (ContactIndex.ask), with no task and no loop iteration
+in between, in which the call's own ringing and answer would be routed first.
 
 Budgets are not enforced here: the event path (gateway/enrichment.py) decides how long
 an event may wait. This module only answers, and never raises for Redis trouble: an
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.recognition.cache import Contact, ContactCache
-from gateway.recognition.index import ContactIndex, IndexUnavailable
+from gateway.recognition.index import ContactIndex, Found, IndexUnavailable
 from gateway.stats import Counters
 
 Status = Literal["hit", "miss", "pending", "timeout", "error"]
@@ -31,6 +34,41 @@ class Recognition:
     cache: Literal["hit", "miss"] | None  # None: the cache was not asked
     latency_ms: float
     contact: Contact | None = None
+
+
+Answer = Callable[[Recognition], None]
+
+
+class Asked:
+    """One look-up `Recognizer.ask` started. `cancel()` when its answer is no longer
+    wanted: the answer is then neither counted nor handed over (a look-up given up on
+    is counted by `Recognizer.gave_up`)."""
+
+    __slots__ = ("_answer", "_task", "start")
+
+    def __init__(self, answer: Answer, start: float) -> None:
+        self._answer: Answer | None = answer
+        self._task: asyncio.Task[Recognition] | None = None
+        self.start = start
+
+    @property
+    def wanted(self) -> bool:
+        """Neither answered nor cancelled yet."""
+        return self._answer is not None
+
+    def cancel(self) -> None:
+        self._answer = None
+        if self._task is not None:
+            self._task.cancel()
+
+    def _give(self, answer: Recognition) -> None:
+        give, self._answer = self._answer, None
+        if give is not None:
+            give(answer)
+
+    def _looked_up(self, task: asyncio.Task[Recognition]) -> None:
+        if not task.cancelled():
+            self._give(task.result())
 
 
 class Recognizer:
@@ -67,6 +105,41 @@ class Recognizer:
         except IndexUnavailable:
             return self._done("error", "miss", start, None)
         return self._done("hit" if contact else "miss", "miss", start, contact)
+
+    def ask(self, tenant: str, number: str, answer: Answer) -> Asked:
+        """`lookup` for the event path: `answer` gets the outcome, counted, from the
+        reply's reader when the connection is open (no task; the cache is not asked
+        again: the caller asked `cached` just before), else from a task running
+        `lookup` (no connection yet, or a look-up of the number already in flight).
+        Never called from within `ask`; not called once the `Asked` is cancelled."""
+        asked = Asked(answer, self.clock())
+        key = (tenant, number)
+        loop = asyncio.get_running_loop()
+        if key not in self._inflight:
+            shared: asyncio.Future[Contact | None] = loop.create_future()
+            epoch = self.cache.epoch
+
+            def found(result: Found) -> None:
+                if self._inflight.get(key) is shared:
+                    del self._inflight[key]
+                status: Status = "error"
+                contact: Contact | None = None
+                if isinstance(result, IndexUnavailable):
+                    shared.set_exception(result)
+                    shared.exception()  # retrieved: no "never retrieved" warning if unshared
+                else:
+                    self.cache.put(tenant, number, result, epoch)
+                    shared.set_result(result)
+                    status, contact = ("hit" if result else "miss"), result
+                if asked.wanted:
+                    asked._give(self._done(status, "miss", asked.start, contact))
+
+            if self.index.ask(tenant, number, found):
+                self._inflight[key] = shared  # joiners (`_fetch`) share its reply
+                return asked
+        task = asked._task = loop.create_task(self.lookup(tenant, number))
+        task.add_done_callback(asked._looked_up)
+        return asked
 
     def gave_up(self, status: Status, started: float) -> Recognition:
         """Count a look-up the event path stopped waiting for (timeout) or never started

@@ -191,3 +191,47 @@ async def test_a_slow_redis_is_not_an_unreachable_one(redis_server: str) -> None
             assert await wire.call(["PING"]) == [b"PONG"]
         finally:
             wire.close()
+
+
+async def test_a_request_hands_its_replies_to_its_callback_from_the_reader(
+    redis_server: str, redis: Redis
+) -> None:
+    wire = await connect(endpoint_of(redis_server), name="wire-request")
+    got: list[list[Reply] | Exception] = []
+    try:
+        wire.request((("SET", "wire:r", "1"), ("INCR", "wire:r")), got.append)
+        later = wire.call(["GET", "wire:r"])  # queued behind it, on the same connection
+        assert await later == [b"2"]
+        assert got == [[b"OK", 2]]  # handed over before the call behind it was answered
+    finally:
+        wire.close()
+        await redis.delete("wire:r")
+
+
+async def test_a_failing_callback_does_not_stop_the_replies_behind_it(redis_server: str) -> None:
+    wire = await connect(endpoint_of(redis_server), name="wire-raise")
+
+    def broken(_outcome: list[Reply] | Exception) -> None:
+        raise RuntimeError("a bug in the owner")
+
+    try:
+        wire.request((("PING",),), broken)
+        assert await wire.call(["ECHO", "still here"]) == [b"still here"]
+        assert wire.is_open
+    finally:
+        wire.close()
+
+
+async def test_a_killed_connection_fails_a_request_and_a_closed_one_refuses_it(
+    redis_server: str, redis: Redis
+) -> None:
+    wire = await connect(endpoint_of(redis_server), name="wire-request-kill")
+    [client_id] = await wire.call(["CLIENT", "ID"])
+    got: list[list[Reply] | Exception] = []
+    wire.request((("BLPOP", "wire:nothing", "0"),), got.append)  # in flight until killed
+    assert await redis.client_kill_filter(_id=str(client_id)) == 1
+    await asyncio.wait_for(wire.closed, 5)
+    assert len(got) == 1 and isinstance(got[0], ConnectionError)
+    with pytest.raises(ConnectionError):
+        wire.request((("PING",),), got.append)
+    assert len(got) == 1

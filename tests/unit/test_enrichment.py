@@ -15,7 +15,7 @@ from gateway.config import Recognition, ScreenPop, Settings, Tenant
 from gateway.config.templates import parse_template
 from gateway.enrichment import Enricher
 from gateway.recognition.cache import Contact, ContactCache
-from gateway.recognition.index import IndexUnavailable
+from gateway.recognition.index import Found, IndexUnavailable
 from gateway.recognition.lookup import Recognizer
 from gateway.stats import Counters
 from tests.waiting import wait_until
@@ -31,6 +31,9 @@ class SlowIndex:
         self.contact: Contact | None = Contact("crm", {"name": "Zoë & Co", "crm_id": "C 1/2"})
         self.fail = False
         self.calls = 0
+
+    def ask(self, tenant: str, number: str, answer: object) -> bool:
+        return False  # no connection open: the recognizer takes the task path (`get`)
 
     async def get(self, tenant: str, number: str) -> Contact | None:
         self.calls += 1
@@ -205,3 +208,50 @@ async def test_disabled_tenant_is_not_looked_up() -> None:
     h = Harness(cfg)
     h.enricher.submit(event())
     assert h.types() == ["call.offered"] and h.out[0].lookup is None
+
+
+class ReaderIndex:
+    """An index whose connection is open: ask() writes the question, the test plays the
+    connection's reader and answers it."""
+
+    def __init__(self) -> None:
+        self.answers: list[Callable[[Found], None]] = []
+
+    def ask(self, tenant: str, number: str, answer: Callable[[Found], None]) -> bool:
+        self.answers.append(answer)
+        return True
+
+
+async def test_the_readers_answer_publishes_the_held_events_there_and_then() -> None:
+    index = ReaderIndex()
+    counters = Counters()
+    recognizer = Recognizer(index, ContactCache(100, 60, 60), counters)  # type: ignore[arg-type]
+    out: list[CallEvent] = []
+    enricher = Enricher(settings(budget_ms=1000), recognizer, out.append)
+    tasks = asyncio.all_tasks()
+    enricher.submit(event())
+    enricher.submit(event("call.delivered"))
+    assert asyncio.all_tasks() == tasks and out == [] and enricher.pending == 1
+    [answer] = index.answers
+    answer(Contact("crm", {"name": "Jan", "crm_id": "7"}))
+    # Within the reader's call: no task, no loop iteration between the answer and the events.
+    assert [e.type for e in out] == ["call.offered", "call.delivered"]
+    assert out[0].lookup is not None and (out[0].lookup.status, out[0].lookup.cache) == (
+        "hit",
+        "miss",
+    )
+    assert enricher.pending == 0 and counters.lookups["hit", "miss"] == 1
+
+
+async def test_the_readers_late_answer_follows_as_call_recognized() -> None:
+    index = ReaderIndex()
+    recognizer = Recognizer(index, ContactCache(100, 60, 60), Counters())  # type: ignore[arg-type]
+    out: list[CallEvent] = []
+    enricher = Enricher(settings(budget_ms=5), recognizer, out.append)
+    enricher.submit(event())
+    await wait_until(lambda: len(out) == 1, 2.0)
+    assert out[0].lookup is not None and out[0].lookup.status == "pending"
+    index.answers[0](IndexUnavailable("connection lost"))
+    assert [e.type for e in out] == ["call.offered", "call.recognized"]
+    assert out[1].lookup is not None and out[1].lookup.status == "error"
+    assert enricher.pending == 0
