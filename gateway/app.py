@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from gateway import native
 from gateway.api.calls import calls_router
 from gateway.api.contacts import contacts_router
 from gateway.api.events import Subscribers, events_router
@@ -213,7 +214,10 @@ class Gateway:
             await self._start_http()
         else:
             self._background.append(asyncio.create_task(self._report_stats()))
-        log.info("gateway started", extra={"node": self.settings.node.name})
+        log.info(
+            "gateway started",
+            extra={"node": self.settings.node.name, "sip_core": native.status().describe()},
+        )
         tune_gc()
         self._background.append(asyncio.create_task(collect_young()))
         # Timed from here: the one full collection of the startup heap above is not a

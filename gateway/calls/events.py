@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Self, cast
+from typing import Any, Self, cast
 
 import msgpack
 
@@ -186,25 +186,31 @@ _INT = (int,)
 _NUM = (int, float)
 
 
+_SPECS: dict[type[_Part], _Spec] = {}
+
+
 def _checked(owner: str, key: str, value: Any, types: tuple[type, ...]) -> Any:
     if isinstance(value, bool) and bool not in types:
         raise ValueError(f"{owner}.{key}: expected {types[0].__name__}, got bool")
     if not isinstance(value, types):
         raise ValueError(f"{owner}.{key}: expected {types[0].__name__}, got {type(value).__name__}")
-    if types is _NUM:
+    if float in types:  # a number is a float, even if sent as an int
         return float(cast("int | float", value))
     return value
 
 
 class _Part:
-    """A flat optional part of an event: `to_dict()` omits `None`, `from_dict()` checks."""
+    """A flat optional part of an event: `to_dict()` omits `None`, `from_dict()` checks.
+
+    What it holds is its entry in `_SPECS`, beside each class rather than a class
+    variable in it: mypyc lists every class attribute as a dataclass field.
+    """
 
     __slots__ = ()
-    _SPEC: ClassVar[_Spec]
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for attr, key, _ in self._SPEC:
+        for attr, key, _ in _SPECS[type(self)]:
             value = getattr(self, attr)
             if value is not None:
                 out[key] = value
@@ -215,7 +221,7 @@ class _Part:
         if not isinstance(data, Mapping):
             raise ValueError(f"{cls.__name__}: expected an object")
         kwargs: dict[str, Any] = {}
-        for attr, key, types in cls._SPEC:
+        for attr, key, types in _SPECS[cls]:
             value = data.get(key)
             if value is not None:
                 kwargs[attr] = _checked(cls.__name__, key, value, types)
@@ -235,12 +241,13 @@ class Party(_Part):
     display: str | None = None
     uri: str | None = None
 
-    _SPEC: ClassVar[_Spec] = (
-        ("number_raw", "number_raw", _STR),
-        ("number_e164", "number_e164", _STR),
-        ("display", "display", _STR),
-        ("uri", "uri", _STR),
-    )
+
+_SPECS[Party] = (
+    ("number_raw", "number_raw", _STR),
+    ("number_e164", "number_e164", _STR),
+    ("display", "display", _STR),
+    ("uri", "uri", _STR),
+)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -251,11 +258,12 @@ class Device(_Part):
     contact: str | None = None
     source: str | None = None
 
-    _SPEC: ClassVar[_Spec] = (
-        ("user_agent", "user_agent", _STR),
-        ("contact", "contact", _STR),
-        ("source", "source", _STR),
-    )
+
+_SPECS[Device] = (
+    ("user_agent", "user_agent", _STR),
+    ("contact", "contact", _STR),
+    ("source", "source", _STR),
+)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -266,11 +274,12 @@ class Cause(_Part):
     sip_code: int | None = None
     sip_reason: str | None = None
 
-    _SPEC: ClassVar[_Spec] = (
-        ("normalized", "normalized", _STR),
-        ("sip_code", "sip_code", _INT),
-        ("sip_reason", "sip_reason", _STR),
-    )
+
+_SPECS[Cause] = (
+    ("normalized", "normalized", _STR),
+    ("sip_code", "sip_code", _INT),
+    ("sip_reason", "sip_reason", _STR),
+)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -283,12 +292,13 @@ class Transfer(_Part):
     referred_by: str | None = None
     replaces: str | None = None
 
-    _SPEC: ClassVar[_Spec] = (
-        ("kind", "kind", _STR),
-        ("refer_to", "refer_to", _STR),
-        ("referred_by", "referred_by", _STR),
-        ("replaces", "replaces", _STR),
-    )
+
+_SPECS[Transfer] = (
+    ("kind", "kind", _STR),
+    ("refer_to", "refer_to", _STR),
+    ("referred_by", "referred_by", _STR),
+    ("replaces", "replaces", _STR),
+)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -300,11 +310,12 @@ class Diversion(_Part):
     from_: str | None = None
     to: str | None = None
 
-    _SPEC: ClassVar[_Spec] = (
-        ("reason", "reason", _STR),
-        ("from_", "from", _STR),
-        ("to", "to", _STR),
-    )
+
+_SPECS[Diversion] = (
+    ("reason", "reason", _STR),
+    ("from_", "from", _STR),
+    ("to", "to", _STR),
+)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -315,11 +326,12 @@ class Originate(_Part):
     requested_by: str | None = None
     auto_answer: str | None = None
 
-    _SPEC: ClassVar[_Spec] = (
-        ("request_id", "request_id", _STR),
-        ("requested_by", "requested_by", _STR),
-        ("auto_answer", "auto_answer", _STR),
-    )
+
+_SPECS[Originate] = (
+    ("request_id", "request_id", _STR),
+    ("requested_by", "requested_by", _STR),
+    ("auto_answer", "auto_answer", _STR),
+)
 
 
 Scalar = str | int | float | bool | None
@@ -341,14 +353,6 @@ class Lookup(_Part):
     contact: Mapping[str, Scalar] | None = field(default=None, hash=False)
     source: str | None = None  # after contact: older code builds Lookup positionally
 
-    _SPEC: ClassVar[_Spec] = (
-        ("status", "status", _STR),
-        ("cache", "cache", _STR),
-        ("latency_ms", "latency_ms", _NUM),
-        ("budget_ms", "budget_ms", _NUM),
-        ("source", "source", _STR),
-    )
-
     def to_dict(self) -> dict[str, Any]:
         out = _Part.to_dict(self)
         if self.contact is not None:
@@ -369,6 +373,15 @@ class Lookup(_Part):
         return dataclasses.replace(part, contact=dict(contact))
 
 
+_SPECS[Lookup] = (
+    ("status", "status", _STR),
+    ("cache", "cache", _STR),
+    ("latency_ms", "latency_ms", _NUM),
+    ("budget_ms", "budget_ms", _NUM),
+    ("source", "source", _STR),
+)
+
+
 @dataclass(slots=True, unsafe_hash=True)
 class CallerDisplay(_Part):
     """The recognized caller's name that the INVITE showed the callee's phone
@@ -381,12 +394,6 @@ class CallerDisplay(_Part):
     answered_by: str
     headers: tuple[str, ...] = ()
     source: str | None = None
-
-    _SPEC: ClassVar[_Spec] = (
-        ("name", "name", _STR),
-        ("answered_by", "answered_by", _STR),
-        ("source", "source", _STR),
-    )
 
     def to_dict(self) -> dict[str, Any]:
         out = _Part.to_dict(self)
@@ -402,6 +409,13 @@ class CallerDisplay(_Part):
         return dataclasses.replace(part, headers=tuple(headers))
 
 
+_SPECS[CallerDisplay] = (
+    ("name", "name", _STR),
+    ("answered_by", "answered_by", _STR),
+    ("source", "source", _STR),
+)
+
+
 @dataclass(slots=True, unsafe_hash=True)
 class ScreenPop(_Part):
     """One rendered screen-pop URL and the name of its template."""
@@ -409,7 +423,8 @@ class ScreenPop(_Part):
     name: str
     url: str
 
-    _SPEC: ClassVar[_Spec] = (("name", "name", _STR), ("url", "url", _STR))
+
+_SPECS[ScreenPop] = (("name", "name", _STR), ("url", "url", _STR))
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -420,11 +435,12 @@ class Peer(_Part):
     address: str | None = None
     reason: str | None = None
 
-    _SPEC: ClassVar[_Spec] = (
-        ("name", "name", _STR),
-        ("address", "address", _STR),
-        ("reason", "reason", _STR),
-    )
+
+_SPECS[Peer] = (
+    ("name", "name", _STR),
+    ("address", "address", _STR),
+    ("reason", "reason", _STR),
+)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -437,12 +453,13 @@ class Webhook(_Part):
     reason: str | None = None
     failing_since: str | None = None  # when the failures in a row began
 
-    _SPEC: ClassVar[_Spec] = (
-        ("id", "id", _STR),
-        ("url", "url", _STR),
-        ("reason", "reason", _STR),
-        ("failing_since", "failing_since", _STR),
-    )
+
+_SPECS[Webhook] = (
+    ("id", "id", _STR),
+    ("url", "url", _STR),
+    ("reason", "reason", _STR),
+    ("failing_since", "failing_since", _STR),
+)
 
 
 # --- the event --------------------------------------------------------------------------

@@ -18,9 +18,9 @@ survives a parse/serialize round trip unchanged.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Literal, Self, TypeVar, overload
+from typing import Any, ClassVar, Literal, TypeVar
 
 from .errors import SIPParseError, bad_header
 from .headers import (
@@ -129,49 +129,7 @@ _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE | re.ASCII)
 _CALL_ID_RE = re.compile(r"[!-~]+")  # callid = word ["@" word]: visible ASCII, no LWS
 _TAG_PARAM_RE = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE | re.ASCII)
 
-T = TypeVar("T")
-
-
-class _cached(Generic[T]):  # lower case: it is used as a decorator, like `property`
-    """A lazily computed attribute, stored in the instance `__dict__` after first use.
-
-    Like `functools.cached_property`, minus its per-access lock (Python 3.11), which
-    costs more than most of our parsers. A raised error is not cached.
-    """
-
-    def __init__(self, func: Callable[[Any], T]) -> None:
-        self.func = func
-        self.name = func.__name__
-        self.__doc__ = func.__doc__
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    @overload
-    def __get__(self, obj: None, owner: type | None = None) -> _cached[T]: ...
-    @overload
-    def __get__(self, obj: object, owner: type | None = None) -> T: ...
-    def __get__(self, obj: object | None, owner: type | None = None) -> T | _cached[T]:
-        if obj is None:
-            return self
-        value = self.func(obj)
-        obj.__dict__[self.name] = value
-        return value
-
-
-_CACHED_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def _cached_names(cls: type) -> tuple[str, ...]:
-    names = _CACHED_NAMES.get(cls)
-    if names is None:
-        names = tuple(
-            {name for klass in cls.__mro__ for name, attr in vars(klass).items()
-             if isinstance(attr, _cached)}
-        )  # fmt: skip
-        _CACHED_NAMES[cls] = names
-    return names
-
+_M = TypeVar("_M", bound="Message")
 
 # Which parsed views each header feeds (the rest survive an edit of that header).
 _VIEWS: dict[str, tuple[str, ...]] = {
@@ -228,13 +186,17 @@ class Message:
     serialized form in step.
     """
 
+    __slots__ = ("_body", "_index", "_raw", "_views", "headers")
     is_request: ClassVar[bool]
-    _CORE: ClassVar[tuple[str, ...]] = ("headers", "_body", "_raw", "_index")
 
     headers: list[tuple[str, str]]  # (name as received, value after unfolding)
     _body: bytes
     _raw: bytes | None  # the serialized form, while it is current
     _index: dict[str, list[int]] | None  # header key → positions in `headers`
+    # The structured views parsed so far, by name (`_VIEWS`). A dict rather than one
+    # slot each: a copy or an edit touches only the views that exist, and a view's
+    # first read is a look-up in the same dict in pure Python and compiled (mypyc).
+    _views: dict[str, Any]
 
     def __init__(self, headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> None:
         self.headers = []
@@ -244,6 +206,7 @@ class Message:
         self._body = bytes(body)
         self._raw = None
         self._index = None
+        self._views = {}
 
     # --- start line (subclasses) ---------------------------------------------------
     @property
@@ -297,46 +260,96 @@ class Message:
         return self.headers[positions[0]][1]
 
     # --- structured headers (parsed on first access) ---------------------------------
-    @_cached
+    @property
     def call_id(self) -> str:
+        value: str | None = self._views.get("call_id")
+        if value is None:
+            value = self._views["call_id"] = self._parse_call_id()
+        return value
+
+    def _parse_call_id(self) -> str:
         value = self._first("Call-ID")
         if not _CALL_ID_RE.fullmatch(value):
             raise bad_header("Call-ID", "empty or malformed")
         return value
 
-    @_cached
+    @property
     def cseq(self) -> CSeq:
+        value: CSeq | None = self._views.get("cseq")
+        if value is None:
+            value = self._views["cseq"] = self._parse_cseq()
+        return value
+
+    def _parse_cseq(self) -> CSeq:
         return parse_cseq(self._first("CSeq"))
 
-    @_cached
+    @property
     def vias(self) -> list[Via]:
+        value: list[Via] | None = self._views.get("vias")
+        if value is None:
+            value = self._views["vias"] = self._parse_vias()
+        return value
+
+    def _parse_vias(self) -> list[Via]:
         return [via for value in self.get_all("Via") for via in parse_via(value)]
 
-    @_cached
+    @property
     def top_via(self) -> Via:
-        vias: list[Via] | None = self.__dict__.get("vias")  # already parsed: reuse
+        value: Via | None = self._views.get("top_via")
+        if value is None:
+            value = self._views["top_via"] = self._parse_top_via()
+        return value
+
+    def _parse_top_via(self) -> Via:
+        vias: list[Via] | None = self._views.get("vias")  # already parsed: reuse
         if vias:
             return vias[0]
         return parse_via(self._first("Via"))[0]
 
-    @_cached
+    @property
     def from_(self) -> NameAddr:
+        value: NameAddr | None = self._views.get("from_")
+        if value is None:
+            value = self._views["from_"] = self._parse_from()
+        return value
+
+    def _parse_from(self) -> NameAddr:
         return parse_name_addr(self._first("From"), header="From")
 
-    @_cached
+    @property
     def to(self) -> NameAddr:
+        value: NameAddr | None = self._views.get("to")
+        if value is None:
+            value = self._views["to"] = self._parse_to()
+        return value
+
+    def _parse_to(self) -> NameAddr:
         return parse_name_addr(self._first("To"), header="To")
 
-    @_cached
+    @property
     def max_forwards(self) -> int | None:
+        views = self._views
+        if "max_forwards" in views:
+            value: int | None = views["max_forwards"]
+            return value
+        value = views["max_forwards"] = self._parse_max_forwards()
+        return value
+
+    def _parse_max_forwards(self) -> int | None:
         value = self.get("Max-Forwards")
         if value is None:
             return None
         return parse_uint(value, header="Max-Forwards", maximum=255)
 
-    @_cached
+    @property
     def contacts(self) -> list[NameAddr] | Literal["*"]:
         """All Contact addresses, or "*" (RFC 3261 §10.2.2), [] when absent."""
+        value: list[NameAddr] | Literal["*"] | None = self._views.get("contacts")
+        if value is None:
+            value = self._views["contacts"] = self._parse_contacts()
+        return value
+
+    def _parse_contacts(self) -> list[NameAddr] | Literal["*"]:
         lines = self.get_all("Contact")
         addresses: list[NameAddr] = []
         for value in lines:
@@ -348,37 +361,83 @@ class Message:
             addresses.extend(parsed)
         return addresses
 
-    @_cached
+    @property
     def routes(self) -> list[NameAddr]:
+        value: list[NameAddr] | None = self._views.get("routes")
+        if value is None:
+            value = self._views["routes"] = self._parse_routes()
+        return value
+
+    def _parse_routes(self) -> list[NameAddr]:
         return [route for value in self.get_all("Route") for route in parse_route(value)]
 
-    @_cached
+    @property
     def record_routes(self) -> list[NameAddr]:
+        value: list[NameAddr] | None = self._views.get("record_routes")
+        if value is None:
+            value = self._views["record_routes"] = self._parse_record_routes()
+        return value
+
+    def _parse_record_routes(self) -> list[NameAddr]:
         return [
             route
             for value in self.get_all("Record-Route")
             for route in parse_route(value, header="Record-Route")
         ]
 
-    @_cached
+    @property
     def content_length(self) -> int | None:
+        views = self._views
+        if "content_length" in views:
+            value: int | None = views["content_length"]
+            return value
+        value = views["content_length"] = self._parse_content_length()
+        return value
+
+    def _parse_content_length(self) -> int | None:
         values = self.get_all("Content-Length")
         return _content_length(values) if values else None
 
-    @_cached
+    @property
     def content_type(self) -> str | None:
+        views = self._views
+        if "content_type" in views:
+            value: str | None = views["content_type"]
+            return value
+        value = views["content_type"] = self._parse_content_type()
+        return value
+
+    def _parse_content_type(self) -> str | None:
         return self.get("Content-Type")
 
-    @_cached
+    @property
     def require(self) -> list[str]:
+        value: list[str] | None = self._views.get("require")
+        if value is None:
+            value = self._views["require"] = self._parse_require()
+        return value
+
+    def _parse_require(self) -> list[str]:
         return self.values("Require")
 
-    @_cached
+    @property
     def proxy_require(self) -> list[str]:
+        value: list[str] | None = self._views.get("proxy_require")
+        if value is None:
+            value = self._views["proxy_require"] = self._parse_proxy_require()
+        return value
+
+    def _parse_proxy_require(self) -> list[str]:
         return self.values("Proxy-Require")
 
-    @_cached
+    @property
     def supported(self) -> list[str]:
+        value: list[str] | None = self._views.get("supported")
+        if value is None:
+            value = self._views["supported"] = self._parse_supported()
+        return value
+
+    def _parse_supported(self) -> list[str]:
         return self.values("Supported")
 
     # --- body --------------------------------------------------------------------------
@@ -437,10 +496,12 @@ class Message:
         self._raw = None
         if moved:
             self._index = None
-        state = self.__dict__
-        views = _cached_names(type(self)) if name is None else _VIEWS.get(header_key(name), ())
-        for view in views:
-            state.pop(view, None)
+        views = self._views
+        if name is None:
+            views.clear()
+            return
+        for view in _VIEWS.get(header_key(name), ()):
+            views.pop(view, None)
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a line before the first line of this header (or first of all headers)."""
@@ -494,19 +555,15 @@ class Message:
         self._edited(name, moved=not rest)
         return first
 
-    def copy(self) -> Self:
-        """An independent copy: the header list copied, the parsed views shared (they
-        are never changed in place; an edit of either message drops its own)."""
-        cls = type(self)
-        new = cls.__new__(cls)
-        state, new_state = self.__dict__, new.__dict__
-        for attr in cls._CORE:
-            new_state[attr] = state[attr]
-        for view in _cached_names(cls):
-            if view in state:
-                new_state[view] = state[view]
+    def _copy_into(self, new: _M) -> _M:
+        """Make `new` (a fresh message of the same kind) an independent copy: the header
+        list copied, the parsed views shared (they are never changed in place; an edit
+        of either message drops its own)."""
         new.headers = list(self.headers)
+        new._body = self._body
+        new._raw = self._raw
         new._index = None  # rebuilt on first use: a copy is usually edited at once
+        new._views = self._views.copy()
         return new
 
     def to_bytes(self) -> bytes:
@@ -522,8 +579,8 @@ class Message:
 
 
 class Request(Message):
+    __slots__ = ("_method", "_uri_raw")
     is_request = True
-    _CORE = (*Message._CORE, "_method", "_uri_raw")
 
     _method: str
     _uri_raw: str
@@ -555,12 +612,22 @@ class Request(Message):
     def start_line(self) -> str:
         return f"{self._method} {self._uri_raw} {SIP_VERSION}"
 
-    @_cached
+    @property
     def uri(self) -> URI:
+        value: URI | None = self._views.get("uri")
+        if value is None:
+            value = self._views["uri"] = self._parse_uri()
+        return value
+
+    def _parse_uri(self) -> URI:
         try:
             return parse_uri(self._uri_raw)
         except SIPParseError as err:
             raise SIPParseError(f"Bad Request-URI: {err.detail}", detail=err.detail) from None
+
+    def copy(self) -> Request:
+        """An independent copy (see `_copy_into`)."""
+        return self._copy_into(Request(self._method, self._uri_raw))
 
     def set_uri(self, uri: str | URI) -> None:
         """Rewrite the Request-URI (RFC 3261 §16.6 step 2 / §16.12 strict routing)."""
@@ -568,7 +635,7 @@ class Request(Message):
         _check_uri_text(text)
         self._uri_raw = text
         self._raw = None
-        self.__dict__.pop("uri", None)  # the only view of the start line
+        self._views.pop("uri", None)  # the only view of the start line
 
     def validate(self) -> None:
         super().validate()
@@ -588,8 +655,8 @@ class Request(Message):
 
 
 class Response(Message):
+    __slots__ = ("_reason", "_status")
     is_request = False
-    _CORE = (*Message._CORE, "_status", "_reason")
 
     _status: int
     _reason: str
@@ -611,6 +678,10 @@ class Response(Message):
     @property
     def reason(self) -> str:
         return self._reason
+
+    def copy(self) -> Response:
+        """An independent copy (see `_copy_into`)."""
+        return self._copy_into(Response(self._status, self._reason))
 
     def set_status(self, status: int, reason: str | None = None) -> None:
         self._status, self._reason = _checked_status(status, reason)
@@ -792,10 +863,7 @@ def _new_request(line: str) -> Request:
     _check_version(version, "Request-Line")
     if uri_raw[0] == "<":
         raise SIPParseError("Bad Request-Line: Request-URI enclosed in <>")  # ltgtruri
-    request = Request.__new__(Request)
-    request._method = method
-    request._uri_raw = uri_raw
-    return request
+    return Request(method, uri_raw)
 
 
 def _new_response(line: str) -> Response:
@@ -806,10 +874,7 @@ def _new_response(line: str) -> Response:
     _check_version(version, "Status-Line")
     if not (len(code) == 3 and code.isascii() and code.isdigit() and "1" <= code[0] <= "6"):
         raise SIPParseError("Bad Status-Line: invalid status code", 0)  # bigcode
-    response = Response.__new__(Response)
-    response._status = int(code)
-    response._reason = reason
-    return response
+    return Response(int(code), reason)
 
 
 # --- building responses ----------------------------------------------------------------

@@ -300,17 +300,25 @@ _T = TypeVar("_T", bound=_Transaction)
 _Handler: TypeAlias = Callable[[_T, _Input], list[Action]]
 
 
-@dataclass(frozen=True, slots=True)
 class _Machine(Generic[_T]):
     """One RFC figure: (state, event) → (next state, what to do on that arc).
 
     ``live_timers`` says which timers may stay armed in a state; leaving a state cancels
     the others, which is how the figures' "timer X is ignored in this state" reads.
+    (A plain class: mypyc cannot build a generic frozen dataclass.)
     """
 
-    name: str
-    transitions: Mapping[tuple[State, Event], tuple[State, _Handler[_T]]]
-    live_timers: Mapping[State, frozenset[Event]]
+    __slots__ = ("live_timers", "name", "transitions")
+
+    def __init__(
+        self,
+        name: str,
+        transitions: Mapping[tuple[State, Event], tuple[State, _Handler[_T]]],
+        live_timers: Mapping[State, frozenset[Event]],
+    ) -> None:
+        self.name: Final = name
+        self.transitions: Final = transitions
+        self.live_timers: Final = live_timers
 
 
 def _dispatch(tx: _T, machine: _Machine[_T], event: Event, inp: _Input) -> list[Action]:

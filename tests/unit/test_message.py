@@ -141,7 +141,7 @@ class TestParsing:
     def test_top_via_without_parsing_all(self) -> None:
         req = request()
         assert req.top_via.branch == "z9hG4bK776asdhds"
-        assert "vias" not in req.__dict__
+        assert "vias" not in req._views
         other = request()
         assert other.vias[0] is other.top_via
 
