@@ -14,6 +14,15 @@ XADDs the event to ``{tenant}:events`` (trimmed by length, and by age when confi
 live message carries the stream id the event got, and no event can be live without
 being in the stream (the replay seam relies on it). The id is set as the event's seq.
 
+The idle writer sends no batch itself: while it waits (parked, nothing buffered, no
+failure to back off from), `publish` encodes the event and writes its append at once,
+and the connection's reader settles the reply (redis_wire `request`) and sends what was
+published meanwhile, which waited in the queue: still one batch in flight at a time, in
+publish order. A task hop there let the call's own 180 be routed before its
+`call.offered` left (issue #12, G4). Whatever needs waiting (a connection to make, the
+script to load, a batch for several servers of a cluster, a failure to back off from)
+wakes the writer task, which goes on as described here.
+
 Redis down or slow: the batch stays at the head of the buffer and is retried with
 capped exponential backoff; new events keep being taken off the queue into the buffer
 (bounded by max_buffer: the OLDEST are dropped first, ``dropped["buffer_full"]``). The
@@ -66,7 +75,7 @@ from gateway.redis_link import (
     raise_if_cancelled,
 )
 from gateway.redis_routes import WireRoutes, is_moved
-from gateway.redis_wire import WireLink
+from gateway.redis_wire import WireLink, WireProtocol
 from gateway.stats import Counters, Histogram
 
 log = logging.getLogger("sipgw.bus")
@@ -276,6 +285,9 @@ class EventBus:
         # (event, time.monotonic() of publish): one clock read per event buys the lag.
         self._queue: asyncio.Queue[tuple[Publishable, float]] = asyncio.Queue(max_queue)
         self._pending: deque[_Item] = deque()
+        # The writer task waits here while idle: `publish` then sends itself (`_pump`).
+        self._parked: asyncio.Future[BaseException | None] | None = None
+        self._direct: list[_Item] | None = None  # the batch `_pump` has in flight
         self._drained = asyncio.Event()
         self._stopping = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -349,6 +361,7 @@ class EventBus:
         while not self._queue.empty():
             self._queue.get_nowait()
         self._pending.clear()
+        self._direct = None  # a late reply to it changes nothing now
         if left:
             self.dropped["shutdown"] += left
             log.warning("bus: stopped with events not written to redis", extra={"left": left})
@@ -365,6 +378,11 @@ class EventBus:
                 return self._drop("stopped")
             if not keys.is_valid_tenant(event.tenant):
                 return self._drop("bad_tenant")
+            if self._parked is not None and self._direct is None:
+                # The writer is idle and nothing is in flight: send now (see `_pump`).
+                self._take((event, time.monotonic()))
+                self._pump()
+                return True
             self._queue.put_nowait((event, time.monotonic()))
             return True
         except asyncio.QueueFull:
@@ -392,9 +410,12 @@ class EventBus:
                     await asyncio.sleep(min(delay, self._backoff.initial))
                 else:
                     await self._absorb_for(delay)
-            elif not self._pending:
+            elif not self._pending and self._queue.empty():
                 self._drained.set()
-                self._take(await self._queue.get())
+                failure = await self._park()
+                if failure is not None:
+                    delay = self._failed(failure)
+                    continue
             self._absorb_nowait()
             if not self._pending:
                 continue
@@ -416,6 +437,91 @@ class EventBus:
             delay = 0.0
             if not retry_now and not self._pending and self._queue.empty():
                 self._drained.set()
+
+    async def _park(self) -> BaseException | None:
+        """Wait, idle, while `publish` sends each event itself (`_pump`). Back when
+        there is work only this task can do: the failure of a direct batch (returned:
+        back off), or events `_pump` could not send without waiting (a connection to
+        make, the script to load, a batch for several servers of a cluster)."""
+        parked: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self._parked = parked
+        try:
+            return await parked
+        finally:
+            self._parked = None
+
+    def _unpark(self, failure: BaseException | None = None) -> None:
+        parked = self._parked
+        if parked is not None:
+            self._parked = None  # from now on `publish` queues for the task again
+            if not parked.done():
+                parked.set_result(failure)
+
+    def _pump(self) -> None:
+        """While the writer is parked: write the head of the buffer to Redis now, from
+        the caller's stack, and settle it from the connection's reader (`_direct_replied`),
+        which sends what came meanwhile in its turn. One batch in flight at a time, so
+        the stream gets the events in publish order; what cannot go without waiting
+        is handed to the writer task."""
+        if self._parked is None or self._direct is not None:
+            return  # the task sends (it was woken, or stop() cancelled it)
+        batch = list(islice(self._pending, self.batch_size))
+        found = self._direct_link(batch)
+        if found is None:
+            self._unpark()
+            return
+        link, wire = found
+        self._direct = batch
+        timed = self._timer(link)
+        try:
+            wire.request(
+                self._commands(link, batch),
+                lambda outcome: self._direct_replied(link, batch, timed, outcome),
+            )
+        except RedisError:  # closed since `ready`: the task connects again
+            self._direct = None
+            self._unpark()
+
+    def _direct_link(self, batch: list[_Item]) -> tuple[WireLink, WireProtocol] | None:
+        """The one open connection, with the script loaded, of the server that holds
+        the streams of every event of `batch`; None if there is none now."""
+        links = {self._routes.known_link(keys.events_key(item.tenant)) for item in batch}
+        if len(links) != 1:
+            return None
+        [link] = links
+        if link is None or link not in self._scripted:
+            return None
+        wire = link.ready()
+        return None if wire is None else (link, wire)
+
+    def _direct_replied(
+        self,
+        link: WireLink,
+        batch: list[_Item],
+        timed: Callable[[bool], None],
+        outcome: list[Any] | Exception,
+    ) -> None:
+        if self._direct is not batch:
+            return  # stop() gave the batch up (counted there)
+        self._direct = None
+        timed(not isinstance(outcome, Exception))
+        self.round_trips += 1
+        try:
+            retry_now = self._settle(batch, [(link, list(enumerate(batch)))], [outcome], [], None)
+        except Exception as exc:  # a broken connection, "not now", a bug: the task backs off
+            if not isinstance(exc, (RedisError, OSError)):
+                log.exception("bus: writer round failed")
+            self._unpark(exc)
+            return
+        self._link.came_up()
+        self._backoff.reset()
+        self._absorb_nowait()  # published while the batch was in flight
+        if retry_now:
+            self._unpark()
+        elif self._pending:
+            self._pump()
+        else:
+            self._drained.set()
 
     def _failed(self, exc: BaseException) -> float:
         self._link.went_down(exc)
@@ -544,11 +650,24 @@ class EventBus:
                 continue
             sent.append((link, items))
             call = wire.call(*self._commands(link, [item for _, item in items]))
-            call.add_done_callback(self._timer(link))
+            call.add_done_callback(_answered(self._timer(link)))
             calls.append(call)
         outcome = await asyncio.gather(*calls, return_exceptions=True)
         self.round_trips += len(calls)
+        return self._settle(batch, sent, outcome, again, broken)
 
+    def _settle(
+        self,
+        batch: list[_Item],
+        sent: list[tuple[WireLink, list[tuple[int, _Item]]]],
+        outcome: list[Any],
+        again: list[tuple[int, _Item]],
+        broken: BaseException | None,
+    ) -> bool:
+        """Take a sent batch's replies into account (`outcome`: one list of replies or
+        one exception per server it went to): acknowledged events leave the head of the
+        buffer, those to retry go back there in publish order. Returns True if some must
+        go again at once; raises on connection trouble and "not now" replies."""
         transient: Exception | None = None
         acked = time.monotonic()
         for (link, items), results in zip(sent, outcome, strict=True):
@@ -600,18 +719,18 @@ class EventBus:
             found = servers[label] = ServerStats()
         return found
 
-    def _timer(self, link: WireLink) -> Callable[[asyncio.Future[list[Any]]], None]:
-        """A done-callback that files the round trip's time (or its failure) under its
+    def _timer(self, link: WireLink) -> Callable[[bool], None]:
+        """What files the round trip's time (answered: True) or its failure under its
         server."""
         started = time.perf_counter()
         stats = self._server(link)
 
-        def done(call: asyncio.Future[list[Any]]) -> None:
-            if call.cancelled() or call.exception() is not None:
+        def done(answered: bool) -> None:
+            if answered:
+                stats.round_trip.observe(time.perf_counter() - started)
+            else:
                 stats.up = False
                 stats.errors += 1
-            else:
-                stats.round_trip.observe(time.perf_counter() - started)
 
         return done
 
@@ -815,6 +934,15 @@ class EventBus:
     ) -> LiveSubscription:
         """A live subscription from the node's hub (see live.py)."""
         return self.hub.subscribe(tenant, maxsize, accept)
+
+
+def _answered(timed: Callable[[bool], None]) -> Callable[[asyncio.Future[list[Any]]], None]:
+    """A call's done-callback that tells `timed` whether Redis answered it."""
+
+    def done(call: asyncio.Future[list[Any]]) -> None:
+        timed(not call.cancelled() and call.exception() is None)
+
+    return done
 
 
 def _trimmed_after(info: object, after: keys.SeqKey) -> str | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from gateway.bus import (
@@ -617,3 +618,81 @@ async def test_stop_flushes_or_reports_what_is_left(own_redis: OwnRedis) -> None
     assert await bus.stop() == 10
     assert time.monotonic() - started < 2
     assert bus.dropped["shutdown"] == 10
+
+
+# -- the idle writer: publish() writes the append itself ---------------------------------
+
+
+async def idle(bus: EventBus, tenant: str) -> None:
+    """The bus has appended an event (its script is loaded) and has nothing left."""
+    bus.publish(Ev(tenant, 0))
+    await wait_until(lambda: bus.published == 1 and bus.buffered == 0, 5, "the first append")
+
+
+async def test_with_the_writer_idle_publish_writes_the_append_itself(
+    make_bus: BusFactory, redis_server: str
+) -> None:
+    bus = await make_bus()
+    tenant = new_tenant()
+    await idle(bus, tenant)
+    blocking = SyncRedis.from_url(redis_server)
+    try:
+        bus.publish(Ev(tenant, 1))
+        # The event loop is blocked from here on: no task can run, yet Redis appends
+        # the event, so publish() wrote it to the connection before it returned.
+        deadline = time.monotonic() + 5
+        while blocking.xlen(keys.events_key(tenant)) < 2:
+            assert time.monotonic() < deadline, "the append did not reach Redis"
+        assert bus.queued == 0
+    finally:
+        blocking.close()
+    await wait_until(lambda: bus.published == 2 and bus.buffered == 0, 5, "the reply")
+    assert not bus.dropped
+
+
+async def test_events_published_while_an_append_is_in_flight_follow_it_in_order(
+    make_bus: BusFactory, redis: Redis
+) -> None:
+    bus = await make_bus()
+    tenant = new_tenant()
+    sub = bus.subscribe(tenant, maxsize=5000)
+    await ready(sub)
+    await idle(bus, tenant)
+    rng = random.Random(2026)
+    n = 1
+    while n < 2000:  # bursts (one written at once, the rest queued) and pauses (idle)
+        for _ in range(min(rng.randrange(1, 30), 2000 - n)):
+            bus.publish(Ev(tenant, n))
+            n += 1
+        await asyncio.sleep(rng.choice([0, 0, 0.001, 0.002]))
+    assert numbers(await take(sub, 2000)) == list(range(2000))
+    assert numbers(await stream(redis, tenant)) == list(range(2000))
+    assert bus.published == 2000 and not bus.dropped
+
+
+async def test_an_append_in_flight_on_a_broken_connection_goes_again_once(
+    own_redis: OwnRedis, make_bus: BusFactory
+) -> None:
+    await own_redis.start()  # its own server: the pause must not hold up other tests
+    bus = await make_bus(own_redis.url, backoff_initial=0.01)
+    tenant = new_tenant()
+    await idle(bus, tenant)
+    admin = Redis.from_url(own_redis.url, protocol=2)
+    try:
+        # Redis holds writes (the append script is one), so the direct append waits in
+        # flight; the connection carrying it is then killed before it runs.
+        await admin.execute_command("CLIENT", "PAUSE", "5000", "WRITE")
+        for n in range(1, 10):
+            bus.publish(Ev(tenant, n))
+        assert bus.queued == 8  # the first went out itself, the rest wait behind it
+        clients = await admin.client_list()
+        killed = [c["id"] for c in clients if c["name"] == "sipgw-bus"]
+        for client_id in killed:
+            await admin.client_kill_filter(_id=client_id)
+        assert killed
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await wait_until(lambda: bus.published == 10, 10, "the appends")
+        assert numbers(await stream(admin, tenant)) == list(range(10))
+        assert bus.redis_errors >= 1 and not bus.dropped
+    finally:
+        await admin.aclose()
