@@ -15,9 +15,12 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) 2>/dev/null | sha
 PYTEST_ARGS ?=
 LOCK_ARGS ?=
 
-.PHONY: run test lint audit lock bench bench-quick deps system-deps clean
+.PHONY: run test lint audit lock bench bench-quick native deps system-deps clean
 
+# The demo runs the compiled SIP core when it builds (the pure-Python core behaves the
+# same, slower: a failed build is a warning, not a stop).
 run: deps
+	@$(MAKE) --no-print-directory native || echo "warning: the compiled SIP core did not build; running pure Python" >&2
 	scripts/run-demo.sh
 
 test: deps
@@ -43,11 +46,18 @@ lock: deps
 	  --no-emit-index-url --no-emit-find-links --strip-extras $(LOCK_ARGS) \
 	  --output-file $(LOCK) pyproject.toml
 
-bench: deps
-	$(VENV)/bin/python -m bench
+# The bench measures the compiled SIP core, as `make run` runs it (SIPGW_NATIVE=1: an
+# error if it is missing or stale); SIPGW_NATIVE=0 measures the pure-Python one.
+bench: deps native
+	SIPGW_NATIVE=$${SIPGW_NATIVE:-1} $(VENV)/bin/python -m bench
 
-bench-quick: deps
-	$(VENV)/bin/python -m bench --quick
+bench-quick: deps native
+	SIPGW_NATIVE=$${SIPGW_NATIVE:-1} $(VENV)/bin/python -m bench --quick
+
+# The SIP core's hot path compiled with mypyc into .native/ (scripts/build_native.py);
+# a no-op while it is up to date. gateway/native.py loads it only while fresh.
+native: deps
+	$(VENV)/bin/python scripts/build_native.py
 
 deps: system-deps $(STAMP)
 
@@ -69,4 +79,4 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $@
 
 clean:
-	rm -rf $(VENV) run .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) run .native .native.new .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -59,6 +59,7 @@ MODULES: tuple[str, ...] = (
     "gateway.calls.tracker",
 )
 
+ENV_VARIABLES = frozenset({"SIPGW_NATIVE", "SIPGW_NATIVE_DIR"})  # not settings (config/reader.py)
 MANIFEST = "manifest.json"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the directory holding gateway/
 DEFAULT_DIR = PACKAGE_ROOT / ".native"

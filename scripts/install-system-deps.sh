@@ -13,7 +13,13 @@ packages=(
   postgresql     # a real PostgreSQL contact source in the sync tests (server not started)
   chromium chromium-driver  # the web client's tests drive Debian's browser headless (Selenium)
   openssl ca-certificates
+  gcc            # `make native`: mypyc's C output of the SIP core is compiled with it
 )
+# The compiled SIP core needs the headers of the Python that builds it (Debian's own
+# python3 has them in python3-dev; a Python built from source carries its own).
+if ! python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' >/dev/null 2>&1; then
+  packages+=(python3-dev)
+fi
 # A Debian python3 without venv/ensurepip cannot create .venv.
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   packages+=(python3-venv)

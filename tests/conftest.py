@@ -9,7 +9,7 @@ from pathlib import Path
 # Before the package is imported: the suite runs the pure-Python SIP core, in this
 # process and in every gateway it starts (a test may patch a module, which a compiled
 # one does not allow); tests/unit/test_native.py runs the hot path's tests compiled.
-if os.environ.get("SIPGW_TEST_NATIVE") != "1":
+if os.environ.get("PYTEST_SIPGW_NATIVE") != "1":
     os.environ["SIPGW_NATIVE"] = "0"
 
 import pytest

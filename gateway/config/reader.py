@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway import native
 from gateway.config.errors import ConfigError
 from gateway.config.syntax import describe, show
 
@@ -26,7 +27,7 @@ T = TypeVar("T")
 ENV_PREFIX = "SIPGW_"
 ENV_SEPARATOR = "__"
 # Variables with the prefix that are not settings (checked before the override rules).
-ENV_NOT_SETTINGS = frozenset({"SIPGW_CONFIG"})
+ENV_NOT_SETTINGS = frozenset({"SIPGW_CONFIG", *native.ENV_VARIABLES})
 
 
 @dataclass
