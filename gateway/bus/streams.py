@@ -466,21 +466,23 @@ class EventBus:
         if self._parked is None or self._direct is not None:
             return  # the task sends (it was woken, or stop() cancelled it)
         batch = list(islice(self._pending, self.batch_size))
-        found = self._direct_link(batch)
-        if found is None:
-            self._unpark()
-            return
-        link, wire = found
-        self._direct = batch
-        timed = self._timer(link)
         try:
-            wire.request(
-                self._commands(link, batch),
-                lambda outcome: self._direct_replied(link, batch, timed, outcome),
-            )
+            found = self._direct_link(batch)
+            if found is not None:
+                link, wire = found
+                timed = self._timer(link)
+                commands = self._commands(link, batch)
+                self._direct = batch
+                wire.request(
+                    commands, lambda outcome: self._direct_replied(link, batch, timed, outcome)
+                )
+                return
         except RedisError:  # closed since `ready`: the task connects again
-            self._direct = None
-            self._unpark()
+            pass
+        except Exception:  # a bug must not leave the events unsent: the task takes over
+            log.exception("bus: writing an append at once failed")
+        self._direct = None
+        self._unpark()
 
     def _direct_link(self, batch: list[_Item]) -> tuple[WireLink, WireProtocol] | None:
         """The one open connection, with the script loaded, of the server that holds
@@ -515,7 +517,11 @@ class EventBus:
             return
         self._link.came_up()
         self._backoff.reset()
-        self._absorb_nowait()  # published while the batch was in flight
+        try:
+            self._absorb_nowait()  # published while the batch was in flight
+        except Exception:  # a bug must not leave the events unsent: the task takes over
+            log.exception("bus: taking the queued events failed")
+            retry_now = True
         if retry_now:
             self._unpark()
         elif self._pending:
