@@ -9,7 +9,6 @@ instead of on every request. Read-only after start; a reload builds a new ``Dire
 from __future__ import annotations
 
 import functools
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,7 +16,7 @@ from typing import Protocol
 from gateway.config import Profile, Settings, Tenant, Trunk, User
 from gateway.config.syntax import IPNetwork, parse_match
 from gateway.proxy.ua_profiles import PhoneProfiles
-from gateway.transport.addresses import ip_address_of, strip_brackets
+from gateway.transport.addresses import canonical_ip, ip_address_of, strip_brackets
 
 
 def digits_key(number: str) -> str:
@@ -104,9 +103,8 @@ class Directory:
         key = (strip_brackets(host).lower(), port)
         if key in self._trunk_targets:
             return True
-        try:
-            canonical = str(ipaddress.ip_address(key[0]))
-        except ValueError:
+        canonical = canonical_ip(key[0])
+        if canonical is None:
             return False
         return (canonical, port) in self._trunk_targets or (
             self.trunk_for_source(canonical, port) is not None

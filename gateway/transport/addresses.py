@@ -86,6 +86,14 @@ def ip_address_of(host: str) -> IPAddress | None:
         return None
 
 
+@functools.lru_cache(maxsize=8192)
+def canonical_ip(host: str) -> str | None:
+    """An IP literal in its one written form (brackets off, IPv6 compressed, lower
+    case), ``None`` for a name: what a configured address is compared with."""
+    addr = ip_address_of(host)
+    return None if addr is None else str(addr)
+
+
 def ip_version(host: str) -> int | None:
     """4 or 6 for an IP literal (brackets allowed), ``None`` for a name. The socket
     address family is the transport's business (`transport.layer.ip_family`)."""
