@@ -49,7 +49,10 @@ MODULES: tuple[str, ...] = (
     "gateway.proxy.core",
     "gateway.proxy.destinations",
     "gateway.proxy.directory",
+    "gateway.proxy.flood",
     "gateway.proxy.messages",
+    "gateway.proxy.observe",
+    "gateway.proxy.options",
     "gateway.proxy.record_route",
     "gateway.proxy.routing",
     "gateway.proxy.timers",
@@ -102,7 +105,9 @@ def ext_suffix() -> str:
     return importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
-def check(build: Path, root: Path = PACKAGE_ROOT) -> tuple[dict[str, Path], str]:
+def check(
+    build: Path, root: Path = PACKAGE_ROOT, modules: Sequence[str] = MODULES
+) -> tuple[dict[str, Path], str]:
     """The build's module files by name if it is usable here, else ({}, why not)."""
     try:
         manifest = json.loads((build / MANIFEST).read_text())
@@ -113,6 +118,8 @@ def check(build: Path, root: Path = PACKAGE_ROOT) -> tuple[dict[str, Path], str]
     if manifest.get("ext_suffix") != ext_suffix():
         return {}, f"built for {manifest.get('ext_suffix')}, this Python loads {ext_suffix()}"
     sources: dict[str, str] = manifest.get("sources", {})
+    if set(sources) != set(modules):
+        return {}, "built from another list of modules (make native)"
     files: dict[str, Path] = {}
     for module, compiled_digest in sources.items():
         try:

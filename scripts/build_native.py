@@ -72,8 +72,24 @@ def build(out: Path) -> None:
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _check_imports(staging)
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
+
+
+def _check_imports(build: Path) -> None:
+    """Every module imports compiled, in a fresh interpreter: mypyc accepts some code
+    it cannot run (a class body it evaluates differently), and a build that does not
+    import must never replace one that does."""
+    env = {**os.environ, "SIPGW_NATIVE": "1", "SIPGW_NATIVE_DIR": str(build)}
+    probe = "import importlib, gateway.native as n\nfor m in n.MODULES: importlib.import_module(m)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr[-4000:])
+        raise SystemExit("native: the compiled modules do not import; the old build is kept")
 
 
 def main(argv: list[str] | None = None) -> int:

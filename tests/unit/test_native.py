@@ -35,7 +35,7 @@ def fake_tree(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_a_complete_fresh_build_names_each_module_and_the_group(tmp_path: Path) -> None:
     root, build = fake_tree(tmp_path)
-    files, why_not = check(build, root)
+    files, why_not = check(build, root, MODULES)
     assert why_not == ""
     assert set(files) == {*MODULES, "abc__mypyc"}
     assert files["gateway.sip.one"] == build / "gateway" / "sip" / ("one" + ext_suffix())
@@ -44,7 +44,7 @@ def test_a_complete_fresh_build_names_each_module_and_the_group(tmp_path: Path) 
 def test_an_edited_source_makes_the_build_stale_and_unused(tmp_path: Path) -> None:
     root, build = fake_tree(tmp_path)
     native.source_path("gateway.proxy.two", root).write_text("# edited\n")
-    files, why_not = check(build, root)
+    files, why_not = check(build, root, MODULES)
     assert files == {}
     assert "stale" in why_not and "gateway/proxy/two.py" in why_not
 
@@ -52,10 +52,16 @@ def test_an_edited_source_makes_the_build_stale_and_unused(tmp_path: Path) -> No
 def test_a_missing_compiled_module_or_manifest_is_no_build(tmp_path: Path) -> None:
     root, build = fake_tree(tmp_path)
     build.joinpath("gateway", "sip", "one" + ext_suffix()).unlink()
-    files, why_not = check(build, root)
+    files, why_not = check(build, root, MODULES)
     assert files == {} and "incomplete" in why_not and "gateway.sip.one" in why_not
     files, why_not = check(tmp_path / "nowhere", root)
     assert files == {} and "no build" in why_not
+
+
+def test_a_build_of_another_module_list_is_not_loaded(tmp_path: Path) -> None:
+    root, build = fake_tree(tmp_path)
+    files, why_not = check(build, root, (*MODULES, "gateway.sip.three"))
+    assert files == {} and "another list of modules" in why_not
 
 
 def test_a_build_for_another_python_is_not_loaded(tmp_path: Path) -> None:
@@ -63,7 +69,7 @@ def test_a_build_for_another_python_is_not_loaded(tmp_path: Path) -> None:
     manifest = json.loads((build / native.MANIFEST).read_text())
     manifest["ext_suffix"] = ".cpython-39-x86_64-linux-gnu.so"
     (build / native.MANIFEST).write_text(json.dumps(manifest))
-    files, why_not = check(build, root)
+    files, why_not = check(build, root, MODULES)
     assert files == {} and "cpython-39" in why_not
 
 
