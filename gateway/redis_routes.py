@@ -75,7 +75,7 @@ class WireRoutes:
         self._sentinel: Sentinel | None = None
         self._master: tuple[str, int] | None = None  # the one the sentinels named last
         # A cluster: key -> the server `address_for` found for it last (`known_link`).
-        self._slots: dict[str, tuple[str, int]] = {}
+        self._server_of: dict[str, tuple[str, int]] = {}
         self.mode = "standalone" if isinstance(target, str) else target.mode
         if self.mode == "cluster":
             cluster = client(
@@ -103,7 +103,7 @@ class WireRoutes:
         if self._stale:
             return None
         if self._cluster is not None:
-            address = self._slots.get(key)
+            address = self._server_of.get(key)
         elif self._sentinel is not None:
             address = self._master
         else:
@@ -116,11 +116,11 @@ class WireRoutes:
         stale, self._stale = self._stale, False
         if self._cluster is not None:
             if stale:
-                self._slots.clear()
+                self._server_of.clear()
             node = await shard_node(self._cluster, key, refresh=stale)
-            address = self._slots[key] = (node.host, int(node.port))
-            if len(self._slots) > MAX_KNOWN_KEYS:
-                del self._slots[next(iter(self._slots))]
+            address = self._server_of[key] = (node.host, int(node.port))
+            if len(self._server_of) > MAX_KNOWN_KEYS:
+                del self._server_of[next(iter(self._server_of))]
             return address
         if self._sentinel is not None:
             if stale or self._master is None:
