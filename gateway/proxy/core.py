@@ -138,6 +138,17 @@ def _release(ctx: ServerContext) -> None:
         ctx.branches.clear()
 
 
+def _park(ctx: ServerContext) -> None:
+    """The final response is out: what the context keeps to the end of its transaction
+    (retransmissions, a late CANCEL or ACK) needs the messages' bytes, rarely their
+    parsed form, so that is dropped (`Message.drop_parsed`) rather than walked by the
+    garbage collector for the transaction's remaining seconds."""
+    ctx.request.drop_parsed()
+    for branch in ctx.branches:
+        if branch.response is not None:
+            branch.response.drop_parsed()
+
+
 def _show_caller(req: Request, shown: Shown) -> None:
     """Write the recognized name into the callee's copy of an INVITE (caller_display.py):
     the display-name of From and/or of every P-Asserted-Identity (one is added, naming
@@ -1083,6 +1094,8 @@ class Proxy:
             return  # its transaction is over: nothing goes out through it any more
         try:
             self.tm.respond(ctx.entry, status, data)
+            if status >= 200:
+                _park(ctx)
         except TransactionError:
             # A further 2xx to an INVITE (another fork answered, or a retransmission):
             # RFC 6026 has the proxy pass it on outside the transaction.

@@ -555,6 +555,14 @@ class Message:
         self._edited(name, moved=not rest)
         return first
 
+    def drop_parsed(self) -> None:
+        """Forget the name index and the parsed views; whatever reads them again parses
+        again. A message kept to the end of its transaction (up to 32 s) then holds a
+        handful of objects instead of tens (an index list per header name, a view per
+        header read), which every young garbage collection would otherwise walk."""
+        self._index = None
+        self._views = {}  # a new empty dict is not tracked by the collector
+
     def _copy_into(self, new: _M) -> _M:
         """Make `new` (a fresh message of the same kind) an independent copy: the header
         list copied, the parsed views shared (they are never changed in place; an edit
