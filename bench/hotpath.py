@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway import native
 from gateway.calls.events import CallEvent
 from gateway.calls.tracker import CallTracker
 from gateway.config import Settings, load_settings
@@ -234,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{1e6 * best:.1f} µs of CPU per proxied call in the proxy"
         f"{'' if args.no_tracker else ' and the call tracker'} (the 3 fastest of "
         f"{len(batches)} batches of {BATCH}; median {1e6 * ordered[len(ordered) // 2]:.1f}); "
-        f"{bench.events} events, {bench.transport.count} datagrams sent"
+        f"{bench.events} events, {bench.transport.count} datagrams sent; SIP core "
+        f"{native.status().describe()}"
     )
     return 0
 

@@ -34,6 +34,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from gateway import native
+
 from . import SCHEMA, procstat
 from .floor import FloorTarget
 from .kamailio import KamailioTarget
@@ -94,6 +96,9 @@ def versions(targets: Sequence[Target]) -> dict[str, str]:
         "uvloop": _dist_version("uvloop"),
         "matplotlib": _dist_version("matplotlib"),
         "sipp": _first_line([shutil.which("sipp") or "sipp", "-v"]),
+        # The gateways started by the bench inherit this process's SIPGW_NATIVE and
+        # load the same build (make bench: SIPGW_NATIVE=1, compiled or an error).
+        "sipgw_core": native.status().describe(),
     }
     for target in targets:
         found.setdefault(target.impl, target.version())
