@@ -189,17 +189,22 @@ class TransactionLayer:
                 self.forget(entry)
                 user.txn_ended(owner)
         deadline = entry.txn.deadline
-        if deadline is not None and deadline != entry.timer_at:
-            # One queue entry per new deadline; one whose deadline moved is harmless
-            # (expire() fires nothing that is not due).
+        queued = entry.timer_at
+        if deadline is not None and (queued is None or deadline < queued):
+            # A queue entry only for an earlier deadline. One that moved later is left
+            # to the entry already queued, which fires early, finds nothing due and
+            # queues the new one then: a transaction holds one live entry, not one per
+            # change of its timers (each a closure and a handle kept for up to 32 s).
             entry.timer_at = deadline
-            self.queue.schedule(deadline, lambda: self._expire(entry))
+            self.queue.schedule(deadline, lambda: self._expire(entry, deadline))
 
     def _transport_error(self, entry: ClientEntry | ServerEntry) -> None:
         if entry.table.get(entry.key) is entry:
             self._run(entry, entry.txn.on_transport_error(self.clock()))
 
-    def _expire(self, entry: ClientEntry | ServerEntry) -> None:
+    def _expire(self, entry: ClientEntry | ServerEntry, at: float) -> None:
+        if entry.timer_at != at:
+            return  # superseded by an entry queued for an earlier deadline
         entry.timer_at = None
         if entry.table.get(entry.key) is entry:
             self._run(entry, entry.txn.expire(self.clock()))
