@@ -97,6 +97,11 @@ def source_path(module: str, root: Path = PACKAGE_ROOT) -> Path:
     return root.joinpath(*module.split(".")).with_suffix(".py")
 
 
+def compiled_path(root: Path, module: str) -> Path:
+    """Where a build under `root` holds `module` (mypyc's layout: beside the sources)."""
+    return root.joinpath(*module.split(".")).with_suffix(ext_suffix())
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -128,9 +133,7 @@ def check(
             return {}, f"{module}: source missing"
         if current != compiled_digest:
             return {}, f"stale: {source_path(module, root).relative_to(root)} changed (make native)"
-        files[module] = build.joinpath(*module.split(".")).with_name(
-            module.rpartition(".")[2] + ext_suffix()
-        )
+        files[module] = compiled_path(build, module)
     group = manifest.get("group")
     if group:  # mypyc's shared library of the modules compiled together
         files[group] = build / (group + ext_suffix())

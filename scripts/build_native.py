@@ -31,6 +31,7 @@ from gateway.native import (  # noqa: E402 (the work tree's package, whatever is
     MANIFEST,
     MODULES,
     check,
+    compiled_path,
     digest,
     ext_suffix,
     source_path,
@@ -61,8 +62,7 @@ def build(out: Path) -> None:
         staging.mkdir(parents=True)
         shutil.copy(groups[0], staging)
         for module in MODULES:
-            compiled = source_path(module, work).with_suffix(ext_suffix())
-            target = staging.joinpath(*module.split(".")).with_suffix(ext_suffix())
+            compiled, target = compiled_path(work, module), compiled_path(staging, module)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(compiled, target)
         manifest = {

@@ -20,7 +20,7 @@ def fake_tree(tmp_path: Path) -> tuple[Path, Path]:
         source = native.source_path(module, root)
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_text(f"# {module}\n")
-        compiled = build.joinpath(*module.split(".")).with_suffix(ext_suffix())
+        compiled = native.compiled_path(build, module)
         compiled.parent.mkdir(parents=True, exist_ok=True)
         compiled.write_bytes(b"\x7fELF")
     (build / ("abc__mypyc" + ext_suffix())).write_bytes(b"\x7fELF")
