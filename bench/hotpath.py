@@ -113,7 +113,7 @@ class Bench:
         self.clock = Clock()
         self.transport = Recorder()
         self.events = 0
-        self.tracker = CallTracker(settings.node.name) if tracker else None
+        self.tracker = CallTracker(settings.node.name, clock=self.clock) if tracker else None
         self.proxy = Proxy(
             settings,
             transport=self.transport,
@@ -184,6 +184,8 @@ class Bench:
         deadline = self.proxy.next_deadline()
         if deadline is not None and deadline <= self.clock.now:
             self.proxy.fire_timers(self.clock.now)
+        if n % EXPIRE_EVERY == 0 and self.tracker is not None:
+            self.tracker.expire(self.clock.now)  # the gateway's once-a-second sweep
         if n % COLLECT_EVERY == 0 and not gc.isenabled():
             gc.collect(1)  # the gateway's collect_young, on this clock
         return spent + cpu() - t0
@@ -197,6 +199,8 @@ def settings() -> Settings:
 
 
 BATCH = 1000
+# Calls between two sweeps of the tracker (app.py's `_expire_calls`, once a second).
+EXPIRE_EVERY = 1000
 # Calls between two collections: `gc_pauses.YOUNG_INTERVAL` at the clock's 1 000 calls/s.
 COLLECT_EVERY = round(YOUNG_INTERVAL * 1000)
 

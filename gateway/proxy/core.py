@@ -827,8 +827,8 @@ class Proxy:
             make_ack=functools.partial(build_ack, data) if invite else None,
         )
         if invite:
-            branch.timer_c = self.queue.schedule(
-                self.clock() + self.sip.fork_timeout, functools.partial(self._timer_c, branch)
+            branch.timer_c = self.queue.schedule_after(
+                self.clock(), self.sip.fork_timeout, functools.partial(self._timer_c, branch)
             )
 
     def _record_route(
@@ -943,6 +943,9 @@ class Proxy:
         resp = parsed if parsed is not None else parse_message(data, self.limits)
         assert isinstance(resp, Response)
         if status < 200:
+            if status > 100 and branch.timer_c is not None:
+                # §16.7 step 2: a provisional other than 100 restarts Timer C.
+                self.queue.restart(branch.timer_c, self.clock())
             branch.state, send_cancel = advance(branch.state, BranchInput.PROVISIONAL)
             if send_cancel:
                 self._send_cancel(branch)

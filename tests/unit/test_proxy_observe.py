@@ -124,6 +124,36 @@ def test_timer_c_rings_out_as_no_answer(h: Harness) -> None:
     assert (failed.cause.normalized, failed.cause.sip_code) == ("no_answer", 487)
 
 
+def test_a_later_provisional_restarts_timer_c(h: Harness) -> None:
+    # §16.7 step 2: a provisional other than 100 resets Timer C, so a callee that
+    # keeps signalling progress is given the full fork timeout from its last one.
+    register(h, "201", PHONE_201)
+    fwd = only(invite_from_trunk(h, call_id="obs-tc2"), method="INVITE").msg
+    assert isinstance(fwd, Request)
+    timeout = h.proxy.sip.fork_timeout
+    h.feed(response_to(fwd, 180, "Ringing"), PHONE_201)
+    h.advance(timeout - 10)
+    h.feed(response_to(fwd, 100, "Trying"), PHONE_201)  # a 100 does not
+    h.feed(response_to(fwd, 183, "Session Progress"), PHONE_201)
+    assert not [s for s in h.advance(timeout - 1) if s.msg.get("CSeq", "").endswith("CANCEL")]
+    assert only(h.advance(1.2), method="CANCEL")
+
+
+def test_an_answered_branch_leaves_no_timer_c_behind(h: Harness) -> None:
+    # Timer C is three minutes and nearly always cancelled: a cancelled one must not
+    # stay queued until its deadline (memory that grows with the call rate).
+    register(h, "201", PHONE_201)
+    h.advance(33)
+    idle = len(h.proxy.queue)
+    fwd = only(invite_from_trunk(h, call_id="obs-tc3"), method="INVITE").msg
+    assert isinstance(fwd, Request)
+    ringing = len(h.proxy.queue)
+    h.feed(response_to(fwd, 200, "OK"), PHONE_201)
+    h.advance(33)  # past every transaction timer, well short of Timer C
+    assert ringing > idle
+    assert len(h.proxy.queue) == idle
+
+
 def test_the_call_events_come_after_the_forward(h: Harness) -> None:
     # The tracker (and the events it makes) runs once the INVITE has left: the SIP
     # path does not wait for it. A request answered here is reported before its answer.
