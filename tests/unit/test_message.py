@@ -705,3 +705,32 @@ class TestConstructionAndResponses:
         assert text.startswith("Bad ? header:?? injected")
         with pytest.raises(ValueError):
             SIPParseError("x", 200)
+
+
+def test_a_dropped_message_reads_and_edits_as_before() -> None:
+    # `drop_parsed` lets the header lines go while the octets are current; any read
+    # parses them again, so a parked message answers exactly as it did.
+    folded = INVITE.replace(b"Max-Forwards: 70", b"Max-Forwards:\r\n 70")
+    tight = Limits(max_headers=len(INVITE_HEADERS) + 1)  # the configured limit, just met
+    msg = parse_message(folded, tight)
+    assert isinstance(msg, Request)
+    before = (list(msg.headers), msg.get_all("Route"), msg.body, msg.to_bytes())
+    msg.drop_parsed()
+    assert msg._headers is None
+    assert (list(msg.headers), msg.get_all("Route"), msg.body, msg.to_bytes()) == before
+    assert msg.get("X-Unknown") == "keep   exactly"
+    assert msg.cseq == CSeq(314159, "INVITE") and msg.max_forwards == 70
+    msg.drop_parsed()
+    msg.set("Max-Forwards", "69")  # an edit of a dropped message starts from its lines
+    assert msg.max_forwards == 69 and msg.get("Call-ID") == "a84b4c76e66710@pc33.example.net"
+    assert parse_message(msg.to_bytes()).get("Max-Forwards") == "69"
+
+
+def test_an_edited_message_keeps_its_lines_when_dropped() -> None:
+    msg = parse_message(INVITE)
+    msg.set("Max-Forwards", "69")  # not serialized since: the lines are the only copy
+    msg.drop_parsed()
+    assert msg._headers is not None and msg.get("Max-Forwards") == "69"
+    copy = msg.copy()
+    copy.drop_parsed()
+    assert copy.get("Max-Forwards") == "69"
