@@ -20,17 +20,34 @@ import heapq
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
+
+
+class _NoArgument:
+    pass
+
+
+_NO_ARGUMENT: Any = _NoArgument()
 
 
 class TimerHandle:
-    __slots__ = ("callback", "deadline", "lane")
+    """A pending timer. `argument`, when given, is what the callback is called with: a
+    caller that sets many timers passes one bound method and the object each one is
+    for, instead of making a closure per timer (objects the young collections walk)."""
+
+    __slots__ = ("argument", "callback", "deadline", "lane")
 
     def __init__(
-        self, deadline: float, callback: Callable[[], None], lane: Lane | None = None
+        self,
+        deadline: float,
+        callback: Callable[..., None],
+        lane: Lane | None = None,
+        argument: Any = _NO_ARGUMENT,
     ) -> None:
         self.deadline = deadline
-        self.callback: Callable[[], None] | None = callback
+        self.callback: Callable[..., None] | None = callback
         self.lane = lane
+        self.argument = argument
 
 
 class Lane:
@@ -57,6 +74,14 @@ class TimerQueue:
 
     def schedule(self, deadline: float, callback: Callable[[], None]) -> TimerHandle:
         handle = TimerHandle(deadline, callback)
+        heapq.heappush(self._heap, (deadline, next(self._seq), handle))
+        return handle
+
+    def schedule_call(
+        self, deadline: float, callback: Callable[[Any], None], argument: object
+    ) -> TimerHandle:
+        """`callback(argument)` at `deadline`."""
+        handle = TimerHandle(deadline, callback, None, argument)
         heapq.heappush(self._heap, (deadline, next(self._seq), handle))
         return handle
 
@@ -128,7 +153,11 @@ class TimerQueue:
                 del handle.lane.handles[handle]
             callback, handle.callback = handle.callback, None
             if callback is not None:
-                callback()
+                argument = handle.argument
+                if argument is _NO_ARGUMENT:
+                    callback()
+                else:
+                    callback(argument)
                 fired += 1
 
     def __len__(self) -> int:

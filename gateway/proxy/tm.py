@@ -91,6 +91,7 @@ class TransactionLayer:
         self.timers = timers
         self.clock = clock
         self.client: dict[tuple[str, ...], ClientEntry] = {}
+        self._on_timer = self._expire  # one bound method for every entry's timers
         # Server transactions by their §17.2.3 key (the user computes it: branch,
         # sent-by and method, or RFC 2543's fallback), with the same action loop.
         self.server: dict[tuple[str, ...], ServerEntry] = {}
@@ -194,17 +195,20 @@ class TransactionLayer:
             # A queue entry only for an earlier deadline. One that moved later is left
             # to the entry already queued, which fires early, finds nothing due and
             # queues the new one then: a transaction holds one live entry, not one per
-            # change of its timers (each a closure and a handle kept for up to 32 s).
+            # change of its timers (each a handle kept for up to 32 s).
             entry.timer_at = deadline
-            self.queue.schedule(deadline, lambda: self._expire(entry, deadline))
+            self.queue.schedule_call(deadline, self._on_timer, entry)
 
     def _transport_error(self, entry: ClientEntry | ServerEntry) -> None:
         if entry.table.get(entry.key) is entry:
             self._run(entry, entry.txn.on_transport_error(self.clock()))
 
-    def _expire(self, entry: ClientEntry | ServerEntry, at: float) -> None:
-        if entry.timer_at != at:
-            return  # superseded by an entry queued for an earlier deadline
+    def _expire(self, entry: ClientEntry | ServerEntry) -> None:
+        at = entry.timer_at
+        if at is None or at > self.clock():
+            # Superseded: queued for a deadline that moved earlier, and another queue
+            # entry has handled that one (queueing the next deadline, if any, itself).
+            return
         entry.timer_at = None
         if entry.table.get(entry.key) is entry:
             self._run(entry, entry.txn.expire(self.clock()))

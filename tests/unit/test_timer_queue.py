@@ -73,3 +73,14 @@ def test_a_callback_may_schedule_and_cancel_while_firing() -> None:
     queue.schedule_after(0.0, 1.0, first)
     assert queue.fire(2.0) == 2
     assert fired == ["first", "chained"]
+
+
+def test_schedule_call_passes_its_argument() -> None:
+    queue = TimerQueue()
+    fired: list[object] = []
+    queue.schedule_call(2.0, fired.append, "second")
+    queue.schedule_call(1.0, fired.append, None)  # None is an argument like any other
+    cancelled = queue.schedule_call(1.5, fired.append, "cancelled")
+    queue.cancel(cancelled)
+    assert queue.fire(5.0) == 2
+    assert fired == [None, "second"]
