@@ -48,7 +48,7 @@ from gateway.proxy.record_route import (
 from gateway.proxy.registrar import Registrar
 from gateway.proxy.routing import Forward, Handled, Reply, Router
 from gateway.proxy.timers import TimerQueue
-from gateway.proxy.tm import TransactionLayer
+from gateway.proxy.tm import Send, TransactionLayer
 from gateway.sip.errors import SIPParseError
 from gateway.sip.headers import Via
 from gateway.sip.message import Limits, Request, Response, make_response, parse_message
@@ -227,6 +227,10 @@ class Proxy:
         # Every client transaction of the gateway: the proxy's branches, the user agent's
         # and the prober's requests (tm.py, like Kamailio's tm).
         self.tm = TransactionLayer(queue=self.queue, timers=self.timers, clock=self.clock)
+        # One bound method for every transaction's sends: `self._send_raw` read as a value
+        # would make a new one per transaction, kept (and walked by the collector) for
+        # as long as the transaction lives.
+        self._send_out: Send = self._send_raw
         self.draining = False
         self.observer = observer
         # Elements that originate requests of their own (the click-to-dial user agent)
@@ -409,7 +413,7 @@ class Proxy:
             invite=req.method == "INVITE",
             reliable=source.reliable,
             target=response_target,
-            send=self._send_raw,
+            send=self._send_out,
             user=self,
             owner=ctx,
         )
@@ -821,7 +825,7 @@ class Proxy:
             req.method,
             data,
             target,
-            send=self._send_raw,  # the destination policy was asked once, by _fork
+            send=self._send_out,  # the destination policy was asked once, by _fork
             user=self,
             owner=branch,
             make_ack=functools.partial(build_ack, data) if invite else None,
@@ -1233,7 +1237,7 @@ class Proxy:
         self.counters.request_out(branch.target.transport, "CANCEL")
         self.tm.start_client(
             branch.branch_id, "CANCEL", data, branch.target,
-            send=self._send_raw, user=self, owner=cancel,
+            send=self._send_out, user=self, owner=cancel,
         )  # fmt: skip
 
     def _timer_c(self, branch: Branch) -> None:
