@@ -73,16 +73,16 @@ class TimerQueue:
         self._lanes: dict[float, Lane] = {}
 
     def schedule(self, deadline: float, callback: Callable[[], None]) -> TimerHandle:
-        handle = TimerHandle(deadline, callback)
-        heapq.heappush(self._heap, (deadline, next(self._seq), handle))
-        return handle
+        return self._push(TimerHandle(deadline, callback))
 
     def schedule_call(
         self, deadline: float, callback: Callable[[Any], None], argument: object
     ) -> TimerHandle:
         """`callback(argument)` at `deadline`."""
-        handle = TimerHandle(deadline, callback, None, argument)
-        heapq.heappush(self._heap, (deadline, next(self._seq), handle))
+        return self._push(TimerHandle(deadline, callback, None, argument))
+
+    def _push(self, handle: TimerHandle) -> TimerHandle:
+        heapq.heappush(self._heap, (handle.deadline, next(self._seq), handle))
         return handle
 
     def schedule_after(self, now: float, delay: float, callback: Callable[[], None]) -> TimerHandle:
@@ -99,8 +99,8 @@ class TimerQueue:
         """Move a pending lane timer to `now` plus its delay (§16.7 step 2 resets
         Timer C on a provisional response)."""
         lane = handle.lane
-        if lane is None or handle.callback is None or handle not in lane.handles:
-            return
+        if lane is None or handle not in lane.handles:
+            return  # fired or cancelled: both take it out of its lane
         handle.deadline = self._lane_deadline(lane, now)
         lane.handles.move_to_end(handle)
 

@@ -204,11 +204,11 @@ class TransactionLayer:
             self._run(entry, entry.txn.on_transport_error(self.clock()))
 
     def _expire(self, entry: ClientEntry | ServerEntry) -> None:
-        at = entry.timer_at
-        if at is None or at > self.clock():
+        at, now = entry.timer_at, self.clock()
+        if at is None or at > now:
             # Superseded: queued for a deadline that moved earlier, and another queue
             # entry has handled that one (queueing the next deadline, if any, itself).
             return
         entry.timer_at = None
         if entry.table.get(entry.key) is entry:
-            self._run(entry, entry.txn.expire(self.clock()))
+            self._run(entry, entry.txn.expire(now))
